@@ -1,0 +1,403 @@
+"""Compile LMQL source into an async Python function plus the query's static clauses.
+
+The prompt section becomes the body of `async def __cogql_query__()`: every prompt string turns
+into `await __cogql__.prompt(i, [interpolated values], locals())`, followed by one assignment per
+hole, so Python control flow (loops, ifs, returns) runs as written. The runtime supplies
+`__cogql__`; this module knows nothing of models.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import textwrap
+from dataclasses import dataclass, field
+from types import CodeType
+
+from .clauses import Clauses, Span, split_clauses
+from .errors import QueryCompileError, QuerySyntaxError
+from .qstrings import Hole, Interpolation, QStringError, Segment, parse_qstring
+
+QUERY_FUNCTION = "__cogql_query__"
+RUNTIME_NAME = "__cogql__"
+CONSTRAINT_FUNCTIONS = frozenset(
+    {
+        "STOPS_AT",
+        "STOPS_BEFORE",
+        "stops_at",
+        "stops_before",
+        "TOKENS",
+        "WORDS",
+        "SENTENCES",
+        "INT",
+        "REGEX",
+        "STARTS_WITH",
+        "ESCAPED",
+        "ERASE",
+        "escaped",
+    }
+)
+_RESERVED = frozenset({"lmql", "cogql", "context", RUNTIME_NAME}) | CONSTRAINT_FUNCTIONS
+
+
+@dataclass
+class PromptStatement:
+    """One prompt string of the program, with its inline clauses."""
+
+    segments: list[Segment]
+    lineno: int
+    col: int
+    where: ast.expr | None = None
+    distribution: DistributionClause | None = None
+
+    @property
+    def holes(self) -> list[Hole]:
+        return [s for s in self.segments if isinstance(s, Hole)]
+
+
+@dataclass
+class DistributionClause:
+    variable: str
+    values: ast.expr
+    lineno: int = 1
+    col: int = 0
+
+
+@dataclass
+class DecoderClause:
+    name: str
+    args: dict[str, ast.expr] = field(default_factory=dict)
+
+
+@dataclass
+class CompiledQuery:
+    source: str
+    code: CodeType
+    statements: list[PromptStatement]
+    decoder: DecoderClause | None
+    model: ast.expr | None
+    where: ast.expr | None
+    distribution: DistributionClause | None
+    hole_names: frozenset[str]
+    free_variables: tuple[str, ...]
+
+
+class _Region:
+    """A slice of the source as parseable Python, keeping the user's line numbers."""
+
+    def __init__(self, source: str, span: Span, *, dedent: bool) -> None:
+        self.first_line = source.count("\n", 0, span.start) + 1
+        line_start = source.rfind("\n", 0, span.start) + 1
+        lines = (" " * (span.start - line_start) + source[span.start : span.end]).split("\n")
+        self.shifts = [0] * len(lines)
+        if dedent:
+            lines = self._dedent(lines)
+        self.text = "\n" * (self.first_line - 1) + "\n".join(lines)
+
+    def _dedent(self, lines: list[str]) -> list[str]:
+        stripped = lines[0].lstrip()
+        self.shifts[0] = len(lines[0]) - len(stripped)
+        rest = textwrap.dedent("\n".join(lines[1:])).split("\n") if len(lines) > 1 else []
+        for k, (old, new) in enumerate(zip(lines[1:], rest, strict=True), start=1):
+            self.shifts[k] = len(old) - len(new)
+        return [stripped, *rest]
+
+    def col(self, lineno: int, col: int) -> int:
+        k = lineno - self.first_line
+        return col + (self.shifts[k] if 0 <= k < len(self.shifts) else 0)
+
+
+def _parse(region: _Region, source: str, mode: str, clause: str) -> ast.AST:
+    try:
+        return ast.parse(region.text, mode=mode)
+    except SyntaxError as e:
+        lineno = e.lineno or region.first_line
+        col = region.col(lineno, (e.offset or 1) - 1)
+        raise QuerySyntaxError(
+            f"invalid {clause}: {e.msg}", source=source, lineno=lineno, col=col
+        ) from None
+
+
+def _expression(clauses: Clauses, span: Span | None, clause: str) -> ast.expr | None:
+    if span is None or not clauses.text(span).strip():
+        return None
+    region = _Region(clauses.source, span, dedent=False)
+    region.text = region.text[: region.first_line - 1] + "(" + region.text[region.first_line - 1 :]
+    region.text += "\n)"
+    region.shifts[0] = -1
+    tree = _parse(region, clauses.source, "eval", clause)
+    assert isinstance(tree, ast.Expression)
+    return tree.body
+
+
+def _blank(source: str, clauses: Clauses) -> str:
+    chars = list(source)
+    for span, repl in clauses.inline_keywords:
+        chars[span.start : span.end] = list(repl)
+    for pos in clauses.fstring_prefixes:
+        chars[pos] = " "
+    return "".join(chars)
+
+
+def _decoder(clauses: Clauses) -> DecoderClause | None:
+    node = _expression(clauses, clauses.decoder, "decoder clause")
+    if node is None:
+        return None
+    if isinstance(node, ast.Name):
+        return DecoderClause(node.id.lower())
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        if node.args:
+            raise QuerySyntaxError(
+                f"decoder arguments must be keywords, e.g. {node.func.id}(n=2)",
+                source=clauses.source,
+                lineno=node.args[0].lineno,
+                col=node.args[0].col_offset,
+            )
+        args = {kw.arg: kw.value for kw in node.keywords if kw.arg is not None}
+        return DecoderClause(node.func.id.lower(), args)
+    raise QuerySyntaxError(
+        "malformed decoder clause, expected e.g. argmax or sample(n=2)",
+        source=clauses.source,
+        lineno=node.lineno,
+        col=node.col_offset,
+    )
+
+
+def _distribution(node: ast.expr | None, source: str) -> DistributionClause | None:
+    if node is None:
+        return None
+    ok = (
+        isinstance(node, ast.Compare)
+        and isinstance(node.left, ast.Name)
+        and len(node.ops) == 1
+        and isinstance(node.ops[0], ast.In)
+    )
+    if not ok:
+        raise QuerySyntaxError(
+            "malformed distribution clause, expected: distribution VAR in [...]",
+            source=source,
+            lineno=node.lineno,
+            col=node.col_offset,
+        )
+    assert isinstance(node, ast.Compare) and isinstance(node.left, ast.Name)
+    return DistributionClause(node.left.id, node.comparators[0], node.lineno, node.col_offset)
+
+
+class _PromptTransformer(ast.NodeTransformer):
+    """Rewrites prompt-string statements into runtime calls, leaving other Python alone."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.statements: list[PromptStatement] = []
+
+    def visit_FunctionDef(self, node: ast.AST) -> ast.AST:
+        return node
+
+    visit_AsyncFunctionDef = visit_ClassDef = visit_Lambda = visit_FunctionDef
+
+    def visit_Return(self, node: ast.Return) -> ast.Return:
+        if node.value is None:
+            node.value = _runtime_attr("DEFAULT", node)
+        return node
+
+    def visit_Expr(self, node: ast.Expr) -> ast.AST | list[ast.stmt]:
+        parts = _prompt_parts(node.value)
+        if parts is None:
+            return self.generic_visit(node)
+        text, where, dist = parts
+        stmt = self._statement(text, node, where, dist)
+        self.statements.append(stmt)
+        return self._emit(len(self.statements) - 1, stmt, node)
+
+    def _statement(
+        self, text: str, node: ast.Expr, where: ast.expr | None, dist: ast.expr | None
+    ) -> PromptStatement:
+        try:
+            segments = parse_qstring(text)
+        except QStringError as e:
+            raise QuerySyntaxError(
+                str(e), source=self.source, lineno=node.lineno, col=node.col_offset
+            ) from None
+        return PromptStatement(
+            segments, node.lineno, node.col_offset, where, _distribution(dist, self.source)
+        )
+
+    def _emit(self, index: int, stmt: PromptStatement, node: ast.Expr) -> list[ast.stmt]:
+        values = [
+            _interpolation(seg.expr, self.source, node)
+            for seg in stmt.segments
+            if isinstance(seg, Interpolation)
+        ]
+        call = ast.Call(
+            func=_runtime_attr("prompt", node),
+            args=[
+                ast.Constant(index),
+                ast.List(values, ast.Load()),
+                ast.Call(ast.Name("locals", ast.Load()), [], []),
+            ],
+            keywords=[],
+        )
+        out: list[ast.stmt] = [ast.Expr(ast.Await(call))]
+        dist_var = stmt.distribution.variable if stmt.distribution else None
+        for hole in stmt.holes:
+            if hole.name == dist_var or "." in hole.name:
+                continue
+            getter = ast.Call(_runtime_attr("value", node), [ast.Constant(hole.name)], [])
+            out.append(ast.Assign([ast.Name(hole.name, ast.Store())], getter))
+        for new in out:
+            ast.copy_location(new, node)
+            ast.fix_missing_locations(new)
+        return out
+
+
+def _runtime_attr(name: str, node: ast.AST) -> ast.Attribute:
+    attr = ast.Attribute(ast.Name(RUNTIME_NAME, ast.Load()), name, ast.Load())
+    return ast.copy_location(attr, node)
+
+
+def _prompt_parts(value: ast.expr) -> tuple[str, ast.expr | None, ast.expr | None] | None:
+    if isinstance(value, ast.Constant) and isinstance(value.value, str):
+        return value.value, None, None
+    if isinstance(value, ast.BoolOp) and value.values:
+        first = value.values[0]
+        if isinstance(first, ast.Constant) and isinstance(first.value, str):
+            rest = value.values[1:]
+            clause = rest[0] if len(rest) == 1 else ast.BoolOp(ast.And(), rest)
+            ast.copy_location(clause, rest[0])
+            if isinstance(value.op, ast.And):
+                return first.value, clause, None
+            return first.value, None, clause
+    return None
+
+
+def _interpolation(expr: str, source: str, node: ast.AST) -> ast.expr:
+    try:
+        tree = ast.parse("f" + repr("{" + expr + "}"), mode="eval")
+    except SyntaxError as e:
+        raise QuerySyntaxError(
+            f"invalid interpolation {{{expr}}}: {e.msg}",
+            source=source,
+            lineno=node.lineno,
+            col=node.col_offset,
+        ) from None
+    value = tree.body
+    for sub in ast.walk(value):
+        ast.copy_location(sub, node)
+    return value
+
+
+def _names(nodes: list[ast.AST]) -> tuple[set[str], set[str]]:
+    loaded: set[str] = set()
+    stored: set[str] = set()
+    for root in nodes:
+        for n in ast.walk(root):
+            if isinstance(n, ast.Name):
+                (loaded if isinstance(n.ctx, ast.Load) else stored).add(n.id)
+            elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                stored.add(n.name)
+            elif isinstance(n, ast.alias):
+                stored.add((n.asname or n.name).split(".")[0])
+            elif isinstance(n, ast.arg):
+                stored.add(n.arg)
+    return loaded, stored
+
+
+def _body(clauses: Clauses, source: str) -> tuple[list[ast.stmt], _PromptTransformer]:
+    body: list[ast.stmt] = []
+    if clauses.prologue is not None and clauses.text(clauses.prologue).strip():
+        region = _Region(source, clauses.prologue, dedent=True)
+        tree = _parse(region, clauses.source, "exec", "prologue")
+        assert isinstance(tree, ast.Module)
+        body.extend(tree.body)
+    transformer = _PromptTransformer(clauses.source)
+    if clauses.prompt is not None and clauses.text(clauses.prompt).strip():
+        region = _Region(source, clauses.prompt, dedent=True)
+        tree = _parse(region, clauses.source, "exec", "prompt")
+        assert isinstance(tree, ast.Module)
+        for stmt in tree.body:
+            new = transformer.visit(stmt)
+            body.extend(new if isinstance(new, list) else [new])
+    return body, transformer
+
+
+def _check_distribution(query: CompiledQuery) -> None:
+    dist = query.distribution
+    if dist is None:
+        return
+    last = query.statements[-1] if query.statements else None
+    tail = last.segments[-1] if last and last.segments else None
+    if not (isinstance(tail, Hole) and tail.name == dist.variable):
+        raise QueryCompileError(
+            f"the distribution variable {dist.variable} must be the last hole of the prompt, "
+            "with nothing after it",
+            source=query.source,
+            lineno=dist.lineno,
+            col=dist.col,
+        )
+    if query.where is not None:
+        for n in ast.walk(query.where):
+            if isinstance(n, ast.Name) and n.id == dist.variable:
+                raise QueryCompileError(
+                    f"distribution variable {dist.variable} cannot be used in the where clause",
+                    source=query.source,
+                    lineno=n.lineno,
+                    col=n.col_offset,
+                )
+
+
+def _free_variables(
+    body: list[ast.stmt], exprs: list[ast.AST | None], holes: set[str]
+) -> tuple[str, ...]:
+    loaded, stored = _names([*body, *(e for e in exprs if e is not None)])
+    known = stored | holes | set(dir(builtins)) | _RESERVED
+    return tuple(sorted(n for n in loaded - known if not n.startswith("__")))
+
+
+def compile_query(source: str) -> CompiledQuery:
+    """Parse and compile LMQL source; raises QuerySyntaxError with line and column."""
+    source = _strip_marker(source)
+    clauses = split_clauses(source)
+    blanked = _blank(source, clauses)
+    body, transformer = _body(clauses, blanked)
+    where = _expression(clauses, clauses.where, "where clause")
+    dist = _distribution(_expression(clauses, clauses.distribution, "distribution"), source)
+    statements = transformer.statements
+    if dist is None:
+        dist = next((s.distribution for s in statements if s.distribution), None)
+    body.append(ast.Return(_runtime_attr("DEFAULT", ast.Pass(lineno=1, col_offset=0))))
+    fn = ast.AsyncFunctionDef(
+        name=QUERY_FUNCTION,
+        args=ast.arguments([], [], None, [], [], None, []),
+        body=body,
+        decorator_list=[],
+        returns=None,
+        type_params=[],
+    )
+    module = ast.Module([fn], [])
+    ast.fix_missing_locations(module)
+    holes = {h.name for s in statements for h in s.holes}
+    decoder = _decoder(clauses)
+    model = _expression(clauses, clauses.model, "from clause")
+    inline = [s.where for s in statements] + [d.values for d in [dist] if d is not None]
+    dec_args = list(decoder.args.values()) if decoder else []
+    query = CompiledQuery(
+        source=source,
+        code=compile(module, "<query>", "exec"),
+        statements=statements,
+        decoder=decoder,
+        model=model,
+        where=where,
+        distribution=dist,
+        hole_names=frozenset(holes),
+        free_variables=_free_variables(body, [where, model, *inline, *dec_args], holes),
+    )
+    _check_distribution(query)
+    return query
+
+
+def _strip_marker(source: str) -> str:
+    stripped = source.lstrip()
+    if stripped.startswith("lmql\n") or stripped.startswith("lmql\r\n"):
+        offset = len(source) - len(stripped) + 4
+        return " " * offset + source[offset:]
+    return source

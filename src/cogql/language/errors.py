@@ -1,0 +1,29 @@
+"""Errors raised while reading a query: each names the line and column in the query's source."""
+
+from __future__ import annotations
+
+
+class QuerySyntaxError(SyntaxError):
+    """A malformed query. `lineno`/`offset` are 1-based positions in the query source."""
+
+    def __init__(self, message: str, *, source: str = "", lineno: int = 1, col: int = 0) -> None:
+        self.message = message
+        self.source_text = source
+        self.lineno = max(lineno, 1)
+        self.offset = col + 1
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        lines = self.source_text.splitlines()
+        where = f"line {self.lineno}, column {self.offset}"
+        if 0 < self.lineno <= len(lines):
+            line = lines[self.lineno - 1]
+            return f"{self.message} ({where})\n    {line}\n    {' ' * (self.offset - 1)}^"
+        return f"{self.message} ({where})"
+
+    def __str__(self) -> str:
+        return self._render()
+
+
+class QueryCompileError(QuerySyntaxError):
+    """A well-formed query that cogql cannot run as written (e.g. an unsupported operator)."""

@@ -1,0 +1,320 @@
+"""The one place tokenizers are loaded.
+
+The client tokenizes prompts and the engine needs token bytes (stop strings, llguidance); both go
+through `Tokenizer`, a thin wrapper over the Rust `tokenizers.Tokenizer`. Loading is offline only:
+a folder on disk, or a Hugging Face hub name that is already in the local HF cache.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import tokenizers
+
+if TYPE_CHECKING:
+    import transformers
+
+__all__ = [
+    "Tokenizer",
+    "TokenizerNotFound",
+    "hf_hub_cache",
+    "load_tokenizer",
+]
+
+
+class TokenizerNotFound(Exception):
+    """No tokenizer could be loaded from the given path or name; the message says where we looked."""
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table, used by every byte-level BPE vocabulary."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    table = {b: chr(b) for b in printable}
+    shift = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + shift)
+            shift += 1
+    return table
+
+
+_UNICODE_TO_BYTE: dict[str, int] = {c: b for b, c in _bytes_to_unicode().items()}
+
+
+def _decoder_kind(tk: tokenizers.Tokenizer) -> str:
+    """Classify the decoder, because token -> bytes differs per family and the token
+    strings alone do not say which family they come from."""
+    decoder = tk.decoder
+    if decoder is None:
+        return "plain"
+    state = decoder.__getstate__()
+    text = state.decode("utf-8") if isinstance(state, bytes) else str(state)
+    if '"ByteLevel"' in text:
+        return "byte_level"
+    if '"ByteFallback"' in text or "\u2581" in text:
+        return "metaspace"
+    return "plain"
+
+
+def _special_content(value: Any) -> str | None:
+    """Special tokens in tokenizer_config.json are either strings or AddedToken dicts."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+class Tokenizer:
+    """Wraps a `tokenizers.Tokenizer` (fast, Rust).
+
+    Used by the client (prompt tokenization) and the engine (stop strings, llguidance), so that
+    both agree on ids and bytes without going through transformers' Python code per call.
+    """
+
+    def __init__(
+        self,
+        tk: tokenizers.Tokenizer,
+        *,
+        name: str,
+        bos_token_id: int | None,
+        eos_token_id: int | None,
+        chat_template: str | None = None,
+    ) -> None:
+        tk.no_padding()
+        tk.no_truncation()
+        self._tk = tk
+        self.name = name
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+        self.chat_template = chat_template
+        self.vocab_size: int = tk.get_vocab_size(with_added_tokens=True)
+        self._kind = _decoder_kind(tk)
+        self._added: dict[int, str] = {i: t.content for i, t in tk.get_added_tokens_decoder().items()}
+        self._hf: transformers.PreTrainedTokenizerFast | None = None
+        self._all_bytes: list[bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"Tokenizer({self.name!r}, vocab_size={self.vocab_size})"
+
+    @property
+    def backend(self) -> tokenizers.Tokenizer:
+        """The underlying Rust tokenizer, for callers that need batch APIs."""
+        return self._tk
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; no BOS/EOS is added, but special-token text is matched as the
+        special token (like HF with split_special_tokens=False), so chat templates round-trip."""
+        return self._tk.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of `ids`, keeping special tokens and spacing exactly as generated."""
+        return self._tk.decode(list(ids), skip_special_tokens=False)
+
+    def token_to_id(self, token: str) -> int | None:
+        """Id of a vocabulary entry (its raw string form, e.g. 'Ġpositive'), or None."""
+        return self._tk.token_to_id(token)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """Raw bytes of one token: a byte-level token may hold half a UTF-8 character, so its
+        text alone cannot be used for stop-string or grammar matching."""
+        if self._all_bytes is not None:
+            return self._all_bytes[token_id]
+        return self._token_bytes(token_id)
+
+    def all_token_bytes(self) -> list[bytes]:
+        """Bytes of every token id, computed once; the engine indexes this per generated token."""
+        if self._all_bytes is None:
+            self._all_bytes = [self._token_bytes(i) for i in range(self.vocab_size)]
+        return self._all_bytes
+
+    def _token_bytes(self, token_id: int) -> bytes:
+        if token_id in self._added:
+            return self._added[token_id].encode("utf-8")
+        piece = self._tk.id_to_token(token_id)
+        if piece is None:
+            raise IndexError(f"token id {token_id} is outside the vocabulary of {self.name}")
+        if self._kind == "byte_level":
+            try:
+                return bytes(_UNICODE_TO_BYTE[c] for c in piece)
+            except KeyError:
+                return piece.encode("utf-8")
+        if self._kind == "metaspace":
+            if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+                return bytes([int(piece[3:5], 16)])
+            return piece.replace("\u2581", " ").encode("utf-8")
+        return self._tk.decode([token_id], skip_special_tokens=False).encode("utf-8")
+
+    def to_hf(self) -> transformers.PreTrainedTokenizerFast:
+        """A transformers fast tokenizer over the same Rust tokenizer, built once, because
+        llguidance.hf.from_tokenizer wants one and transformers is too slow to import eagerly."""
+        if self._hf is None:
+            import transformers
+
+            def text(tid: int | None) -> str | None:
+                return None if tid is None else self._tk.id_to_token(tid)
+
+            self._hf = transformers.PreTrainedTokenizerFast(
+                tokenizer_object=tokenizers.Tokenizer.from_str(self._tk.to_str()),
+                bos_token=text(self.bos_token_id),
+                eos_token=text(self.eos_token_id),
+                chat_template=self.chat_template,
+                clean_up_tokenization_spaces=False,
+            )
+        return self._hf
+
+    def to_json(self) -> str:
+        """tokenizer.json content, so a server can hand its tokenizer to a remote client."""
+        return self._tk.to_str()
+
+    @classmethod
+    def from_json(
+        cls,
+        data: str,
+        *,
+        bos_token_id: int | None,
+        eos_token_id: int | None,
+        chat_template: str | None = None,
+        name: str = "<remote>",
+    ) -> Tokenizer:
+        """Rebuild a tokenizer received over the wire (see `to_json`)."""
+        try:
+            tk = tokenizers.Tokenizer.from_str(data)
+        except Exception as exc:  # the Rust side raises a bare Exception
+            raise TokenizerNotFound(f"invalid tokenizer.json data for {name}: {exc}") from exc
+        return cls(
+            tk,
+            name=name,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            chat_template=chat_template,
+        )
+
+
+def hf_hub_cache() -> Path:
+    """The Hugging Face hub cache folder, read from the environment on every call (not at
+    import time) so HF_HUB_CACHE / HF_HOME set after import are honoured."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "huggingface" / "hub"
+
+
+def hf_snapshot(repo_id: str) -> Path | None:
+    """Local snapshot folder of a hub repo, or None; never touches the network."""
+    if not repo_id or repo_id.count("/") > 1 or repo_id.startswith(("/", ".", "~")):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(repo_id, cache_dir=hf_hub_cache(), local_files_only=True)
+    except Exception:  # not cached, or not a valid repo id: both mean "not here"
+        return None
+    return Path(folder)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _chat_template(folder: Path, tok_config: dict[str, Any]) -> str | None:
+    """The chat template: transformers saves it as chat_template.jinja (preferred) or inside
+    tokenizer_config.json, either as a string or a list of named templates."""
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    template = tok_config.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default") or next(iter(named.values()), None)
+    return template if isinstance(template, str) else None
+
+
+def _first_id(value: Any) -> int | None:
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return value if isinstance(value, int) else None
+
+
+def _special_id(
+    tk: tokenizers.Tokenizer, key: str, configs: list[dict[str, Any]], id_configs: list[dict]
+) -> int | None:
+    """Resolve bos/eos: token strings from the tokenizer configs first (they describe this
+    tokenizer), then `<key>_id` from generation_config.json / config.json."""
+    for config in configs:
+        content = _special_content(config.get(key))
+        if content is not None and tk.token_to_id(content) is not None:
+            return tk.token_to_id(content)
+    for config in id_configs:
+        found = _first_id(config.get(f"{key}_id"))
+        if found is not None:
+            return found
+    return None
+
+
+def _tokenizer_folder(path_or_name: str | os.PathLike[str]) -> Path:
+    """Map a folder, a tokenizer.json file or a cached hub name to a folder with tokenizer.json."""
+    raw = os.fspath(path_or_name)
+    if raw.startswith("local:"):
+        raw = raw[len("local:") :]
+    path = Path(raw).expanduser()
+    tried = [str(path / "tokenizer.json")]
+    if path.is_file() and path.name == "tokenizer.json":
+        return path.parent
+    if (path / "tokenizer.json").is_file():
+        return path
+    snapshot = hf_snapshot(raw)
+    tried.append(f"Hugging Face cache {hf_hub_cache()} (offline) for {raw!r}")
+    if snapshot is not None and (snapshot / "tokenizer.json").is_file():
+        return snapshot
+    if snapshot is not None:
+        tried.append(f"{snapshot / 'tokenizer.json'} (snapshot has no tokenizer.json)")
+    raise TokenizerNotFound(
+        f"no tokenizer found for {raw!r}; tried: " + "; ".join(tried) + ". A tokenizer needs a "
+        "tokenizer.json (fast tokenizer); hub names are only looked up in the local cache."
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _load_folder(folder: str, mtime_ns: int) -> Tokenizer:
+    """Cached per folder and tokenizer.json mtime: several layers load the same tokenizer."""
+    del mtime_ns  # part of the cache key only
+    root = Path(folder)
+    try:
+        tk = tokenizers.Tokenizer.from_file(str(root / "tokenizer.json"))
+    except Exception as exc:
+        raise TokenizerNotFound(f"cannot read {root / 'tokenizer.json'}: {exc}") from exc
+    tok_config = _read_json(root / "tokenizer_config.json")
+    configs = [tok_config, _read_json(root / "special_tokens_map.json")]
+    id_configs = [_read_json(root / "generation_config.json"), _read_json(root / "config.json")]
+    return Tokenizer(
+        tk,
+        name=folder,
+        bos_token_id=_special_id(tk, "bos_token", configs, id_configs),
+        eos_token_id=_special_id(tk, "eos_token", configs, id_configs),
+        chat_template=_chat_template(root, tok_config),
+    )
+
+
+def load_tokenizer(path_or_name: str | os.PathLike[str]) -> Tokenizer:
+    """Load a tokenizer from a folder (tokenizer.json + configs) or a hub name in the local HF
+    cache. Never touches the network; the same folder is loaded once per process."""
+    folder = _tokenizer_folder(path_or_name).resolve()
+    mtime = (folder / "tokenizer.json").stat().st_mtime_ns
+    return _load_folder(str(folder), mtime)
