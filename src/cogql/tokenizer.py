@@ -96,7 +96,9 @@ class Tokenizer:
         self.chat_template = chat_template
         self.vocab_size: int = tk.get_vocab_size(with_added_tokens=True)
         self._kind = _decoder_kind(tk)
-        self._added: dict[int, str] = {i: t.content for i, t in tk.get_added_tokens_decoder().items()}
+        self._added: dict[int, str] = {
+            i: t.content for i, t in tk.get_added_tokens_decoder().items()
+        }
         self._hf: transformers.PreTrainedTokenizerFast | None = None
         self._all_bytes: list[bytes] | None = None
 

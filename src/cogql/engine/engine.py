@@ -1,0 +1,345 @@
+"""The engine: executes LMTP ops (GENERATE / SCORE / MODEL_INFO) on a loaded model.
+
+Model work runs on one worker thread so the event loop that hosts it (in-process client,
+websocket server, Cog predictor) stays free to stream tokens. Streams advance one token per
+turn, so a SCORE or a new stream is served between the tokens of a long GENERATE.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from typing import Any
+
+import torch
+
+from ..lmtp.messages import (
+    ErrorEvent,
+    Event,
+    Generate,
+    InfoEvent,
+    ModelInfo,
+    Op,
+    Score,
+    TokenEvent,
+)
+from .kvcache import CacheEntry, PrefixCache, common_prefix
+from .masks import GrammarCompiler, GrammarError, GrammarMatcher
+from .models import LoadedModel
+from .sampling import apply_bias, choose
+
+log = logging.getLogger("cogql.engine")
+
+CAPABILITIES = ("stop", "grammar", "tokenizer", "batch", "seed", "min_tokens")
+Sink = Callable[[Event], None]
+
+
+class StreamHandle:
+    """Lets the submitter cancel a stream it no longer needs (nothing more is computed)."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@dataclass
+class _Work:
+    ops: list[Op]
+    sink: Sink
+    handles: list[StreamHandle]
+
+
+class _ModelRunner:
+    """Forward passes over cache entries; the only code that calls the model."""
+
+    def __init__(self, loaded: LoadedModel, cache: PrefixCache) -> None:
+        self.model = loaded.model
+        self.device = loaded.device
+        self.cache = cache
+
+    def forward(self, entry: CacheEntry, new_ids: list[int], keep: int = 1) -> torch.Tensor:
+        """Feed `new_ids` after `entry.ids`; returns logits of the last `keep` positions."""
+        from transformers import DynamicCache
+
+        if entry.past is None:
+            entry.past = DynamicCache(config=self.model.config)
+        ids = torch.tensor([new_ids], dtype=torch.long, device=self.device)
+        out = self.model(input_ids=ids, past_key_values=entry.past, use_cache=True,
+                         logits_to_keep=keep)  # fmt: skip
+        entry.ids.extend(new_ids)
+        logits = out.logits[0].float()
+        entry.logits = logits[-1]
+        return logits
+
+    def prepare(self, prompt: list[int]) -> CacheEntry:
+        """An entry holding exactly `prompt`, with next-token logits, reusing the best prefix."""
+        if not prompt:
+            raise ValueError("the prompt is empty: send at least one token (e.g. BOS)")
+        entry = self.cache.acquire(prompt)
+        shared = common_prefix(entry.ids, prompt)
+        if shared == len(prompt) and len(entry.ids) == shared and entry.logits is not None:
+            return entry
+        entry.crop(min(shared, len(prompt) - 1))
+        self.forward(entry, prompt[len(entry.ids) :])
+        return entry
+
+    def score_group(self, prompt: list[int], options: list[list[int]]) -> list[list[float]]:
+        """Log-probs of each option's tokens after one shared prompt, in one batched pass."""
+        entry = self.prepare(prompt)
+        try:
+            first = torch.log_softmax(entry.logits, -1)
+            results = [[float(first[opt[0]])] for opt in options]
+            longer = [i for i, opt in enumerate(options) if len(opt) > 1]
+            if longer:
+                self._score_tails(entry, [options[i] for i in longer], [results[i] for i in longer])
+            return results
+        finally:
+            self.cache.release(entry)
+
+    def _score_tails(self, entry: CacheEntry, options: list[list[int]], out: list[list[float]]):
+        from transformers import DynamicCache
+
+        width = max(len(o) - 1 for o in options)
+        rows = torch.tensor([o[:-1] + [0] * (width - len(o) + 1) for o in options])
+        layers = [(layer.keys, layer.values) for layer in entry.past.layers]
+        n = len(options)
+        past = DynamicCache(
+            ddp_cache_data=[(k.expand(n, -1, -1, -1).contiguous(), v.expand(n, -1, -1, -1)
+                             .contiguous()) for k, v in layers],  # fmt: skip
+            config=self.model.config,
+        )
+        logits = self.model(input_ids=rows.to(self.device), past_key_values=past, use_cache=True)
+        logprobs = torch.log_softmax(logits.logits.float(), -1)
+        for r, opt in enumerate(options):
+            for j, tok in enumerate(opt[1:]):
+                out[r].append(float(logprobs[r, j, tok]))
+
+
+@dataclass
+class _GenerateStream:
+    op: Generate
+    sink: Sink
+    handle: StreamHandle
+    entry: CacheEntry | None = None
+    matcher: GrammarMatcher | None = None
+    generator: torch.Generator | None = None
+    produced: int = 0
+    text: bytearray = field(default_factory=bytearray)
+    stops: list[bytes] = field(default_factory=list)
+
+
+class Engine:
+    """Runs ops for any number of clients; submit() is thread-safe and returns immediately."""
+
+    def __init__(self, loaded: LoadedModel, *, max_cache_entries: int = 8) -> None:
+        self.loaded = loaded
+        self.tokenizer = loaded.tokenizer
+        self.cache = PrefixCache(max_cache_entries)
+        self.runner = _ModelRunner(loaded, self.cache)
+        self.grammars = GrammarCompiler(loaded.tokenizer)
+        self.eos_ids = self._eos_ids()
+        self._token_bytes = loaded.tokenizer.all_token_bytes()
+        self._inbox: queue.Queue[_Work | None] = queue.Queue()
+        self._streams: list[_GenerateStream] = []
+        self._thread = threading.Thread(target=self._run, name="cogql-engine", daemon=True)
+        self._thread.start()
+
+    def _eos_ids(self) -> frozenset[int]:
+        ids = {self.tokenizer.eos_token_id}
+        cfg = getattr(self.loaded.model, "generation_config", None)
+        eos = getattr(cfg, "eos_token_id", None)
+        ids.update(eos if isinstance(eos, list) else [eos])
+        return frozenset(i for i in ids if i is not None)
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else min(
+            self.eos_ids
+        )
+
+    def model_info(self) -> dict[str, Any]:
+        return {
+            "model": self.loaded.name,
+            "model_type": "transformers",
+            "constructor": f"AutoModelForCausalLM.from_pretrained('{self.loaded.path}')",
+            "transformers": version("transformers"),
+            "cogql": version("cogql") if _installed("cogql") else "dev",
+            "capabilities": list(CAPABILITIES),
+            "bos_token_id": self.tokenizer.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "vocab_size": self.tokenizer.vocab_size,
+        }
+
+    def submit(self, ops: list[Op], sink: Sink) -> list[StreamHandle]:
+        """Queue ops that arrived together (they are batched together); events go to `sink`."""
+        handles = [StreamHandle() for _ in ops]
+        self._inbox.put(_Work(list(ops), sink, handles))
+        return handles
+
+    def close(self) -> None:
+        self._inbox.put(None)
+        self._thread.join(timeout=10)
+
+    # ---- worker thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                block = not self._streams
+                try:
+                    work = self._inbox.get(block=block)
+                except queue.Empty:
+                    work = False
+                if work is None:
+                    return
+                if work:
+                    self._accept(work)
+                    continue
+                self._step_all()
+
+    def _accept(self, work: _Work) -> None:
+        scores: list[tuple[Score, StreamHandle]] = []
+        for op, handle in zip(work.ops, work.handles, strict=True):
+            if isinstance(op, ModelInfo):
+                work.sink(InfoEvent(op.stream_id, self.model_info()))
+            elif isinstance(op, Score):
+                scores.append((op, handle))
+            else:
+                self._streams.append(_GenerateStream(op, work.sink, handle))
+        if scores:
+            self._run_scores(scores, work.sink)
+
+    def _run_scores(self, scores: list[tuple[Score, StreamHandle]], sink: Sink) -> None:
+        groups: dict[tuple[int, ...], list[Score]] = {}
+        for op, handle in scores:
+            if handle.cancelled:
+                continue
+            if not op.scored:
+                sink(ErrorEvent(op.stream_id, "SCORE needs at least one token in 'scored'"))
+                continue
+            groups.setdefault(tuple(op.prompt), []).append(op)
+        for prompt, ops in groups.items():
+            try:
+                results = self.runner.score_group(list(prompt), [op.scored for op in ops])
+            except Exception as e:  # one bad group must not take the engine down
+                log.exception("SCORE failed")
+                for op in ops:
+                    sink(ErrorEvent(op.stream_id, f"failed to score tokens '{e}'"))
+                continue
+            for op, logprobs in zip(ops, results, strict=True):
+                last = len(logprobs) - 1
+                for i, (tok, lp) in enumerate(zip(op.scored, logprobs, strict=True)):
+                    sink(TokenEvent(op.stream_id, tok, lp, "stop" if i == last else None))
+
+    def _step_all(self) -> None:
+        for stream in list(self._streams):
+            done = True
+            try:
+                done = stream.handle.cancelled or self._step(stream)
+            except Exception as e:
+                log.exception("GENERATE failed")
+                stream.sink(ErrorEvent(stream.op.stream_id, f"failed to generate tokens '{e}'"))
+            if done:
+                self._finish(stream)
+
+    def _finish(self, stream: _GenerateStream) -> None:
+        self._streams.remove(stream)
+        if stream.entry is not None:
+            self.cache.release(stream.entry)
+            stream.entry = None
+
+    def _start(self, s: _GenerateStream) -> None:
+        op = s.op
+        if op.grammar:
+            try:
+                s.matcher = self.grammars.matcher(op.grammar)
+            except GrammarError as e:
+                raise ValueError(f"invalid grammar: {e}") from None
+        if op.temperature > 0:
+            s.generator = torch.Generator()
+            s.generator.manual_seed(op.seed if op.seed is not None else torch.seed())
+        s.stops = [x.encode() for x in op.stop]
+        s.entry = self.runner.prepare(op.prompt)
+
+    def _step(self, s: _GenerateStream) -> bool:
+        """Advance one stream by one token (or a run of grammar-forced tokens); True when done."""
+        if s.entry is None:
+            self._start(s)
+            if s.op.max_tokens == 0:
+                s.sink(TokenEvent(s.op.stream_id, self.eos_token_id, 0.0, "length", {}))
+                return True
+        assert s.entry is not None and s.entry.logits is not None
+        forced = s.matcher.forced_tokens() if s.matcher else []
+        if forced:
+            return self._emit_forced(s, forced)
+        logits = s.entry.logits.clone()
+        allowed = self._mask(s, logits)
+        if allowed is not None and allowed.sum() == 1 and allowed[self.eos_token_id]:
+            return self._emit(s, self.eos_token_id, 0.0, {self.eos_token_id: 0.0}, forward=False)
+        op = s.op
+        c = choose(
+            logits,
+            temperature=op.temperature,
+            top_logprobs=op.top_logprobs,
+            generator=s.generator,
+            top_k=op.extra.get("top_k"),
+            top_p=op.extra.get("top_p"),
+        )
+        return self._emit(s, c.token, c.logprob, c.top_logprobs, forward=True)
+
+    def _mask(self, s: _GenerateStream, logits: torch.Tensor):
+        apply_bias(logits, s.op.logit_bias)
+        if s.produced < s.op.min_tokens:
+            for eos in self.eos_ids:
+                logits[eos] = float("-inf")
+        if s.matcher is None:
+            return None
+        return s.matcher.mask_logits(logits)
+
+    def _finish_reason(self, s: _GenerateStream, token: int) -> str | None:
+        if token in self.eos_ids:
+            return "stop"
+        if s.stops and s.produced > s.op.min_tokens - 1:
+            window = s.text[-(max(len(x) for x in s.stops) + len(self._token_bytes[token])) :]
+            if any(x in window for x in s.stops):
+                return "stop"
+        if s.matcher is not None and s.matcher.is_stopped():
+            return "stop"
+        if s.produced >= s.op.max_tokens:
+            return "length"
+        return None
+
+    def _emit(self, s, token: int, logprob: float, top: dict[int, float], *, forward: bool) -> bool:
+        s.produced += 1
+        s.text += self._token_bytes[token]
+        if s.matcher is not None and token not in self.eos_ids:
+            s.matcher.consume([token])
+        reason = self._finish_reason(s, token)
+        s.sink(TokenEvent(s.op.stream_id, token, logprob, reason, top))
+        if reason is None and forward:
+            self.runner.forward(s.entry, [token])
+        return reason is not None
+
+    def _emit_forced(self, s: _GenerateStream, forced: list[int]) -> bool:
+        forced = forced[: max(s.op.max_tokens - s.produced, 0)]
+        fed: list[int] = []
+        for token in forced:
+            if self._emit(s, token, 0.0, {token: 0.0}, forward=False):
+                return True
+            fed.append(token)
+        self.runner.forward(s.entry, fed)
+        return False
+
+
+def _installed(dist: str) -> bool:
+    try:
+        version(dist)
+        return True
+    except Exception:
+        return False

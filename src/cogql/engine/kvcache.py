@@ -1,0 +1,83 @@
+"""KV prefix cache: token sequences whose keys and values are already computed.
+
+A request takes the entry sharing the longest prefix with its prompt, so the next hole of a
+query, or a SCORE after a GENERATE on the same prompt, only computes the new tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@dataclass
+class CacheEntry:
+    """Keys/values for `ids`; `logits` are the next-token logits after the last id, if known."""
+
+    ids: list[int] = field(default_factory=list)
+    past: Any = None
+    logits: torch.Tensor | None = None
+
+    def crop(self, length: int) -> None:
+        if length >= len(self.ids):
+            return
+        self.ids = self.ids[:length]
+        self.logits = None
+        if self.past is None:
+            return
+        if length == 0:
+            self.past = None
+            return
+        for layer in self.past.layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                layer.keys = layer.keys[..., :length, :]
+                layer.values = layer.values[..., :length, :]
+
+    def tokens_held(self) -> int:
+        return len(self.ids)
+
+
+class PrefixCache:
+    """A bounded pool of entries; bounded by entry count and by total tokens held."""
+
+    def __init__(self, max_entries: int = 8, max_tokens: int = 65536) -> None:
+        self.max_entries = max_entries
+        self.max_tokens = max_tokens
+        self._free: list[CacheEntry] = []
+
+    def acquire(self, prompt: list[int]) -> CacheEntry:
+        """Take the entry with the longest common prefix out of the pool (or a new one)."""
+        best, best_len = None, 0
+        for entry in self._free:
+            n = common_prefix(entry.ids, prompt)
+            if n > best_len:
+                best, best_len = entry, n
+        if best is None:
+            return CacheEntry()
+        self._free.remove(best)
+        return best
+
+    def release(self, entry: CacheEntry) -> None:
+        if not entry.ids:
+            return
+        self._free.insert(0, entry)
+        del self._free[self.max_entries :]
+        while len(self._free) > 1 and sum(e.tokens_held() for e in self._free) > self.max_tokens:
+            self._free.pop()
+
+    def clear(self) -> None:
+        self._free.clear()
+
+    def __len__(self) -> int:
+        return len(self._free)

@@ -1,0 +1,292 @@
+"""The one LMTP wire schema: ops (client → server), events (server → client), and both framings.
+
+Byte compatibility with LMQL 0.7 rests on key order and Python's default `json.dumps`
+formatting, so payloads are built field by field here and nowhere else. cogql's extensions
+(`grammar`, `stop`, `seed`, `min_tokens`) are only written when set, so an LMQL server never
+sees them unless the client chose to use them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+GENERATE, SCORE, MODEL_INFO = "GENERATE", "SCORE", "MODEL_INFO"
+TOKEN, MSG = "TOKEN", "MSG"
+DEFAULT_MAX_TOKENS = 32
+EXTENSIONS = ("grammar", "stop", "seed", "min_tokens")
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow LMTP; `stream_id` is set when the message named one."""
+
+    def __init__(self, message: str, stream_id: Any = None) -> None:
+        super().__init__(message)
+        self.stream_id = stream_id
+
+
+@dataclass
+class Generate:
+    stream_id: Any
+    model: str
+    prompt: list[int]
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    temperature: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    top_logprobs: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+    grammar: str | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    min_tokens: int = 0
+
+
+@dataclass
+class Score:
+    stream_id: Any
+    model: str
+    prompt: list[int]
+    scored: list[int]
+
+
+@dataclass
+class ModelInfo:
+    stream_id: Any
+    model: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+Op = Generate | Score | ModelInfo
+
+
+@dataclass
+class TokenEvent:
+    stream_id: Any
+    token: int
+    logprob: float
+    finish_reason: str | None = None
+    top_logprobs: dict[int, float] | None = None
+
+
+@dataclass
+class InfoEvent:
+    stream_id: Any
+    model_info: Any
+
+
+@dataclass
+class ErrorEvent:
+    stream_id: Any
+    error: str
+    as_msg: bool = True
+
+
+Event = TokenEvent | InfoEvent | ErrorEvent
+
+
+def is_terminal(event: Event) -> bool:
+    """LMQL's rule: a stream ends at a finish_reason, an error, or any MSG."""
+    return not isinstance(event, TokenEvent) or event.finish_reason is not None
+
+
+# ---- ops -> wire ---------------------------------------------------------------------------
+
+
+def op_to_wire(op: Op) -> tuple[str, dict[str, Any]]:
+    """(TYPE, payload) with LMQL's key order."""
+    if isinstance(op, Generate):
+        return GENERATE, _generate_payload(op)
+    if isinstance(op, Score):
+        payload = {"model": op.model, "prompt": op.prompt, "scored": op.scored}
+        return SCORE, {**payload, "stream_id": op.stream_id}
+    return MODEL_INFO, {"stream_id": op.stream_id, "model": op.model, "data": op.data}
+
+
+def _generate_payload(op: Generate) -> dict[str, Any]:
+    p: dict[str, Any] = {"max_tokens": op.max_tokens, "temperature": op.temperature}
+    if op.logit_bias:
+        p["logit_bias"] = {str(k): v for k, v in sorted(op.logit_bias.items())}
+    p["top_logprobs"] = op.top_logprobs
+    p.update(op.extra)
+    if op.grammar is not None:
+        p["grammar"] = op.grammar
+    if op.stop:
+        p["stop"] = list(op.stop)
+    if op.seed is not None:
+        p["seed"] = op.seed
+    if op.min_tokens:
+        p["min_tokens"] = op.min_tokens
+    p.update(model=op.model, prompt=op.prompt, stream_id=op.stream_id)
+    return p
+
+
+# ---- wire -> ops ---------------------------------------------------------------------------
+
+
+def _require(payload: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    if key not in payload:
+        raise ProtocolError(f"missing field '{key}'", payload.get("stream_id"))
+    value = payload[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ProtocolError(f"field '{key}' has the wrong type", payload.get("stream_id"))
+    return value
+
+
+def _token_ids(payload: dict[str, Any], key: str) -> list[int]:
+    ids = _require(payload, key, list)
+    if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids):
+        raise ProtocolError(f"field '{key}' must be a list of token ids", payload["stream_id"])
+    return ids
+
+
+def _logit_bias(payload: dict[str, Any]) -> dict[int, float]:
+    raw = payload.get("logit_bias") or {}
+    if not isinstance(raw, dict):
+        raise ProtocolError("field 'logit_bias' must be an object", payload["stream_id"])
+    try:
+        return {int(k): float(v) for k, v in raw.items()}
+    except (TypeError, ValueError):
+        raise ProtocolError(
+            "logit_bias keys must be token ids and values numbers", payload["stream_id"]
+        ) from None
+
+
+def op_from_wire(kind: str, payload: Any) -> Op:
+    """Validate one incoming op; raises ProtocolError naming the stream when it can."""
+    if not isinstance(payload, dict):
+        raise ProtocolError(f"{kind} payload must be a JSON object")
+    if kind not in (GENERATE, SCORE, MODEL_INFO):
+        raise ProtocolError(f"Unknown command: {kind}", payload.get("stream_id"))
+    if "stream_id" not in payload:
+        raise ProtocolError("'stream_id'")
+    model = payload.get("model", "")
+    if not isinstance(model, str):
+        raise ProtocolError("field 'model' has the wrong type", payload["stream_id"])
+    if kind == MODEL_INFO:
+        data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
+        return ModelInfo(payload["stream_id"], model, data)
+    if kind == SCORE:
+        return Score(
+            payload["stream_id"], model, _token_ids(payload, "prompt"), _token_ids(payload, "scored")
+        )
+    return _generate_from_wire(payload, model)
+
+
+_GENERATE_KEYS = {"max_tokens", "temperature", "logit_bias", "top_logprobs", "model", "prompt"}
+
+
+def _generate_from_wire(payload: dict[str, Any], model: str) -> Generate:
+    sid = payload["stream_id"]
+    number = (int, float)
+    op = Generate(
+        stream_id=sid,
+        model=model,
+        prompt=_token_ids(payload, "prompt"),
+        max_tokens=int(_optional(payload, "max_tokens", int, DEFAULT_MAX_TOKENS)),
+        temperature=float(_optional(payload, "temperature", number, 0.0)),
+        logit_bias=_logit_bias(payload),
+        top_logprobs=int(_optional(payload, "top_logprobs", int, 1)),
+        grammar=_optional(payload, "grammar", str, None),
+        stop=list(_optional(payload, "stop", list, [])),
+        seed=_optional(payload, "seed", int, None),
+        min_tokens=int(_optional(payload, "min_tokens", int, 0)),
+    )
+    if not all(isinstance(s, str) and s for s in op.stop):
+        raise ProtocolError("field 'stop' must be a list of non-empty strings", sid)
+    if op.max_tokens < 0 or op.top_logprobs < 0:
+        raise ProtocolError("max_tokens and top_logprobs must not be negative", sid)
+    skip = _GENERATE_KEYS | set(EXTENSIONS) | {"stream_id"}
+    op.extra = {k: v for k, v in payload.items() if k not in skip}
+    return op
+
+
+def _optional(payload: dict[str, Any], key: str, kind: Any, default: Any) -> Any:
+    if payload.get(key) is None:
+        return default
+    return _require(payload, key, kind)
+
+
+# ---- events <-> wire -----------------------------------------------------------------------
+
+
+def event_to_wire(event: Event) -> tuple[str, dict[str, Any]]:
+    if isinstance(event, TokenEvent):
+        p: dict[str, Any] = {
+            "token": event.token,
+            "stream_id": event.stream_id,
+            "logprob": event.logprob,
+            "finish_reason": event.finish_reason,
+        }
+        if event.top_logprobs is not None:
+            p["top_logprobs"] = {str(k): v for k, v in event.top_logprobs.items()}
+        return TOKEN, p
+    if isinstance(event, InfoEvent):
+        return MSG, {"stream_id": event.stream_id, "model_info": event.model_info}
+    return (MSG if event.as_msg else TOKEN), {"stream_id": event.stream_id, "error": event.error}
+
+
+def event_from_wire(kind: str, payload: Any) -> Event:
+    if not isinstance(payload, dict) or "stream_id" not in payload:
+        raise ProtocolError(f"{kind} item without a stream_id")
+    sid = payload["stream_id"]
+    if "error" in payload:
+        return ErrorEvent(sid, str(payload["error"]), as_msg=kind == MSG)
+    if kind == MSG:
+        return InfoEvent(sid, payload.get("model_info"))
+    if kind != TOKEN:
+        raise ProtocolError(f"unknown message type {kind}", sid)
+    top = payload.get("top_logprobs")
+    return TokenEvent(
+        sid,
+        int(payload["token"]),
+        float(payload["logprob"]),
+        payload.get("finish_reason"),
+        None if top is None else {int(k): float(v) for k, v in top.items()},
+    )
+
+
+# ---- framing -------------------------------------------------------------------------------
+
+
+def dumps(obj: Any) -> str:
+    """Python's default JSON formatting, which LMQL peers produce and compare byte for byte."""
+    return json.dumps(obj)
+
+
+def split_message(text: str) -> tuple[str, Any]:
+    """`TYPE JSON` → (TYPE, parsed JSON); NaN/Infinity literals are accepted as LMQL emits them."""
+    kind, sep, body = text.partition(" ")
+    if not sep or not kind:
+        raise ProtocolError("malformed message: expected 'TYPE {json}'")
+    try:
+        return kind, json.loads(body)
+    except json.JSONDecodeError as e:
+        raise ProtocolError(f"malformed JSON in {kind} message: {e.msg}") from None
+
+
+def ws_frame(kind: str, payload: dict[str, Any]) -> str:
+    """Server → client over WebSocket: the payload is wrapped in a one-element array."""
+    return f"{kind} {dumps([payload])}"
+
+
+def request_frame(kind: str, payload: dict[str, Any]) -> str:
+    """Client → server over WebSocket: a bare object."""
+    return f"{kind} {dumps(payload)}"
+
+
+def replicate_line(kind: str, payload: dict[str, Any]) -> str:
+    """One line of a Replicate prediction's output: a bare object and a newline."""
+    return f"{kind} {dumps(payload)}\n"
+
+
+def parse_server_message(text: str) -> list[Event]:
+    """One WebSocket frame or Replicate line → events (arrays of any length are accepted)."""
+    kind, body = split_message(text.strip())
+    items = body if isinstance(body, list) else [body]
+    return [event_from_wire(kind, item) for item in items]
+
+
+def finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
