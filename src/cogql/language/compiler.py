@@ -186,8 +186,9 @@ def _distribution(node: ast.expr | None, source: str) -> DistributionClause | No
 class _PromptTransformer(ast.NodeTransformer):
     """Rewrites prompt-string statements into runtime calls, leaving other Python alone."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, dist_var: str | None) -> None:
         self.source = source
+        self.dist_var = dist_var
         self.statements: list[PromptStatement] = []
 
     def visit_FunctionDef(self, node: ast.AST) -> ast.AST:
@@ -238,7 +239,7 @@ class _PromptTransformer(ast.NodeTransformer):
             keywords=[],
         )
         out: list[ast.stmt] = [ast.Expr(ast.Await(call))]
-        dist_var = stmt.distribution.variable if stmt.distribution else None
+        dist_var = stmt.distribution.variable if stmt.distribution else self.dist_var
         for hole in stmt.holes:
             if hole.name == dist_var or "." in hole.name:
                 continue
@@ -302,14 +303,16 @@ def _names(nodes: list[ast.AST]) -> tuple[set[str], set[str]]:
     return loaded, stored
 
 
-def _body(clauses: Clauses, source: str) -> tuple[list[ast.stmt], _PromptTransformer]:
+def _body(
+    clauses: Clauses, source: str, dist_var: str | None
+) -> tuple[list[ast.stmt], _PromptTransformer]:
     body: list[ast.stmt] = []
     if clauses.prologue is not None and clauses.text(clauses.prologue).strip():
         region = _Region(source, clauses.prologue, dedent=True)
         tree = _parse(region, clauses.source, "exec", "prologue")
         assert isinstance(tree, ast.Module)
         body.extend(tree.body)
-    transformer = _PromptTransformer(clauses.source)
+    transformer = _PromptTransformer(clauses.source, dist_var)
     if clauses.prompt is not None and clauses.text(clauses.prompt).strip():
         region = _Region(source, clauses.prompt, dedent=True)
         tree = _parse(region, clauses.source, "exec", "prompt")
@@ -355,12 +358,12 @@ def _free_variables(
 
 def compile_query(source: str) -> CompiledQuery:
     """Parse and compile LMQL source; raises QuerySyntaxError with line and column."""
-    source = _strip_marker(source)
+    source = textwrap.dedent(_strip_marker(source).expandtabs(8))
     clauses = split_clauses(source)
     blanked = _blank(source, clauses)
-    body, transformer = _body(clauses, blanked)
     where = _expression(clauses, clauses.where, "where clause")
     dist = _distribution(_expression(clauses, clauses.distribution, "distribution"), source)
+    body, transformer = _body(clauses, blanked, dist.variable if dist else None)
     statements = transformer.statements
     if dist is None:
         dist = next((s.distribution for s in statements if s.distribution), None)
@@ -397,7 +400,6 @@ def compile_query(source: str) -> CompiledQuery:
 
 def _strip_marker(source: str) -> str:
     stripped = source.lstrip()
-    if stripped.startswith("lmql\n") or stripped.startswith("lmql\r\n"):
-        offset = len(source) - len(stripped) + 4
-        return " " * offset + source[offset:]
+    if stripped.startswith(("lmql\n", "lmql\r\n")):
+        return stripped[4:].lstrip("\r\n")
     return source

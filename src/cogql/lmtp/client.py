@@ -1,0 +1,113 @@
+"""LMTP client: turns ops into streams of events over any transport.
+
+It numbers streams, routes events to them, ends a stream at its first terminal event (later
+duplicates are ignored, as LMQL servers send some), and turns error events into exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from typing import Any
+
+from .messages import (
+    ErrorEvent,
+    Event,
+    Generate,
+    InfoEvent,
+    ModelInfo,
+    Op,
+    Score,
+    TokenEvent,
+    is_terminal,
+)
+from .transports.base import Cancellable, Transport
+
+
+class LMTPError(RuntimeError):
+    """The server reported an error for a stream."""
+
+
+class LMTPClient:
+    def __init__(self, transport: Transport, model: str = "") -> None:
+        self.transport = transport
+        self.model = model
+        self._ids = itertools.count(1)
+        self._info: dict[str, Any] | None = None
+
+    async def model_info(self) -> dict[str, Any]:
+        if self._info is None:
+            op = ModelInfo(next(self._ids), self.model)
+            (events,) = await self._collect([op])
+            event = events[-1]
+            if isinstance(event, ErrorEvent):
+                raise LMTPError(f"MODEL_INFO failed: {event.error}")
+            info = event.model_info if isinstance(event, InfoEvent) else None
+            self._info = info if isinstance(info, dict) else {"model_info": info}
+        return self._info
+
+    async def capabilities(self) -> frozenset[str]:
+        return frozenset((await self.model_info()).get("capabilities", ()))
+
+    async def generate(self, op: Generate) -> AsyncIterator[TokenEvent]:
+        """Stream the tokens of one GENERATE; cancels it server-side if the caller stops early."""
+        op.stream_id = next(self._ids)
+        op.model = op.model or self.model
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        (handle,) = self.transport.send([op], queue.put_nowait)
+        finished = False
+        try:
+            while True:
+                event = await queue.get()
+                if isinstance(event, ErrorEvent):
+                    finished = True
+                    raise LMTPError(event.error)
+                if isinstance(event, TokenEvent):
+                    yield event
+                if is_terminal(event):
+                    finished = True
+                    return
+        finally:
+            if not finished:
+                handle.cancel()
+
+    async def score(self, prompt: list[int], options: list[list[int]]) -> list[list[float]]:
+        """Log-probs of each option's tokens after `prompt`, all options in one message."""
+        ops: list[Op] = [
+            Score(next(self._ids), self.model, list(prompt), list(o)) for o in options
+        ]
+        results = await self._collect(ops)
+        out: list[list[float]] = []
+        for events in results:
+            errors = [e for e in events if isinstance(e, ErrorEvent)]
+            if errors:
+                raise LMTPError(errors[0].error)
+            out.append([e.logprob for e in events if isinstance(e, TokenEvent)])
+        return out
+
+    async def _collect(self, ops: list[Op]) -> list[list[Event]]:
+        pending = {op.stream_id: [] for op in ops}  # type: dict[Any, list[Event]]
+        done = asyncio.get_running_loop().create_future()
+        open_ids = set(pending)
+
+        def on_event(event: Event) -> None:
+            if event.stream_id not in open_ids:
+                return
+            pending[event.stream_id].append(event)
+            if is_terminal(event):
+                open_ids.discard(event.stream_id)
+                if not open_ids and not done.done():
+                    done.set_result(None)
+
+        handles: list[Cancellable] = self.transport.send(ops, on_event)
+        try:
+            await done
+        finally:
+            if open_ids:
+                for h in handles:
+                    h.cancel()
+        return [pending[op.stream_id] for op in ops]
+
+    async def close(self) -> None:
+        await self.transport.close()

@@ -1,0 +1,1 @@
+"""Ways to carry LMTP ops to an engine: in-process, websocket, Replicate."""

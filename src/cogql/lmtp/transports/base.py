@@ -1,0 +1,26 @@
+"""The transport interface every LMTP client talks through."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from ..messages import Event, Op
+
+EventCallback = Callable[[Event], None]
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Transport(Protocol):
+    """Carries ops to a server and events back; events are delivered on the event loop."""
+
+    async def open(self) -> None: ...
+
+    def send(self, ops: list[Op], on_event: EventCallback) -> list[Cancellable]:
+        """Send ops that belong together (one message / one batch); returns one handle per op."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,45 @@
+"""In-process transport: ops go straight to an Engine in this process, no serialisation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from ...engine.engine import Engine
+from ...engine.models import load_model
+from ..messages import Event, Op
+from .base import Cancellable, EventCallback
+
+_engines: dict[tuple[str, str, str], Engine] = {}
+_lock = threading.Lock()
+
+
+def local_engine(name: str | None, *, dtype: str = "auto", device: str = "cpu") -> Engine:
+    """The process-wide engine for a model: it is loaded once and shared by all queries."""
+    key = (name or "", dtype, device)
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = Engine(load_model(name, dtype=dtype, device=device))
+            _engines[key] = engine
+        return engine
+
+
+class InProcessTransport:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def open(self) -> None:
+        return None
+
+    def send(self, ops: list[Op], on_event: EventCallback) -> list[Cancellable]:
+        loop = asyncio.get_running_loop()
+
+        def sink(event: Event) -> None:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(on_event, event)
+
+        return list(self.engine.submit(ops, sink))
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,288 @@
+"""The interpreter: runs one program of a query against one model connection.
+
+The compiled program is an ordinary async function; each prompt string calls back into
+`QueryContext.prompt`, which appends text and fills holes one at a time. A hole costs one
+GENERATE carrying its whole grammar, stop phrases and token limit.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import math
+import time
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..constraints.compile import compile_hole
+from ..constraints.holespec import HoleSpec
+from ..language.compiler import (
+    QUERY_FUNCTION,
+    RUNTIME_NAME,
+    CompiledQuery,
+    PromptStatement,
+)
+from ..language.errors import QueryCompileError
+from ..language.qstrings import Hole, Interpolation, Tag, Text
+from ..lmtp.messages import Generate
+from .events import ModelCall, OnEvent, QueryEvent, TextAppended, VariableFinished
+from .model import Connection
+from .result import LMQLResult
+
+log = logging.getLogger("cogql.runtime")
+
+
+class _Default:
+    def __repr__(self) -> str:
+        return "<default result>"
+
+
+DEFAULT = _Default()
+
+
+@dataclass
+class Decoding:
+    """How holes are decoded: greedy when temperature is 0."""
+
+    temperature: float = 0.0
+    seed: int | None = None
+    max_len: int = 2048
+    top_k: int | None = None
+    top_p: float | None = None
+
+
+@dataclass
+class _Pending:
+    """Where the distribution hole was reached: its scope, to evaluate the options later."""
+
+    variable: str
+    scope: dict[str, Any]
+    values: ast.expr
+
+
+@dataclass
+class QueryRun:
+    query: CompiledQuery
+    conn: Connection
+    scope: dict[str, Any]
+    decoding: Decoding
+    on_event: OnEvent | None = None
+    index: int = 0
+    text: str = ""
+    ids: list[int] = field(default_factory=list)
+    pending_text: str = ""
+    variables: dict[str, Any] = field(default_factory=dict)
+    distribution: _Pending | None = None
+    truncated: bool = False
+    calls: int = 0
+    _holes_done: int = 0
+
+    def __post_init__(self) -> None:
+        bos = self.conn.bos_token_id
+        self.ids = [bos] if bos is not None else []
+
+    # ---- running --------------------------------------------------------------------------
+    async def execute(self) -> Any:
+        fn = types.FunctionType(self._function_code(), self._globals())
+        value = await fn()
+        if value is DEFAULT:
+            return await self._result()
+        return value
+
+    def _function_code(self) -> types.CodeType:
+        for const in self.query.code.co_consts:
+            if isinstance(const, types.CodeType) and const.co_name == QUERY_FUNCTION:
+                return const
+        raise RuntimeError("compiled query has no query function")
+
+    def _globals(self) -> dict[str, Any]:
+        return {**self.scope, RUNTIME_NAME: QueryContext(self)}
+
+    def emit(self, event: QueryEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
+    # ---- prompt text ----------------------------------------------------------------------
+    def append(self, text: str, variable: str | None = None) -> None:
+        if not text:
+            return
+        self.text += text
+        self.emit(TextAppended(text, variable, self.index))
+
+    def _flush(self) -> None:
+        if self.pending_text:
+            self.ids.extend(self.conn.tokenizer.encode(self.pending_text))
+            self.pending_text = ""
+
+    def append_program_text(self, text: str) -> None:
+        self.append(text)
+        self.pending_text += text
+
+    def tag(self, role: str) -> str:
+        return f"(({role})):" if not self.text else f"\n(({role})):"
+
+    # ---- holes ----------------------------------------------------------------------------
+    async def fill(self, stmt: PromptStatement, hole: Hole, scope: dict[str, Any]) -> None:
+        spec = self._spec(stmt, hole, scope)
+        self._flush()
+        budget = self.decoding.max_len - len(self.ids)
+        if budget <= 0:
+            self._truncate(hole.name)
+            self.variables[hole.name] = ""
+            return
+        tokens, reason = await self._generate(hole.name, spec, budget)
+        raw = self.conn.tokenizer.decode(tokens)
+        value, prompt_text = spec.finish(raw)
+        if reason == "length" and (spec.max_tokens is None or len(tokens) < spec.max_tokens):
+            self._truncate(hole.name)
+        self.ids.extend(tokens if prompt_text == raw else self.conn.tokenizer.encode(prompt_text))
+        self.text += prompt_text
+        self.variables[hole.name] = value
+        self._holes_done += 1
+        self.emit(VariableFinished(hole.name, value, self.index))
+
+    def _truncate(self, name: str) -> None:
+        if not self.truncated:
+            log.warning(
+                "query reached max_len=%d tokens while generating %s; the result is truncated",
+                self.decoding.max_len,
+                name,
+            )
+        self.truncated = True
+
+    def _spec(self, stmt: PromptStatement, hole: Hole, scope: dict[str, Any]) -> HoleSpec:
+        clauses = [stmt.where, self.query.where, *self._type_clause(hole)]
+        env = {**self.scope, **self.variables, **scope}
+        return compile_hole(
+            hole.name, clauses, env, self.conn.tokenizer.encode, source=self.query.source
+        )
+
+    def _type_clause(self, hole: Hole) -> list[ast.expr]:
+        if hole.type_expr is None:
+            return []
+        if hole.type_expr.strip() == "int":
+            return [ast.parse(f"INT({hole.name})", mode="eval").body]
+        try:
+            pattern = ast.literal_eval(hole.type_expr)
+        except (ValueError, SyntaxError):
+            pattern = None
+        if isinstance(pattern, str):
+            return [ast.parse(f"REGEX({hole.name}, {pattern!r})", mode="eval").body]
+        raise QueryCompileError(
+            f"unsupported type [{hole.name}: {hole.type_expr}]: use int or a regex string",
+            source=self.query.source,
+        )
+
+    def _seed(self) -> int | None:
+        if self.decoding.temperature <= 0:
+            return None
+        base = self.decoding.seed
+        if base is None:
+            return None
+        return (base * 1_000_003 + self.index * 7919 + self._holes_done) % (2**31)
+
+    async def _generate(self, name: str, spec: HoleSpec, budget: int) -> tuple[list[int], str]:
+        max_tokens = budget if spec.max_tokens is None else min(spec.max_tokens, budget)
+        d = self.decoding
+        extra = {k: v for k, v in (("top_k", d.top_k), ("top_p", d.top_p)) if v is not None}
+        op = Generate(
+            stream_id=None,
+            model="",
+            prompt=list(self.ids),
+            max_tokens=max_tokens,
+            temperature=d.temperature,
+            extra=extra,
+            grammar=spec.grammar(),
+            stop=[s.phrase for s in spec.stops],
+            seed=self._seed(),
+            min_tokens=spec.min_tokens,
+        )
+        return await self._stream(name, op)
+
+    async def _stream(self, name: str, op: Generate) -> tuple[list[int], str]:
+        tokenizer = self.conn.tokenizer
+        eos = {tokenizer.eos_token_id}
+        tokens: list[int] = []
+        reason = "stop"
+        started = time.perf_counter()
+        shown = ""
+        async for event in self.conn.client.generate(op):
+            if event.token not in eos or event.finish_reason is None:
+                tokens.append(event.token)
+                text = tokenizer.decode(tokens)
+                if not text.endswith("\ufffd"):
+                    self.emit(TextAppended(text[len(shown) :], name, self.index))
+                    shown = text
+            reason = event.finish_reason or reason
+        self.calls += 1
+        elapsed = time.perf_counter() - started
+        self.emit(ModelCall("GENERATE", len(op.prompt), len(tokens), elapsed, self.index))
+        return tokens, reason
+
+    # ---- distribution ---------------------------------------------------------------------
+    async def _result(self) -> LMQLResult:
+        self._flush()
+        result = LMQLResult(self.text, dict(self.variables))
+        if self.distribution is not None:
+            await self._distribution(result, self.distribution)
+        return result
+
+    async def _distribution(self, result: LMQLResult, pending: _Pending) -> None:
+        env = {**self.scope, **self.variables, **pending.scope}
+        values = eval(compile(ast.Expression(pending.values), "<distribution>", "eval"), {}, env)
+        options = [str(v) for v in values]
+        if not options:
+            raise QueryCompileError("the distribution clause lists no values", source="")
+        encode = self.conn.tokenizer.encode
+        started = time.perf_counter()
+        scores = await self.conn.client.score(self.ids, [encode(o) for o in options])
+        self.calls += 1
+        n_tokens = sum(len(s) for s in scores)
+        self.emit(ModelCall("SCORE", len(self.ids), n_tokens, time.perf_counter() - started))
+        means = [sum(s) / len(s) for s in scores]
+        top = max(means)
+        norm = top + math.log(sum(math.exp(m - top) for m in means))
+        logp = [m - norm for m in means]
+        best = max(range(len(options)), key=lambda i: logp[i])
+        var = pending.variable
+        result.variables[var] = options[best]
+        result.prompt += options[best]
+        result.variables[f"P({var})"] = [(o, math.exp(lp)) for o, lp in zip(options, logp, strict=True)]
+        result.variables[f"log P({var})"] = list(zip(options, logp, strict=True))
+        result.distribution_variable = var
+        result.distribution_values = options
+        self.emit(VariableFinished(var, options[best], self.index))
+
+
+class QueryContext:
+    """The object compiled queries call (`__cogql__`): the program's view of the runtime."""
+
+    DEFAULT = DEFAULT
+
+    def __init__(self, run: QueryRun) -> None:
+        self._run = run
+
+    async def prompt(self, index: int, values: list[Any], scope: dict[str, Any]) -> None:
+        run = self._run
+        stmt = run.query.statements[index]
+        pending = iter(values)
+        dist_var = run.query.distribution.variable if run.query.distribution else None
+        for seg in stmt.segments:
+            if isinstance(seg, Text):
+                run.append_program_text(seg.text)
+            elif isinstance(seg, Interpolation):
+                run.append_program_text(str(next(pending)))
+            elif isinstance(seg, Tag):
+                run.append_program_text(run.tag(seg.role))
+            elif seg.name == dist_var and run.query.distribution is not None:
+                run.distribution = _Pending(seg.name, dict(scope), run.query.distribution.values)
+            else:
+                await run.fill(stmt, seg, scope)
+
+    def value(self, name: str) -> Any:
+        return self._run.variables[name]
+
+    @property
+    def prompt_text(self) -> str:
+        return self._run.text

@@ -1,0 +1,220 @@
+"""Query functions: binding inputs, choosing model and decoder, running the decoder."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import builtins
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..language.compiler import CompiledQuery, compile_query
+from ..language.errors import QueryCompileError
+from .events import OnEvent
+from .interpreter import Decoding, QueryRun
+from .model import Model, as_model
+
+SUPPORTED_DECODERS = ("argmax", "sample")
+DECODER_ARGS = frozenset(
+    {"n", "temperature", "max_len", "max_length", "seed", "top_k", "top_p", "chunksize",
+     "openai_chunksize", "cache", "verbose", "step_budget", "show_speculative", "stats"}
+)  # fmt: skip
+RUNTIME_ARGS = frozenset({"model", "decoder", "output"}) | DECODER_ARGS
+
+
+class DecoderError(ValueError):
+    """An unknown decoder, or a decoder argument it does not take."""
+
+
+class InputError(TypeError):
+    """A query input that is missing or cannot be bound."""
+
+
+@dataclass
+class QueryFunction:
+    """A compiled query with its defaults; call it (awaitable) or use `run_sync`."""
+
+    compiled: CompiledQuery
+    scope: dict[str, Any] = field(default_factory=dict)
+    signature: inspect.Signature | None = None
+    defaults: dict[str, Any] = field(default_factory=dict)
+    is_async: bool = True
+    name: str = "query"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.is_async:
+            return self.run(*args, **kwargs)
+        return run_blocking(self.run(*args, **kwargs))
+
+    async def run(self, *args: Any, **kwargs: Any) -> Any:
+        runtime = {**self.defaults, **{k: v for k, v in kwargs.items() if k in RUNTIME_ARGS}}
+        inputs = {k: v for k, v in kwargs.items() if k not in RUNTIME_ARGS}
+        scope = self._scope(self._bind(args, inputs))
+        return await _execute(self.compiled, scope, runtime)
+
+    def _bind(self, args: tuple[Any, ...], inputs: dict[str, Any]) -> dict[str, Any]:
+        if self.signature is not None:
+            try:
+                bound = self.signature.bind(*args, **inputs)
+            except TypeError as e:
+                raise InputError(f"{self.name}(): {e}") from None
+            bound.apply_defaults()
+            return dict(bound.arguments)
+        if not args:
+            return inputs
+        free = [v for v in self.compiled.free_variables if v not in inputs]
+        if len(args) != len(free):
+            raise InputError(
+                f"{self.name}() got {len(args)} positional argument(s) but the query has "
+                f"{len(free)} unbound input(s): {', '.join(free) or 'none'}"
+            )
+        return {**inputs, **dict(zip(free, args, strict=True))}
+
+    def _scope(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        import cogql
+
+        scope = {"__builtins__": builtins, "cogql": cogql, "lmql": cogql, **self.scope, **inputs}
+        missing = [v for v in self.compiled.free_variables if v not in scope]
+        if missing:
+            raise _unresolved(self.compiled, missing)
+        return scope
+
+
+def _unresolved(query: CompiledQuery, names: list[str]) -> Exception:
+    where_names = _names_in(query.where) | {
+        n for s in query.statements for n in _names_in(s.where)
+    }
+    for name in names:
+        if name in where_names:
+            return QueryCompileError(
+                f"the where clause names {name}, which no [{name}] hole in the prompt fills "
+                "and no input provides",
+                source=query.source,
+                lineno=_first_line(query, name),
+            )
+    quoted = ", ".join(repr(n) for n in names)
+    return InputError(f"Failed to resolve variable(s) in query: {quoted} (pass them as inputs)")
+
+
+def _names_in(node: ast.AST | None) -> set[str]:
+    if node is None:
+        return set()
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+def _first_line(query: CompiledQuery, name: str) -> int:
+    for node in [query.where, *(s.where for s in query.statements)]:
+        for n in ast.walk(node) if node is not None else ():
+            if isinstance(n, ast.Name) and n.id == name:
+                return n.lineno
+    return 1
+
+
+def _eval(node: ast.expr, scope: dict[str, Any]) -> Any:
+    return eval(compile(ast.Expression(node), "<query>", "eval"), scope)
+
+
+def _decoder(query: CompiledQuery, scope: dict[str, Any], runtime: dict[str, Any]):
+    clause = query.decoder
+    args = {k: _eval(v, scope) for k, v in clause.args.items()} if clause else {}
+    name = clause.name if clause else runtime.get("decoder")
+    args.update({k: v for k, v in runtime.items() if k in DECODER_ARGS})
+    if name is None:
+        name = "sample" if args.get("temperature", 0) else "argmax"
+    if name not in SUPPORTED_DECODERS:
+        raise DecoderError(f"decoder {name!r} is not supported (use one of {SUPPORTED_DECODERS})")
+    unknown = set(args) - DECODER_ARGS
+    if unknown or (name == "argmax" and args.get("temperature")):
+        bad = sorted(unknown) or ["temperature"]
+        raise DecoderError(f"Unknown decoder argument for {name}: {', '.join(bad)}")
+    return name, args
+
+
+def _model(query: CompiledQuery, scope: dict[str, Any], runtime: dict[str, Any]) -> Model:
+    if runtime.get("model") is not None:
+        return as_model(runtime["model"])
+    if query.model is not None:
+        return as_model(_eval(query.model, scope))
+    return as_model(None)
+
+
+async def _execute(query: CompiledQuery, scope: dict[str, Any], runtime: dict[str, Any]) -> Any:
+    name, args = _decoder(query, scope, runtime)
+    n = int(args.get("n", 1))
+    temperature = float(args.get("temperature", 1.0 if name == "sample" else 0.0))
+    decoding = Decoding(
+        temperature=temperature,
+        seed=args.get("seed"),
+        max_len=int(args.get("max_len", args.get("max_length", 2048))),
+        top_k=args.get("top_k"),
+        top_p=args.get("top_p"),
+    )
+    conn = await _model(query, scope, runtime).connect()
+    on_event: OnEvent | None = runtime.get("output")
+    runs = [QueryRun(query, conn, scope, decoding, on_event, index=i) for i in range(n)]
+    results = await asyncio.gather(*(r.execute() for r in runs))
+    if n == 1 or not query.hole_names:
+        return results[0]
+    return list(results)
+
+
+def run_blocking(coro: Any) -> Any:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    coro.close()
+    raise RuntimeError(
+        "cogql queries cannot be called synchronously from within an async context; "
+        "await the query (or cogql.run) instead"
+    )
+
+
+def query_from_string(source: str, **defaults: Any) -> QueryFunction:
+    return QueryFunction(compile_query(source), defaults=defaults)
+
+
+def query_from_function(fn: Callable[..., Any], **defaults: Any) -> QueryFunction:
+    """`@cogql.query`: the function's docstring (or body string) is the query."""
+    source = _docstring_source(fn)
+    scope = dict(fn.__globals__)
+    closure = inspect.getclosurevars(fn)
+    scope.update(closure.nonlocals)
+    return QueryFunction(
+        compile_query(source),
+        scope=scope,
+        signature=inspect.signature(fn),
+        defaults=defaults,
+        is_async=inspect.iscoroutinefunction(fn),
+        name=fn.__name__,
+    )
+
+
+def _docstring_source(fn: Callable[..., Any]) -> str:
+    """The docstring as written in the source, so `\\n` escapes stay as the query author wrote."""
+    try:
+        src = inspect.getsource(fn)
+    except (OSError, TypeError):
+        src = None
+    if src is not None:
+        import textwrap
+
+        tree = ast.parse(textwrap.dedent(src))
+        body = tree.body[0].body if tree.body and hasattr(tree.body[0], "body") else []
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            segment = ast.get_source_segment(textwrap.dedent(src), body[0].value)
+            if segment is not None:
+                return _unquote(segment)
+    if fn.__doc__:
+        return fn.__doc__
+    raise QueryCompileError(f"@cogql.query function {fn.__name__} has no query string")
+
+
+def _unquote(literal: str) -> str:
+    lit = literal.lstrip("rRuU")
+    for q in ('"""', "'''", '"', "'"):
+        if lit.startswith(q) and lit.endswith(q) and len(lit) >= 2 * len(q):
+            return lit[len(q) : -len(q)]
+    return lit
