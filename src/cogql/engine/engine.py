@@ -60,6 +60,7 @@ class _ModelRunner:
 
     def __init__(self, loaded: LoadedModel, cache: PrefixCache) -> None:
         self.model = loaded.model
+        self.decode_model = loaded.decode_model
         self.device = loaded.device
         self.cache = cache
 
@@ -67,11 +68,13 @@ class _ModelRunner:
         """Feed `new_ids` after `entry.ids`; returns logits of the last `keep` positions."""
         from transformers import DynamicCache
 
+        model = self.decode_model if len(new_ids) == 1 and self.decode_model else self.model
         if entry.past is None:
-            entry.past = DynamicCache(config=self.model.config)
+            entry.past = DynamicCache(config=model.config)
+        else:
+            _cast_cache(entry.past, model.dtype)
         ids = torch.tensor([new_ids], dtype=torch.long, device=self.device)
-        out = self.model(input_ids=ids, past_key_values=entry.past, use_cache=True,
-                         logits_to_keep=keep)  # fmt: skip
+        out = model(input_ids=ids, cache=entry.past, use_cache=True, logits_to_keep=keep)
         entry.ids.extend(new_ids)
         logits = out.logits[0].float()
         entry.logits = logits[-1]
@@ -107,6 +110,7 @@ class _ModelRunner:
 
         width = max(len(o) - 1 for o in options)
         rows = torch.tensor([o[:-1] + [0] * (width - len(o) + 1) for o in options])
+        _cast_cache(entry.past, self.model.dtype)
         layers = [(layer.keys, layer.values) for layer in entry.past.layers]
         n = len(options)
         past = DynamicCache(
@@ -114,7 +118,7 @@ class _ModelRunner:
                              .contiguous()) for k, v in layers],  # fmt: skip
             config=self.model.config,
         )
-        logits = self.model(input_ids=rows.to(self.device), past_key_values=past, use_cache=True)
+        logits = self.model(input_ids=rows.to(self.device), cache=past, use_cache=True)
         logprobs = torch.log_softmax(logits.logits.float(), -1)
         for r, opt in enumerate(options):
             for j, tok in enumerate(opt[1:]):
@@ -170,6 +174,8 @@ class Engine:
             "constructor": f"AutoModelForCausalLM.from_pretrained('{self.loaded.path}')",
             "transformers": version("transformers"),
             "cogql": version("cogql") if _installed("cogql") else "dev",
+            "dtype": str(self.loaded.dtype).removeprefix("torch.")
+            + ("+float16-decode" if self.loaded.decode_model is not None else ""),
             "capabilities": list(CAPABILITIES),
             "bos_token_id": self.tokenizer.bos_token_id,
             "eos_token_id": self.eos_token_id,
@@ -335,6 +341,15 @@ class Engine:
             fed.append(token)
         self.runner.forward(s.entry, fed)
         return False
+
+
+def _cast_cache(past: Any, dtype: torch.dtype) -> None:
+    """Keys/values follow the precision of the model that reads them next (mixed precision)."""
+    for layer in past.layers:
+        keys = getattr(layer, "keys", None)
+        if keys is not None and keys.dtype != dtype:
+            layer.keys = keys.to(dtype)
+            layer.values = layer.values.to(dtype)
 
 
 def _installed(dist: str) -> bool:

@@ -593,6 +593,26 @@ class LoadedModel:
     tokenizer: Tokenizer
     dtype: torch.dtype
     device: torch.device
+    decode_model: torch.nn.Module | None = None
+
+
+MIXED_PRECISION_MAX_PARAMS = 2_000_000_000
+
+
+def _decode_copy(model: torch.nn.Module, dtype: str, device: torch.device) -> torch.nn.Module | None:
+    """On CPU, one-token decode steps are memory-bound: an fp16 copy of the weights halves the
+    bytes read per token (about 2x faster here), while multi-token passes (prompts, scoring)
+    stay in fp32, where CPU matmuls are fast. Only for `auto` and models small enough to hold
+    twice."""
+    import copy
+
+    import torch
+
+    if dtype != "auto" or device.type != "cpu":
+        return None
+    if sum(p.numel() for p in model.parameters()) > MIXED_PRECISION_MAX_PARAMS:
+        return None
+    return copy.deepcopy(model).to(torch.float16)
 
 
 def _torch_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -634,4 +654,5 @@ def load_model(
         tokenizer=load_tokenizer(path),
         dtype=torch_dtype,
         device=target,
+        decode_model=_decode_copy(model, dtype, target),
     )

@@ -248,6 +248,7 @@ class QueryRun:
         var = pending.variable
         result.variables[var] = options[best]
         result.prompt += options[best]
+        self.emit(TextAppended(options[best], var, self.index))
         result.variables[f"P({var})"] = [(o, math.exp(lp)) for o, lp in zip(options, logp, strict=True)]
         result.variables[f"log P({var})"] = list(zip(options, logp, strict=True))
         result.distribution_variable = var

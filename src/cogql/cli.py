@@ -1,0 +1,116 @@
+"""The `cogql` command."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+
+from .language.errors import QuerySyntaxError
+from .runtime.events import ModelCall, QueryEvent, TextAppended
+from .runtime.result import LMQLResult
+
+err = Console(stderr=True)
+
+
+def _parse_sets(pairs: tuple[str, ...]) -> dict[str, Any]:
+    inputs: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name.isidentifier():
+            raise click.BadParameter(f"expected NAME=VALUE, got {pair!r}", param_hint="--set")
+        try:
+            inputs[name] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            inputs[name] = raw
+    return inputs
+
+
+class _Printer:
+    """Streams the prompt of the first run to stdout as tokens arrive; traces to stderr."""
+
+    def __init__(self, stream: bool, trace: bool) -> None:
+        self.stream = stream
+        self.trace = trace
+
+    def __call__(self, event: QueryEvent) -> None:
+        if isinstance(event, TextAppended) and self.stream and event.run == 0:
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+        elif isinstance(event, ModelCall) and self.trace:
+            err.print(
+                f"[dim]model call[/] {event.kind} run={event.run} prompt={event.prompt_tokens} "
+                f"tokens={event.tokens} {event.seconds * 1000:.0f} ms"
+            )
+
+
+def _bar(p: float, width: int = 30) -> str:
+    full = round(p * width)
+    return "█" * full + "·" * (width - full)
+
+
+def _print_result(result: Any, console: Console) -> None:
+    if not isinstance(result, LMQLResult):
+        console.print(repr(result))
+        return
+    for name, value in result.variables.items():
+        if name.startswith(("P(", "log P(")):
+            continue
+        console.print(f"[bold]{name}[/] = {value!r}", highlight=False)
+    var = result.distribution_variable
+    if var is not None:
+        console.print(f"[bold]P({var})[/]")
+        for option, p in result.variables[f"P({var})"]:
+            console.print(f"  {option!r:>16} {_bar(p)} {p:6.3f}", highlight=False)
+
+
+def _to_json(result: Any) -> Any:
+    if isinstance(result, list):
+        return [_to_json(r) for r in result]
+    if isinstance(result, LMQLResult):
+        return result.to_dict()
+    return result
+
+
+@click.group()
+@click.version_option(package_name="cogql")
+def main() -> None:
+    """Run LMQL queries on models you host."""
+
+
+@main.command()
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.option("--model", "model_name", help="Model to use instead of the query's from clause.")
+@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="A query input.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON only.")
+@click.option("--trace", is_flag=True, help="Print each model call with token counts and time.")
+def run(file: Any, model_name: str | None, sets: tuple[str, ...], as_json: bool, trace: bool):
+    """Run the query in FILE (use - for standard input)."""
+    import cogql
+
+    source = file.read()
+    inputs = _parse_sets(sets)
+    kwargs: dict[str, Any] = {"output": _Printer(not as_json, trace)}
+    if model_name:
+        kwargs["model"] = cogql.model(model_name)
+    try:
+        result = asyncio.run(cogql.run(source, **inputs, **kwargs))
+    except QuerySyntaxError as e:
+        err.print(f"[red]error:[/] {e}", highlight=False)
+        sys.exit(2)
+    except Exception as e:
+        err.print(f"[red]error:[/] {type(e).__name__}: {e}", highlight=False)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(_to_json(result), indent=2))
+        return
+    console = Console()
+    console.print()
+    for item in result if isinstance(result, list) else [result]:
+        console.rule(style="dim")
+        _print_result(item, console)
