@@ -7,11 +7,12 @@ Runs inside LMQL's own environment; cogql is not importable there.
 import json
 import sys
 import time
+from pathlib import Path
 
 import lmql
 
 path, model_dir, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3])
-source = open(path, encoding="utf-8").read()
+source = Path(path).read_text(encoding="utf-8")
 model = lmql.model(f"local:{model_dir}", cuda=False)
 times, result = [], None
 for _ in range(repeats):

@@ -61,11 +61,27 @@ def floor(engine, result, repeats: int) -> float:
     full = prompt_ids + analysis + tok.encode(rest)
     opts = [tok.encode(o) for o in OPTIONS]
 
+    decode = engine.loaded.decode_model
+
+    def generate_same_tokens() -> None:
+        n = len(analysis) + 1
+        ids = torch.tensor([prompt_ids])
+        if decode is None:
+            hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+            return
+        # the same precision split as cogql's engine, written with plain transformers calls
+        out = hf(input_ids=ids, use_cache=True)
+        cache = out.past_key_values
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys.half(), layer.values.half()
+        nxt = out.logits[:, -1:].argmax(-1)
+        for _ in range(n - 1):
+            out = decode(input_ids=nxt, cache=cache, use_cache=True)
+            nxt = out.logits[:, -1:].argmax(-1)
+
     def run() -> None:
         with torch.inference_mode():
-            ids = torch.tensor([prompt_ids])
-            hf.generate(ids, max_new_tokens=len(analysis) + 1, min_new_tokens=len(analysis) + 1,
-                        do_sample=False)  # fmt: skip
+            generate_same_tokens()
             width = max(len(o) for o in opts)
             rows = torch.tensor([full + o + [0] * (width - len(o)) for o in opts])
             hf(rows)

@@ -25,7 +25,7 @@ def literal_regex(text: str) -> str:
     """Regex matching `text` exactly, safe inside a lark /.../ literal."""
     out = []
     for ch in text:
-        if ch.isalnum() and ch.isascii() or ch in " _":
+        if (ch.isalnum() and ch.isascii()) or ch in " _":
             out.append(ch)
         elif ch.isascii() and ch.isprintable():
             out.append("\\" + ch)

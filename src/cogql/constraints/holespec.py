@@ -34,9 +34,11 @@ class HoleSpec:
             return None
         return f"start: VALUE\nVALUE: {self.regex}"
 
-    def finish(self, raw: str) -> tuple[Any, str]:
-        """(program value, prompt text) of a completed hole."""
-        text = trim_at_stop(raw, self.stops)
+    def finish(self, raw: str, stops_from: int = 0) -> tuple[Any, str]:
+        """(program value, prompt text) of a completed hole. Stop phrases that end within the
+        first `stops_from` characters (generated before min_tokens, when stops are inactive)
+        are ignored."""
+        text = trim_at_stop(raw, self.stops, stops_from)
         if self.is_int:
             digits = "".join(ch for ch in text if ch.isdigit())
             if digits:
@@ -45,11 +47,12 @@ class HoleSpec:
         return text, text
 
 
-def trim_at_stop(raw: str, stops: list[Stop]) -> str:
-    """Cut at the earliest occurrence of any stop phrase (LMQL's recommended semantics)."""
+def trim_at_stop(raw: str, stops: list[Stop], start: int = 0) -> str:
+    """Cut at the earliest occurrence of any stop phrase (LMQL's recommended semantics) that
+    ends after `start`."""
     best: tuple[int, Stop] | None = None
     for stop in stops:
-        at = raw.find(stop.phrase)
+        at = raw.find(stop.phrase, max(start - len(stop.phrase) + 1, 0))
         if at >= 0 and (best is None or at < best[0]):
             best = (at, stop)
     if best is None:

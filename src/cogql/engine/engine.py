@@ -111,13 +111,11 @@ class _ModelRunner:
         width = max(len(o) - 1 for o in options)
         rows = torch.tensor([o[:-1] + [0] * (width - len(o) + 1) for o in options])
         _cast_cache(entry.past, self.model.dtype)
-        layers = [(layer.keys, layer.values) for layer in entry.past.layers]
         n = len(options)
-        past = DynamicCache(
-            ddp_cache_data=[(k.expand(n, -1, -1, -1).contiguous(), v.expand(n, -1, -1, -1)
-                             .contiguous()) for k, v in layers],  # fmt: skip
-            config=self.model.config,
-        )
+        rows_kv = [
+            (_repeat(layer.keys, n), _repeat(layer.values, n)) for layer in entry.past.layers
+        ]
+        past = DynamicCache(ddp_cache_data=rows_kv, config=self.model.config)
         logits = self.model(input_ids=rows.to(self.device), cache=past, use_cache=True)
         logprobs = torch.log_softmax(logits.logits.float(), -1)
         for r, opt in enumerate(options):
@@ -163,8 +161,10 @@ class Engine:
 
     @property
     def eos_token_id(self) -> int:
-        return self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else min(
-            self.eos_ids
+        return (
+            self.tokenizer.eos_token_id
+            if self.tokenizer.eos_token_id is not None
+            else min(self.eos_ids)
         )
 
     def model_info(self) -> dict[str, Any]:
@@ -311,9 +311,11 @@ class Engine:
     def _finish_reason(self, s: _GenerateStream, token: int) -> str | None:
         if token in self.eos_ids:
             return "stop"
-        if s.stops and s.produced > s.op.min_tokens - 1:
-            window = s.text[-(max(len(x) for x in s.stops) + len(self._token_bytes[token])) :]
-            if any(x in window for x in s.stops):
+        if s.stops and s.produced >= s.op.min_tokens:
+            # only an occurrence that ends inside this token counts: one that ended earlier
+            # was generated while the stops were inactive (before min_tokens)
+            end = len(s.text) - len(self._token_bytes[token])
+            if any(x in s.text[max(end - len(x) + 1, 0) :] for x in s.stops):
                 return "stop"
         if s.matcher is not None and s.matcher.is_stopped():
             return "stop"
@@ -358,3 +360,8 @@ def _installed(dist: str) -> bool:
         return True
     except Exception:
         return False
+
+
+def _repeat(t: torch.Tensor, n: int) -> torch.Tensor:
+    """One copy of a batch-1 cache tensor per option row."""
+    return t.expand(n, -1, -1, -1).contiguous()

@@ -599,7 +599,9 @@ class LoadedModel:
 MIXED_PRECISION_MAX_PARAMS = 2_000_000_000
 
 
-def _decode_copy(model: torch.nn.Module, dtype: str, device: torch.device) -> torch.nn.Module | None:
+def _decode_copy(
+    model: torch.nn.Module, dtype: str, device: torch.device
+) -> torch.nn.Module | None:
     """On CPU, one-token decode steps are memory-bound: an fp16 copy of the weights halves the
     bytes read per token (about 2x faster here), while multi-token passes (prompts, scoring)
     stay in fp32, where CPU matmuls are fast. Only for `auto` and models small enough to hold

@@ -91,10 +91,18 @@ class _Region:
         lines = (" " * (span.start - line_start) + source[span.start : span.end]).split("\n")
         self.shifts = [0] * len(lines)
         if dedent:
-            lines = self._dedent(lines)
+            at_line_start = not source[line_start : span.start].strip()
+            lines = self._dedent(lines) if not at_line_start else self._dedent_all(lines)
         self.text = "\n" * (self.first_line - 1) + "\n".join(lines)
 
+    def _dedent_all(self, lines: list[str]) -> list[str]:
+        """Remove the common indentation of every line (the region starts its own line)."""
+        new = textwrap.dedent("\n".join(lines)).split("\n")
+        self.shifts = [len(old) - len(n) for old, n in zip(lines, new, strict=True)]
+        return new
+
     def _dedent(self, lines: list[str]) -> list[str]:
+        """The region starts mid-line (after the decoder): its first line on its own."""
         stripped = lines[0].lstrip()
         self.shifts[0] = len(lines[0]) - len(stripped)
         rest = textwrap.dedent("\n".join(lines[1:])).split("\n") if len(lines) > 1 else []
@@ -109,13 +117,35 @@ class _Region:
 
 def _parse(region: _Region, source: str, mode: str, clause: str) -> ast.AST:
     try:
-        return ast.parse(region.text, mode=mode)
+        tree = ast.parse(region.text, mode=mode)
     except SyntaxError as e:
         lineno = e.lineno or region.first_line
         col = region.col(lineno, (e.offset or 1) - 1)
+        msg = e.msg
+        last = _last_line(region, source)
+        if lineno > last:  # e.g. `where len(X) <`: Python only notices at the closing paren
+            lines = source.split("\n")
+            lineno, col = last, len(lines[last - 1].rstrip())
+            msg = "the expression ends early, more was expected here"
         raise QuerySyntaxError(
-            f"invalid {clause}: {e.msg}", source=source, lineno=lineno, col=col
+            f"invalid {clause}: {msg}", source=source, lineno=lineno, col=col
         ) from None
+    # node positions are made to point into the user's source (undo dedent and the added "(")
+    for node in ast.walk(tree):
+        if getattr(node, "lineno", None) is not None:
+            node.col_offset = region.col(node.lineno, node.col_offset)
+        if getattr(node, "end_lineno", None) is not None and node.end_col_offset is not None:
+            node.end_col_offset = region.col(node.end_lineno, node.end_col_offset)
+    return tree
+
+
+def _last_line(region: _Region, source: str) -> int:
+    """The last line of the region that holds any text."""
+    lines = source.split("\n")
+    k = min(region.first_line + len(region.shifts) - 1, len(lines))
+    while k > region.first_line and not lines[k - 1].strip():
+        k -= 1
+    return k
 
 
 def _expression(clauses: Clauses, span: Span | None, clause: str) -> ast.expr | None:

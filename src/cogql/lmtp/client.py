@@ -74,9 +74,7 @@ class LMTPClient:
 
     async def score(self, prompt: list[int], options: list[list[int]]) -> list[list[float]]:
         """Log-probs of each option's tokens after `prompt`, all options in one message."""
-        ops: list[Op] = [
-            Score(next(self._ids), self.model, list(prompt), list(o)) for o in options
-        ]
+        ops: list[Op] = [Score(next(self._ids), self.model, list(prompt), list(o)) for o in options]
         results = await self._collect(ops)
         out: list[list[float]] = []
         for events in results:

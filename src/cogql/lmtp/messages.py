@@ -129,7 +129,7 @@ def _require(payload: dict[str, Any], key: str, kind: type | tuple[type, ...]) -
     if key not in payload:
         raise ProtocolError(f"missing field '{key}'", payload.get("stream_id"))
     value = payload[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ProtocolError(f"field '{key}' has the wrong type", payload.get("stream_id"))
     return value
 
@@ -169,7 +169,10 @@ def op_from_wire(kind: str, payload: Any) -> Op:
         return ModelInfo(payload["stream_id"], model, data)
     if kind == SCORE:
         return Score(
-            payload["stream_id"], model, _token_ids(payload, "prompt"), _token_ids(payload, "scored")
+            payload["stream_id"],
+            model,
+            _token_ids(payload, "prompt"),
+            _token_ids(payload, "scored"),
         )
     return _generate_from_wire(payload, model)
 

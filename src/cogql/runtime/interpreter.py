@@ -133,7 +133,8 @@ class QueryRun:
             return
         tokens, reason = await self._generate(hole.name, spec, budget)
         raw = self.conn.tokenizer.decode(tokens)
-        value, prompt_text = spec.finish(raw)
+        inactive = tokens[: spec.min_tokens - 1] if spec.stops and spec.min_tokens > 1 else []
+        value, prompt_text = spec.finish(raw, len(self.conn.tokenizer.decode(inactive)))
         if reason == "length" and (spec.max_tokens is None or len(tokens) < spec.max_tokens):
             self._truncate(hole.name)
         self.ids.extend(tokens if prompt_text == raw else self.conn.tokenizer.encode(prompt_text))
@@ -249,7 +250,9 @@ class QueryRun:
         result.variables[var] = options[best]
         result.prompt += options[best]
         self.emit(TextAppended(options[best], var, self.index))
-        result.variables[f"P({var})"] = [(o, math.exp(lp)) for o, lp in zip(options, logp, strict=True)]
+        result.variables[f"P({var})"] = [
+            (o, math.exp(lp)) for o, lp in zip(options, logp, strict=True)
+        ]
         result.variables[f"log P({var})"] = list(zip(options, logp, strict=True))
         result.distribution_variable = var
         result.distribution_values = options

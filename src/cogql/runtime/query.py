@@ -49,8 +49,13 @@ class QueryFunction:
         return run_blocking(self.run(*args, **kwargs))
 
     async def run(self, *args: Any, **kwargs: Any) -> Any:
-        runtime = {**self.defaults, **{k: v for k, v in kwargs.items() if k in RUNTIME_ARGS}}
-        inputs = {k: v for k, v in kwargs.items() if k not in RUNTIME_ARGS}
+        # a name the query reads (or the function declares) is an input even if it is also a
+        # runtime option's name, as in LMQL (e.g. `for i in range(n)`)
+        names = set(self.compiled.free_variables)
+        names |= set(self.signature.parameters) if self.signature is not None else set()
+        is_runtime = {k: k in RUNTIME_ARGS and k not in names for k in kwargs}
+        runtime = {**self.defaults, **{k: v for k, v in kwargs.items() if is_runtime[k]}}
+        inputs = {k: v for k, v in kwargs.items() if not is_runtime[k]}
         scope = self._scope(self._bind(args, inputs))
         return await _execute(self.compiled, scope, runtime)
 
@@ -83,16 +88,16 @@ class QueryFunction:
 
 
 def _unresolved(query: CompiledQuery, names: list[str]) -> Exception:
-    where_names = _names_in(query.where) | {
-        n for s in query.statements for n in _names_in(s.where)
-    }
+    where_names = _names_in(query.where) | {n for s in query.statements for n in _names_in(s.where)}
     for name in names:
         if name in where_names:
+            lineno, col = _first_use(query, name)
             return QueryCompileError(
                 f"the where clause names {name}, which no [{name}] hole in the prompt fills "
                 "and no input provides",
                 source=query.source,
-                lineno=_first_line(query, name),
+                lineno=lineno,
+                col=col,
             )
     quoted = ", ".join(repr(n) for n in names)
     return InputError(f"Failed to resolve variable(s) in query: {quoted} (pass them as inputs)")
@@ -104,12 +109,12 @@ def _names_in(node: ast.AST | None) -> set[str]:
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
 
 
-def _first_line(query: CompiledQuery, name: str) -> int:
+def _first_use(query: CompiledQuery, name: str) -> tuple[int, int]:
     for node in [query.where, *(s.where for s in query.statements)]:
         for n in ast.walk(node) if node is not None else ():
             if isinstance(n, ast.Name) and n.id == name:
-                return n.lineno
-    return 1
+                return n.lineno, n.col_offset
+    return 1, 0
 
 
 def _eval(node: ast.expr, scope: dict[str, Any]) -> Any:
