@@ -9,7 +9,6 @@ sees them unless the client chose to use them.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -290,6 +289,3 @@ def parse_server_message(text: str) -> list[Event]:
     items = body if isinstance(body, list) else [body]
     return [event_from_wire(kind, item) for item in items]
 
-
-def finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None

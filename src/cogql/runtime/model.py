@@ -37,7 +37,6 @@ class Model:
     tokenizer: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     _connection: Connection | None = field(default=None, repr=False)
-    _lock: asyncio.Lock | None = field(default=None, repr=False)
 
     @property
     def model_identifier(self) -> str:
