@@ -15,7 +15,7 @@ from .language.errors import QuerySyntaxError
 from .runtime.events import ModelCall, QueryEvent, TextAppended
 from .runtime.result import LMQLResult
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # never hard-wrap paths in messages
 
 
 def _parse_sets(pairs: tuple[str, ...]) -> dict[str, Any]:

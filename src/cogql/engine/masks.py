@@ -58,17 +58,16 @@ class GrammarMatcher:
         """Boolean array over the tokenizer's vocabulary."""
         llguidance.numpy.fill_next_token_bitmask(self._m, self._bitmask, 0)
         bits = np.unpackbits(self._bitmask.view(np.uint8), bitorder="little")
-        return bits[: self._vocab].astype(bool)
+        return bits[: self._vocab].view(np.bool_)
 
     def mask_logits(self, logits: torch.Tensor) -> np.ndarray:
         """Set disallowed entries of a 1-D logits row to -inf; returns the allowed array."""
         import torch
 
         allowed = self.allowed()
-        keep = torch.zeros(logits.shape[-1], dtype=torch.bool)
         n = min(len(allowed), logits.shape[-1])
-        keep[:n] = torch.from_numpy(allowed[:n])
-        logits.masked_fill_(~keep, float("-inf"))
+        logits[n:] = float("-inf")  # ids the grammar's tokenizer does not know
+        logits[:n].masked_fill_(torch.from_numpy(~allowed[:n]), float("-inf"))
         return allowed
 
     def consume(self, tokens: list[int]) -> None:

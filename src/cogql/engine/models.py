@@ -614,7 +614,17 @@ def _decode_copy(
         return None
     if sum(p.numel() for p in model.parameters()) > MIXED_PRECISION_MAX_PARAMS:
         return None
-    return copy.deepcopy(model).to(torch.float16)
+    # the memo hands deepcopy fp16 weights directly, so the fp32 weights are never cloned
+    # (one Parameter object per tensor keeps tied weights tied)
+    halves = {
+        id(p): torch.nn.Parameter(p.detach().to(torch.float16), requires_grad=False)
+        for p in model.parameters()
+    }
+    decode = copy.deepcopy(model, memo=halves).to(torch.float16)
+    for name, buffer in model.named_buffers():  # rotary frequencies lose precision in fp16
+        owner, _, attr = name.rpartition(".")
+        setattr(decode.get_submodule(owner), attr, buffer)
+    return decode
 
 
 def _torch_dtype(dtype: str, device: torch.device) -> torch.dtype:

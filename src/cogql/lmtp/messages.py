@@ -239,14 +239,15 @@ def event_from_wire(kind: str, payload: Any) -> Event:
         return InfoEvent(sid, payload.get("model_info"))
     if kind != TOKEN:
         raise ProtocolError(f"unknown message type {kind}", sid)
-    top = payload.get("top_logprobs")
-    return TokenEvent(
-        sid,
-        int(payload["token"]),
-        float(payload["logprob"]),
-        payload.get("finish_reason"),
-        None if top is None else {int(k): float(v) for k, v in top.items()},
-    )
+    token = _require(payload, "token", int)
+    logprob = _require(payload, "logprob", (int, float))
+    finish = _optional(payload, "finish_reason", str, None)
+    top = _optional(payload, "top_logprobs", dict, None)
+    try:
+        top = None if top is None else {int(k): float(v) for k, v in top.items()}
+    except (TypeError, ValueError):
+        raise ProtocolError("top_logprobs keys must be token ids and values numbers", sid) from None
+    return TokenEvent(sid, token, float(logprob), finish, top)
 
 
 # ---- framing -------------------------------------------------------------------------------
@@ -288,4 +289,3 @@ def parse_server_message(text: str) -> list[Event]:
     kind, body = split_message(text.strip())
     items = body if isinstance(body, list) else [body]
     return [event_from_wire(kind, item) for item in items]
-

@@ -20,7 +20,7 @@ def local_engine(name: str | None, *, dtype: str = "auto", device: str = "cpu") 
     with _lock:
         engine = _engines.get(key)
         if engine is None:
-            engine = Engine(load_model(name, dtype=dtype, device=device))
+            engine = Engine(lambda: load_model(name, dtype=dtype, device=device))
             _engines[key] = engine
         return engine
 

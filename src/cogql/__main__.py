@@ -1,0 +1,5 @@
+"""`python -m cogql` is the `cogql` command."""
+
+from .cli import main
+
+main()
