@@ -114,3 +114,94 @@ def run(file: Any, model_name: str | None, sets: tuple[str, ...], as_json: bool,
     for item in result if isinstance(result, list) else [result]:
         console.rule(style="dim")
         _print_result(item, console)
+
+
+# ---- cogql replicate: deploy models to Replicate as Cog projects ---------------------------
+
+
+@main.group()
+def replicate() -> None:
+    """Package models as Cog projects for Replicate (LMTP over Cog)."""
+
+
+@replicate.command("init")
+@click.option(
+    "--config", "config_path", default="config.toml", show_default=True, type=click.Path()
+)
+@click.option("--owner", help="Your Replicate username (fills in dest_prefix).")
+@click.option("--force", is_flag=True, help="Replace an existing file.")
+def replicate_init(config_path: str, owner: str | None, force: bool) -> None:
+    """Write a commented example config.toml."""
+    from pathlib import Path
+
+    from .replicate.build import init_config
+
+    try:
+        path = init_config(Path(config_path), owner=owner, force=force)
+    except FileExistsError as e:
+        err.print(f"[red]error:[/] {e}", highlight=False)
+        sys.exit(1)
+    err.print(f"wrote {path}; edit it, then run: cogql replicate build", highlight=False)
+
+
+@replicate.command("build")
+@click.argument("models", nargs=-1)
+@click.option(
+    "--config", "config_path", default="config.toml", show_default=True, type=click.Path()
+)
+@click.option(
+    "--out", default="work", show_default=True, type=click.Path(), help="Projects go to OUT/NAME."
+)
+@click.option("--force", is_flag=True, help="Overwrite files cogql made even if edited since.")
+@click.option("--check", is_flag=True, help="Validate and find every file; write nothing.")
+def replicate_build(
+    models: tuple[str, ...], config_path: str, out: str, force: bool, check: bool
+) -> None:
+    """Build a Cog project per model in config.toml (or only the MODELS named)."""
+    from pathlib import Path
+
+    from .replicate.build import BuildError, build
+    from .replicate.config import ConfigError, load_config
+    from .replicate.project import ProjectConflict
+    from .replicate.requirements import RequirementsError
+
+    try:
+        config = load_config(config_path)
+        results = build(config, Path(out).absolute(), models, force=force, check=check)
+    except (ConfigError, BuildError, ProjectConflict, RequirementsError) as e:
+        err.print(f"[red]error:[/] {e}", highlight=False, markup=False)
+        sys.exit(2 if isinstance(e, ConfigError) else 1)
+    for r in results:
+        size = f"{r.checkpoint_bytes / 1e9:.2f} GB"
+        if check:
+            err.print(f"ok  {r.name}: {r.origin} ({size}) → {r.folder}", highlight=False)
+            continue
+        c = r.counts
+        err.print(
+            f"built {r.name} in {r.folder} from {r.origin} ({size}): {c['written']} written, "
+            f"{c['linked']} linked, {c['copied']} copied, {c['kept']} unchanged, "
+            f"{c['removed']} removed",
+            highlight=False,
+        )
+        if r.image:
+            err.print(f"  push: cogql replicate push {r.name}  (→ {r.image})", highlight=False)
+        else:
+            err.print("  no dest_prefix in the config: no push script", highlight=False)
+
+
+@replicate.command("push", context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("cog_args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--out", default="work", show_default=True, type=click.Path())
+def replicate_push(name: str, cog_args: tuple[str, ...], out: str) -> None:
+    """Push the built project OUT/NAME to Replicate (runs its push script)."""
+    from pathlib import Path
+
+    from .replicate.push import PushError, push
+
+    try:
+        code = push(Path(out).absolute() / name, list(cog_args))
+    except PushError as e:
+        err.print(f"[red]error:[/] {e}", highlight=False, markup=False)
+        sys.exit(1)
+    sys.exit(code)

@@ -1,0 +1,333 @@
+"""config.toml: LMQL's build schema plus cogql's keys, validated before anything is written.
+
+LMQL's build script discovers mistakes one at a time, halfway through a build (a `/` in a name
+crashes mkdir after other folders were made; a missing repo is a KeyError). Here the whole file
+is checked first and every mistake is reported at once, each with its key path and a fix.
+
+Schema (one table per model; relative paths are relative to the config file, not the cwd):
+
+    dest_prefix = "r8.im/OWNER/"            # optional: without it no push script is written
+    [models.NAME]
+    huggingface.repo = "org/name"           # or local.path = "folder or .gguf"
+    huggingface.version = "main"            # optional revision: branch, tag or commit
+    tokenizer = "folder or hub id"          # optional: tokenizer files from elsewhere
+    gpu = true                              # cog.yaml build.gpu; also where the model loads
+    python_version = "3.11"                 # 3.11, 3.12 or 3.13
+    max_concurrency = 1                     # >1 makes the predictor async (see README)
+    config.torch_dtype = "float16"          # model arguments (config.json)
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .modelargs import check_model_args
+
+EXAMPLE_OWNER = "YOURACCOUNT"
+NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]*[a-z0-9])?$")
+REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+PREFIX_RE = re.compile(r"^[a-z0-9.-]+(?::[0-9]+)?(?:/[a-z0-9._-]+)+$")
+PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
+
+
+class ConfigError(Exception):
+    """config.toml is missing, unreadable or wrong; `issues` lists every mistake found."""
+
+    def __init__(self, path: Path, issues: list[ConfigIssue]) -> None:
+        self.path, self.issues = path, issues
+        n = len(issues)
+        head = f"{path}: {n} mistake{'s' if n != 1 else ''}; nothing was written"
+        super().__init__("\n".join([head, *(f"  {i}" for i in issues)]))
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    key: str
+    problem: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.problem}\n    fix: {self.fix}"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class HuggingFace(_Strict):
+    repo: str
+    version: str | None = None
+
+
+class Local(_Strict):
+    path: str
+
+
+class ModelSpec(_Strict):
+    """One `[models.NAME]` table."""
+
+    huggingface: HuggingFace | None = None
+    local: Local | None = None
+    tokenizer: str | None = None
+    gpu: bool = True
+    python_version: Literal["3.11", "3.12", "3.13"] = "3.11"
+    max_concurrency: int = Field(default=1, ge=1, le=64)
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Model:
+    """A validated model, with `local.path` resolved against the config file's folder."""
+
+    name: str
+    spec: ModelSpec
+    local_path: Path | None
+
+    @property
+    def args(self) -> dict[str, Any]:
+        return dict(self.spec.config)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    path: Path
+    dest_prefix: str | None
+    models: dict[str, Model]
+
+    def image(self, name: str) -> str | None:
+        """`r8.im/OWNER/NAME` when a dest_prefix is set."""
+        return f"{self.dest_prefix}/{name}" if self.dest_prefix else None
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def slug(name: str) -> str:
+    """A suggestion for a valid model name: lowercase, other characters become dashes."""
+    s = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-._")
+    return s or "my-model"
+
+
+def _check_name(name: str) -> list[ConfigIssue]:
+    key = _table_key(name)
+    if NAME_RE.match(name) and len(name) <= 100:
+        return []
+    if "/" in name:
+        problem = "a model name cannot contain '/' (it names a folder and a Replicate model)"
+    elif name.startswith("."):
+        problem = "a model name cannot start with '.' (it would be a hidden folder)"
+    else:
+        problem = "Replicate model names use lowercase letters, digits, '-', '_' and '.'"
+    return [ConfigIssue(key, problem, f"rename the table to [models.{slug(name)}]")]
+
+
+def _check_prefix(value: Any) -> tuple[str | None, list[ConfigIssue]]:
+    if value is None:
+        return None, []
+    fix_example = 'dest_prefix = "r8.im/your-replicate-username/"'
+    if not isinstance(value, str):
+        return None, [ConfigIssue("dest_prefix", f"must be a string, not {value!r}", fix_example)]
+    prefix = value.strip().rstrip("/")
+    if prefix.split("/")[-1].upper() == EXAMPLE_OWNER:
+        return None, [
+            ConfigIssue(
+                "dest_prefix",
+                f"still the example's {value!r}",
+                f"put your Replicate username in place of {EXAMPLE_OWNER}, or delete the "
+                "line to build without a push script",
+            )
+        ]
+    if not PREFIX_RE.match(prefix):
+        problem = (
+            "image names must be lowercase"
+            if PREFIX_RE.match(prefix.lower())
+            else f"{value!r} is not REGISTRY/OWNER"
+        )
+        fix = f'dest_prefix = "{prefix.lower()}/"' if prefix.lower() != prefix else fix_example
+        return None, [ConfigIssue("dest_prefix", problem, fix)]
+    return prefix, []
+
+
+_TYPE_WORDS = {
+    "bool_type": "true or false",
+    "int_type": "a whole number",
+    "string_type": "a string (in quotes)",
+    "dict_type": "a table",
+    "model_type": "a table",
+}
+
+
+def _pydantic_issue(prefix: str, err: dict[str, Any]) -> ConfigIssue:
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join([prefix, *loc])
+    kind, value = err["type"], err.get("input")
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], allowed, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return ConfigIssue(key, "unknown key", f"{hint}allowed here: {', '.join(allowed)}")
+    if kind == "missing":
+        return ConfigIssue(key, "missing", f"add {'.'.join(loc)} = ...")
+    if kind == "literal_error" and loc[-1] == "python_version":
+        versions = ", ".join(f'"{v}"' for v in PYTHON_VERSIONS)
+        if not isinstance(value, str):
+            problem = f"must be a quoted string, not the number {value!r}"
+        else:
+            problem = f"unsupported Python {value!r} (cogql needs 3.11+, Cog supports up to 3.13)"
+        return ConfigIssue(key, problem, f"use one of {versions}, in quotes")
+    if kind in _TYPE_WORDS:
+        want = _TYPE_WORDS[kind]
+        return ConfigIssue(key, f"must be {want}, not {value!r}", f"write {loc[-1]} as {want}")
+    return ConfigIssue(key, err["msg"], "see the example from `cogql replicate init`")
+
+
+def _allowed_keys(loc: list[str]) -> list[str]:
+    model: type[BaseModel] = ModelSpec
+    for part in loc:
+        field = model.model_fields.get(part)
+        ann = field.annotation if field else None
+        inner = next((a for a in getattr(ann, "__args__", ()) if isinstance(a, type)), ann)
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            model = inner
+    return list(model.model_fields)
+
+
+def _table_key(name: str) -> str:
+    return f"models.{name}" if re.match(r"^[A-Za-z0-9_-]+$", name) else f'models."{name}"'
+
+
+def _check_model(name: str, table: Any, base: Path) -> tuple[Model | None, list[ConfigIssue]]:
+    issues = _check_name(name)
+    prefix = _table_key(name)
+    if not isinstance(table, dict):
+        return None, [*issues, ConfigIssue(prefix, "must be a table", f"[models.{slug(name)}]")]
+    spec = None
+    try:
+        spec = ModelSpec.model_validate(table)
+    except ValidationError as e:
+        issues += [_pydantic_issue(prefix, err) for err in e.errors()]
+    # the checks below read the raw table, so they report even when the schema check failed
+    hf, local = table.get("huggingface"), table.get("local")
+    if hf is None and local is None:
+        issues.append(
+            ConfigIssue(
+                prefix,
+                "no model source",
+                f'add huggingface.repo = "org/name" or local.path = "/path/to/model" to [{prefix}]',
+            )
+        )
+    if hf is not None and local is not None:
+        issues.append(
+            ConfigIssue(prefix, "both huggingface and local are set", "keep only one of them")
+        )
+    repo = hf.get("repo") if isinstance(hf, dict) else None
+    if isinstance(repo, str) and not REPO_RE.match(repo):
+        issues.append(
+            ConfigIssue(
+                f"{prefix}.huggingface.repo",
+                f"{repo!r} is not a hub id",
+                'use the id from the model page, like "HuggingFaceTB/SmolLM2-135M-Instruct"',
+            )
+        )
+    raw_path = local.get("path") if isinstance(local, dict) else None
+    local_path = None
+    if isinstance(raw_path, str):
+        local_path = (base / Path(raw_path).expanduser()).absolute()
+        if not local_path.exists():
+            issues.append(
+                ConfigIssue(
+                    f"{prefix}.local.path",
+                    f"{local_path} does not exist",
+                    "point it at a model folder (with config.json) or a .gguf file; relative "
+                    f"paths are relative to {base}",
+                )
+            )
+    args = table.get("config")
+    if isinstance(args, dict):
+        gpu = table.get("gpu", True) is not False
+        issues += [
+            ConfigIssue(f"{prefix}.config.{i.key}", i.problem, i.fix)
+            for i in check_model_args(args, gpu=gpu)
+        ]
+    if spec is None or issues:
+        return None, issues
+    return Model(name, spec, local_path), issues
+
+
+def parse_config(text: str, path: Path) -> BuildConfig:
+    """Validate config text; raises ConfigError with every mistake."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, [ConfigIssue("(syntax)", str(e), "fix the TOML syntax")]) from None
+    issues: list[ConfigIssue] = []
+    for key in data:
+        if key not in ("dest_prefix", "models"):
+            close = difflib.get_close_matches(key, ["dest_prefix", "models"], n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            issues.append(
+                ConfigIssue(key, "unknown top-level key", f"{hint}allowed: dest_prefix, models")
+            )
+    prefix, prefix_issues = _check_prefix(data.get("dest_prefix"))
+    issues += prefix_issues
+    tables = data.get("models")
+    models: dict[str, Model] = {}
+    if not isinstance(tables, dict) or not tables:
+        issues.append(
+            ConfigIssue(
+                "models",
+                "no models",
+                'add a table like [models.my-model] with huggingface.repo = "org/name"',
+            )
+        )
+    else:
+        for name, table in tables.items():
+            model, model_issues = _check_model(name, table, path.parent)
+            issues += model_issues
+            if model is not None:
+                models[name] = model
+    if issues:
+        raise ConfigError(path, issues)
+    return BuildConfig(path=path, dest_prefix=prefix, models=models)
+
+
+def load_config(path: str | Path) -> BuildConfig:
+    path = Path(path).expanduser().absolute()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            path, [ConfigIssue("(file)", "not found", "create one with `cogql replicate init`")]
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            path, [ConfigIssue("(file)", f"unreadable: {e}", "check the file")]
+        ) from None
+    return parse_config(text, path)
+
+
+def select(config: BuildConfig, names: tuple[str, ...] | list[str]) -> list[Model]:
+    """The models named on the command line (all when none are named)."""
+    if not names:
+        return list(config.models.values())
+    unknown = [n for n in names if n not in config.models]
+    if unknown:
+        raise ConfigError(
+            config.path,
+            [
+                ConfigIssue(
+                    f"models.{n}",
+                    "not in the config",
+                    f"use one of: {', '.join(config.models)}",
+                )
+                for n in unknown
+            ],
+        )
+    return [config.models[n] for n in dict.fromkeys(names)]

@@ -1,0 +1,307 @@
+"""The Cog predictor of a cogql-built Replicate model: LMTP ops in, LMTP lines out.
+
+Wire behaviour follows LMQL's Replicate models (reference: lmtp-and-replicate-tunnel.md §2.3):
+the one input `ops_batch_json` holds `[[TYPE, payload], ...]`; ops get local stream ids 0..n-1
+and the output lines carry each op's original id back (even a missing one, as null); each yield
+is one `TOKEN {...}\\n` or `MSG {...}\\n` line; the prediction ends when every stream has ended.
+Where LMQL hangs or misleads, this predictor does not:
+
+- `setup()` loads the model completely, on the engine's thread, and runs a warm-up step, so a
+  load failure fails the Cog setup with its cause (LMQL returned before loading, and a failed
+  load hung every prediction) and the first prediction is as fast as the tenth;
+- an empty batch ends at once; a malformed batch (bad JSON, not a list of [TYPE, {...}]) fails
+  the prediction before any work with a message that says what was expected;
+- one bad op (missing prompt, unknown command, empty SCORE) gets its own error MSG and never
+  poisons the others; ops arriving together go to the engine together, so SCOREs batch.
+
+cogql's LMTP extensions (stop strings, grammars, seeds, min_tokens, capabilities in MODEL_INFO)
+come from the engine, so the Cog path has every feature the in-process path has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+from cog import BaseRunner
+
+from ..engine.engine import Engine
+from ..lmtp.messages import (
+    Event,
+    Generate,
+    Op,
+    ProtocolError,
+    Score,
+    event_to_wire,
+    is_terminal,
+    op_from_wire,
+    replicate_line,
+)
+from .layout import BUILD_INFO, CHECKPOINTS, MODEL_ARGS
+from .modelargs import load_arguments
+
+_POLL_S = 1.0
+
+
+class BatchError(ValueError):
+    """`ops_batch_json` is not a JSON list of [TYPE, {payload}] pairs; the prediction fails."""
+
+
+class PredictorSetupError(RuntimeError):
+    """The model could not be loaded; Cog reports setup as failed, with this message."""
+
+
+class EngineStopped(RuntimeError):
+    """The engine's thread died while a prediction waited for events."""
+
+
+def parse_batch(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """Validate the whole batch before any op runs."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BatchError(
+            f"ops_batch_json is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
+            'expected [["GENERATE", {...}], ...]'
+        ) from None
+    if not isinstance(data, list):
+        raise BatchError(
+            f"ops_batch_json must be a JSON array of [TYPE, payload] pairs, not "
+            f"{type(data).__name__}"
+        )
+    ops = []
+    for i, item in enumerate(data):
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not isinstance(item[0], str)
+            or not isinstance(item[1], dict)
+        ):
+            shown = json.dumps(item)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            raise BatchError(
+                f"ops_batch_json[{i}] must be [TYPE, {{payload}}] with TYPE a string such as "
+                f'"GENERATE" and payload an object; got {shown}'
+            )
+        ops.append((item[0], item[1]))
+    return ops
+
+
+class _Demux:
+    """Maps engine events (local ids) back to the client's ids and tracks open streams."""
+
+    def __init__(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        self.original: list[Any] = []
+        self.ops: list[Op] = []
+        self.rejected: list[str] = []
+        for local, (kind, payload) in enumerate(batch):
+            self.original.append(payload.get("stream_id"))
+            # like LMQL: local id and model are overwritten, key order otherwise kept
+            remapped = {**payload, "stream_id": local, "model": CHECKPOINTS}
+            try:
+                self.ops.append(op_from_wire(kind, remapped))
+            except ProtocolError as e:
+                self.rejected.append(_error_line(payload.get("stream_id"), str(e)))
+        self.open = {op.stream_id for op in self.ops}
+
+    def line(self, event: Event) -> str | None:
+        """The output line for an event, or None for an event after its stream ended."""
+        local = event.stream_id
+        if local not in self.open:
+            return None
+        if is_terminal(event):
+            self.open.discard(local)
+        event.stream_id = self.original[local]
+        return replicate_line(*event_to_wire(event))
+
+
+def _error_line(stream_id: Any, error: str) -> str:
+    return replicate_line("MSG", {"stream_id": stream_id, "error": error})
+
+
+class BatchRunner:
+    """Runs ops batches on an engine; independent of Cog so other hosts can reuse it."""
+
+    def __init__(self, engine: Engine, info_overrides: dict[str, Any] | None = None) -> None:
+        self.engine = engine
+        self.info_overrides = info_overrides or {}
+
+    def _alive(self) -> bool:
+        thread = getattr(self.engine, "_thread", None)  # the engine exposes no health check
+        return thread is None or thread.is_alive()
+
+    def _fix_info(self, event: Event) -> Event:
+        info = getattr(event, "model_info", None)
+        if isinstance(info, dict) and self.info_overrides:
+            event.model_info = {**info, **self.info_overrides}  # type: ignore[union-attr]
+        return event
+
+    def stream(self, ops_batch_json: str) -> Iterator[str]:
+        """Lines in the order events happen; ends when every stream has ended."""
+        demux = _Demux(parse_batch(ops_batch_json))
+        yield from demux.rejected
+        if not demux.ops:
+            return
+        events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        handles = self.engine.submit(demux.ops, events.put)
+        try:
+            while demux.open:
+                try:
+                    event = events.get(timeout=_POLL_S)
+                except queue.Empty:
+                    if not self._alive():
+                        raise EngineStopped("the cogql engine stopped; see the logs") from None
+                    continue
+                line = demux.line(self._fix_info(event))
+                if line is not None:
+                    yield line
+        finally:  # cancelled or failed: stop computing for streams nobody reads
+            for op, handle in zip(demux.ops, handles, strict=True):
+                if op.stream_id in demux.open:
+                    handle.cancel()
+
+    async def astream(self, ops_batch_json: str) -> AsyncIterator[str]:
+        """The same as `stream`, for async predictors (max_concurrency > 1)."""
+        demux = _Demux(parse_batch(ops_batch_json))
+        for line in demux.rejected:
+            yield line
+        if not demux.ops:
+            return
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+
+        def sink(event: Event) -> None:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(events.put_nowait, event)
+
+        handles = self.engine.submit(demux.ops, sink)
+        try:
+            while demux.open:
+                try:
+                    event = await asyncio.wait_for(events.get(), _POLL_S)
+                except TimeoutError:
+                    if not self._alive():
+                        raise EngineStopped("the cogql engine stopped; see the logs") from None
+                    continue
+                line = demux.line(self._fix_info(event))
+                if line is not None:
+                    yield line
+        finally:
+            for op, handle in zip(demux.ops, handles, strict=True):
+                if op.stream_id in demux.open:
+                    handle.cancel()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _read_args(project: Path) -> dict[str, Any]:
+    path = project / MODEL_ARGS
+    try:
+        args = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise PredictorSetupError(f"cannot read the model arguments {path}: {e}") from None
+    if not isinstance(args, dict):
+        raise PredictorSetupError(f"{path} must hold a JSON object of model arguments")
+    return args
+
+
+def _loader(checkpoints: Path, args: dict[str, Any]) -> Callable[[], Any]:
+    """Runs on the engine's thread: device choice and loading are torch work."""
+
+    def load() -> Any:
+        import torch
+
+        from ..engine.models import load_model
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype, kwargs = load_arguments(args)
+        return load_model(str(checkpoints), dtype=dtype, device=device, **kwargs)
+
+    return load
+
+
+def _warm_up(engine: Engine) -> None:
+    """One short GENERATE and SCORE, so kernels and allocators are warm before the first
+    prediction (it then costs what the tenth does)."""
+    tok = engine.tokenizer
+    start = next((t for t in (tok.bos_token_id, tok.eos_token_id) if t is not None), 0)
+    done: queue.SimpleQueue[Event] = queue.SimpleQueue()
+    ops: list[Op] = [
+        Generate(stream_id=0, model=CHECKPOINTS, prompt=[start], max_tokens=2),
+        Score(stream_id=1, model=CHECKPOINTS, prompt=[start], scored=[start, start]),
+    ]
+    engine.submit(ops, done.put)
+    remaining = {0, 1}
+    deadline = time.monotonic() + 300
+    while remaining and time.monotonic() < deadline:
+        event = done.get(timeout=300)
+        if is_terminal(event):
+            remaining.discard(event.stream_id)
+        if getattr(event, "error", None):
+            raise PredictorSetupError(f"the warm-up prediction failed: {event.error}")
+
+
+def vendored_build() -> dict[str, Any]:
+    """What the build recorded about the cogql copy inside the project (empty when cogql runs
+    from an installed package rather than a project's vendored copy)."""
+    path = Path(__file__).resolve().parent.parent / BUILD_INFO
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def load_runner(project: Path) -> BatchRunner:
+    """Load the project's model completely; raises PredictorSetupError with the cause."""
+    checkpoints = project / CHECKPOINTS
+    if not (checkpoints / "config.json").is_file():
+        raise PredictorSetupError(
+            f"{checkpoints} has no config.json; rebuild the project with `cogql replicate build`"
+        )
+    args = _read_args(project)
+    started = time.perf_counter()
+    print(f"cogql: loading {checkpoints} with {args or 'default arguments'}", flush=True)
+    try:
+        engine = Engine(_loader(checkpoints, args))
+    except Exception as e:
+        raise PredictorSetupError(
+            f"cogql could not load the model in {checkpoints}: {type(e).__name__}: {e}"
+        ) from e
+    _warm_up(engine)
+    loaded = engine.loaded
+    print(
+        f"cogql: ready in {time.perf_counter() - started:.1f} s "
+        f"({loaded.device}, {str(loaded.dtype).removeprefix('torch.')})",
+        flush=True,
+    )
+    build = vendored_build()
+    overrides = {"cogql": build["cogql"]} if "cogql" in build else {}
+    return BatchRunner(engine, overrides)
+
+
+class LMTPPredictor(BaseRunner):
+    """Base of the generated predict.py's `Predictor`, which declares the Cog input and output
+    types itself (so Cog's static schema parser sees them) and delegates here."""
+
+    project_dir: ClassVar[Path] = Path.cwd()
+
+    def setup(self) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        self.runner = load_runner(Path(self.project_dir))
+
+    def stream(self, ops_batch_json: str) -> Iterator[str]:
+        return self.runner.stream(ops_batch_json)
+
+    def astream(self, ops_batch_json: str) -> AsyncIterator[str]:
+        return self.runner.astream(ops_batch_json)

@@ -1,0 +1,300 @@
+"""Which files go into a project's checkpoints/, and where they come from.
+
+A model is a local folder, a GGUF file (converted once by `engine.models`), or a Hugging Face
+repo. Hub repos are read from the local cache first; the network is used only for files the
+cache lacks, never when HF_HUB_OFFLINE is set, and both downloads are pinned to one commit
+(LMQL re-listed a different snapshot after its second download). Exactly one weight format is
+picked: safetensors when present (a single model.safetensors counts: LMQL missed that case),
+with index files honoured, else PyTorch .bin files.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..engine.models import ModelNotFound, resolve_model_path
+from ..tokenizer import hf_hub_cache
+from .config import Model
+
+# files that describe a model or its tokenizer (copied whatever the weight format)
+META_PATTERNS = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "*.tiktoken",
+    "LICENSE*",
+    "*.md",
+)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+)
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+BIN_INDEX = "pytorch_model.bin.index.json"
+
+
+class SourceError(Exception):
+    """A model's files cannot be found or are incomplete; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class CheckpointFile:
+    name: str  # path inside checkpoints/ (posix)
+    source: Path  # the real file (symlinks resolved, e.g. a blob in the HF cache)
+    size: int
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    origin: str  # for messages: where the files come from
+    files: tuple[CheckpointFile, ...]
+    safetensors: bool
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE, read at call time (huggingface_hub reads it once, at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise SourceError(f"cannot read {path}: {e}") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _index_shards(index: Path) -> list[str]:
+    weight_map = _read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise SourceError(f"{index} has no weight_map; the download may be incomplete")
+    return sorted(set(map(str, weight_map.values())))
+
+
+def weight_files(names: set[str], use_safetensors: bool | None) -> tuple[list[str], bool]:
+    """(weight file names incl. their index, is_safetensors) from a folder's top-level names."""
+    if use_safetensors is not False:
+        if SAFETENSORS_INDEX in names:
+            return [SAFETENSORS_INDEX], True
+        if "model.safetensors" in names:
+            return ["model.safetensors"], True
+    if use_safetensors is not True:
+        if BIN_INDEX in names:
+            return [BIN_INDEX], False
+        if "pytorch_model.bin" in names:
+            return ["pytorch_model.bin"], False
+    return [], use_safetensors is not False
+
+
+def _meta_names(names: set[str], trust_remote_code: bool) -> list[str]:
+    patterns = (*META_PATTERNS, "*.py") if trust_remote_code else META_PATTERNS
+    return sorted(n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns))
+
+
+def _top_level(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir() if p.is_file()}
+
+
+def plan_folder(folder: Path, args: dict[str, Any], origin: str) -> tuple[list[str], bool]:
+    """File names (relative to `folder`) to link, with index shards expanded; checks that every
+    one of them is there."""
+    names = _top_level(folder)
+    if "config.json" not in names:
+        raise SourceError(f"{origin}: no config.json in {folder}")
+    weights, safetensors = weight_files(names, args.get("use_safetensors"))
+    if not weights:
+        fmt = {True: "safetensors ", False: ".bin "}.get(args.get("use_safetensors"), "")
+        raise SourceError(
+            f"{origin}: no {fmt}weights in {folder} (looked for model.safetensors, "
+            f"{SAFETENSORS_INDEX}, pytorch_model.bin, {BIN_INDEX})"
+        )
+    if weights[0].endswith(".index.json"):
+        weights += _index_shards(folder / weights[0])
+    wanted = sorted(set(_meta_names(names, args.get("trust_remote_code") is True)) | set(weights))
+    missing = [n for n in wanted if not (folder / n).is_file()]
+    if missing:
+        raise SourceError(f"{origin}: missing in {folder}: {', '.join(missing)}")
+    return wanted, safetensors
+
+
+def _files(folder: Path, names: list[str]) -> list[CheckpointFile]:
+    out = []
+    for name in names:
+        real = (folder / name).resolve()
+        out.append(CheckpointFile(name, real, real.stat().st_size))
+    return out
+
+
+# --------------------------------------------------------------------------- hub
+
+
+def _hub_local(repo: str, revision: str | None) -> Path | None:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                repo, revision=revision, cache_dir=hf_hub_cache(), local_files_only=True
+            )
+        )
+    except Exception:  # not cached (any revision form): the caller decides what next
+        return None
+
+
+def _hub_download(repo: str, revision: str | None, origin: str) -> Path:
+    """Metadata first, then exactly the weight files it names, both from one commit."""
+    from huggingface_hub import snapshot_download
+
+    meta = [*META_PATTERNS, "*.index.json"]
+    try:
+        first = Path(
+            snapshot_download(
+                repo, revision=revision, cache_dir=hf_hub_cache(), allow_patterns=meta
+            )
+        )
+        from huggingface_hub import HfApi
+
+        commit = first.name
+        listing = set(HfApi().list_repo_files(repo, revision=commit))
+        top = {n for n in listing if "/" not in n}
+        weights, _ = weight_files(top, None)
+        if weights and weights[0].endswith(".index.json"):
+            weights += _index_shards(first / weights[0])
+        folder = Path(
+            snapshot_download(
+                repo, revision=commit, cache_dir=hf_hub_cache(), allow_patterns=weights or meta
+            )
+        )
+    except SourceError:
+        raise
+    except Exception as e:
+        raise SourceError(
+            f"{origin}: download failed: {type(e).__name__}: {e}. For gated repos log in "
+            "(`hf auth login`) or set HF_TOKEN; to build offline, put the repo in the "
+            "Hugging Face cache first and set HF_HUB_OFFLINE=1"
+        ) from None
+    return folder
+
+
+def _hub_folder(model: Model, args: dict[str, Any]) -> tuple[Path, list[str], bool]:
+    hf = model.spec.huggingface
+    assert hf is not None
+    origin = f"models.{model.name}: {hf.repo}" + (f"@{hf.version}" if hf.version else "")
+    cached = _hub_local(hf.repo, hf.version)
+    if cached is not None:
+        try:
+            names, safetensors = plan_folder(cached, args, origin)
+            return cached, names, safetensors
+        except SourceError as e:
+            if hub_offline():
+                raise SourceError(
+                    f"{e}. HF_HUB_OFFLINE is set, so nothing is downloaded: fetch the repo "
+                    f"once online (`hf download {hf.repo}`) or unset HF_HUB_OFFLINE"
+                ) from None
+    elif hub_offline():
+        raise SourceError(
+            f"{origin}: not in the Hugging Face cache {hf_hub_cache()} and HF_HUB_OFFLINE is "
+            f"set; fetch it once online (`hf download {hf.repo}`), or point HF_HUB_CACHE / "
+            "HF_HOME at the cache that has it"
+        )
+    folder = _hub_download(hf.repo, hf.version, origin)
+    names, safetensors = plan_folder(folder, args, origin)
+    return folder, names, safetensors
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def _local_folder(model: Model, args: dict[str, Any]) -> tuple[Path, list[str], bool]:
+    path = model.local_path
+    assert path is not None
+    origin = f"models.{model.name}: {path}"
+    try:
+        folder = resolve_model_path(path)  # converts a GGUF once, into cogql's cache
+    except ModelNotFound as e:
+        raise SourceError(f"{origin}: {e}") from None
+    except Exception as e:  # conversion errors name the file and the cause
+        raise SourceError(f"{origin}: {type(e).__name__}: {e}") from None
+    names, safetensors = plan_folder(folder, args, origin)
+    return folder, names, safetensors
+
+
+def _tokenizer_folder(spec: str, base: Path, name: str) -> Path:
+    path = (base / Path(spec).expanduser()) if not spec.startswith(("/", "~")) else Path(spec)
+    path = path.expanduser()
+    if path.is_file() and path.name == "tokenizer.json":
+        return path.parent
+    if path.is_dir():
+        if (path / "tokenizer.json").is_file():
+            return path
+        raise SourceError(f"models.{name}.tokenizer: {path} has no tokenizer.json")
+    cached = _hub_local(spec, None)
+    if cached is None and not hub_offline() and "/" in spec:
+        from huggingface_hub import snapshot_download
+
+        try:
+            cached = Path(
+                snapshot_download(
+                    spec, cache_dir=hf_hub_cache(), allow_patterns=list(TOKENIZER_FILES)
+                )
+            )
+        except Exception as e:
+            raise SourceError(
+                f"models.{name}.tokenizer: download of {spec!r} failed: {e}"
+            ) from None
+    if cached is None or not (cached / "tokenizer.json").is_file():
+        raise SourceError(
+            f"models.{name}.tokenizer: {spec!r} is neither a folder or tokenizer.json file "
+            f"(relative to {base}) nor a hub repo with tokenizer.json in the cache"
+        )
+    return cached
+
+
+def collect(model: Model, base: Path) -> ModelFiles:
+    """Plan a model's checkpoints/ without writing anything."""
+    args = model.args
+    if model.spec.local is not None:
+        folder, names, safetensors = _local_folder(model, args)
+        origin = str(model.local_path)
+    else:
+        folder, names, safetensors = _hub_folder(model, args)
+        hf = model.spec.huggingface
+        assert hf is not None
+        origin = f"{hf.repo}@{folder.name}"  # the snapshot folder is named by its commit
+    files = _files(folder, names)
+    if model.spec.tokenizer:
+        tok_folder = _tokenizer_folder(model.spec.tokenizer, base, model.name)
+        present = [n for n in TOKENIZER_FILES if (tok_folder / n).is_file()]
+        files = [f for f in files if f.name not in TOKENIZER_FILES] + _files(tok_folder, present)
+    if not any(f.name == "tokenizer.json" for f in files):
+        raise SourceError(
+            f"models.{model.name}: {origin} has no tokenizer.json (a fast tokenizer); cogql's "
+            'engine needs one. Set tokenizer = "FOLDER or org/name" to a tokenizer that has it'
+        )
+    files.sort(key=lambda f: f.name)
+    return ModelFiles(origin, tuple(files), safetensors)
