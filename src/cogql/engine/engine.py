@@ -11,6 +11,7 @@ between parallel regions (decode steps measured 1.6x slower on 2 cores).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import threading
@@ -32,6 +33,7 @@ from ..lmtp.messages import (
     Score,
     TokenEvent,
 )
+from .batch import DecodeBatch
 from .kvcache import CacheEntry, PrefixCache, common_prefix
 from .masks import GrammarCompiler, GrammarError, GrammarMatcher
 from .models import LoadedModel
@@ -74,6 +76,16 @@ class _ModelRunner:
         self.decode_model = loaded.decode_model
         self.device = loaded.device
         self.cache = cache
+        self.batch = DecodeBatch([m for m in (loaded.decode_model, loaded.model) if m is not None])
+
+    def feed(self, entries: list[CacheEntry], tokens: list[list[int]]) -> None:
+        """Advance every entry by its tokens: one-token steps share one batched pass."""
+        singles = [i for i, t in enumerate(tokens) if len(t) == 1]
+        for i, entry in enumerate(entries):
+            if len(tokens[i]) != 1 or len(singles) == 1:
+                self.forward(entry, tokens[i])
+        if len(singles) > 1:
+            self.batch.step([entries[i] for i in singles], [tokens[i][0] for i in singles])
 
     def forward(self, entry: CacheEntry, new_ids: list[int], keep: int = 1) -> torch.Tensor:
         """Feed `new_ids` after `entry.ids`; returns logits of the last `keep` positions."""
@@ -145,6 +157,7 @@ class _GenerateStream:
     produced: int = 0
     text: bytearray = field(default_factory=bytearray)
     stops: list[bytes] = field(default_factory=list)
+    feed: list[int] = field(default_factory=list)  # chosen tokens the model has not seen yet
 
 
 class Engine:
@@ -163,6 +176,8 @@ class Engine:
         )
         self._thread.start()
         self._started.result()
+        # a worker still inside torch when the interpreter exits aborts the process
+        atexit.register(self.close)
 
     def _setup(self, loaded: LoadedModel, max_cache_entries: int) -> None:
         self.loaded = loaded
@@ -217,8 +232,11 @@ class Engine:
         return future
 
     def close(self) -> None:
-        self._inbox.put(None)
-        self._thread.join(timeout=10)
+        """Stop the worker thread (pending streams are dropped); safe to call twice."""
+        if self._thread.is_alive():
+            self._inbox.put(None)
+            self._thread.join(timeout=10)
+        atexit.unregister(self.close)
 
     # ---- worker thread ----------------------------------------------------------------------
 
@@ -280,19 +298,37 @@ class Engine:
                     sink(TokenEvent(op.stream_id, tok, lp, "stop" if i == last else None))
 
     def _step_all(self) -> None:
+        """One turn: every stream chooses its next token, then all of them are fed at once."""
         for stream in list(self._streams):
             done = True
             try:
                 done = stream.handle.cancelled or self._step(stream)
             except Exception as e:
-                log.exception("GENERATE failed")
-                stream.sink(ErrorEvent(stream.op.stream_id, f"failed to generate tokens '{e}'"))
+                self._fail(stream, e)
             if done:
                 self._finish(stream)
+        fed = [s for s in self._streams if s.feed]
+        if not fed:
+            return
+        try:
+            self.runner.feed([s.entry for s in fed], [s.feed for s in fed])  # type: ignore[misc]
+        except Exception as e:
+            for stream in fed:
+                self._fail(stream, e)
+                self._finish(stream)
+        for stream in fed:
+            stream.feed = []
+
+    def _fail(self, stream: _GenerateStream, e: Exception) -> None:
+        log.exception("GENERATE failed")
+        stream.sink(ErrorEvent(stream.op.stream_id, f"failed to generate tokens '{e}'"))
 
     def _finish(self, stream: _GenerateStream) -> None:
+        if stream not in self._streams:
+            return
         self._streams.remove(stream)
         if stream.entry is not None:
+            stream.entry.settle()
             self.cache.release(stream.entry)
             stream.entry = None
 
@@ -367,7 +403,7 @@ class Engine:
         reason = self._finish_reason(s, token)
         s.sink(TokenEvent(s.op.stream_id, token, logprob, reason, top))
         if reason is None and forward:
-            self.runner.forward(s.entry, [token])
+            s.feed = [token]
         return reason is not None
 
     def _emit_forced(self, s: _GenerateStream, forced: list[int]) -> bool:
@@ -377,7 +413,7 @@ class Engine:
             if self._emit(s, token, 0.0, {token: 0.0}, forward=False):
                 return True
             fed.append(token)
-        self.runner.forward(s.entry, fed)
+        s.feed = fed
         return False
 
 

@@ -6,6 +6,7 @@ query, or a SCORE after a GENERATE on the same prompt, only computes the new tok
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,11 +24,41 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 @dataclass
 class CacheEntry:
-    """Keys/values for `ids`; `logits` are the next-token logits after the last id, if known."""
+    """Keys/values for `ids`; `logits` are the next-token logits after the last id, if known.
+
+    While the entry decodes inside a batch its keys/values are a row of the batch's cache,
+    handed out only when someone reads `past` (see engine/batch.py)."""
 
     ids: list[int] = field(default_factory=list)
-    past: Any = None
     logits: torch.Tensor | None = None
+    _past: Any = None
+    _row: Callable[[], Any] | None = None
+
+    @property
+    def past(self) -> Any:
+        if self._row is not None:
+            self._past, self._row = self._row(), None
+        return self._past
+
+    @past.setter
+    def past(self, value: Any) -> None:
+        self._past, self._row = value, None
+
+    def lend(self, row: Callable[[], Any]) -> None:
+        """The batch now holds this entry's keys/values; `row()` extracts them."""
+        self._past, self._row = None, row
+
+    @property
+    def row(self) -> Callable[[], Any] | None:
+        return self._row
+
+    def settle(self) -> None:
+        """Own a compact copy of the keys/values, so that no batch tensor is kept alive."""
+        if self._row is None:
+            return
+        past = self.past
+        for layer in past.layers:
+            layer.keys, layer.values = layer.keys.clone(), layer.values.clone()
 
     def crop(self, length: int) -> None:
         if length >= len(self.ids):
