@@ -102,7 +102,11 @@ class Manifest:
 
     def write(self, root: Path) -> None:
         data = {"format": FORMAT, "info": self.info, "files": dict(sorted(self.files.items()))}
-        _atomic_write(root / MANIFEST, (json.dumps(data, indent=1) + "\n").encode(), 0o644)
+        content = (json.dumps(data, indent=1) + "\n").encode()
+        path = root / MANIFEST
+        if path.is_file() and path.read_bytes() == content:
+            return  # a rebuild with nothing new leaves the folder exactly as it was
+        _atomic_write(path, content, 0o644)
 
 
 def _atomic_write(path: Path, content: bytes, mode: int) -> None:

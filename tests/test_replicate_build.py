@@ -1,0 +1,437 @@
+"""`cogql replicate build`: project layout, sources (local folder, embedded model, Hugging Face
+cache), safe and idempotent rebuilds, and `push` without Docker."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from cogql.cli import main
+from cogql.replicate.build import BuildError, BuildResult, build
+from cogql.replicate.config import load_config
+from cogql.replicate.project import MANIFEST, ProjectConflict
+from cogql.replicate.push import PushError, push
+from cogql.replicate.schema import openapi_schema
+
+MODEL_FILES = {"config.json", "generation_config.json", "model.safetensors"}
+TOKENIZER = {"special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"}
+
+
+def write_config(tmp: Path, body: str, prefix: str | None = "r8.im/alice") -> Path:
+    head = f'dest_prefix = "{prefix}"\n' if prefix else ""
+    path = tmp / "config.toml"
+    path.write_text(head + body)
+    return path
+
+
+def run_build(config: Path, **kw: Any) -> list[BuildResult]:
+    return build(load_config(config), config.parent / "work", progress=False, **kw)
+
+
+def local_model(tmp: Path, source: Path, name: str = "tiny") -> Path:
+    """A private copy of a model folder, so tests may change its files."""
+    folder = tmp / f"src-{name}"
+    shutil.copytree(source, folder)
+    return folder
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file with (inode, mtime_ns): equal snapshots mean nothing was touched."""
+    return {
+        p.relative_to(folder).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def tiny_project(tmp_path: Path, tiny_model_path: Path) -> tuple[Path, Path]:
+    """(config.toml, model folder) for a private copy of the tiny model."""
+    model = local_model(tmp_path, tiny_model_path)
+    config = write_config(tmp_path, f'[models.tiny]\nlocal.path = "{model.name}"\ngpu = false\n')
+    return config, model
+
+
+# ---- layout -----------------------------------------------------------------------------------
+
+
+def test_project_layout_from_a_local_folder(tiny_project: tuple[Path, Path]) -> None:
+    config, model = tiny_project
+    [result] = run_build(config)
+    root = result.folder
+    assert root == config.parent / "work" / "tiny"
+    assert result.counts["linked"] == len(MODEL_FILES | TOKENIZER) and result.counts["copied"] == 0
+
+    cog = yaml.safe_load((root / "cog.yaml").read_text())
+    assert cog["build"] == {
+        "gpu": False,
+        "python_version": "3.11",
+        "python_requirements": "requirements.txt",
+        "sdk_version": "0.23.1",
+    }
+    assert cog["run"] == "predict.py:Predictor" and cog["image"] == "r8.im/alice/tiny"
+    assert "HF_HUB_OFFLINE=1" in cog["environment"]
+
+    # checkpoints are hardlinks of the source files
+    assert {p.name for p in (root / "checkpoints").iterdir()} == MODEL_FILES | TOKENIZER
+    for name in MODEL_FILES | TOKENIZER:
+        assert (root / "checkpoints" / name).stat().st_ino == (model / name).stat().st_ino
+
+    assert json.loads((root / "config.json").read_text()) == {"use_safetensors": True}
+    assert json.loads((root / ".cog/openapi_schema.json").read_text()) == openapi_schema("0.1.0")
+    assert "__pycache__" in (root / ".dockerignore").read_text()
+
+    push_script = root / "push"
+    assert push_script.stat().st_mode & stat.S_IXUSR
+    assert "cog push --separate-weights r8.im/alice/tiny" in push_script.read_text()
+
+
+def test_requirements_pin_every_package_exactly(tiny_project: tuple[Path, Path]) -> None:
+    config, _ = tiny_project
+    [result] = run_build(config)
+    lines = [
+        line
+        for line in (result.folder / "requirements.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    pins = dict(line.split("==") for line in lines)
+    assert all("==" in line for line in lines)
+    assert pins["torch"] == "2.13.0"  # the CPU build's local label is dropped
+    assert pins["transformers"] == "5.24.0" and pins["llguidance"] == "1.9.1"
+    assert "cog" not in pins and "coglet" not in pins  # cog.yaml's sdk_version pins Cog
+    assert lines == sorted(lines, key=str.lower)
+
+
+def test_cogql_is_vendored_with_its_source_hash(tiny_project: tuple[Path, Path]) -> None:
+    import cogql
+
+    config, _ = tiny_project
+    [result] = run_build(config)
+    vendored = result.folder / "cogql"
+    source = Path(cogql.__file__).parent
+    for rel in ("__init__.py", "replicate/predictor.py", "engine/engine.py"):
+        assert (vendored / rel).read_bytes() == (source / rel).read_bytes()
+    assert not list(vendored.rglob("__pycache__"))
+    build_info = json.loads((vendored / "BUILD.json").read_text())
+    assert build_info["cogql"].startswith("0.1.0+")
+    assert build_info["cogql"] in (result.folder / "requirements.txt").read_text()
+
+
+def test_cog_reads_the_same_interface_from_predict_py(tiny_project: tuple[Path, Path]) -> None:
+    """Cog's own inspector on the generated predict.py agrees with the schema we write."""
+    from cog._adt import OutputKind
+    from cog._inspector import create_predictor
+
+    config, _ = tiny_project
+    [result] = run_build(config)
+    sys.path.insert(0, str(result.folder))
+    try:
+        info = create_predictor("predict", "Predictor")
+    finally:
+        sys.path.remove(str(result.folder))
+        sys.modules.pop("predict", None)
+    schema = openapi_schema("0.1.0")["components"]["schemas"]
+    [(name, field)] = info.inputs.items()
+    prop = schema["Input"]["properties"][name]
+    assert name == "ops_batch_json" and schema["Input"]["required"] == [name]
+    assert field.type.json_type() == {"type": prop["type"]}
+    assert field.description == prop["description"] and field.order == prop["x-order"]
+    assert info.output.kind is OutputKind.CONCAT_ITERATOR
+    assert {k: v for k, v in info.output.json_type().items()} == schema["Output"]
+
+
+def test_embedded_model_folder(tmp_path: Path, embedded_path: Path) -> None:
+    config = write_config(tmp_path, f'[models.smollm2]\nlocal.path = "{embedded_path}"\n', None)
+    [result] = run_build(config)
+    names = {p.name for p in (result.folder / "checkpoints").iterdir()}
+    assert names == MODEL_FILES | TOKENIZER  # the conversion marker is not a model file
+    weights = result.folder / "checkpoints" / "model.safetensors"
+    assert weights.stat().st_ino == (embedded_path / "model.safetensors").stat().st_ino
+    assert not (result.folder / "push").exists()  # no dest_prefix, no push script
+    assert "image" not in yaml.safe_load((result.folder / "cog.yaml").read_text())
+    assert yaml.safe_load((result.folder / "cog.yaml").read_text())["build"]["gpu"] is True
+
+
+# ---- rebuilds ---------------------------------------------------------------------------------
+
+
+def test_rebuild_is_idempotent(tiny_project: tuple[Path, Path]) -> None:
+    config, _ = tiny_project
+    [first] = run_build(config)
+    before = snapshot(first.folder)
+    [second] = run_build(config)
+    assert second.counts["written"] == second.counts["linked"] == second.counts["removed"] == 0
+    assert snapshot(first.folder) == before
+
+
+def test_rebuild_relinks_changed_sources_and_removes_stale_files(
+    tiny_project: tuple[Path, Path],
+) -> None:
+    config, model = tiny_project
+    [first] = run_build(config)
+    ckpt = first.folder / "checkpoints"
+    # new weights (a new file, as a fresh download would be) and one file gone upstream
+    new_weights = model / "model.safetensors.new"
+    shutil.copy(model / "model.safetensors", new_weights)
+    os.replace(new_weights, model / "model.safetensors")
+    (model / "generation_config.json").unlink()
+    config.write_text(config.read_text().replace('dest_prefix = "r8.im/alice"\n', ""))
+    [second] = run_build(config)
+    assert second.counts["linked"] == 1 and second.counts["removed"] == 2
+    assert (ckpt / "model.safetensors").stat().st_ino == (model / "model.safetensors").stat().st_ino
+    assert not (ckpt / "generation_config.json").exists()
+    assert not (first.folder / "push").exists()  # dest_prefix dropped: its stale script too
+    manifest = json.loads((first.folder / MANIFEST).read_text())
+    assert (
+        "push" not in manifest["files"]
+        and "checkpoints/generation_config.json" not in manifest["files"]
+    )
+
+
+def test_files_cogql_did_not_make_are_never_touched(tiny_project: tuple[Path, Path]) -> None:
+    config, _ = tiny_project
+    [first] = run_build(config)
+    notes = first.folder / "NOTES.md"
+    extra = first.folder / "checkpoints" / "adapter.bin"
+    notes.write_text("mine")
+    extra.write_bytes(b"also mine")
+    (first.folder.parent / "other").mkdir()
+    run_build(config)
+    assert notes.read_text() == "mine" and extra.read_bytes() == b"also mine"
+    assert (first.folder.parent / "other").is_dir()
+
+
+def test_a_users_file_in_the_way_stops_the_build_before_any_write(
+    tiny_project: tuple[Path, Path],
+) -> None:
+    config, _ = tiny_project
+    root = config.parent / "work" / "tiny"
+    root.mkdir(parents=True)
+    (root / "predict.py").write_text("# my own predictor\n")
+    with pytest.raises(ProjectConflict, match=r"predict\.py: not made by cogql"):
+        run_build(config)
+    assert sorted(p.name for p in root.iterdir()) == ["predict.py"]  # nothing else written
+    assert (root / "predict.py").read_text() == "# my own predictor\n"
+
+
+def test_edited_generated_files_need_force(tiny_project: tuple[Path, Path]) -> None:
+    config, _ = tiny_project
+    [first] = run_build(config)
+    cog_yaml = first.folder / "cog.yaml"
+    original = cog_yaml.read_text()
+    cog_yaml.write_text(original + "# my tweak\n")
+    with pytest.raises(ProjectConflict, match="made by cogql, then edited"):
+        run_build(config)
+    assert cog_yaml.read_text().endswith("# my tweak\n")
+    run_build(config, force=True)
+    assert cog_yaml.read_text() == original
+
+
+def test_an_interrupted_build_is_finished_by_the_next(tiny_project: tuple[Path, Path]) -> None:
+    config, _ = tiny_project
+    [first] = run_build(config)
+    (first.folder / MANIFEST).unlink()  # as if the build died before recording anything
+    [second] = run_build(config)  # identical files are adopted, not reported as conflicts
+    assert second.counts["written"] == 0 and second.counts["linked"] == 0
+
+
+def test_copies_across_filesystems_with_progress(tmp_path: Path, tiny_model_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs a second filesystem at /dev/shm")
+    model = shm / f"cogql-test-{os.getpid()}"
+    shutil.copytree(tiny_model_path, model)
+    try:
+        config = write_config(tmp_path, f'[models.tiny]\nlocal.path = "{model}"\ngpu = false\n')
+        seen: list[int] = []
+        from cogql.replicate import build as build_module
+
+        real = build_module._progress
+
+        def spy(total: int, show: bool):  # records the bytes the bar would show
+            seen.append(total)
+            return real(total, show)
+
+        build_module._progress = spy
+        try:
+            [first] = run_build(config)
+        finally:
+            build_module._progress = real
+        assert (
+            first.counts["copied"] == len(MODEL_FILES | TOKENIZER) and first.counts["linked"] == 0
+        )
+        weights = first.folder / "checkpoints" / "model.safetensors"
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+        assert digest == hashlib.sha256((model / "model.safetensors").read_bytes()).hexdigest()
+        assert seen == [sum(p.stat().st_size for p in model.iterdir())]
+        [second] = run_build(config)  # a copy of an unchanged source is not redone
+        assert second.counts["copied"] == 0
+    finally:
+        shutil.rmtree(model)
+
+
+def test_check_writes_nothing(tiny_project: tuple[Path, Path]) -> None:
+    config, _ = tiny_project
+    [result] = run_build(config, check=True)
+    assert result.checkpoint_bytes > 1_000_000
+    assert not (config.parent / "work").exists()
+
+
+# ---- Hugging Face cache -----------------------------------------------------------------------
+
+
+def fake_hub_cache(
+    root: Path, repo: str, files: dict[str, Path], commit: str = "a" * 40, ref: str = "main"
+) -> Path:
+    """A Hugging Face cache laid out as huggingface_hub writes it: blobs named by hash,
+    snapshot files as relative symlinks to them, and a ref naming the commit."""
+    base = root / f"models--{repo.replace('/', '--')}"
+    snap = base / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (base / "blobs").mkdir(exist_ok=True)
+    for name, source in files.items():
+        data = source.read_bytes()
+        blob = base / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snap / name).symlink_to(os.path.relpath(blob, snap))
+    (base / "refs").mkdir(exist_ok=True)
+    (base / "refs" / ref).write_text(commit)
+    return base
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
+def test_hub_repo_from_the_cache_offline(tmp_path: Path, hub: Path, tiny_model_path: Path) -> None:
+    files = {p.name: p for p in tiny_model_path.iterdir()}
+    files["pytorch_model.bin"] = tiny_model_path / "config.json"  # a second format to ignore
+    base = fake_hub_cache(hub, "acme/tiny", files)
+    config = write_config(tmp_path, '[models.tiny]\nhuggingface.repo = "acme/tiny"\n')
+    [result] = run_build(config)
+    assert result.origin == f"acme/tiny@{'a' * 40}"
+    ckpt = result.folder / "checkpoints"
+    assert {p.name for p in ckpt.iterdir()} == MODEL_FILES | TOKENIZER  # safetensors only
+    blob = (base / "snapshots" / ("a" * 40) / "model.safetensors").resolve()
+    assert (ckpt / "model.safetensors").stat().st_ino == blob.stat().st_ino  # linked to the blob
+
+
+def test_hub_sharded_checkpoint_follows_its_index(
+    tmp_path: Path, hub: Path, tiny_model_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    sharded = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(tiny_model_path).save_pretrained(
+        sharded, max_shard_size="10MB"
+    )
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    shards = set(index["weight_map"].values())
+    assert len(shards) > 1
+    files = {p.name: p for p in sharded.iterdir()}
+    files |= {n: tiny_model_path / n for n in TOKENIZER}
+    fake_hub_cache(hub, "acme/sharded", files, commit="b" * 40)
+    config = write_config(
+        tmp_path,
+        f'[models.sharded]\nhuggingface.repo = "acme/sharded"\nhuggingface.version = "{"b" * 40}"\n',
+    )
+    [result] = run_build(config)
+    names = {p.name for p in (result.folder / "checkpoints").iterdir()}
+    assert shards | {"model.safetensors.index.json", "config.json"} <= names
+
+
+def test_hub_repo_missing_offline_says_what_to_do(tmp_path: Path, hub: Path) -> None:
+    config = write_config(tmp_path, '[models.gone]\nhuggingface.repo = "acme/gone"\n')
+    with pytest.raises(BuildError, match="HF_HUB_OFFLINE") as e:
+        run_build(config)
+    assert "hf download acme/gone" in str(e.value)
+    assert not (tmp_path / "work").exists()
+
+
+def test_hub_snapshot_missing_a_shard_offline(
+    tmp_path: Path, hub: Path, tiny_model_path: Path
+) -> None:
+    files = {n: tiny_model_path / n for n in ("config.json", *TOKENIZER)}
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"w": "model-00001-of-00002.safetensors"}}))
+    files["model.safetensors.index.json"] = index
+    fake_hub_cache(hub, "acme/partial", files)
+    config = write_config(tmp_path, '[models.partial]\nhuggingface.repo = "acme/partial"\n')
+    with pytest.raises(BuildError, match=r"missing in .*model-00001-of-00002\.safetensors"):
+        run_build(config)
+
+
+# ---- tokenizers -------------------------------------------------------------------------------
+
+
+def test_tokenizer_from_elsewhere(
+    tmp_path: Path, tiny_model_path: Path, embedded_path: Path
+) -> None:
+    model = local_model(tmp_path, tiny_model_path)
+    for name in TOKENIZER:
+        (model / name).unlink()
+    config = write_config(tmp_path, f'[models.tiny]\nlocal.path = "{model}"\ngpu = false\n')
+    with pytest.raises(BuildError, match=r'no tokenizer\.json.*tokenizer = "FOLDER'):
+        run_build(config)
+    config.write_text(config.read_text() + f'tokenizer = "{embedded_path}"\n')
+    [result] = run_build(config)
+    linked = result.folder / "checkpoints" / "tokenizer.json"
+    assert linked.stat().st_ino == (embedded_path / "tokenizer.json").stat().st_ino
+
+
+# ---- push and the CLI -------------------------------------------------------------------------
+
+
+def test_push_without_cog_or_docker_prints_the_command(
+    tiny_project: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, _ = tiny_project
+    [result] = run_build(config)
+    monkeypatch.setenv("PATH", str(config.parent))  # no cog, no docker here
+    with pytest.raises(PushError) as e:
+        push(result.folder, ["--debug"])
+    message = str(e.value)
+    assert "cog CLI is not on PATH" in message and "docker" in message
+    assert f"cd {result.folder} && cog push --separate-weights r8.im/alice/tiny --debug" in message
+
+
+def test_push_explains_a_missing_project_or_prefix(tmp_path: Path, tiny_project) -> None:
+    with pytest.raises(PushError, match="cogql replicate build nope"):
+        push(tmp_path / "work" / "nope")
+    config, _ = tiny_project
+    config.write_text(config.read_text().replace('dest_prefix = "r8.im/alice"\n', ""))
+    [result] = run_build(config)
+    with pytest.raises(PushError, match="no dest_prefix"):
+        push(result.folder)
+
+
+def test_cli_build_and_push(
+    tiny_project: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, _ = tiny_project
+    out = config.parent / "work"
+    runner = CliRunner()
+    args = ["replicate", "build", "--config", str(config), "--out", str(out)]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "built tiny" in result.output and "cogql replicate push tiny" in result.output
+    result = runner.invoke(main, [*args, "nope"])
+    assert result.exit_code == 2 and "not in the config" in result.output
+    monkeypatch.setenv("PATH", str(config.parent))
+    result = runner.invoke(main, ["replicate", "push", "tiny", "--out", str(out)])
+    assert result.exit_code == 1 and "cog push --separate-weights r8.im/alice/tiny" in result.output
