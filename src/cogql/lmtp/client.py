@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .messages import (
     ErrorEvent,
@@ -24,34 +24,92 @@ from .messages import (
 )
 from .transports.base import Cancellable, Transport
 
+if TYPE_CHECKING:
+    from ..tokenizer import Tokenizer
+    from .emulation import Emulator
+
 
 class LMTPError(RuntimeError):
     """The server reported an error for a stream."""
 
 
 class LMTPClient:
-    def __init__(self, transport: Transport, model: str = "") -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        model: str = "",
+        *,
+        tokenizer: Tokenizer | None = None,
+        use_extensions: bool = True,
+    ) -> None:
+        """`tokenizer` lets the client emulate extensions a server lacks (LMQL's method);
+        `use_extensions=False` emulates them even where the server has them."""
         self.transport = transport
         self.model = model
+        self.tokenizer = tokenizer
+        self.use_extensions = use_extensions
         self._ids = itertools.count(1)
         self._info: dict[str, Any] | None = None
+        self._emulator: Emulator | None = None
 
     async def model_info(self) -> dict[str, Any]:
+        """The server's model_info (a non-dict answer comes back as {"model_info": value});
+        LMQL's "<unavailable>" (still loading) is not cached, so asking again sees the model."""
         if self._info is None:
-            op = ModelInfo(next(self._ids), self.model)
-            (events,) = await self._collect([op])
-            event = events[-1]
-            if isinstance(event, ErrorEvent):
-                raise LMTPError(f"MODEL_INFO failed: {event.error}")
-            info = event.model_info if isinstance(event, InfoEvent) else None
-            self._info = info if isinstance(info, dict) else {"model_info": info}
+            info = await self.request_info({})
+            if info.get("model_info") == "<unavailable>":
+                return info
+            self._info = info
         return self._info
+
+    async def request_info(self, data: dict[str, Any]) -> dict[str, Any]:
+        """One uncached MODEL_INFO carrying `data`, e.g. {"tokenizer": True} (an extension)."""
+        (events,) = await self._collect([ModelInfo(next(self._ids), self.model, dict(data))])
+        event = events[-1]
+        if isinstance(event, ErrorEvent):
+            raise LMTPError(f"MODEL_INFO failed: {event.error}")
+        info = event.model_info if isinstance(event, InfoEvent) else None
+        return info if isinstance(info, dict) else {"model_info": info}
 
     async def capabilities(self) -> frozenset[str]:
         return frozenset((await self.model_info()).get("capabilities", ()))
 
     async def generate(self, op: Generate) -> AsyncIterator[TokenEvent]:
-        """Stream the tokens of one GENERATE; cancels it server-side if the caller stops early."""
+        """Stream the tokens of one GENERATE; cancels it server-side if the caller stops early.
+        Extensions the server does not advertise are emulated with plain LMTP requests."""
+        missing = await self._missing_extensions(op)
+        if missing:
+            async for event in self._emulation(missing).generate(op):
+                yield event
+            return
+        async for event in self._generate(op):
+            yield event
+
+    async def _missing_extensions(self, op: Generate) -> list[str]:
+        """Extensions `op` uses that the server lacks; an unsupported seed is dropped (LMQL
+        servers hand unknown fields to transformers, which rejects them)."""
+        wanted = {"grammar": op.grammar, "stop": op.stop, "min_tokens": op.min_tokens}
+        used = [name for name, value in wanted.items() if value]
+        if not used and op.seed is None:
+            return []
+        have = await self.capabilities() if self.use_extensions else frozenset()
+        if "seed" not in have:
+            op.seed = None
+        return [name for name in used if name not in have]
+
+    def _emulation(self, missing: list[str]) -> Emulator:
+        if self.tokenizer is None:
+            raise LMTPError(
+                f"the server does not support {', '.join(missing)}; give the model a "
+                "tokenizer (tokenizer=...) so that cogql can enforce them on its side"
+            )
+        if self._emulator is None:
+            from .emulation import Emulator
+
+            self._emulator = Emulator(self._generate, self.tokenizer)
+        return self._emulator
+
+    async def _generate(self, op: Generate) -> AsyncIterator[TokenEvent]:
         op.stream_id = next(self._ids)
         op.model = op.model or self.model
         queue: asyncio.Queue[Event] = asyncio.Queue()

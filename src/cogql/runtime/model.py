@@ -7,11 +7,14 @@ process; other endpoints are remote LMTP servers or Replicate.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..lmtp.client import LMTPClient
 from ..tokenizer import Tokenizer, load_tokenizer
+
+log = logging.getLogger("cogql.runtime")
 
 
 class ModelConfigError(ValueError):
@@ -50,11 +53,12 @@ class Model:
     async def _open(self) -> Connection:
         endpoint = self.endpoint or ""
         name = self.name or ""
-        if endpoint and not endpoint.startswith("local:"):
+        if endpoint.startswith("replicate:") or endpoint == "replicate":
             raise ModelConfigError(
-                f"endpoint {endpoint!r}: remote LMTP and Replicate endpoints are not available in "
-                "this build yet; omit endpoint= to run the model in-process"
+                f"endpoint {endpoint!r}: Replicate endpoints are not available in this build yet"
             )
+        if endpoint and not endpoint.startswith("local:"):
+            return await _open_remote(name, endpoint, self.tokenizer)
         from ..lmtp.transports.inprocess import InProcessTransport, local_engine
 
         local_name = name.removeprefix("local:") or None
@@ -62,7 +66,11 @@ class Model:
         device = str(self.options.get("device", "cpu"))
         engine = await asyncio.to_thread(local_engine, local_name, dtype=dtype, device=device)
         tok = load_tokenizer(self.tokenizer) if self.tokenizer else engine.tokenizer
-        client = LMTPClient(InProcessTransport(engine), model=name)
+        # extensions=False makes the client use LMQL's method, as against an LMQL server
+        use_ext = bool(self.options.get("extensions", True))
+        client = LMTPClient(
+            InProcessTransport(engine), model=name, tokenizer=tok, use_extensions=use_ext
+        )
         caps = await client.capabilities()
         return Connection(client, tok, caps, tok.bos_token_id)
 
@@ -93,3 +101,69 @@ def _shared(name: str | None) -> Model:
     if name not in _models:
         _models[name] = model(name)
     return _models[name]
+
+
+# --------------------------------------------------------------------------- remote LMTP
+
+LOAD_WAIT_S = 600.0  # how long to wait for a server that is still loading its model
+
+
+async def _open_remote(name: str, endpoint: str, tokenizer: str | None) -> Connection:
+    """A websocket LMTP server: wait for its model, learn its capabilities, get a tokenizer."""
+    from ..lmtp.client import LMTPError
+    from ..lmtp.transports.websocket import EndpointError, WebSocketTransport
+
+    try:
+        transport = WebSocketTransport(endpoint)
+    except EndpointError as e:
+        raise ModelConfigError(str(e)) from None
+    await transport.open()
+    client = LMTPClient(transport, model=name)
+    try:
+        info = await _loaded_info(client, transport.url)
+    except LMTPError as e:
+        if "Unknown command" not in str(e):  # an LMQL server from before MODEL_INFO existed
+            raise LMTPError(f"LMTP server at {transport.url}: {e}") from None
+        info = {}
+    caps = frozenset(info.get("capabilities", ()))
+    tok = await _remote_tokenizer(client, caps, name, tokenizer, transport.url)
+    return Connection(client, tok, caps, tok.bos_token_id)
+
+
+async def _loaded_info(client: LMTPClient, url: str) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + LOAD_WAIT_S
+    info = await client.model_info()
+    if info.get("model_info") == "<unavailable>":
+        log.info("the LMTP server at %s is loading its model; waiting", url)
+    while info.get("model_info") == "<unavailable>":
+        if asyncio.get_running_loop().time() > deadline:
+            raise ModelConfigError(f"the LMTP server at {url} did not load its model in time")
+        await asyncio.sleep(0.25)
+        info = await client.model_info()
+    return info
+
+
+async def _remote_tokenizer(
+    client: LMTPClient, caps: frozenset[str], name: str, tokenizer: str | None, url: str
+) -> Tokenizer:
+    """`tokenizer=` first; then the server's own (extension `tokenizer`); then, as LMQL does,
+    a tokenizer named like the model (a folder or a cached hub id)."""
+    from ..lmtp.messages import TOKENIZER, tokenizer_from_wire
+    from ..tokenizer import TokenizerNotFound
+
+    if tokenizer:
+        return load_tokenizer(tokenizer)
+    if TOKENIZER in caps:
+        info = await client.request_info({TOKENIZER: True})
+        return tokenizer_from_wire(info.get(TOKENIZER), name=f"tokenizer of {url}")
+    try:
+        return load_tokenizer(name.removeprefix("local:")) if name else _no_tokenizer(url)
+    except TokenizerNotFound:
+        return _no_tokenizer(url)
+
+
+def _no_tokenizer(url: str) -> Tokenizer:
+    raise ModelConfigError(
+        f"the LMTP server at {url} does not hand out its tokenizer and none was found under the "
+        "model's name; pass tokenizer= (a folder with tokenizer.json or a cached hub id)"
+    )
