@@ -155,7 +155,7 @@ def test_model_info_has_capabilities_and_the_vendored_cogql(server: CogServer) -
     assert info["eos_token_id"] == 2 and info["vocab_size"] == 49152
 
 
-def test_stream_ids_are_restored_and_streams_interleave(server: CogServer) -> None:
+def test_stream_ids_are_restored_even_when_missing(server: CogServer) -> None:
     ops = [gen(None, PROMPT, max_tokens=3), gen(7, PROMPT[:3], max_tokens=2)]
     ops.append(["GENERATE", {"max_tokens": 2, "model": "m", "prompt": PROMPT[:4]}])  # no id
     got = by_stream(events_of(run_ops(server, ops)))

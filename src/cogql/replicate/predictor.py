@@ -242,8 +242,11 @@ def _warm_up(engine: Engine) -> None:
     engine.submit(ops, done.put)
     remaining = {0, 1}
     deadline = time.monotonic() + 300
-    while remaining and time.monotonic() < deadline:
-        event = done.get(timeout=300)
+    while remaining:
+        try:
+            event = done.get(timeout=max(deadline - time.monotonic(), 0.001))
+        except queue.Empty:
+            raise PredictorSetupError("the warm-up prediction took over 300 s") from None
         if is_terminal(event):
             remaining.discard(event.stream_id)
         if getattr(event, "error", None):

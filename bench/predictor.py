@@ -1,0 +1,138 @@
+"""Benchmark: the Cog predictor behind the real Cog prediction server vs the same ops in-process.
+
+Builds a project (default: the embedded SmolLM2 model; any folder with --model), starts
+`python -m cog.server.http` on it, and prints side by side, in one run:
+  - server start → READY (setup loads the model and warms it up),
+  - per workload, the latency of each of N predictions through the server (HTTP, sync) and of
+    the same ops through the same predictor code in this process; the difference is what the
+    Cog server and its worker add per prediction (target: ≤ 50 ms),
+  - the first and the tenth prediction (setup warmed up, so they should match),
+  - time to the first streamed line over server-sent events.
+
+Workloads: MODEL_INFO (pure overhead), GENERATE of 16 tokens, and one batch of 3 SCOREs.
+Each iteration extends the prompt by one token, so every run does the same small amount of
+prompt work on both sides (the prefix cache would otherwise make repeats free).
+
+Usage: python bench/predictor.py [--model PATH] [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cogql.engine.models import resolve_model_path
+from cogql.replicate.build import build
+from cogql.replicate.cogserver import CogServer
+from cogql.replicate.config import load_config
+from cogql.replicate.predictor import load_runner
+from cogql.tokenizer import load_tokenizer
+
+TEXT = "Review: We had a great stay at the hotel. The staff were friendly.\nQ: Sentiment?\nA:"
+
+
+def workloads(prompt: list[int]) -> dict[str, Callable[[int], list[list[Any]]]]:
+    def info(i: int) -> list[list[Any]]:
+        return [["MODEL_INFO", {"stream_id": 1, "model": "m", "data": {}}]]
+
+    def generate(i: int) -> list[list[Any]]:
+        p = [*prompt, 28 + i]
+        return [
+            [
+                "GENERATE",
+                {"max_tokens": 16, "temperature": 0.0, "model": "m", "prompt": p, "stream_id": 1},
+            ]
+        ]
+
+    def score(i: int) -> list[list[Any]]:
+        p = [*prompt, 28 + i]
+        return [
+            ["SCORE", {"model": "m", "prompt": p, "scored": s, "stream_id": k}]
+            for k, s in enumerate(([3806], [4353], [9089, 3]))
+        ]
+
+    return {"MODEL_INFO": info, "GENERATE 16 tokens": generate, "SCORE x3 (batched)": score}
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:8.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="model folder (default: the embedded SmolLM2)")
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+    model = Path(args.model) if args.model else resolve_model_path(None)
+    prompt = [1, *load_tokenizer(model).encode(TEXT)]
+
+    with tempfile.TemporaryDirectory(prefix="cogql-bench-") as tmp:
+        config = Path(tmp) / "config.toml"
+        config.write_text(f'[models.bench]\nlocal.path = "{model}"\ngpu = false\n')
+        started = time.perf_counter()
+        [project] = build(load_config(config), Path(tmp) / "work", progress=False)
+        build_s = time.perf_counter() - started
+
+        server = CogServer(project.folder)
+        server.start()
+        try:
+            ready_s = server.wait_ready(timeout=600)
+            runner = load_runner(project.folder)  # the same predictor code, in this process
+            rows = []
+            for name, make in workloads(prompt).items():
+                http, local = [], []
+                for i in range(args.repeats):  # alternate, so drift hits both sides alike
+                    ops = json.dumps(make(i))
+                    t, result = timed(lambda o=ops: server.predict({"ops_batch_json": o}))
+                    assert result["status"] == "succeeded", result
+                    http.append(t)
+                    t, lines = timed(lambda o=ops: list(runner.stream(o)))
+                    assert len(lines) == len(result["output"]), (lines, result["output"])
+                    local.append(t)
+                rows.append((name, http, local))
+            ops = json.dumps(workloads(prompt)["GENERATE 16 tokens"](99))
+            start = time.perf_counter()
+            first_line = total = None
+            for kind, _data in server.stream({"ops_batch_json": ops}):
+                if kind == "output" and first_line is None:
+                    first_line = time.perf_counter() - start
+            total = time.perf_counter() - start
+        finally:
+            server.stop()
+
+    print(f"model: {model}  ({os.cpu_count()} CPUs, Python {sys.version.split()[0]})")
+    print(f"build: {build_s:.2f} s   server start → READY: {ready_s:.2f} s (model load + warm-up)")
+    print()
+    print(
+        f"{'workload':<22}{'server ms':>10}{'in-proc ms':>11}{'overhead ms':>12}{'1st ms':>9}{'10th ms':>9}"
+    )
+    for name, http, local in rows:
+        med_h, med_l = statistics.median(http), statistics.median(local)
+        tenth = http[9] if len(http) >= 10 else http[-1]
+        print(
+            f"{name:<22}{ms(med_h):>10}{ms(med_l):>11}{ms(med_h - med_l):>12}"
+            f"{ms(http[0]):>9}{ms(tenth):>9}"
+        )
+    print()
+    print(
+        f"server-sent events, GENERATE 16 tokens: first line after {first_line * 1000:.1f} ms, "
+        f"done after {total * 1000:.1f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()
