@@ -116,6 +116,68 @@ def run(file: Any, model_name: str | None, sets: tuple[str, ...], as_json: bool,
         _print_result(item, console)
 
 
+# --------------------------------------------------------------------------- serve-model
+
+
+@main.command(
+    name="serve-model",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+)
+@click.argument("model_name", metavar="MODEL", required=False, default="default")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on.")
+@click.option(
+    "--dtype",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "float32", "float16", "bfloat16", "4bit", "8bit"]),
+    help="Weight precision (auto: float32 on CPU with float16 decode, float16 on CUDA).",
+)
+@click.option("--device", default=None, help="torch device: cpu (default), cuda, cuda:1, ...")
+@click.option("--cuda", is_flag=True, help="LMQL's flag: same as --device cuda.")
+@click.option("--max-frame-mb", default=8.0, show_default=True, type=float,
+              help="Largest incoming frame; a larger one closes its connection.")  # fmt: skip
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))  # fmt: skip
+@click.pass_context
+def serve_model(ctx: click.Context, model_name: str, host: str, port: int, dtype: str,
+                device: str | None, cuda: bool, max_frame_mb: float, log_level: str) -> None:  # fmt: skip
+    """Serve MODEL over LMTP (LMQL's token protocol) on ws://HOST:PORT/.
+
+    MODEL is a folder with config.json, local:PATH, a .gguf file, a cached hub id, or
+    `default` for the embedded SmolLM2. LMQL's `--key value` options go to from_pretrained;
+    its scheduler flags (--static, --layout, ...) are accepted and ignored.
+    """
+    _serve_model(ctx.args, model_name, host, port, dtype, device, cuda, max_frame_mb, log_level)
+
+
+def _serve_model(extra: list[str], model_name: str, host: str, port: int, dtype: str,
+                 device: str | None, cuda: bool, max_frame_mb: float, log_level: str) -> None:  # fmt: skip
+    import logging
+
+    from .serve import Limits, LMTPServer, serve_until_signalled
+    from .serve.command import ServeUsageError, engine_factory, resolve_args
+
+    try:
+        args = resolve_args(model_name, dtype=dtype, device=device, cuda=cuda, extra=extra)
+    except ServeUsageError as e:
+        raise click.UsageError(str(e)) from None
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per request is ours
+    log = logging.getLogger("cogql.serve")
+    if args.ignored:
+        log.info("ignoring LMQL options that do not apply to cogql: %s", " ".join(args.ignored))
+    limits = Limits(max_frame_bytes=int(max_frame_mb * 2**20))
+    server = LMTPServer(engine_factory(args), host=host, port=port, limits=limits)
+    try:
+        asyncio.run(serve_until_signalled(server))
+    except OSError as e:  # e.g. the port is taken
+        err.print(f"[red]error:[/] cannot listen on {host}:{port}: {e}", highlight=False)
+        sys.exit(1)
+
+
 # ---- cogql replicate: deploy models to Replicate as Cog projects ---------------------------
 
 

@@ -289,3 +289,59 @@ def parse_server_message(text: str) -> list[Event]:
     kind, body = split_message(text.strip())
     items = body if isinstance(body, list) else [body]
     return [event_from_wire(kind, item) for item in items]
+
+
+# ---- cogql transport extensions ------------------------------------------------------------
+# Sent only to a server whose MODEL_INFO reply advertises the capability, so LMQL peers never
+# see them: `batch` (several ops in one frame, the pairs of Replicate's ops_batch_json),
+# `cancel` (stop a stream server-side) and `tokenizer` (MODEL_INFO with data {"tokenizer":
+# true} answers with the server's tokenizer inside model_info).
+
+BATCH, CANCEL = "BATCH", "CANCEL"
+TOKENIZER = "tokenizer"
+
+
+def batch_frame(items: list[tuple[str, dict[str, Any]]]) -> str:
+    """Client → server: `BATCH [[TYPE, obj], ...]`, ops the server submits together."""
+    return f"{BATCH} {dumps([[kind, payload] for kind, payload in items])}"
+
+
+def split_batch(body: Any, max_ops: int | None = None) -> list[tuple[str, Any]]:
+    """The (TYPE, payload) pairs of a BATCH body; each payload is validated later, per op."""
+    if not isinstance(body, list) or not all(
+        isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) for item in body
+    ):
+        raise ProtocolError("BATCH body must be a list of [TYPE, {...}] pairs")
+    if max_ops is not None and len(body) > max_ops:
+        raise ProtocolError(f"BATCH holds {len(body)} ops; at most {max_ops} are accepted")
+    return [(kind, payload) for kind, payload in body]
+
+
+def cancel_frame(stream_id: Any) -> str:
+    """Client → server: stop a stream this client no longer reads (no reply is sent)."""
+    return request_frame(CANCEL, {"stream_id": stream_id})
+
+
+def tokenizer_to_wire(tokenizer: Any) -> dict[str, Any]:
+    """The `tokenizer` entry of a model_info reply: tokenizer.json text plus special ids."""
+    return {
+        "json": tokenizer.to_json(),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "chat_template": tokenizer.chat_template,
+    }
+
+
+def tokenizer_from_wire(data: Any, name: str) -> Any:
+    """Rebuild a `cogql.tokenizer.Tokenizer` from `tokenizer_to_wire`'s dict."""
+    from ..tokenizer import Tokenizer
+
+    if not isinstance(data, dict) or not isinstance(data.get("json"), str):
+        raise ProtocolError(f"{name} sent no usable tokenizer")
+    return Tokenizer.from_json(
+        data["json"],
+        bos_token_id=data.get("bos_token_id"),
+        eos_token_id=data.get("eos_token_id"),
+        chat_template=data.get("chat_template"),
+        name=name,
+    )

@@ -58,7 +58,7 @@ class Model:
                 f"endpoint {endpoint!r}: Replicate endpoints are not available in this build yet"
             )
         if endpoint and not endpoint.startswith("local:"):
-            return await _open_remote(name, endpoint, self.tokenizer)
+            return await _open_remote(name, endpoint, self.tokenizer, self.options)
         from ..lmtp.transports.inprocess import InProcessTransport, local_engine
 
         local_name = name.removeprefix("local:") or None
@@ -108,8 +108,11 @@ def _shared(name: str | None) -> Model:
 LOAD_WAIT_S = 600.0  # how long to wait for a server that is still loading its model
 
 
-async def _open_remote(name: str, endpoint: str, tokenizer: str | None) -> Connection:
-    """A websocket LMTP server: wait for its model, learn its capabilities, get a tokenizer."""
+async def _open_remote(
+    name: str, endpoint: str, tokenizer: str | None, options: dict[str, Any]
+) -> Connection:
+    """A websocket LMTP server: wait for its model, learn its capabilities, get a tokenizer
+    (which the client also needs to emulate extensions an LMQL server lacks)."""
     from ..lmtp.client import LMTPError
     from ..lmtp.transports.websocket import EndpointError, WebSocketTransport
 
@@ -127,6 +130,8 @@ async def _open_remote(name: str, endpoint: str, tokenizer: str | None) -> Conne
         info = {}
     caps = frozenset(info.get("capabilities", ()))
     tok = await _remote_tokenizer(client, caps, name, tokenizer, transport.url)
+    client.tokenizer = tok
+    client.use_extensions = bool(options.get("extensions", True))
     return Connection(client, tok, caps, tok.bos_token_id)
 
 

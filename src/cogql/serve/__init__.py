@@ -1,0 +1,15 @@
+"""The LMTP websocket server (`cogql serve-model`): one engine, many clients, LMQL's wire format."""
+
+from __future__ import annotations
+
+from .host import EngineHost, ModelUnavailable
+from .server import BackgroundServer, Limits, LMTPServer, serve_until_signalled
+
+__all__ = [
+    "BackgroundServer",
+    "EngineHost",
+    "LMTPServer",
+    "Limits",
+    "ModelUnavailable",
+    "serve_until_signalled",
+]

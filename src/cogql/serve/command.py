@@ -1,0 +1,100 @@
+"""What `cogql serve-model` needs beyond click: LMQL's command line, mapped onto cogql's.
+
+`lmql serve-model` takes flags and `--key value` pairs that it hands to `from_pretrained`; a
+user switching servers should not have to rewrite the command. Flags that only make sense for
+LMQL's scheduler are accepted and reported as ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..engine.engine import Engine
+
+log = logging.getLogger("cogql.serve")
+
+# LMQL options that change its own scheduler or process layout, not the model
+IGNORED_FLAGS = {"static", "single_thread", "docker_hide_port", "torch_compile", "silent"}
+IGNORED_VALUED = {"loader", "layout", "batch_size"}
+
+
+class ServeUsageError(ValueError):
+    """A command line that cannot be served as given (reported before anything starts)."""
+
+
+@dataclass
+class ServeArgs:
+    model: str | None
+    dtype: str = "auto"
+    device: str = "cpu"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+
+
+def _coerce(value: str) -> Any:
+    """LMQL's order: True/False, then int, then float, then the string itself."""
+    if value in ("True", "False"):
+        return value == "True"
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def parse_extra_args(args: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """`--key value` / `--key=value` / `--flag` → (from_pretrained kwargs, ignored options)."""
+    kwargs: dict[str, Any] = {}
+    ignored: list[str] = []
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if not token.startswith("--") or len(token) == 2:
+            raise ServeUsageError(f"unexpected argument {token!r}")
+        name, eq, value = token[2:].partition("=")
+        has_value = bool(eq)
+        takes_next = i + 1 < len(args) and not args[i + 1].startswith("--")
+        if not has_value and name not in IGNORED_FLAGS and takes_next:
+            value, has_value = args[i + 1], True
+            i += 1
+        i += 1
+        name = name.replace("-", "_")
+        if name in IGNORED_FLAGS or name in IGNORED_VALUED:
+            ignored.append(f"--{name}")
+        else:
+            kwargs[name] = _coerce(value) if has_value else True
+    return kwargs, ignored
+
+
+def resolve_args(
+    model: str | None, *, dtype: str, device: str | None, cuda: bool, extra: list[str]
+) -> ServeArgs:
+    if dtype in ("4bit", "8bit"):
+        raise ServeUsageError(
+            f"--dtype {dtype}: quantized loading is not supported; use auto, float32, "
+            "float16 or bfloat16"
+        )
+    kwargs, ignored = parse_extra_args(extra)
+    name = None if model in (None, "", "auto", "default") else model
+    return ServeArgs(name, dtype, device or ("cuda" if cuda else "cpu"), kwargs, ignored)
+
+
+def engine_factory(args: ServeArgs) -> Callable[[], Engine]:
+    """Builds the engine; the model itself loads on the engine's own thread (torch's rule)."""
+
+    def build() -> Engine:
+        from ..engine.engine import Engine
+        from ..engine.models import load_model
+
+        return Engine(
+            lambda: load_model(
+                args.model, dtype=args.dtype, device=args.device, **args.model_kwargs
+            )
+        )
+
+    return build

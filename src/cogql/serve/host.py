@@ -1,0 +1,143 @@
+"""The server's engine, loaded in the background so the server can listen (and answer
+MODEL_INFO with LMQL's `"<unavailable>"`) while the weights load, and report a failed load to
+every client instead of hanging them.
+
+Nothing here touches torch: the engine does its own loading on its own thread; this module only
+waits for it on a helper thread and reads plain attributes afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..lmtp.messages import Generate, Op, ProtocolError, Score, tokenizer_to_wire
+
+if TYPE_CHECKING:
+    from ..engine.engine import Engine
+
+log = logging.getLogger("cogql.serve")
+
+UNAVAILABLE = "<unavailable>"  # LMQL's model_info while the model loads
+SERVER_CAPABILITIES = ("cancel",)  # handled by the server itself, on top of the engine's
+
+
+class ModelUnavailable(RuntimeError):
+    """The model failed to load; every op is answered with this message."""
+
+
+class State(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class EngineHost:
+    """Owns the engine's lifecycle for a server: background load, description, validation."""
+
+    def __init__(self, source: Engine | Callable[[], Engine], *, owns_engine: bool) -> None:
+        """`source` is a ready engine (shared, e.g. in tests) or a factory run on a helper
+        thread; `owns_engine` says whether stopping the server closes the engine."""
+        self._source = source
+        self._owns = owns_engine
+        self.state = State.LOADING
+        self.engine: Engine | None = None
+        self.error: str | None = None
+        self.info: dict[str, Any] | None = None
+        self._tokenizer: dict[str, Any] | None = None
+        self.vocab_size: int | None = None
+        self.context_length: int | None = None
+        self.settled: asyncio.Event | None = None
+
+    def start(self) -> None:
+        """Begin loading; the helper thread is a daemon so Ctrl-C during a load exits."""
+        loop = asyncio.get_running_loop()
+        self.settled = asyncio.Event()
+        started = time.perf_counter()
+
+        def load() -> None:
+            try:
+                engine = self._source() if callable(self._source) else self._source
+                described = _describe(engine)
+            except BaseException as e:  # reported to clients, never raised into the loop
+                log.error("model failed to load: %s: %s", type(e).__name__, e)
+                _call_soon(loop, self._fail, f"{type(e).__name__}: {e}")
+                return
+            _call_soon(loop, self._ready, engine, described, time.perf_counter() - started)
+
+        threading.Thread(target=load, name="cogql-serve-load", daemon=True).start()
+
+    def _ready(self, engine: Engine, described: tuple, seconds: float) -> None:
+        self.engine = engine
+        self.info, self._tokenizer, self.vocab_size, self.context_length = described
+        self.state = State.READY
+        log.info("model %s ready (%.1fs)", self.info.get("model"), seconds)
+        assert self.settled is not None
+        self.settled.set()
+
+    def _fail(self, message: str) -> None:
+        self.error = f"model failed to load: {message}"
+        self.state = State.FAILED
+        assert self.settled is not None
+        self.settled.set()
+
+    def model_info(self, *, with_tokenizer: bool = False) -> Any:
+        """The model_info value: LMQL's placeholder while loading; the tokenizer only on request."""
+        if self.state is State.FAILED:
+            raise ModelUnavailable(self.error)
+        if self.info is None:
+            return UNAVAILABLE
+        if with_tokenizer and self._tokenizer is not None:
+            return {**self.info, "tokenizer": self._tokenizer}
+        return self.info
+
+    def validate(self, op: Op) -> None:
+        """Reject ops the model cannot run before they reach the engine, with a message that
+        names the problem (the engine would only report a bare IndexError)."""
+        if not isinstance(op, Generate | Score):
+            return
+        ids = op.prompt + op.scored if isinstance(op, Score) else op.prompt
+        vocab = self.vocab_size
+        if vocab is not None:
+            bad = sorted({t for t in ids if t >= vocab})
+            if isinstance(op, Generate):
+                bad += sorted(t for t in op.logit_bias if not 0 <= t < vocab)
+            if bad:
+                raise ProtocolError(
+                    f"token ids outside the vocabulary (size {vocab}): {bad[:5]}", op.stream_id
+                )
+        limit = self.context_length
+        if limit is not None and len(ids) > limit:
+            raise ProtocolError(
+                f"{len(ids)} tokens exceed the model's context of {limit} tokens", op.stream_id
+            )
+
+    def close(self) -> None:
+        """Stop the engine if this host created it (joins its thread: call off the loop)."""
+        if self._owns and self.engine is not None:
+            self.engine.close()
+
+
+def _describe(engine: Engine) -> tuple[dict[str, Any], dict[str, Any], int | None, int | None]:
+    """What the server reads from the engine once: model_info (with the server's own
+    capabilities added), the tokenizer hand-out, vocabulary size and context length."""
+    info = dict(engine.model_info())
+    caps = list(info.get("capabilities", []))
+    info["capabilities"] = caps + [c for c in SERVER_CAPABILITIES if c not in caps]
+    config = getattr(getattr(engine, "loaded", None), "model", None)
+    config = getattr(config, "config", None)
+    vocab = getattr(config, "vocab_size", None) or info.get("vocab_size")
+    context = getattr(config, "max_position_embeddings", None)
+    tokenizer = tokenizer_to_wire(engine.tokenizer) if "tokenizer" in caps else None
+    return info, tokenizer, vocab, context
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+    with contextlib.suppress(RuntimeError):  # the server stopped while the model loaded
+        loop.call_soon_threadsafe(fn, *args)

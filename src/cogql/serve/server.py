@@ -1,0 +1,203 @@
+"""`cogql serve-model`: an engine behind a websocket server speaking LMTP exactly as LMQL 0.7.
+
+One engine serves every connection; the engine interleaves their streams token by token, so a
+long GENERATE never blocks another client's SCORE. The server listens before the model has
+loaded (MODEL_INFO answers `"<unavailable>"`, streams wait), and a failed load is answered as
+an error on every op rather than a hang. Limits keep a flood or a client that stops reading
+from growing memory: a frame-size cap, a cap on streams in flight per connection (reading
+pauses at the cap), and a cap on unsent replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from .host import EngineHost
+from .session import Session
+
+if TYPE_CHECKING:
+    from ..engine.engine import Engine
+
+log = logging.getLogger("cogql.serve")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-server bounds. A frame above `max_frame_bytes` closes its connection (code 1009):
+    it cannot be answered per stream without reading it whole."""
+
+    max_frame_bytes: int = 8 * 2**20
+    max_streams_per_connection: int = 128
+    max_batch_ops: int = 256
+    backlog_pause: int = 4096  # unsent reply frames at which a connection stops being read
+    backlog_close: int = 2**18  # ... at which it is closed: the client is not reading
+
+
+@dataclass
+class Stats:
+    """High-water marks, so operators and tests can check that the bounds hold."""
+
+    connections: int = 0
+    streams_high: int = 0
+    backlog_high: int = 0
+    sessions: set[Session] = field(default_factory=set)
+
+
+class LMTPServer:
+    """The websocket server; `start()` returns once it listens (the model may still load)."""
+
+    def __init__(
+        self,
+        model: Engine | Callable[[], Engine],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        limits: Limits | None = None,
+        owns_engine: bool | None = None,
+    ) -> None:
+        """`model` is a running engine (shared; not closed on stop unless `owns_engine`) or a
+        factory that builds one (run in the background; closed on stop)."""
+        owns = not hasattr(model, "submit")  # a factory, not an engine
+        self.engine_host = EngineHost(
+            model, owns_engine=owns if owns_engine is None else owns_engine
+        )
+        self.host = host
+        self.port = port
+        self.limits = limits or Limits()
+        self.stats = Stats()
+        self._server: Server | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ws://{host}:{self.port}/"
+
+    async def start(self) -> None:
+        self.engine_host.start()
+        self._server = await serve(
+            self._serve_connection,
+            self.host,
+            self.port,
+            max_size=self.limits.max_frame_bytes,
+            compression=None,  # token frames are ~150 bytes: deflate costs more than it saves
+            close_timeout=2,  # on shutdown, a client that does not answer the close is dropped
+            process_request=self._plain_http,
+        )
+        if self.port == 0:
+            self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _serve_connection(self, ws: ServerConnection) -> None:
+        session = Session(ws, self.engine_host, self.limits, self.stats)
+        self.stats.connections += 1
+        self.stats.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self.stats.sessions.discard(session)
+
+    def _plain_http(self, connection: ServerConnection, request: Request) -> Response | None:
+        """A plain GET (no websocket upgrade) gets a one-line status: a cheap health check."""
+        if "upgrade" in request.headers.get("Connection", "").lower():
+            return None
+        state = self.engine_host.state.value
+        if self.engine_host.error:
+            state += f" ({self.engine_host.error})"
+        return connection.respond(http.HTTPStatus.OK, f"cogql LMTP server: model {state}\n")
+
+    async def stop(self) -> None:
+        """Close every connection (code 1001), cancel their streams, then stop the engine."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        await asyncio.to_thread(self.engine_host.close)
+
+
+async def serve_until_signalled(server: LMTPServer) -> None:
+    """Run until SIGINT or SIGTERM, then stop cleanly; a second signal falls back to the
+    default handling, for a stop that takes too long."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    log.info("LMTP server listening on %s (loading the model)", server.url)
+    await stop.wait()
+    for sig in signals:
+        loop.remove_signal_handler(sig)
+    log.info("stopping: closing connections and the engine")
+    await server.stop()
+    log.info("stopped")
+
+
+class BackgroundServer:
+    """An LMTPServer on its own thread and event loop, for tests and benchmarks that need a
+    real server next to synchronous code (`with BackgroundServer(engine, port=0) as s:`)."""
+
+    def __init__(self, model: Engine | Callable[[], Engine], **kwargs: Any) -> None:
+        kwargs.setdefault("port", 0)
+        self.server = LMTPServer(model, **kwargs)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.server.host}:{self.server.port}"
+
+    def start(self, timeout: float = 30) -> BackgroundServer:
+        started: Future[None] = Future()
+
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            try:
+                await self.server.start()
+            except BaseException as e:
+                started.set_exception(e)
+                return
+            started.set_result(None)
+            await self._stop.wait()
+            await self.server.stop()
+
+        self._thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+        self._thread.start()
+        started.result(timeout)
+        return self
+
+    def stop(self, timeout: float = 30) -> None:
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def call(self, fn: Callable[[], Any], timeout: float = 10) -> Any:
+        """Run `fn` on the server's loop (to read its state without racing it)."""
+        assert self._loop is not None
+
+        async def run() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

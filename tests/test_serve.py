@@ -1,0 +1,578 @@
+"""The LMTP websocket server (`cogql serve-model`) and the websocket client transport, on
+loopback with real engines: LMQL's frame format byte for byte, per-stream errors for bad input
+while other streams keep running, back-pressure under a flood, cancellation on disconnect,
+model loading and load failure, the extensions, and the client's endpoint forms, shared
+connection, reconnect and timeouts.
+
+Servers run on their own thread and event loop (BackgroundServer), one per module and limit
+set, sharing the process's engines; raw-protocol checks use websockets' synchronous client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import serve
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+import cogql
+from cogql.engine.engine import Engine
+from cogql.lmtp.client import LMTPClient, LMTPError
+from cogql.lmtp.messages import Generate
+from cogql.lmtp.transports.inprocess import InProcessTransport, local_engine
+from cogql.lmtp.transports.websocket import (
+    EndpointError,
+    LMTPConnectionError,
+    WebSocketTransport,
+    close_connections,
+    endpoint_url,
+)
+from cogql.serve import BackgroundServer, Limits
+from cogql.tokenizer import Tokenizer
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+PROMPT = [1, 504, 3437, 28, 253]  # BOS + a few ordinary tokens
+TOKEN_KEYS = ["token", "stream_id", "logprob", "finish_reason", "top_logprobs"]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_model_path: Path) -> Engine:
+    return local_engine(str(tiny_model_path))
+
+
+@contextlib.asynccontextmanager
+async def background(model: Any, **kwargs: Any) -> AsyncIterator[BackgroundServer]:
+    """A server for an async test: started and stopped off the event loop, after this loop's
+    client connections are closed (a server waits for its clients' closing handshakes)."""
+    s = await asyncio.to_thread(BackgroundServer(model, **kwargs).start)
+    try:
+        yield s
+    finally:
+        await close_connections()
+        await asyncio.to_thread(s.stop)
+
+
+@pytest.fixture(scope="module")
+async def server(tiny_engine: Engine) -> AsyncIterator[BackgroundServer]:
+    async with background(tiny_engine) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+async def tight(tiny_engine: Engine) -> AsyncIterator[BackgroundServer]:
+    """Small limits, so floods and oversized frames hit them quickly."""
+    limits = Limits(
+        max_frame_bytes=64 * 1024, max_streams_per_connection=4, max_batch_ops=8, backlog_pause=64
+    )
+    async with background(tiny_engine, limits=limits) as s:
+        yield s
+
+
+class Raw:
+    """A raw LMTP websocket client: frames in, parsed (TYPE, item) pairs out."""
+
+    def __init__(self, server: BackgroundServer) -> None:
+        self._stack = contextlib.ExitStack()
+        self.ws: ClientConnection = self._stack.enter_context(connect(server.url, max_size=None))
+
+    def send(self, kind: str, payload: Any) -> None:
+        self.ws.send(f"{kind} {json.dumps(payload)}")
+
+    def recv(self, timeout: float = 30) -> tuple[str, dict[str, Any], str]:
+        frame = self.ws.recv(timeout=timeout)
+        assert isinstance(frame, str)
+        kind, _, body = frame.partition(" ")
+        items = json.loads(body)
+        assert isinstance(items, list) and len(items) == 1, frame  # LMQL: one-element array
+        return kind, items[0], frame
+
+    def stream(self, timeout: float = 30) -> list[tuple[str, dict[str, Any]]]:
+        """Messages up to the first terminal one (LMQL's rule)."""
+        out = []
+        while True:
+            kind, item, _ = self.recv(timeout)
+            out.append((kind, item))
+            if kind == "MSG" or "error" in item or item.get("finish_reason") is not None:
+                return out
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+@pytest.fixture
+def raw(server: BackgroundServer) -> Iterator[Raw]:
+    r = Raw(server)
+    yield r
+    r.close()
+
+
+def generate(sid: Any, prompt: list[int] = PROMPT, max_tokens: int = 4, **kw: Any) -> dict:
+    """A GENERATE payload in LMQL's key order."""
+    return {"max_tokens": max_tokens, "temperature": 0.0, **kw, "top_logprobs": 1,
+            "model": "tiny", "prompt": prompt, "stream_id": sid}  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def handles_of(server: BackgroundServer) -> dict[Any, Any]:
+    """The engine handles of the streams the server has in flight, by client stream id."""
+
+    def read() -> dict[Any, Any]:
+        sessions = server.server.stats.sessions
+        return {st.wire_id: st.handle for s in sessions for st in s._streams.values()}
+
+    return server.call(read)
+
+
+def wait_for(predicate: Any, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+# --------------------------------------------------------------------------- wire format
+
+
+def test_generate_replies_are_lmql_token_frames(raw: Raw, tiny_engine: Engine) -> None:
+    raw.send("GENERATE", generate(1, max_tokens=5, logit_bias={"5": 100}))
+    frames = [raw.recv() for _ in range(5)]
+    for kind, item, frame in frames:
+        assert kind == "TOKEN" and list(item) == TOKEN_KEYS
+        assert frame == "TOKEN " + json.dumps([item])  # json.dumps spacing, array of one
+        assert item["stream_id"] == 1 and item["token"] == 5  # the bias wins every step
+        assert list(item["top_logprobs"]) == ["5"]  # keys are decimal strings
+    assert [i["finish_reason"] for _, i, _ in frames] == [None] * 4 + ["length"]
+
+
+async def test_generate_matches_the_in_process_engine(server: BackgroundServer, tiny_engine):
+    op = Generate(None, "tiny", PROMPT, max_tokens=8, top_logprobs=3)
+    local = LMTPClient(InProcessTransport(tiny_engine))
+    remote = LMTPClient(WebSocketTransport(server.endpoint))
+    expected = [e async for e in local.generate(dataclasses.replace(op))]
+    got = [e async for e in remote.generate(op)]
+    assert [e.token for e in got] == [e.token for e in expected]
+    assert [e.finish_reason for e in got] == [e.finish_reason for e in expected]
+    for g, e in zip(got, expected, strict=True):
+        assert g.top_logprobs == pytest.approx(e.top_logprobs)
+
+
+def test_score_replies_one_token_per_scored_id(raw: Raw) -> None:
+    raw.send("SCORE", {"model": "tiny", "prompt": PROMPT, "scored": [11, 12, 13], "stream_id": 9})
+    items = raw.stream()
+    assert [k for k, _ in items] == ["TOKEN"] * 3
+    assert [list(i) for _, i in items] == [TOKEN_KEYS[:4]] * 3  # no top_logprobs
+    assert [i["token"] for _, i in items] == [11, 12, 13]
+    assert [i["finish_reason"] for _, i in items] == [None, None, "stop"]
+    assert all(i["logprob"] < 0 for _, i in items)
+
+
+def test_model_info_is_lmql_shaped_and_advertises_extensions(raw: Raw) -> None:
+    raw.send("MODEL_INFO", {"stream_id": 7, "model": "tiny", "data": {"model": "tiny"}})
+    kind, item, _ = raw.recv()
+    assert kind == "MSG" and list(item) == ["stream_id", "model_info"] and item["stream_id"] == 7
+    info = item["model_info"]
+    assert info["model_type"] == "transformers" and "constructor" in info
+    assert {"stop", "grammar", "tokenizer", "batch", "cancel"} <= set(info["capabilities"])
+    assert "tokenizer" not in info  # handed out only when asked for
+
+
+def test_tokenizer_is_handed_out_on_request(raw: Raw, tokenizer: Tokenizer) -> None:
+    raw.send("MODEL_INFO", {"stream_id": 1, "model": "", "data": {"tokenizer": True}})
+    _, item, _ = raw.recv()
+    handed = item["model_info"]["tokenizer"]
+    remote = Tokenizer.from_json(handed["json"], bos_token_id=handed["bos_token_id"],
+                                 eos_token_id=handed["eos_token_id"])  # fmt: skip
+    text = "Review: We had a great stay. Ünïcödé ✓"
+    assert remote.encode(text) == tokenizer.encode(text)
+    assert (remote.bos_token_id, remote.eos_token_id) == (1, 2)
+
+
+def test_stream_ids_are_echoed_as_sent_even_when_reused(raw: Raw) -> None:
+    """Two streams with the same id, and ids of other JSON types, are all served."""
+    for sid in ("a", "a", None, 2.5):
+        raw.send("GENERATE", generate(sid, max_tokens=3))
+    seen: dict[str, int] = {}
+    while sum(seen.values()) < 12:
+        _, item, _ = raw.recv()
+        key = json.dumps(item["stream_id"])
+        seen[key] = seen.get(key, 0) + 1
+    assert seen == {'"a"': 6, "null": 3, "2.5": 3}
+
+
+def test_batch_frame_submits_ops_together(raw: Raw) -> None:
+    ops = [["SCORE", {"prompt": PROMPT, "scored": [t], "stream_id": t}] for t in (20, 21, 22)]
+    raw.ws.send("BATCH " + json.dumps([*ops, ["MODEL_INFO", {"stream_id": 30}]]))
+    replies = {}
+    for _ in range(4):
+        _, item, _ = raw.recv()
+        replies[item["stream_id"]] = item
+    assert sorted(replies) == [20, 21, 22, 30]
+    assert all(replies[t]["token"] == t for t in (20, 21, 22))
+    assert all(replies[t]["finish_reason"] == "stop" for t in (20, 21, 22))
+
+
+def test_cancel_stops_a_stream_in_the_engine(server: BackgroundServer, raw: Raw) -> None:
+    raw.send("GENERATE", generate("c5", max_tokens=100_000))
+    raw.recv()
+    handle = handles_of(server)["c5"]
+    raw.send("CANCEL", {"stream_id": "c5"})
+    wait_for(lambda: handle.cancelled)
+    assert "c5" not in handles_of(server)
+    raw.send("GENERATE", generate(6, max_tokens=2))  # the connection goes on
+    assert [i["stream_id"] for _, i in raw.stream()] == [6, 6]
+
+
+def test_plain_http_get_answers_status(server: BackgroundServer) -> None:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{server.endpoint}/", timeout=10) as reply:
+        assert reply.read().decode().startswith("cogql LMTP server: model ready")
+
+
+# --------------------------------------------------------------------------- robustness
+
+BAD_STREAM_OPS = [  # (frame, the error the stream gets)
+    ("GENERATE " + json.dumps({"stream_id": 3, "model": "m"}), "missing field 'prompt'"),
+    ("GENERATE " + json.dumps(generate(3, max_tokens="many")), "'max_tokens' has the wrong type"),
+    ("GENERATE " + json.dumps(generate(3, prompt=[1, "x"])), "list of token ids"),
+    ("GENERATE " + json.dumps(generate(3, prompt=[1, 10**6])), "outside the vocabulary"),
+    ("GENERATE " + json.dumps(generate(3, logit_bias={"49152": 100})), "outside the vocabulary"),
+    ("GENERATE " + json.dumps(generate(3, logit_bias={"x": 1})), "logit_bias keys"),
+    ("GENERATE " + json.dumps(generate(3, prompt=[1] * 5000)), "exceed the model's context"),
+    ("GENERATE " + json.dumps(generate(3, prompt=[])), "prompt is empty"),
+    ("SCORE " + json.dumps({"prompt": PROMPT, "scored": [10**6], "stream_id": 3}), "vocabulary"),
+    ("SCORE " + json.dumps({"prompt": PROMPT, "scored": [], "stream_id": 3}), "at least one"),
+    ("SCORE " + json.dumps({"prompt": PROMPT, "stream_id": 3}), "missing field 'scored'"),
+]
+BAD_FRAMES = [  # frames that belong to no stream: a MSG with stream_id null
+    ("GENERATE", "expected 'TYPE {json}'"),
+    ("GENERATE {not json", "malformed JSON"),
+    ("GENERATE [1, 2]", "must be a JSON object"),
+    ("GENERATE " + json.dumps({"prompt": [1]}), "'stream_id'"),
+    ("BATCH {}", "list of [TYPE, {...}] pairs"),
+    ("BATCH " + json.dumps([["SCORE", {}]] * 257), "at most 256"),
+    ("CANCEL []", "CANCEL needs a stream_id"),
+]
+
+
+@pytest.fixture
+def bystander(server: BackgroundServer) -> Iterator[Raw]:
+    """Another client, with a GENERATE in flight while a test sends bad input."""
+    r = Raw(server)
+    r.send("GENERATE", generate("by", max_tokens=8))
+    yield r
+    assert len(r.stream()) == 8  # it ran to its end regardless
+    r.close()
+
+
+@pytest.mark.parametrize(("frame", "error"), BAD_STREAM_OPS)
+def test_bad_ops_fail_their_stream_only(raw: Raw, bystander: Raw, frame: str, error: str):
+    raw.send("GENERATE", generate(1, max_tokens=8))  # a neighbour on the same connection
+    raw.ws.send(frame)
+    replies: dict[Any, list[dict]] = {1: [], 3: []}
+    while not replies[3] or not replies[1] or replies[1][-1]["finish_reason"] is None:
+        kind, item, _ = raw.recv()
+        replies[item["stream_id"]].append(item)
+        if item["stream_id"] == 3:
+            assert kind == "TOKEN"  # LMQL's client hangs on a MSG error for a stream
+    assert replies[3] == [{"stream_id": 3, "error": replies[3][0]["error"]}]
+    assert error in replies[3][0]["error"]
+    assert len(replies[1]) == 8  # the neighbour ran to its end
+
+
+@pytest.mark.parametrize(("frame", "error"), BAD_FRAMES)
+def test_malformed_frames_get_an_error_and_keep_the_connection(raw: Raw, frame: str, error: str):
+    raw.ws.send(frame)
+    kind, item, _ = raw.recv()
+    assert kind == "MSG" and item["stream_id"] is None and error in item["error"]
+    raw.send("GENERATE", generate(2, max_tokens=2))
+    assert [i["stream_id"] for _, i in raw.stream()] == [2, 2]
+
+
+def test_unknown_message_type_is_lmqls_error(raw: Raw) -> None:
+    raw.send("SUMMARIZE", {"stream_id": 4, "model": "m"})
+    assert raw.recv()[2] == 'MSG [{"stream_id": 4, "error": "Unknown command: SUMMARIZE"}]'
+
+
+def test_binary_frame_closes_only_that_connection(raw: Raw, bystander: Raw) -> None:
+    raw.ws.send(b"\x00\xffGENERATE")
+    with pytest.raises(ConnectionClosed) as closed:
+        raw.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1003
+
+
+def test_oversized_frame_closes_only_that_connection(tight: BackgroundServer) -> None:
+    victim, bystander = Raw(tight), Raw(tight)
+    bystander.send("GENERATE", generate(1, max_tokens=10))
+    victim.send("GENERATE", generate(1, prompt=[1] * 40_000))  # ~120 KB > 64 KiB
+    with pytest.raises(ConnectionClosed) as closed:
+        victim.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009  # message too big
+    assert len(bystander.stream()) == 10
+    bystander.close()
+
+
+def test_disconnect_mid_stream_cancels_its_streams(server: BackgroundServer) -> None:
+    leaver, stayer = Raw(server), Raw(server)
+    for sid in ("leave-1", "leave-2"):
+        leaver.send("GENERATE", generate(sid, max_tokens=100_000))
+    leaver.recv()
+    stayer.send("GENERATE", generate("stay", max_tokens=20))
+    stayer.recv()
+    handles = handles_of(server)
+    leaver.close()
+    wait_for(lambda: handles["leave-1"].cancelled and handles["leave-2"].cancelled)
+    assert not handles["stay"].cancelled
+    assert len(stayer.stream()) == 19  # the other client's stream ran on to its end
+    stayer.close()
+
+
+def test_flood_is_served_with_bounded_streams_and_backlog(tight: BackgroundServer) -> None:
+    """120 GENERATEs sent at once: reading pauses at 4 streams in flight (the websocket and
+    TCP buffers then push back on the client), and every stream is still served."""
+    flood = Raw(tight)
+    n = 120
+    sender = threading.Thread(
+        target=lambda: [flood.send("GENERATE", generate(i, max_tokens=2)) for i in range(n)]
+    )
+    sender.start()
+    counts: dict[int, int] = {}
+    while len(counts) < n or any(c < 2 for c in counts.values()):
+        _, item, _ = flood.recv()
+        counts[item["stream_id"]] = counts.get(item["stream_id"], 0) + 1
+    sender.join()
+    assert sorted(counts) == list(range(n)) and set(counts.values()) == {2}
+    stats = tight.server.stats
+    assert stats.streams_high <= 4 + 1  # the cap, plus the op read just as it was reached
+    assert stats.backlog_high < 64 + 8
+    flood.close()
+
+
+# --------------------------------------------------------------------------- model loading
+
+
+def test_model_info_is_unavailable_while_loading_and_streams_wait(tiny_engine: Engine) -> None:
+    release = threading.Event()
+
+    def slow_load() -> Engine:
+        release.wait(30)
+        return tiny_engine
+
+    with BackgroundServer(slow_load, owns_engine=False) as s:
+        r = Raw(s)
+        r.send("MODEL_INFO", {"stream_id": 1, "model": "m"})
+        assert r.recv()[1] == {"stream_id": 1, "model_info": "<unavailable>"}
+        r.send("GENERATE", generate(2, max_tokens=3))
+        with pytest.raises(TimeoutError):
+            r.recv(timeout=0.3)  # parked until the model is there
+        release.set()
+        assert [i["stream_id"] for _, i in r.stream()] == [2, 2, 2]
+        r.send("MODEL_INFO", {"stream_id": 3, "model": "m"})
+        assert isinstance(r.recv()[1]["model_info"], dict)
+        r.close()
+
+
+def test_failed_load_is_an_error_for_every_op() -> None:
+    def broken() -> Engine:
+        raise FileNotFoundError("no weights in /nowhere")
+
+    with BackgroundServer(broken) as s:
+        r = Raw(s)
+        r.send("GENERATE", generate(1))  # may arrive before or after the failure
+        r.send("MODEL_INFO", {"stream_id": 2, "model": "m"})
+        r.send("SCORE", {"prompt": PROMPT, "scored": [5], "stream_id": 3})
+        replies = {item["stream_id"]: (kind, item) for kind, item, _ in (r.recv() for _ in "123")}
+        assert {sid: kind for sid, (kind, _) in replies.items()} == {
+            1: "TOKEN",
+            2: "MSG",
+            3: "TOKEN",
+        }
+        for _, item in replies.values():
+            assert (
+                item["error"] == "model failed to load: FileNotFoundError: no weights in /nowhere"
+            )
+        r.close()
+
+
+# --------------------------------------------------------------------------- client transport
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "url"),
+    [
+        ("localhost:8081", "ws://localhost:8081/"),
+        ("ws://10.0.0.2:9000", "ws://10.0.0.2:9000/"),
+        ("wss://example.org/lmtp", "wss://example.org:8080/lmtp"),
+        ("lmtp://host:1234", "ws://host:1234/"),
+        ("lmtp:host:1234", "ws://host:1234/"),
+        ("http://host:1234", "ws://host:1234/"),  # LMQL's own form
+        ("somehost", "ws://somehost:8080/"),
+        ("[::1]:8080", "ws://[::1]:8080/"),
+    ],
+)
+def test_endpoint_forms(endpoint: str, url: str) -> None:
+    assert endpoint_url(endpoint) == url
+
+
+@pytest.mark.parametrize("endpoint", ["ftp://h:1", "h:notaport", "ws://:80"])
+def test_bad_endpoints_are_refused(endpoint: str) -> None:
+    with pytest.raises(EndpointError):
+        endpoint_url(endpoint)
+
+
+async def test_dead_server_fails_fast_with_the_endpoint() -> None:
+    port = free_port()
+    with pytest.raises(LMTPConnectionError, match=rf"no LMTP server at ws://127.0.0.1:{port}/: "):
+        await cogql.model("m", endpoint=f"127.0.0.1:{port}").connect()
+    client = LMTPClient(WebSocketTransport(f"lmtp:127.0.0.1:{port}"))
+    with pytest.raises(LMTPError, match="connection refused"):
+        await client.model_info()
+
+
+async def test_model_info_times_out_on_a_silent_server() -> None:
+    async def silent(ws: Any) -> None:
+        async for _ in ws:
+            pass
+
+    async with serve(silent, "127.0.0.1", 0) as quiet:
+        port = quiet.sockets[0].getsockname()[1]
+        client = LMTPClient(WebSocketTransport(f"127.0.0.1:{port}", info_timeout=0.3))
+        with pytest.raises(LMTPError, match=r"did not answer MODEL_INFO within 0.3 s"):
+            await client.model_info()
+
+
+async def test_one_connection_is_shared_by_all_clients(tiny_engine: Engine) -> None:
+    async with background(tiny_engine) as s:
+        a = LMTPClient(WebSocketTransport(s.endpoint))
+        b = LMTPClient(WebSocketTransport(f"ws://{s.endpoint}"))
+
+        async def run(client: LMTPClient, n: int) -> list[int]:
+            return [e.token async for e in client.generate(Generate(None, "", PROMPT, n))]
+
+        # both clients number their streams from 1: the transport keeps them apart
+        got = await asyncio.gather(run(a, 3), run(b, 5), run(a, 4), a.score(PROMPT, [[5], [6]]))
+        assert [len(x) for x in got] == [3, 5, 4, 2]
+        assert s.server.stats.connections == 1
+
+
+async def test_dropped_connection_fails_streams_and_reconnects(tiny_engine: Engine) -> None:
+    first = await asyncio.to_thread(BackgroundServer(tiny_engine).start)
+    port = first.server.port
+    client = LMTPClient(WebSocketTransport(f"127.0.0.1:{port}"))
+    stream = client.generate(Generate(None, "", PROMPT, max_tokens=100_000))
+    await anext(stream)
+    await asyncio.to_thread(first.stop)
+    with pytest.raises(LMTPError, match=rf"connection to LMTP server at ws://127.0.0.1:{port}/"):
+        async for _ in stream:
+            pass
+    async with background(tiny_engine, port=port):
+        tokens = [e async for e in client.generate(Generate(None, "", PROMPT, max_tokens=3))]
+        assert len(tokens) == 3
+
+
+async def test_remote_model_gets_the_servers_tokenizer(server: BackgroundServer, tokenizer):
+    conn = await cogql.model("tiny", endpoint=server.endpoint).connect()
+    assert {"stop", "grammar", "batch", "cancel"} <= conn.capabilities
+    text = "Hiking in the mountains was fabulous"
+    assert conn.tokenizer.encode(text) == tokenizer.encode(text)
+    assert conn.bos_token_id == tokenizer.bos_token_id
+
+
+def test_sentiment_query_over_the_server_matches_in_process(engine: Engine) -> None:
+    """cogql's client against cogql's server, extensions in use: the same query result."""
+    source = (EXAMPLES / "sentiment.lmql").read_text(encoding="utf-8")
+    local = cogql.run_sync(source)
+    with BackgroundServer(engine) as s:
+        remote = cogql.run_sync(source, model=cogql.model("embedded", endpoint=s.endpoint))
+    assert remote.prompt == local.prompt
+    assert remote["ANALYSIS"] == local["ANALYSIS"]
+    assert remote["CLASSIFICATION"] == local["CLASSIFICATION"]
+    # the engine's prefix cache makes the last digits depend on what ran before (not the wire)
+    got = dict(remote.variables["P(CLASSIFICATION)"])
+    assert got == pytest.approx(dict(local.variables["P(CLASSIFICATION)"]), abs=1e-3)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+class Cli:
+    """`python -m cogql serve-model ...` with its log in a file (a pipe nobody reads would
+    fill up and block the server's logging)."""
+
+    def __init__(self, tmp_path: Path, *args: str) -> None:
+        self.port = free_port()
+        self.log = tmp_path / "serve.log"
+        cmd = [sys.executable, "-m", "cogql", "serve-model", *args, "--port", str(self.port)]
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen(cmd, stderr=log, stdout=log)
+
+    def connect(self) -> ClientConnection:
+        deadline = time.monotonic() + 60
+        while True:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                return connect(f"ws://127.0.0.1:{self.port}", open_timeout=2)
+            except OSError:
+                assert time.monotonic() < deadline, self.log.read_text()
+                time.sleep(0.1)
+
+    def model_info(self, ws: ClientConnection) -> dict[str, Any]:
+        """Poll MODEL_INFO until the model is no longer loading."""
+        while True:
+            ws.send('MODEL_INFO {"stream_id": 1, "model": "m"}')
+            reply = json.loads(str(ws.recv(timeout=30)).partition(" ")[2])[0]
+            if reply.get("model_info") != "<unavailable>":
+                return reply
+            time.sleep(0.1)
+
+    def stop(self, sig: signal.Signals) -> str:
+        self.proc.send_signal(sig)
+        try:
+            assert self.proc.wait(timeout=30) == 0, self.log.read_text()
+        finally:
+            self.proc.kill()
+        return self.log.read_text()
+
+
+def test_cli_serves_logs_each_request_and_stops_on_sigint(tiny_model_path: Path, tmp_path):
+    cli = Cli(tmp_path, f"local:{tiny_model_path}", "--static", "--batch_size", "8")
+    with cli.connect() as ws:
+        assert isinstance(cli.model_info(ws)["model_info"], dict)
+        ws.send("GENERATE " + json.dumps(generate(2, max_tokens=3)))
+        assert '"finish_reason": "length"' in [ws.recv(timeout=30) for _ in range(3)][-1]
+    log = cli.stop(signal.SIGINT)
+    assert "ignoring LMQL options that do not apply to cogql: --static --batch_size" in log
+    assert f"listening on ws://127.0.0.1:{cli.port}/" in log and " ready (" in log
+    assert "GENERATE stream=2 prompt=5 tokens=3 " in log and "stopped" in log
+
+
+def test_cli_reports_a_failed_load_to_clients_and_stops_on_sigterm(tmp_path: Path) -> None:
+    cli = Cli(tmp_path, str(tmp_path / "missing-model"))
+    with cli.connect() as ws:
+        reply = cli.model_info(ws)
+        assert reply["error"].startswith("model failed to load: ModelNotFound")
+        ws.send("GENERATE " + json.dumps(generate(2)))
+        assert "model failed to load" in json.loads(str(ws.recv(timeout=30))[6:])[0]["error"]
+    log = cli.stop(signal.SIGTERM)
+    assert "model failed to load" in log and "stopped" in log
