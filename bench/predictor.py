@@ -69,7 +69,7 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def ms(seconds: float) -> str:
-    return f"{seconds * 1000:8.1f}"
+    return f"{seconds * 1000:.1f}"
 
 
 def main() -> None:
@@ -118,15 +118,19 @@ def main() -> None:
     print(f"build: {build_s:.2f} s   server start → READY: {ready_s:.2f} s (model load + warm-up)")
     print()
     print(
-        f"{'workload':<22}{'server ms':>10}{'in-proc ms':>11}{'overhead ms':>12}{'1st ms':>9}{'10th ms':>9}"
+        f"{'workload':<20}{'server':>9}{'in-proc':>9}{'overhead':>10}"
+        f"{'best srv':>10}{'best in':>9}{'best ovh':>10}{'1st':>8}{'10th':>8}   (ms)"
     )
     for name, http, local in rows:
         med_h, med_l = statistics.median(http), statistics.median(local)
         tenth = http[9] if len(http) >= 10 else http[-1]
         print(
-            f"{name:<22}{ms(med_h):>10}{ms(med_l):>11}{ms(med_h - med_l):>12}"
-            f"{ms(http[0]):>9}{ms(tenth):>9}"
+            f"{name:<20}{ms(med_h):>9}{ms(med_l):>9}{ms(med_h - med_l):>10}"
+            f"{ms(min(http)):>10}{ms(min(local)):>9}{ms(min(http) - min(local)):>10}"
+            f"{ms(http[0]):>8}{ms(tenth):>8}"
         )
+    load = os.getloadavg()[0]
+    print(f"(medians and minimums of {len(rows[0][1])} runs; load average {load:.2f} at the end)")
     print()
     print(
         f"server-sent events, GENERATE 16 tokens: first line after {first_line * 1000:.1f} ms, "

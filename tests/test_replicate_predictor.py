@@ -229,6 +229,26 @@ def test_server_sent_events_carry_one_line_per_output_event(server: CogServer) -
     assert len(outputs) == 6 and sum(o.startswith("TOKEN ") for o in outputs) == 5
 
 
+def test_cancel_frees_the_predictor(server: CogServer) -> None:
+    """Cog cancels a sync predictor by raising inside it; the predictor must stop its engine
+    streams and return, or the one prediction slot stays busy (409 for everyone else)."""
+    import time
+
+    endless = json.dumps([gen(1, PROMPT, max_tokens=1_000_000)])
+    assert server.start_async("long-one", {"ops_batch_json": endless}) == 202
+    deadline = time.monotonic() + 30
+    while server.health()["status"] != "BUSY":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.2)  # tokens are flowing
+    assert server.cancel("long-one") == 200
+    while server.health()["status"] != "READY":
+        assert time.monotonic() < deadline, "the cancelled prediction still holds the slot"
+        time.sleep(0.02)
+    got = events_of(run_ops(server, [gen(2, PROMPT, max_tokens=2)]))
+    assert [e.stream_id for e in got] == [2, 2]
+
+
 # ---- setup and concurrency -------------------------------------------------------------------
 
 

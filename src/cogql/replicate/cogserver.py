@@ -147,6 +147,29 @@ class CogServer:
             except ValueError:
                 return {"http_status": e.code, "error": body.decode(errors="replace")}
 
+    def _post(self, path: str, body: dict[str, Any], headers: dict[str, str], method: str) -> int:
+        request = urllib.request.Request(
+            f"{self.url}{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", **headers},
+            method=method,
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+
+    def start_async(self, prediction_id: str, inputs: dict[str, Any]) -> int:
+        """Start a prediction without waiting (Cog answers 202); returns the HTTP status."""
+        return self._post(
+            f"/predictions/{prediction_id}", {"input": inputs}, {"Prefer": "respond-async"}, "PUT"
+        )
+
+    def cancel(self, prediction_id: str) -> int:
+        """Cancel a running prediction (200), or 404 when there is none by that id."""
+        return self._post(f"/predictions/{prediction_id}/cancel", {}, {}, "POST")
+
     def stream(self, inputs: dict[str, Any], timeout: float = 120.0) -> Iterator[tuple[str, Any]]:
         """Server-sent events of one prediction: (event, parsed data), as they arrive."""
         request = urllib.request.Request(
