@@ -491,6 +491,22 @@ async def test_dropped_connection_fails_streams_and_reconnects(tiny_engine: Engi
         assert len(tokens) == 3
 
 
+async def test_client_uses_batch_and_cancel_once_advertised(server: BackgroundServer) -> None:
+    frames = server.server.stats.frames
+    client = LMTPClient(WebSocketTransport(server.endpoint))
+    await client.score(PROMPT, [[5], [6]])  # capabilities not known yet: one frame per op
+    before = frames["BATCH"]
+    assert "batch" in await client.capabilities()
+    assert await client.score(PROMPT, [[5], [6], [7]]) is not None
+    assert frames["BATCH"] == before + 1
+    stream = client.generate(Generate(None, "", PROMPT, max_tokens=100_000))
+    await anext(stream)
+    (handle,) = (await asyncio.to_thread(handles_of, server)).values()
+    await stream.aclose()  # the caller stops reading: the server stops generating
+    await asyncio.to_thread(wait_for, lambda: handle.cancelled)
+    assert frames["CANCEL"] >= 1
+
+
 async def test_remote_model_gets_the_servers_tokenizer(server: BackgroundServer, tokenizer):
     conn = await cogql.model("tiny", endpoint=server.endpoint).connect()
     assert {"stop", "grammar", "batch", "cancel"} <= conn.capabilities
@@ -505,6 +521,8 @@ def test_sentiment_query_over_the_server_matches_in_process(engine: Engine) -> N
     local = cogql.run_sync(source)
     with BackgroundServer(engine) as s:
         remote = cogql.run_sync(source, model=cogql.model("embedded", endpoint=s.endpoint))
+        frames = s.server.stats.frames
+    assert frames["GENERATE"] == 1 and frames["BATCH"] == 1  # ANALYSIS; the 3 options
     assert remote.prompt == local.prompt
     assert remote["ANALYSIS"] == local["ANALYSIS"]
     assert remote["CLASSIFICATION"] == local["CLASSIFICATION"]

@@ -15,6 +15,7 @@ import http
 import logging
 import signal
 import threading
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ class Stats:
     connections: int = 0
     streams_high: int = 0
     backlog_high: int = 0
+    frames: Counter[str] = field(default_factory=Counter)  # received, by message type
     sessions: set[Session] = field(default_factory=set)
 
 
@@ -92,6 +94,11 @@ class LMTPServer:
             max_size=self.limits.max_frame_bytes,
             compression=None,  # token frames are ~150 bytes: deflate costs more than it saves
             close_timeout=2,  # on shutdown, a client that does not answer the close is dropped
+            # no keepalive pings: while a connection is at its stream cap the server stops
+            # reading it, pongs included, and a ping timeout would kill a healthy client
+            # (LMQL's server sends none either)
+            ping_interval=None,
+            max_queue=8,  # frames read ahead per connection before TCP pushes back
             process_request=self._plain_http,
         )
         if self.port == 0:

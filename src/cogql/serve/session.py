@@ -153,6 +153,7 @@ class Session:
     def _handle(self, text: str) -> None:
         try:
             kind, body = split_message(text)
+            self.stats.frames[kind] += 1
             items = split_batch(body, self.limits.max_batch_ops) if kind == BATCH else None
         except ProtocolError as e:
             self._reply_error(None, str(e), as_msg=True)

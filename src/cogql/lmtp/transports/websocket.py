@@ -204,6 +204,9 @@ class _Connection:
                 max_size=MAX_REPLY_BYTES,
                 compression=None,
                 proxy=None,
+                # pings keep idle connections open through middleboxes, but never time out:
+                # a server at its stream cap stops reading (pongs included) on purpose
+                ping_timeout=None,
             )
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as e:
             raise LMTPConnectionError(f"no LMTP server at {self.url}: {_reason(e)}") from None
