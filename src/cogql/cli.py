@@ -162,10 +162,9 @@ def _serve_model(extra: list[str], model_name: str, host: str, port: int, dtype:
         args = resolve_args(model_name, dtype=dtype, device=device, cuda=cuda, extra=extra)
     except ServeUsageError as e:
         raise click.UsageError(str(e)) from None
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per request is ours
+    # cogql's own lines at the chosen level; libraries (websockets, torch) only warn
+    logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("cogql").setLevel(log_level.upper())
     log = logging.getLogger("cogql.serve")
     if args.ignored:
         log.info("ignoring LMQL options that do not apply to cogql: %s", " ".join(args.ignored))
