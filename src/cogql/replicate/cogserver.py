@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 PREDICTOR_REF = "predict.py:Predictor"
+BUSY_RETRY_S = 10.0
 
 
 class CogServerError(RuntimeError):
@@ -129,6 +130,26 @@ class CogServer:
 
     # ---- predictions --------------------------------------------------------------------
 
+    def _open(self, request: urllib.request.Request, timeout: float) -> Any:
+        """Open a request; a 409 (every slot busy, e.g. the previous prediction is still being
+        released) is retried for a few seconds, as Replicate's queue would."""
+        deadline = time.monotonic() + BUSY_RETRY_S
+        while True:
+            try:
+                return urllib.request.urlopen(request, timeout=timeout)
+            except urllib.error.HTTPError as e:
+                if e.code != 409 or time.monotonic() > deadline:
+                    raise
+                e.close()
+            time.sleep(0.02)
+
+    def _send(self, request: urllib.request.Request, timeout: float) -> tuple[int, bytes]:
+        try:
+            with self._open(request, timeout) as r:
+                return int(r.status), r.read()
+        except urllib.error.HTTPError as e:
+            return int(e.code), e.read()
+
     def predict(self, inputs: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
         """A synchronous prediction: the final JSON (status, output list, error, metrics)."""
         request = urllib.request.Request(
@@ -137,15 +158,12 @@ class CogServer:
             headers={"Content-Type": "application/json"},
             method="POST",
         )
+        status, body = self._send(request, timeout)
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as r:
-                return json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            body = e.read()
-            try:
-                return {"http_status": e.code, **json.loads(body)}
-            except ValueError:
-                return {"http_status": e.code, "error": body.decode(errors="replace")}
+            data = json.loads(body)
+        except ValueError:
+            data = {"error": body.decode(errors="replace")}
+        return data if status == 200 else {"http_status": status, **data}
 
     def _post(self, path: str, body: dict[str, Any], headers: dict[str, str], method: str) -> int:
         request = urllib.request.Request(
@@ -154,11 +172,7 @@ class CogServer:
             headers={"Content-Type": "application/json", **headers},
             method=method,
         )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as r:
-                return int(r.status)
-        except urllib.error.HTTPError as e:
-            return int(e.code)
+        return self._send(request, 30)[0]
 
     def start_async(self, prediction_id: str, inputs: dict[str, Any]) -> int:
         """Start a prediction without waiting (Cog answers 202); returns the HTTP status."""
@@ -178,7 +192,7 @@ class CogServer:
             headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
             method="POST",
         )
-        with urllib.request.urlopen(request, timeout=timeout) as r:
+        with self._open(request, timeout) as r:
             event, data = "message", []
             for raw in r:
                 line = raw.decode().rstrip("\r\n")
