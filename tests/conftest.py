@@ -1,10 +1,13 @@
 """Shared fixtures: the embedded model (loaded once per process by the engine cache), its
-tokenizer, an in-process LMTP client, and a tiny random-weight llama built from a config."""
+tokenizer, an in-process LMTP client, a tiny random-weight llama built from a config, a plain
+transformers reference of the embedded model, and a log of the engine's forward passes."""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +25,78 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 def embedded_path() -> Path:
     """The converted embedded SmolLM2 folder (converted on the very first run only)."""
     return resolve_model_path(None)
+
+
+class HFReference:
+    """The embedded model loaded by plain transformers in float32, independent of cogql's
+    engine: the reference its numbers are checked against. Its torch work runs on the engine's
+    thread (`Engine.call`), so the test process never starts a second OpenMP pool, which would
+    slow the engine down for the rest of the session."""
+
+    def __init__(self, path: Path, engine: Engine) -> None:
+        from transformers import AutoTokenizer
+
+        self.engine = engine
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.model = engine.call(lambda: _load_fp32(path)).result()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def greedy(self, prompt: list[int], max_new_tokens: int) -> list[int]:
+        def run() -> list[int]:
+            import torch
+
+            ids = torch.tensor([prompt])
+            out = self.model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False)
+            return out[0, len(prompt) :].tolist()
+
+        return self.engine.call(run).result()
+
+    def continuation_logprobs(self, prompt: list[int], continuation: list[int]) -> list[float]:
+        """log p(continuation[j] | prompt + continuation[:j]) for every j, in one pass."""
+
+        def run() -> list[float]:
+            import torch
+
+            logits = self.model(torch.tensor([prompt + continuation])).logits[0]
+            logprobs = torch.log_softmax(logits.float(), -1)
+            return [float(logprobs[len(prompt) - 1 + j, t]) for j, t in enumerate(continuation)]
+
+        return self.engine.call(run).result()
+
+
+def _load_fp32(path: Path) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def hf_reference(embedded_path: Path, engine: Engine) -> HFReference:
+    return HFReference(embedded_path, engine)
+
+
+class ForwardLog:
+    """Input shapes of every forward pass of the engine's models, recorded by a forward
+    pre-hook (an observer: the passes run unchanged)."""
+
+    def __init__(self) -> None:
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __call__(self, module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        self.shapes.append(tuple(kwargs["input_ids"].shape))
+
+
+@pytest.fixture
+def forwards(engine: Engine) -> Iterator[ForwardLog]:
+    log = ForwardLog()
+    models = [m for m in (engine.loaded.model, engine.loaded.decode_model) if m is not None]
+    hooks = [m.register_forward_pre_hook(log, with_kwargs=True) for m in models]
+    yield log
+    for h in hooks:
+        h.remove()
 
 
 @pytest.fixture(scope="session")

@@ -98,9 +98,11 @@ class DecodeBatch:
 
     def _rebuild(self, entries: list[CacheEntry]) -> None:
         """Copy every entry's keys/values, right-aligned, into a fresh batch cache."""
+        dtype = self.model.dtype
+        for entry in entries:
+            entry.cast(dtype)
         pasts = [e.past for e in entries]
         width = max(len(e.ids) for e in entries)
-        dtype = self.model.dtype
         layers = []
         for j, first in enumerate(pasts[0].layers):
             _, heads, _, dim = first.keys.shape

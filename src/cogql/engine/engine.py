@@ -83,19 +83,24 @@ class _ModelRunner:
         singles = [i for i, t in enumerate(tokens) if len(t) == 1]
         for i, entry in enumerate(entries):
             if len(tokens[i]) != 1 or len(singles) == 1:
-                self.forward(entry, tokens[i])
+                self.forward(entry, tokens[i], decoding=True)
         if len(singles) > 1:
             self.batch.step([entries[i] for i in singles], [tokens[i][0] for i in singles])
 
-    def forward(self, entry: CacheEntry, new_ids: list[int], keep: int = 1) -> torch.Tensor:
-        """Feed `new_ids` after `entry.ids`; returns logits of the last `keep` positions."""
+    def forward(
+        self, entry: CacheEntry, new_ids: list[int], keep: int = 1, *, decoding: bool = False
+    ) -> torch.Tensor:
+        """Feed `new_ids` after `entry.ids`; returns logits of the last `keep` positions.
+        Only decode steps (`decoding`, one token) may use the faster, less exact decode copy:
+        a prompt's logits must not depend on whether its last token was cached."""
         from transformers import DynamicCache
 
-        model = self.decode_model if len(new_ids) == 1 and self.decode_model else self.model
+        fast = decoding and len(new_ids) == 1 and self.decode_model is not None
+        model = self.decode_model if fast else self.model
         if entry.past is None:
             entry.past = DynamicCache(config=model.config)
         else:
-            _cast_cache(entry.past, model.dtype)
+            entry.cast(model.dtype)
         ids = torch.tensor([new_ids], dtype=torch.long, device=self.device)
         out = model(input_ids=ids, cache=entry.past, use_cache=True, logits_to_keep=keep)
         entry.ids.extend(new_ids)
@@ -133,7 +138,7 @@ class _ModelRunner:
 
         width = max(len(o) - 1 for o in options)
         rows = torch.tensor([o[:-1] + [0] * (width - len(o) + 1) for o in options])
-        _cast_cache(entry.past, self.model.dtype)
+        entry.cast(self.model.dtype)
         n = len(options)
         rows_kv = [
             (_repeat(layer.keys, n), _repeat(layer.values, n)) for layer in entry.past.layers
@@ -415,15 +420,6 @@ class Engine:
             fed.append(token)
         s.feed = fed
         return False
-
-
-def _cast_cache(past: Any, dtype: torch.dtype) -> None:
-    """Keys/values follow the precision of the model that reads them next (mixed precision)."""
-    for layer in past.layers:
-        keys = getattr(layer, "keys", None)
-        if keys is not None and keys.dtype != dtype:
-            layer.keys = keys.to(dtype)
-            layer.values = layer.values.to(dtype)
 
 
 def _installed(dist: str) -> bool:

@@ -33,6 +33,9 @@ class CacheEntry:
     logits: torch.Tensor | None = None
     _past: Any = None
     _row: Callable[[], Any] | None = None
+    # keys/values as they were before a cast to a lower precision (mixed-precision decoding),
+    # restored when the cache goes back: a prompt's scores must not depend on its history
+    _exact: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property
     def past(self) -> Any:
@@ -65,15 +68,38 @@ class CacheEntry:
             return
         self.ids = self.ids[:length]
         self.logits = None
+        if self._exact is not None:
+            self._exact = [(k[..., :length, :], v[..., :length, :]) for k, v in self._exact]
         if self.past is None:
             return
         if length == 0:
-            self.past = None
+            self.past, self._exact = None, None
             return
         for layer in self.past.layers:
             if getattr(layer, "keys", None) is not None and layer.keys.numel():
                 layer.keys = layer.keys[..., :length, :]
                 layer.values = layer.values[..., :length, :]
+
+    def cast(self, dtype: torch.dtype) -> None:
+        """Keys/values in the precision of the model that reads them next."""
+        layers = [
+            x for x in (self.past.layers if self.past is not None else ()) if x.keys is not None
+        ]
+        if not layers or layers[0].keys.dtype == dtype:
+            return
+        going_down = dtype.itemsize < layers[0].keys.dtype.itemsize
+        if going_down and self._exact is None:
+            self._exact = [(x.keys, x.values) for x in layers]
+        restore = self._exact if not going_down and self._exact is not None else None
+        for i, layer in enumerate(layers):
+            keys, values = layer.keys.to(dtype), layer.values.to(dtype)
+            if restore is not None and restore[i][0].dtype == dtype:
+                n = min(restore[i][0].shape[-2], keys.shape[-2])
+                keys[..., :n, :] = restore[i][0][..., :n, :]
+                values[..., :n, :] = restore[i][1][..., :n, :]
+            layer.keys, layer.values = keys, values
+        if restore is not None:
+            self._exact = None
 
     def tokens_held(self) -> int:
         return len(self.ids)

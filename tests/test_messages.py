@@ -1,0 +1,234 @@
+"""The LMTP wire schema (cogql.lmtp.messages): ops and events round-trip through their wire
+form, frames are byte-identical to LMQL 0.7's (websocket frames wrap payloads in a one-element
+array, Replicate lines are bare objects ending in a newline, key order and `json.dumps`
+spacing as LMQL's), cogql's extensions appear only when set, and malformed messages raise
+ProtocolError naming the stream when they can."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from cogql.lmtp.messages import (
+    ErrorEvent,
+    Event,
+    Generate,
+    InfoEvent,
+    ModelInfo,
+    Op,
+    ProtocolError,
+    Score,
+    TokenEvent,
+    event_from_wire,
+    event_to_wire,
+    is_terminal,
+    op_from_wire,
+    op_to_wire,
+    parse_server_message,
+    replicate_line,
+    request_frame,
+    split_message,
+    ws_frame,
+)
+
+# --------------------------------------------------------------------------- round trips
+
+OPS: list[Op] = [
+    Generate(1, "gpt2", [50256, 464]),
+    Generate(
+        2,
+        "m",
+        [1, 2, 3],
+        max_tokens=7,
+        temperature=0.7,
+        logit_bias={5: 100.0, 9: -100.0},
+        top_logprobs=3,
+        extra={"top_k": 40, "top_p": 0.9},
+        grammar="start: VALUE\nVALUE: /[0-9]+/",
+        stop=["\n", "###"],
+        seed=42,
+        min_tokens=2,
+    ),
+    Score("s-1", "m", [1, 2], [3, 4]),
+    ModelInfo(9, "m", {"model": "m"}),
+]
+
+EVENTS: list[Event] = [
+    TokenEvent(1, 450, -0.53125, None, {450: -0.53125, 12: -1.5}),
+    TokenEvent(3, 6374, -2.0869140625, "stop"),
+    InfoEvent(7, {"model": "m", "capabilities": ["stop"]}),
+    InfoEvent(7, "<unavailable>"),
+    ErrorEvent(4, "failed to generate tokens 'boom'", as_msg=False),
+    ErrorEvent(None, "'stream_id'"),
+]
+
+
+@pytest.mark.parametrize("op", OPS, ids=lambda op: type(op).__name__)
+def test_op_round_trip(op: Op) -> None:
+    kind, payload = op_to_wire(op)
+    assert op_from_wire(kind, payload) == op
+    # and through the text of a websocket request frame
+    parsed_kind, parsed = split_message(request_frame(kind, payload))
+    assert op_from_wire(parsed_kind, parsed) == op
+
+
+@pytest.mark.parametrize("event", EVENTS, ids=repr)
+def test_event_round_trip(event: Event) -> None:
+    kind, payload = event_to_wire(event)
+    assert event_from_wire(kind, payload) == event
+    assert parse_server_message(ws_frame(kind, payload)) == [event]
+    assert parse_server_message(replicate_line(kind, payload)) == [event]
+
+
+# --------------------------------------------------------------------------- LMQL's exact bytes
+
+
+def test_generate_frame_matches_lmql() -> None:
+    plain = Generate(1, "meta-llama/Llama-2-13b-chat-hf", [1, 13957, 29901, 1334], max_tokens=199)
+    masked = Generate(2, "gpt2", [50256, 464], max_tokens=16, logit_bias={8178: 100, 6374: 100})
+    assert request_frame(*op_to_wire(plain)) == (
+        'GENERATE {"max_tokens": 199, "temperature": 0.0, "top_logprobs": 1, '
+        '"model": "meta-llama/Llama-2-13b-chat-hf", "prompt": [1, 13957, 29901, 1334], '
+        '"stream_id": 1}'
+    )
+    assert request_frame(*op_to_wire(masked)) == (
+        'GENERATE {"max_tokens": 16, "temperature": 0.0, "logit_bias": {"6374": 100, '
+        '"8178": 100}, "top_logprobs": 1, "model": "gpt2", "prompt": [50256, 464], '
+        '"stream_id": 2}'
+    )
+
+
+def test_extensions_are_written_only_when_set() -> None:
+    _, plain = op_to_wire(Generate(1, "m", [1]))
+    assert list(plain) == [
+        "max_tokens", "temperature", "top_logprobs", "model", "prompt", "stream_id",
+    ]  # fmt: skip
+    _, extended = op_to_wire(OPS[1])
+    assert list(extended) == [
+        "max_tokens", "temperature", "logit_bias", "top_logprobs", "top_k", "top_p",
+        "grammar", "stop", "seed", "min_tokens", "model", "prompt", "stream_id",
+    ]  # fmt: skip
+
+
+def test_model_info_frame() -> None:
+    assert request_frame(*op_to_wire(ModelInfo(5, "gpt2", {"model": "gpt2"}))) == (
+        'MODEL_INFO {"stream_id": 5, "model": "gpt2", "data": {"model": "gpt2"}}'
+    )
+
+
+def test_websocket_frames_are_one_element_arrays() -> None:
+    token = TokenEvent(1, 450, -0.53125, None, {450: -0.53125})
+    assert ws_frame(*event_to_wire(token)) == (
+        'TOKEN [{"token": 450, "stream_id": 1, "logprob": -0.53125, "finish_reason": null, '
+        '"top_logprobs": {"450": -0.53125}}]'
+    )
+    assert ws_frame(*event_to_wire(InfoEvent(7, "<unavailable>"))) == (
+        'MSG [{"stream_id": 7, "model_info": "<unavailable>"}]'
+    )
+
+
+def test_replicate_lines_are_bare_objects_with_a_newline() -> None:
+    score_token = TokenEvent(3, 6374, -2.0869140625, "stop")
+    assert replicate_line(*event_to_wire(score_token)) == (
+        'TOKEN {"token": 6374, "stream_id": 3, "logprob": -2.0869140625, "finish_reason": "stop"}\n'
+    )
+    error = ErrorEvent(4, "failed to generate tokens 'CUDA out of memory'", as_msg=False)
+    assert replicate_line(*event_to_wire(error)) == (
+        'TOKEN {"stream_id": 4, "error": "failed to generate tokens \'CUDA out of memory\'"}\n'
+    )
+    assert replicate_line(*event_to_wire(ErrorEvent(4, "x"))).startswith("MSG ")
+
+
+def test_server_messages_with_several_items_and_non_finite_numbers() -> None:
+    text = (
+        'TOKEN [{"token": 1, "stream_id": 1, "logprob": -Infinity, "finish_reason": null, '
+        '"top_logprobs": {"1": -Infinity, "2": NaN}}, '
+        '{"token": 2, "stream_id": 1, "logprob": -0.5, "finish_reason": "length"}]'
+    )
+    first, second = parse_server_message(text)
+    assert isinstance(first, TokenEvent) and first.logprob == -math.inf
+    assert first.top_logprobs is not None and math.isnan(first.top_logprobs[2])
+    assert second == TokenEvent(1, 2, -0.5, "length")
+
+
+def test_terminal_events() -> None:
+    assert not is_terminal(TokenEvent(1, 5, -0.1))
+    assert is_terminal(TokenEvent(1, 5, -0.1, "length"))
+    assert is_terminal(InfoEvent(1, {}))
+    assert is_terminal(ErrorEvent(1, "boom", as_msg=False))
+
+
+# --------------------------------------------------------------------------- protocol errors
+
+
+def generate(**fields: Any) -> dict[str, Any]:
+    return {"max_tokens": 4, "model": "m", "prompt": [1, 2], "stream_id": 3, **fields}
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload", "message", "stream_id"),
+    [
+        ("GENERATE", [1, 2], "payload must be a JSON object", None),
+        ("FOO", {"stream_id": 3}, "Unknown command: FOO", 3),
+        ("GENERATE", {"model": "m", "prompt": [1]}, "'stream_id'", None),
+        ("GENERATE", {"model": "m", "stream_id": 3}, "missing field 'prompt'", 3),
+        ("GENERATE", generate(prompt="1 2"), "field 'prompt' has the wrong type", 3),
+        ("GENERATE", generate(prompt=[1, -2]), "list of token ids", 3),
+        ("GENERATE", generate(prompt=[1, True]), "list of token ids", 3),
+        ("GENERATE", generate(model=5), "field 'model' has the wrong type", 3),
+        ("GENERATE", generate(max_tokens="4"), "field 'max_tokens' has the wrong type", 3),
+        ("GENERATE", generate(max_tokens=True), "field 'max_tokens' has the wrong type", 3),
+        ("GENERATE", generate(max_tokens=-1), "must not be negative", 3),
+        ("GENERATE", generate(temperature="hot"), "field 'temperature' has the wrong type", 3),
+        ("GENERATE", generate(logit_bias=[1]), "'logit_bias' must be an object", 3),
+        ("GENERATE", generate(logit_bias={"x": 1}), "logit_bias keys must be token ids", 3),
+        ("GENERATE", generate(stop=["\n", ""]), "non-empty strings", 3),
+        ("GENERATE", generate(stop="\n"), "field 'stop' has the wrong type", 3),
+        ("GENERATE", generate(seed=1.5), "field 'seed' has the wrong type", 3),
+        ("SCORE", {"stream_id": 3, "model": "m", "prompt": [1]}, "missing field 'scored'", 3),
+        ("SCORE", {"stream_id": 3, "prompt": [1], "scored": ["a"]}, "list of token ids", 3),
+    ],
+)
+def test_bad_ops(kind: str, payload: Any, message: str, stream_id: Any) -> None:
+    with pytest.raises(ProtocolError, match=message) as err:
+        op_from_wire(kind, payload)
+    assert err.value.stream_id == stream_id
+
+
+def test_unknown_generate_keys_pass_through_and_extension_defaults() -> None:
+    op = op_from_wire("GENERATE", generate(repetition_penalty=1.2, temperature=None))
+    assert isinstance(op, Generate)
+    assert op.extra == {"repetition_penalty": 1.2}
+    assert (op.temperature, op.top_logprobs, op.seed) == (0.0, 1, None)
+    assert op.grammar is None and op.stop == [] and op.min_tokens == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("TOKEN", "expected 'TYPE {json}'"),
+        ('{"stream_id":1}', "expected 'TYPE {json}'"),
+        ("TOKEN {not json", "malformed JSON in TOKEN message"),
+        ("TOKEN [1]", "without a stream_id"),
+        ('FOO {"stream_id": 1, "token": 1}', "unknown message type FOO"),
+        ('TOKEN {"stream_id": 1, "logprob": 0.0}', "missing field 'token'"),
+        ('TOKEN {"stream_id": 1, "token": "7", "logprob": 0.0}', "field 'token' has the wrong"),
+        ('TOKEN {"stream_id": 1, "token": 7}', "missing field 'logprob'"),
+        ('TOKEN {"stream_id": 1, "token": 7, "logprob": "x"}', "field 'logprob' has the wrong"),
+        ('TOKEN {"stream_id": 1, "token": 7, "logprob": 0, "top_logprobs": [1]}', "wrong type"),
+        ('TOKEN {"stream_id": 1, "token": 7, "logprob": 0, "top_logprobs": {"a": 1}}', "token ids"),
+        ('TOKEN {"stream_id": 1, "token": 7, "logprob": 0, "finish_reason": 1}', "wrong type"),
+    ],
+)
+def test_bad_server_messages(text: str, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        parse_server_message(text)
+
+
+def test_error_items_become_error_events() -> None:
+    (msg,) = parse_server_message('MSG [{"stream_id": 2, "error": "Unknown command: X"}]')
+    (tok,) = parse_server_message('TOKEN {"stream_id": 4, "error": "failed"}\n')
+    assert msg == ErrorEvent(2, "Unknown command: X", as_msg=True)
+    assert tok == ErrorEvent(4, "failed", as_msg=False)
