@@ -237,6 +237,18 @@ def test_edited_generated_files_need_force(tiny_project: tuple[Path, Path]) -> N
     assert cog_yaml.read_text() == original
 
 
+def test_force_never_deletes_a_folder_in_the_way(tiny_project: tuple[Path, Path]) -> None:
+    config, _ = tiny_project
+    [first] = run_build(config)
+    cog_yaml = first.folder / "cog.yaml"
+    cog_yaml.unlink()
+    cog_yaml.mkdir()
+    (cog_yaml / "mine.txt").write_text("mine")
+    with pytest.raises(ProjectConflict, match="a folder is where cogql writes a file"):
+        run_build(config, force=True)
+    assert (cog_yaml / "mine.txt").read_text() == "mine"
+
+
 def test_an_interrupted_build_is_finished_by_the_next(tiny_project: tuple[Path, Path]) -> None:
     config, _ = tiny_project
     [first] = run_build(config)

@@ -181,12 +181,13 @@ def plan(root: Path, outputs: list[Output], *, force: bool = False) -> Plan:
     for out in outputs:
         dest = root / out.path
         record = manifest.files.get(out.path)
-        if _blocked_by_parent(root, out.path, manifest):
+        if _blocked_by_parent(root, out.path):
             p.conflicts.append(f"{dest}: a parent folder is a file or link cogql did not make")
-            continue
-        if not dest.exists() and not dest.is_symlink():
+        elif dest.is_dir() and not dest.is_symlink():
+            p.conflicts.append(f"{dest}: a folder is where cogql writes a file")
+        elif not dest.exists() and not dest.is_symlink():
             p.write.append(out)
-        elif _matches(dest, out, record) if not dest.is_symlink() else False:
+        elif not dest.is_symlink() and _matches(dest, out, record):
             (p.keep if record is not None else p.adopt).append(out)
         elif record is not None and (force or _unchanged(dest, record)):
             p.write.append(out)
@@ -198,14 +199,16 @@ def plan(root: Path, outputs: list[Output], *, force: bool = False) -> Plan:
         if path in wanted:
             continue
         dest = root / path
-        if force or _unchanged(dest, record):
+        if dest.is_dir() and not dest.is_symlink():
+            p.conflicts.append(f"{dest}: a folder is where cogql had made a file")
+        elif force or _unchanged(dest, record):
             p.remove.append(path)
         else:
             p.conflicts.append(f"{dest}: made by cogql, then edited (no longer needed)")
     return p
 
 
-def _blocked_by_parent(root: Path, rel: str, manifest: Manifest) -> bool:
+def _blocked_by_parent(root: Path, rel: str) -> bool:
     parent = root
     for part in Path(rel).parts[:-1]:
         parent = parent / part
@@ -252,8 +255,8 @@ def apply(p: Plan, progress: Callable[[int], None] = lambda n: None) -> dict[str
         manifest.files[out.path] = _record(root, out, method="link")
     for out in p.write:
         dest = root / out.path
-        if dest.is_symlink() or dest.is_dir():
-            dest.unlink() if dest.is_symlink() else shutil.rmtree(dest)
+        if dest.is_symlink():  # replaced a file cogql made (and --force): drop the link only
+            dest.unlink()
         if isinstance(out, Text):
             _atomic_write(dest, out.content, 0o755 if out.executable else 0o644)
             counts["written"] += 1
