@@ -1,0 +1,12 @@
+"""Replicate's HTTP API on loopback, in front of the real Cog server of each built project.
+
+`Emulator` (server.py) is the entry point; `cogql replicate serve` runs one until interrupted.
+Modules: catalog (projects → models, versions, deployments), validate (inputs against the
+schema), store (predictions and their event logs), sse (Replicate's event stream), backend (the
+Cog server adapter), routes (the HTTP API), auth and errors (tokens, problem JSON), faults.
+"""
+
+from .errors import APIError
+from .server import Emulator, EmulatorError
+
+__all__ = ["APIError", "Emulator", "EmulatorError"]

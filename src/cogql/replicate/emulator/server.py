@@ -1,0 +1,206 @@
+"""The emulator as one object: Cog servers, the HTTP app on a loopback port, start and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from ..cogserver import CogServer, CogServerError
+from .auth import new_token
+from .catalog import ModelEntry, ProjectError, check_unique, find_projects, load_entry
+from .catalog import max_concurrency as project_concurrency
+from .faults import Faults
+from .routes import API, build_app
+
+STARTUP_TIMEOUT_S = 30.0
+
+
+class EmulatorError(RuntimeError):
+    """The emulator could not start: no project, a Cog setup that failed, a port in use."""
+
+
+class Emulator:
+    """Replicate's HTTP API on loopback, in front of one real Cog server per built project.
+
+    Usage (tests, benchmarks, the `replicate:` transport's tests)::
+
+        from cogql.replicate.emulator import Emulator
+
+        with Emulator(["work/sentiment"], latency=0.5) as emu:
+            emu.base_url    # "http://127.0.0.1:PORT": REPLICATE_BASE_URL for replicate 1.x
+            emu.token       # the API token it accepts (random unless given)
+            emu.env         # {"REPLICATE_API_TOKEN": ..., "REPLICATE_BASE_URL": ...}
+            emu.models      # ["OWNER/NAME", ...] (dest_prefix's owner, else "local")
+            emu.version("OWNER/NAME")        # the 64-hex version id (a content hash)
+            replicate.Client(api_token=emu.token, base_url=emu.base_url).run(...)
+
+    `workdirs` are project folders (work/NAME, from `cogql replicate build`) or folders of them
+    (work/). Entering starts the Cog servers and the app in a background thread (its own event
+    loop) on a free port (or `port`), and by default returns once every Cog server is READY
+    (`wait_ready=False` returns at once; predictions then stay `starting` until their server
+    is ready, as on a cold boot). Exiting ends unfinished predictions as failed, stops the app,
+    then the Cog servers. `latency` seconds are added to every prediction while it is
+    `starting` (Replicate's queueing and network). `heartbeat_s` is the SSE keep-alive period.
+
+    For robustness tests: `faults.throttle_creates(n, retry_after)` (429s),
+    `faults.drop_streams(after_events, times)` (SSE cut before `done`), and
+    `cog_server(ref)` (the CogServer; stop it to kill the model mid-prediction).
+    """
+
+    def __init__(
+        self,
+        workdirs: Iterable[str | Path],
+        *,
+        token: str | None = None,
+        latency: float = 0.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        heartbeat_s: float = 15.0,
+        wait_ready: bool = True,
+        ready_timeout: float = 600.0,
+    ) -> None:
+        self.workdirs = [Path(w) for w in workdirs]
+        self.token = token or new_token()
+        self.latency = latency
+        self.host = host
+        self.port = port
+        self.heartbeat_s = heartbeat_s
+        self.wait_ready = wait_ready
+        self.ready_timeout = ready_timeout
+        self.faults = Faults()
+        self.entries: list[ModelEntry] = []
+        self.servers: dict[str, CogServer] = {}
+        self._uvicorn: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._api: API | None = None
+        self._failure: BaseException | None = None
+        self._booting: list[CogServer] = []
+
+    # ---- what clients need ----------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"REPLICATE_API_TOKEN": self.token, "REPLICATE_BASE_URL": self.base_url}
+
+    @property
+    def models(self) -> list[str]:
+        return [e.ref for e in self.entries]
+
+    def version(self, ref: str) -> str:
+        return self._entry(ref).version_id
+
+    def cog_server(self, ref: str) -> CogServer:
+        return self.servers[self._entry(ref).ref]
+
+    def _entry(self, ref: str) -> ModelEntry:
+        for entry in self.entries:
+            if entry.ref == ref:
+                return entry
+        raise KeyError(f"no model {ref} here; models: {', '.join(self.models)}")
+
+    # ---- start / stop ---------------------------------------------------------------------
+
+    def start(self) -> Emulator:
+        try:
+            projects = find_projects(self.workdirs)
+            servers = self._booting = [
+                CogServer(p, max_concurrency=project_concurrency(p)).start() for p in projects
+            ]
+            with ThreadPoolExecutor(4) as pool:  # hashing weights while the servers boot
+                self.entries = list(pool.map(load_entry, projects))
+            check_unique(self.entries)
+            self.servers = {e.ref: s for e, s in zip(self.entries, servers, strict=True)}
+            self._serve_http()
+            if self.wait_ready:
+                for server in servers:
+                    server.wait_ready(self.ready_timeout)
+        except BaseException as e:
+            self.stop()
+            if isinstance(e, ProjectError | CogServerError | OSError):
+                raise EmulatorError(str(e)) from e
+            raise
+        return self
+
+    def _serve_http(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        self._api = API(
+            self.entries,
+            self.servers,
+            self.token,
+            latency=self.latency,
+            heartbeat_s=self.heartbeat_s,
+            faults=self.faults,
+        )
+        config = uvicorn.Config(
+            build_app(self._api),
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=3,
+        )
+        self._uvicorn = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._run, args=(sock,), name="cogql-replicate-emulator", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not self._uvicorn.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise EmulatorError(f"the HTTP server did not start: {self._failure!r}")
+            time.sleep(0.01)
+
+    def _run(self, sock: socket.socket) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            assert self._uvicorn is not None
+            loop.run_until_complete(self._uvicorn.serve(sockets=[sock]))
+        except BaseException as e:
+            self._failure = e
+        finally:
+            sock.close()
+            loop.close()
+
+    def stop(self) -> None:
+        if self._uvicorn is not None and self._thread is not None:
+            self._finish_predictions()
+            self._uvicorn.should_exit = True
+            self._thread.join(timeout=15)
+            self._uvicorn = None
+        for server in self._booting:
+            server.stop()
+        self._booting, self.servers = [], {}
+
+    def _finish_predictions(self) -> None:
+        """End open streams and waits first, so the HTTP server can close its connections."""
+        loop, api = self._loop, self._api
+        if loop is None or api is None or loop.is_closed() or not self._thread.is_alive():  # type: ignore[union-attr]
+            return
+        future = asyncio.run_coroutine_threadsafe(api.finish_all(), loop)
+        try:
+            future.result(timeout=15)
+        except Exception:
+            future.cancel()
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
