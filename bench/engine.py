@@ -14,7 +14,6 @@ Usage: python bench/engine.py [--repeats N] [--dtype auto|float32|float16] [--no
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -26,23 +25,12 @@ import torch
 from transformers import DynamicCache
 
 import cogql
+from _common import PEER_MODEL, PEER_PY, ROOT, median_time, peer_installed, peer_warm, step
 from cogql.engine.masks import GrammarCompiler
 from cogql.lmtp.transports.inprocess import local_engine
 
-ROOT = Path(__file__).resolve().parent.parent
 QUERY = ROOT / "examples" / "sentiment.lmql"
-PEER_PY = Path.home() / ".cache/lmql-peer/venv/bin/python"
-PEER_MODEL = Path.home() / ".cache/lmql-peer/smollm2-hf"
 OPTIONS = [" positive", " negative", " neutral"]
-
-
-def median_time(fn, repeats: int) -> tuple[float, object]:
-    out, times = None, []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
 
 
 def cogql_warm(model, repeats: int):
@@ -65,15 +53,6 @@ def floor(engine, result, repeats: int) -> float:
     opts = [tok.encode(o) for o in OPTIONS]
     prefill = engine.loaded.model
     decode = engine.loaded.decode_model or prefill
-
-    def cast(cache: DynamicCache, dtype: torch.dtype) -> None:
-        for layer in cache.layers:
-            layer.keys, layer.values = layer.keys.to(dtype), layer.values.to(dtype)
-
-    def step(model, cache: DynamicCache, ids: list[int]) -> torch.Tensor:
-        cast(cache, model.dtype)
-        out = model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[0, -1]
 
     def run() -> None:
         with torch.inference_mode():
@@ -133,19 +112,6 @@ def fresh_processes(repeats: int, with_peer: bool) -> tuple[float, float | None]
     return statistics.median(ours), statistics.median(theirs) if theirs else None
 
 
-def peer_installed() -> bool:
-    return PEER_PY.exists() and PEER_MODEL.exists()
-
-
-def peer_warm(repeats: int) -> dict:
-    script = str(ROOT / "bench" / "_peer.py")
-    out = subprocess.run([str(PEER_PY), script, str(QUERY), str(PEER_MODEL), str(repeats + 1)],
-                         check=True, capture_output=True, text=True)  # fmt: skip
-    data = json.loads(out.stdout.strip().splitlines()[-1])
-    data["warm"] = statistics.median(data["times"][1:])
-    return data
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
@@ -160,7 +126,7 @@ def main() -> None:
     fl = floor(engine, result, args.repeats)
     mask_us = mask_cost(engine)
     with_peer = not args.no_peer and peer_installed()
-    lmql = peer_warm(args.repeats) if with_peer else None
+    lmql = peer_warm(QUERY, args.repeats) if with_peer else None
     fresh, lmql_fresh = fresh_processes(3, with_peer)
     print(f"{'':28}{'seconds':>10}{'ratio':>10}")
     print(f"{'floor (transformers)':28}{fl:10.3f}{1.0:10.2f}")
