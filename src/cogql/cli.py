@@ -109,7 +109,7 @@ def run(file: Any, model_name: str | None, sets: tuple[str, ...], as_json: bool,
     if as_json:
         click.echo(json.dumps(_to_json(result), indent=2))
         return
-    console = Console()
+    console = Console(soft_wrap=True)  # values are printed whole, piped or not
     console.print()
     for item in result if isinstance(result, list) else [result]:
         console.rule(style="dim")
