@@ -250,6 +250,38 @@ def replicate_build(
             err.print("  no dest_prefix in the config: no push script", highlight=False)
 
 
+@replicate.command("serve")
+@click.argument("workdirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option("--token", help="The API token clients must send (default: a new random one).")
+@click.option("--latency", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds each prediction stays starting (Replicate's queue and network).")  # fmt: skip
+def replicate_serve(
+    workdirs: tuple[str, ...], host: str, port: int, token: str | None, latency: float
+) -> None:
+    """Serve Replicate's HTTP API on HOST:PORT in front of the built projects WORKDIR...
+
+    Each WORKDIR is a project (work/NAME) or a folder of them (work/). Every project runs on
+    its own real Cog server; its model is OWNER/NAME from the config's dest_prefix (local/NAME
+    without one). Prints REPLICATE_API_TOKEN and REPLICATE_BASE_URL for clients.
+    """
+    from pathlib import Path
+
+    from rich.markup import escape
+
+    from .replicate.emulator import Emulator, EmulatorError
+    from .replicate.emulator.command import serve
+
+    emu = Emulator([Path(w) for w in workdirs], token=token, latency=latency, host=host,
+                   port=port, wait_ready=False)  # fmt: skip
+    try:
+        serve(emu, click.echo, lambda line: err.print(line, markup=False, highlight=False))
+    except EmulatorError as e:
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
+        sys.exit(1)
+
+
 @replicate.command("push", context_settings={"ignore_unknown_options": True})
 @click.argument("name")
 @click.argument("cog_args", nargs=-1, type=click.UNPROCESSED)
