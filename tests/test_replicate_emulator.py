@@ -1,0 +1,517 @@
+"""Replicate's API on loopback, checked with the official `replicate` client (1.0.x) and raw HTTP.
+
+One project (the tiny random llama, dest_prefix r8.im/acme/) and one emulator in front of its
+real Cog server are shared by the module; the tests that kill a Cog server or run the CLI use a
+second project (no dest_prefix: the model is local/tiny), one at a time. Predictions are short
+(a few tokens) so the module stays quick on a loaded machine; waits and queues are made slow
+with the emulator's injected latency, which does not depend on the machine's speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import replicate
+from replicate.exceptions import ModelError, ReplicateError
+
+from cogql.lmtp.messages import TokenEvent, parse_server_message
+from cogql.replicate.build import build
+from cogql.replicate.cogserver import free_port
+from cogql.replicate.config import load_config
+from cogql.replicate.emulator import Emulator, EmulatorError, catalog, sse, store
+from cogql.replicate.emulator.errors import InvalidInput
+from cogql.replicate.emulator.routes import prefer_wait
+from cogql.replicate.emulator.validate import validate_input
+
+MODEL = "acme/tiny"
+
+
+def build_project(folder: Path, model_dir: Path, dest_prefix: str | None) -> Path:
+    lines = [f'dest_prefix = "{dest_prefix}"'] if dest_prefix else []
+    lines += ["[models.tiny]", f'local.path = "{model_dir}"', "gpu = false"]
+    (folder / "config.toml").write_text("\n".join(lines) + "\n")
+    [result] = build(load_config(folder / "config.toml"), folder / "work", progress=False)
+    return result.folder
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path) -> Path:
+    return build_project(tmp_path_factory.mktemp("emu"), tiny_model_path, "r8.im/acme/")
+
+
+@pytest.fixture(scope="module")
+def other_project(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path) -> Path:
+    return build_project(tmp_path_factory.mktemp("emu-other"), tiny_model_path, None)
+
+
+@pytest.fixture(scope="module")
+def emu(project: Path) -> Iterator[Emulator]:
+    with Emulator([project], heartbeat_s=0.3, ready_timeout=300) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def client(emu: Emulator) -> replicate.Client:
+    emu.latency = 0.0
+    emu.faults.clear()
+    c = replicate.Client(api_token=emu.token, base_url=emu.base_url)
+    c.poll_interval = 0.05
+    return c
+
+
+@contextlib.contextmanager
+def latency(emu: Emulator, seconds: float) -> Iterator[None]:
+    emu.latency = seconds
+    try:
+        yield
+    finally:
+        emu.latency = 0.0
+
+
+def ops(max_tokens: int = 3, stream_id: Any = 7) -> dict[str, str]:
+    op = {"stream_id": stream_id, "model": "m", "prompt": [1, 504, 3102], "max_tokens": max_tokens}
+    return {"ops_batch_json": json.dumps([["GENERATE", op]])}
+
+
+def tokens(lines: list[str]) -> list[TokenEvent]:
+    events = [e for line in lines for e in parse_server_message(line)]
+    assert all(isinstance(e, TokenEvent) for e in events), events
+    return events  # type: ignore[return-value]
+
+
+def raw(emu: Emulator, token: str | None = None) -> httpx.Client:
+    auth = {"Authorization": f"Bearer {token or emu.token}"}
+    return httpx.Client(base_url=emu.base_url, headers=auth, timeout=30)
+
+
+# ---- models, versions, deployments -----------------------------------------------------------
+
+
+def test_model_version_and_deployment(emu: Emulator, client: replicate.Client, project: Path):
+    assert emu.models == [MODEL]
+    version_id, _ = catalog.content_hash(project)
+    assert emu.version(MODEL) == version_id and len(version_id) == 64
+    model = client.models.get(MODEL)
+    assert (model.owner, model.name, model.visibility) == ("acme", "tiny", "private")
+    assert model.latest_version.id == version_id
+    version = model.versions.get(version_id)
+    output = version.openapi_schema["components"]["schemas"]["Output"]
+    assert output["x-cog-array-type"] == "iterator"
+    assert [v.id for v in model.versions.list()] == [version_id]
+    deployment = client.deployments.get(MODEL)
+    assert deployment.current_release.version == version_id
+    assert deployment.current_release.model == MODEL
+
+
+def test_version_id_is_a_content_hash(project: Path) -> None:
+    same, _ = catalog.content_hash(project)
+    assert catalog.content_hash(project)[0] == same  # stable
+    (project / "predict.py").touch()  # a new mtime alone is not new content
+    assert catalog.content_hash(project)[0] == same
+
+
+# ---- predictions through the official client --------------------------------------------------
+
+
+def test_run_pinned_version_returns_the_predictors_lines(emu: Emulator, client: replicate.Client):
+    output = client.run(f"{MODEL}:{emu.version(MODEL)}", input=ops(3))
+    assert not isinstance(output, list)  # the iterator schema makes run() return a generator
+    lines = list(output)
+    got = tokens(lines)
+    assert [e.finish_reason for e in got] == [None, None, "length"]
+    assert all(line.endswith("\n") and line.startswith("TOKEN {") for line in lines)
+    assert all(e.stream_id == 7 for e in got)
+
+
+def test_run_model_endpoint_and_no_wait(emu: Emulator, client: replicate.Client) -> None:
+    blocking = client.run(MODEL, input=ops(3))
+    assert isinstance(blocking, list) and len(blocking) == 3
+    polled = client.run(MODEL, input=ops(3), wait=False)
+    assert polled == blocking  # greedy decoding: the same lines
+
+
+def test_stream_is_the_same_lines_byte_for_byte(emu: Emulator, client: replicate.Client) -> None:
+    lines = client.run(MODEL, input=ops(4))
+    events = list(client.stream(f"{MODEL}:{emu.version(MODEL)}", input=ops(4)))
+    kinds = [e.event.value for e in events]
+    assert kinds == ["output"] * 4 + ["done"]
+    assert [e.data for e in events[:-1]] == lines
+    seqs = [int(e.id.rpartition(":")[2]) for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert [e.data for e in client.stream(MODEL, input=ops(4))][:-1] == lines
+
+
+def test_predictions_create_with_stream_then_wait(emu: Emulator, client: replicate.Client):
+    prediction = client.predictions.create(version=emu.version(MODEL), input=ops(2), stream=True)
+    assert prediction.status == "starting" and prediction.urls["stream"].startswith("http://")
+    chunks = [str(e) for e in prediction.stream()]
+    prediction.wait()
+    assert prediction.status == "succeeded"
+    assert "".join(chunks) == "".join(prediction.output)
+    assert prediction.metrics["predict_time"] > 0 and prediction.metrics["total_time"] > 0
+    assert client.predictions.get(prediction.id).output == prediction.output
+
+
+def test_deployment_predictions(emu: Emulator, client: replicate.Client) -> None:
+    prediction = client.deployments.predictions.create(MODEL, input=ops(2))
+    prediction.wait()
+    assert prediction.status == "succeeded" and len(prediction.output) == 2
+    body = raw(emu).get(f"/v1/predictions/{prediction.id}").json()
+    assert body["deployment"] == MODEL and body["version"] == emu.version(MODEL)
+
+
+async def test_async_variants(emu: Emulator) -> None:
+    client = replicate.Client(api_token=emu.token, base_url=emu.base_url)
+    client.poll_interval = 0.05
+    ran = await client.async_run(f"{MODEL}:{emu.version(MODEL)}", input=ops(3))
+    lines = [line async for line in ran]
+    streamed = [e async for e in await client.async_stream(MODEL, input=ops(3))]
+    assert [e.data for e in streamed if e.event.value == "output"] == lines
+    prediction = await client.deployments.predictions.async_create(MODEL, input=ops(3))
+    await prediction.async_wait()
+    assert prediction.output == lines
+    created = await client.predictions.async_create(model=MODEL, input=ops(3), stream=True)
+    assert [str(e) async for e in created.async_stream()][:-1] == lines
+
+
+def test_concurrent_predictions_queue_for_the_one_slot(emu: Emulator) -> None:
+    """The sync predictor has one slot: extra predictions wait (Cog's 409s never show)."""
+
+    async def many() -> list[Any]:
+        c = replicate.Client(api_token=emu.token, base_url=emu.base_url)
+        return await asyncio.gather(*(c.async_run(MODEL, input=ops(2)) for _ in range(4)))
+
+    results = asyncio.run(many())
+    assert all(len(r) == 2 for r in results) and all(r == results[0] for r in results)
+
+
+def test_list_predictions_newest_first_with_pages(
+    emu: Emulator, client: replicate.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = [client.predictions.create(model=MODEL, input=ops(1)).id for _ in range(3)]
+    monkeypatch.setattr(store, "PAGE_SIZE", 2)
+    first = client.predictions.list()
+    assert [p.id for p in first.results] == made[::-1][:2]
+    assert first.next is not None and first.next.startswith(emu.base_url)
+    second = client.predictions.list(first.next)
+    assert second.results[0].id == made[0]
+
+
+# ---- Prefer: wait, latency, cancel ------------------------------------------------------------
+
+
+def test_prefer_wait_times_out_with_the_prediction_still_running(emu: Emulator) -> None:
+    with latency(emu, 2.0), raw(emu) as http:
+        started = time.monotonic()
+        answer = http.post(
+            f"/v1/models/{MODEL}/predictions", json={"input": ops(2)}, headers={"Prefer": "wait=1"}
+        )
+        waited = time.monotonic() - started
+        assert answer.status_code == 201 and 0.9 < waited < 1.9
+        body = answer.json()
+        assert body["status"] == "starting" and body["output"] is None
+        assert answer.headers["Preference-Applied"] == "wait=1"
+        assert answer.headers["Location"] == body["urls"]["get"]
+        deadline = time.monotonic() + 60
+        while (body := http.get(body["urls"]["get"]).json())["status"] != "succeeded":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert len(body["output"]) == 2
+
+
+def test_prefer_wait_returns_the_finished_prediction(emu: Emulator) -> None:
+    with raw(emu) as http:
+        answer = http.post(
+            f"/v1/models/{MODEL}/predictions", json={"input": ops(2)}, headers={"Prefer": "wait"}
+        )
+    body = answer.json()
+    assert answer.status_code == 201 and body["status"] == "succeeded"
+    assert body["completed_at"].endswith("Z") and len(body["output"]) == 2
+
+
+def test_run_with_a_short_wait_polls_to_the_end(emu: Emulator, client: replicate.Client):
+    with latency(emu, 1.5):
+        output = client.run(f"{MODEL}:{emu.version(MODEL)}", input=ops(2), wait=1)
+        assert len(list(output)) == 2
+
+
+def test_cancel_reaches_the_cog_server(emu: Emulator, client: replicate.Client) -> None:
+    prediction = client.predictions.create(model=MODEL, input=ops(1500), stream=True)
+    events = prediction.stream()
+    next(events)  # the model is generating
+    started = time.monotonic()
+    canceled = client.predictions.cancel(prediction.id)
+    assert canceled.status == "canceled"
+    assert time.monotonic() - started < 4.5  # Cog confirmed; the emulator did not time out
+    final = client.predictions.get(prediction.id)
+    assert final.status == "canceled" and 1 <= len(final.output) < 1500
+    assert [e.data for e in events][-1] == '{"reason": "canceled"}'  # the stream ended too
+    # the Cog slot is free again: the next prediction runs at once
+    assert len(client.run(MODEL, input=ops(2))) == 2
+
+
+def test_cancel_before_the_prediction_reaches_cog(emu: Emulator, client: replicate.Client):
+    with latency(emu, 30.0):
+        prediction = client.predictions.create(model=MODEL, input=ops(2))
+        started = time.monotonic()
+        assert client.predictions.cancel(prediction.id).status == "canceled"
+        assert time.monotonic() - started < 2
+    with raw(emu) as http, http.stream("GET", prediction.urls["stream"]) as answer:
+        [event] = [b for b in answer.read().decode().split("\n\n") if b.startswith("event:")]
+    assert event.splitlines()[0] == "event: done"
+    assert event.splitlines()[2] == 'data: {"reason": "canceled"}'
+    # cancelling a finished prediction changes nothing
+    assert client.predictions.cancel(prediction.id).status == "canceled"
+
+
+# ---- the SSE stream ----------------------------------------------------------------------------
+
+
+def test_sse_heartbeats_ids_and_replay(emu: Emulator) -> None:
+    with latency(emu, 1.0), raw(emu) as http:
+        body = http.post(f"/v1/models/{MODEL}/predictions", json={"input": ops(3)}).json()
+        with http.stream("GET", body["urls"]["stream"]) as answer:
+            assert answer.headers["content-type"].startswith("text/event-stream")
+            text = answer.read().decode()
+    assert text.startswith(": keep-alive\n\n")  # sent while the prediction was starting
+    events = [block for block in text.split("\n\n") if block.startswith("event:")]
+    assert [e.splitlines()[0] for e in events] == ["event: output"] * 3 + ["event: done"]
+    assert all(e.splitlines()[1].startswith("id: ") for e in events)
+    # each LMTP line is one data line plus an empty one: the client's join restores the "\n"
+    assert events[0].splitlines()[2].startswith("data: TOKEN {")
+    assert events[0].splitlines()[3] == "data: "
+    second_id = events[1].splitlines()[1].removeprefix("id: ")
+    with (
+        raw(emu) as http,
+        http.stream("GET", body["urls"]["stream"], headers={"Last-Event-ID": second_id}) as answer,
+    ):
+        replayed = [b for b in answer.read().decode().split("\n\n") if b.startswith("event:")]
+    assert replayed == events[2:]
+
+
+def test_sse_format_keeps_leading_spaces_and_line_breaks() -> None:
+    event = store.StreamEvent(3, "9:3", "output", " two\nlines\r\n")
+    assert sse.format_event(event) == b"event: output\nid: 9:3\ndata:  two\ndata: lines\ndata: \n\n"
+    assert sse.last_seq("1690212292:4") == 4
+    assert sse.last_seq(None) == sse.last_seq("garbage") == -1
+
+
+def test_a_failing_prediction(emu: Emulator, client: replicate.Client) -> None:
+    bad = {"ops_batch_json": "not json"}
+    with pytest.raises(ModelError) as failed:
+        client.run(MODEL, input=bad)
+    assert "not valid JSON" in str(failed.value)
+    assert failed.value.prediction.status == "failed"
+    with pytest.raises(RuntimeError, match="not valid JSON"):
+        list(client.stream(MODEL, input=bad))
+
+
+# ---- errors -----------------------------------------------------------------------------------
+
+
+def test_wrong_or_missing_token_is_401(emu: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    wrong = replicate.Client(api_token="r8_wrong", base_url=emu.base_url)
+    with pytest.raises(ReplicateError) as e:
+        wrong.run(MODEL, input=ops(1))
+    assert e.value.status == 401 and e.value.title == "Unauthenticated"
+    assert e.value.detail == "You did not pass a valid authentication token"
+    monkeypatch.delenv("REPLICATE_API_TOKEN", raising=False)
+    with pytest.raises(ReplicateError) as e:
+        replicate.Client(base_url=emu.base_url).models.get(MODEL)
+    assert e.value.status == 401
+    # LMQL's client sends the legacy `Token` scheme: accepted
+    legacy = httpx.get(
+        f"{emu.base_url}/v1/models/{MODEL}", headers={"Authorization": f"Token {emu.token}"}
+    )
+    assert legacy.status_code == 200
+    # the stream URL is guarded too
+    assert httpx.get(f"{emu.base_url}/v1/predictions/x/stream").status_code == 401
+
+
+def test_not_found_is_404_problem_json(emu: Emulator, client: replicate.Client) -> None:
+    for call in (
+        lambda: client.models.get("acme/nope"),
+        lambda: client.predictions.get("nope"),
+        lambda: client.predictions.cancel("nope"),
+        lambda: client.deployments.predictions.create("acme/nope", input=ops(1)),
+        lambda: client.models.get(MODEL).versions.get("0" * 64),
+    ):
+        with pytest.raises(ReplicateError) as e:
+            call()
+        assert e.value.status == 404 and e.value.detail
+    answer = raw(emu).get("/v1/no/such/route")
+    assert answer.status_code == 404
+    assert answer.headers["content-type"] == "application/problem+json"
+
+
+def test_invalid_input_is_422_before_any_prediction(emu: Emulator, client: replicate.Client):
+    before = len(emu.predictions())
+    cases = [
+        ({"ops_batch_json": 5}, "input.ops_batch_json: Invalid type. Expected: string"),
+        ({}, "input: ops_batch_json is required"),
+    ]
+    for inputs, detail in cases:
+        with pytest.raises(ReplicateError) as e:
+            client.run(MODEL, input=inputs)
+        assert e.value.status == 422 and e.value.detail.startswith(detail)
+        assert e.value.title == "Input validation failed"
+    with pytest.raises(ReplicateError) as e:
+        client.predictions.create(version="f" * 64, input=ops(1))
+    assert e.value.status == 422 and "Invalid version" in e.value.detail
+    assert len(emu.predictions()) == before
+    # unknown keys are dropped, as Cog drops them
+    prediction = client.predictions.create(model=MODEL, input={**ops(1), "extra": 1})
+    assert prediction.input == ops(1)
+
+
+def test_throttled_creates_are_429_with_retry_after(emu: Emulator, client: replicate.Client):
+    emu.faults.throttle_creates(2, retry_after=3)
+    for _ in range(2):
+        with pytest.raises(ReplicateError) as e:
+            client.predictions.create(model=MODEL, input=ops(1))
+        assert e.value.status == 429 and "throttled" in e.value.detail
+    answer = raw(emu).post(f"/v1/models/{MODEL}/predictions", json={"input": ops(1)})
+    assert answer.status_code == 201
+    emu.faults.throttle_creates(1, retry_after=3)
+    answer = raw(emu).post(f"/v1/models/{MODEL}/predictions", json={"input": ops(1)})
+    assert answer.status_code == 429 and answer.headers["Retry-After"] == "3"
+
+
+def test_dropped_stream_ends_without_done(emu: Emulator, client: replicate.Client) -> None:
+    emu.faults.drop_streams(after_events=1)
+    events = list(client.stream(MODEL, input=ops(3)))
+    assert [e.event.value for e in events] == ["output"]
+    # the prediction itself goes on; a new stream replays it whole
+    prediction = client.predictions.list().results[0]
+    again = client.predictions.get(prediction.id)
+    again.wait()
+    assert [e.event.value for e in again.stream()] == ["output"] * 3 + ["done"]
+
+
+# ---- a Cog server that dies; the CLI -----------------------------------------------------------
+
+
+def test_a_dead_cog_server_fails_predictions_clearly(other_project: Path) -> None:
+    with Emulator([other_project], ready_timeout=300) as emu:
+        assert emu.models == ["local/tiny"]
+        client = replicate.Client(api_token=emu.token, base_url=emu.base_url)
+        client.poll_interval = 0.05
+        prediction = client.predictions.create(model="local/tiny", input=ops(1500), stream=True)
+        next(iter(prediction.stream()))  # generating
+        server = emu.cog_server("local/tiny")
+        os.killpg(server.process.pid, signal.SIGKILL)  # type: ignore[union-attr]
+        prediction.wait()
+        assert prediction.status == "failed"
+        assert "the Cog server of local/tiny" in prediction.error
+        assert str(server.log_path) in prediction.error
+        with pytest.raises(ModelError, match="exited with code -9"):
+            client.run("local/tiny", input=ops(1))
+
+
+def test_missing_project_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(EmulatorError, match="not a Cog project"):
+        Emulator([tmp_path]).start()
+
+
+def test_cli_serve_prints_the_environment_and_stops_on_sigterm(other_project: Path) -> None:
+    port = free_port()
+    command = f"-m cogql replicate serve {other_project} --port {port} --token r8_cli --latency 0.1"
+    process = subprocess.Popen(
+        [sys.executable, *command.split()],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline().strip() for _ in range(2)]
+        assert lines == [
+            "export REPLICATE_API_TOKEN=r8_cli",
+            f"export REPLICATE_BASE_URL=http://127.0.0.1:{port}",
+        ]
+        answer = httpx.get(
+            f"http://127.0.0.1:{port}/v1/models/local/tiny",
+            headers={"Authorization": "Bearer r8_cli"},
+        )
+        assert answer.status_code == 200 and answer.json()["name"] == "tiny"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "stopping" in process.stderr.read()  # type: ignore[union-attr]
+
+
+# ---- pieces -----------------------------------------------------------------------------------
+
+
+def test_validate_input_checks_cog_schema_keywords() -> None:
+    schema = {
+        "components": {
+            "schemas": {
+                "Input": {
+                    "required": ["n"],
+                    "properties": {
+                        "n": {"type": "integer", "minimum": 1, "maximum": 10},
+                        "s": {"type": "string", "pattern": "^a", "maxLength": 3},
+                        "c": {"allOf": [{"$ref": "#/components/schemas/c"}]},
+                        "x": {"type": "number"},
+                    },
+                },
+                "c": {"type": "string", "enum": ["red", "blue"]},
+            }
+        }
+    }
+    assert validate_input({"n": 3, "s": "ab", "c": "red", "zz": 1}, schema) == {
+        "n": 3,
+        "s": "ab",
+        "c": "red",
+    }
+    for bad, reason in [
+        ({"n": 0}, "input.n: Must be greater than or equal to 1"),
+        ({"n": 11}, "input.n: Must be less than or equal to 10"),
+        ({"n": True}, "input.n: Invalid type. Expected: integer, given: boolean"),
+        ({"n": 1, "s": "b"}, "input.s: Does not match pattern"),
+        ({"n": 1, "s": "abcd"}, "input.s: String length must be at most 3"),
+        ({"n": 1, "c": "green"}, "input.c: must be one of the following: 'red', 'blue'"),
+        ({"n": 1, "x": "1"}, "input.x: Invalid type. Expected: number, given: string"),
+        ([1], "input: Invalid type. Expected: object, given: array"),
+    ]:
+        with pytest.raises(InvalidInput) as e:
+            validate_input(bad, schema)
+        assert e.value.detail.startswith(reason)
+
+
+def test_prefer_header() -> None:
+    assert prefer_wait(None) is None
+    assert prefer_wait("wait") == 60
+    assert prefer_wait("respond-async, wait=5") == 5
+    with pytest.raises(Exception, match="1 to 60"):
+        prefer_wait("wait=61")
+
+
+def test_projects_and_names(tmp_path: Path, project: Path) -> None:
+    assert catalog.find_projects([project.parent]) == [project]
+    (tmp_path / "cog.yaml").write_text("run: predict.py:Predictor\n")
+    (tmp_path / ".cogql-manifest.json").write_text(
+        json.dumps({"format": 1, "info": {"model": "mine", "image": None}, "files": {}})
+    )
+    assert catalog._model_name(tmp_path) == ("local", "mine")
+    with pytest.raises(catalog.ProjectError, match="schema"):
+        catalog.load_entry(tmp_path)
+    entry = catalog.load_entry(project)
+    with pytest.raises(catalog.ProjectError, match="both the model acme/tiny"):
+        catalog.check_unique([entry, entry])
