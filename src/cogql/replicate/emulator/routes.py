@@ -83,6 +83,11 @@ class API:
         if self.http is not None:
             await self.http.aclose()
 
+    def set_latency(self, seconds: float) -> None:
+        self.latency = seconds
+        for backend in self.backends.values():
+            backend.latency = seconds
+
     # ---- lookups --------------------------------------------------------------------------
 
     def model(self, owner: str, name: str, what: str = "model") -> ModelEntry:

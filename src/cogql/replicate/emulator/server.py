@@ -48,11 +48,13 @@ class Emulator:
     (`wait_ready=False` returns at once; predictions then stay `starting` until their server
     is ready, as on a cold boot). Exiting ends unfinished predictions as failed, stops the app,
     then the Cog servers. `latency` seconds are added to every prediction while it is
-    `starting` (Replicate's queueing and network). `heartbeat_s` is the SSE keep-alive period.
+    `starting` (Replicate's queueing and network; `emu.latency = s` changes it while
+    running). `heartbeat_s` is the SSE keep-alive period.
 
     For robustness tests: `faults.throttle_creates(n, retry_after)` (429s),
     `faults.drop_streams(after_events, times)` (SSE cut before `done`), and
     `cog_server(ref)` (the CogServer; stop it to kill the model mid-prediction).
+    `predictions()` lists every prediction made (count them, read their metrics).
     """
 
     def __init__(
@@ -69,7 +71,7 @@ class Emulator:
     ) -> None:
         self.workdirs = [Path(w) for w in workdirs]
         self.token = token or new_token()
-        self.latency = latency
+        self._latency = latency
         self.host = host
         self.port = port
         self.heartbeat_s = heartbeat_s
@@ -93,6 +95,17 @@ class Emulator:
         return f"http://{host}:{self.port}"
 
     @property
+    def latency(self) -> float:
+        """Seconds each new prediction stays `starting`; settable while running."""
+        return self._latency
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        self._latency = seconds
+        if self._api is not None:
+            self._api.set_latency(seconds)
+
+    @property
     def env(self) -> dict[str, str]:
         return {"REPLICATE_API_TOKEN": self.token, "REPLICATE_BASE_URL": self.base_url}
 
@@ -102,6 +115,18 @@ class Emulator:
 
     def version(self, ref: str) -> str:
         return self._entry(ref).version_id
+
+    def predictions(self) -> list[dict[str, Any]]:
+        """Every prediction made so far, oldest first, as the API shows them (for tests and
+        benchmarks that count predictions, their status and predict_time)."""
+        loop, api = self._loop, self._api
+        if loop is None or api is None or loop.is_closed():
+            return []
+
+        async def snapshot() -> list[dict[str, Any]]:
+            return [p.to_json(self.base_url) for p in api.store.all()]
+
+        return asyncio.run_coroutine_threadsafe(snapshot(), loop).result(timeout=10)
 
     def cog_server(self, ref: str) -> CogServer:
         return self.servers[self._entry(ref).ref]

@@ -193,5 +193,8 @@ class Store:
         more = offset + PAGE_SIZE < len(chosen)
         return page, (offset + PAGE_SIZE if more else None)
 
+    def all(self) -> list[Prediction]:
+        return list(self._by_id.values())
+
     def unfinished(self) -> list[Prediction]:
         return [p for p in self._by_id.values() if not p.terminal]
