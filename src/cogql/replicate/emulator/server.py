@@ -215,8 +215,8 @@ class Emulator:
 
     def _finish_predictions(self) -> None:
         """End open streams and waits first, so the HTTP server can close its connections."""
-        loop, api = self._loop, self._api
-        if loop is None or api is None or loop.is_closed() or not self._thread.is_alive():  # type: ignore[union-attr]
+        loop, api, thread = self._loop, self._api, self._thread
+        if loop is None or api is None or thread is None or not thread.is_alive():
             return
         future = asyncio.run_coroutine_threadsafe(api.finish_all(), loop)
         try:
