@@ -73,7 +73,7 @@ class Emulator:
             prompt=p.op.prompt + p.tokens,
             max_tokens=p.op.max_tokens - len(p.tokens),
             temperature=p.op.temperature,
-            logit_bias=self._bias(allowed),
+            logit_bias=mask_bias(allowed),
             top_logprobs=p.op.top_logprobs,
             extra=dict(p.op.extra),
         )
@@ -94,14 +94,6 @@ class Emulator:
             allowed[self.eos] = False
         return allowed
 
-    def _bias(self, allowed: np.ndarray | None) -> dict[int, float]:
-        if allowed is None:
-            return {}
-        on = np.flatnonzero(allowed)
-        if len(on) <= len(allowed) - len(on):
-            return {int(i): BIAS for i in on}
-        return {int(i): -BIAS for i in np.flatnonzero(~allowed)}
-
     def _accept(self, p: _Progress, event: TokenEvent) -> TokenEvent:
         token = event.token
         p.tokens.append(token)
@@ -121,6 +113,17 @@ class Emulator:
         if len(p.tokens) >= p.op.max_tokens:
             return "length"
         return None
+
+
+def mask_bias(allowed: np.ndarray | None) -> dict[int, float]:
+    """A token mask as LMQL sends it: +100 on the allowed ids or -100 on the others, whichever
+    set is smaller (None: no mask, no bias)."""
+    if allowed is None:
+        return {}
+    on = np.flatnonzero(allowed)
+    if len(on) <= len(allowed) - len(on):
+        return {int(i): BIAS for i in on}
+    return {int(i): -BIAS for i in np.flatnonzero(~allowed)}
 
 
 def _ends_with_stop(text: bytes, last: bytes, stops: list[str]) -> bool:
