@@ -389,6 +389,24 @@ def test_throttled_creates_are_429_with_retry_after(emu: Emulator, client: repli
     assert answer.status_code == 429 and answer.headers["Retry-After"] == "3"
 
 
+def test_failed_creates_before_and_after_the_prediction_was_made(
+    emu: Emulator, client: replicate.Client
+) -> None:
+    before = len(emu.predictions())
+    emu.faults.fail_creates(1, 503)
+    with pytest.raises(ReplicateError) as e:
+        client.predictions.create(model=MODEL, input=ops(1))
+    assert e.value.status == 503 and len(emu.predictions()) == before
+    emu.faults.fail_creates(1, 502, after_create=True)
+    with pytest.raises(ReplicateError) as e:
+        client.predictions.create(model=MODEL, input=ops(1, stream_id="lost"))
+    assert e.value.status == 502
+    [made] = client.predictions.list().results[:1]  # it exists and runs all the same
+    assert made.input == ops(1, stream_id="lost")
+    made.wait()
+    assert made.status == "succeeded"
+
+
 def test_dropped_stream_ends_without_done(emu: Emulator, client: replicate.Client) -> None:
     emu.faults.drop_streams(after_events=1)
     events = list(client.stream(MODEL, input=ops(3)))

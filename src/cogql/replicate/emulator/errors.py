@@ -73,6 +73,16 @@ class Throttled(APIError):
         )
 
 
+class ServerError(APIError):
+    """A 5xx answer (injected: Replicate's own servers fail now and then)."""
+
+    title = "Server error"
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"injected server error {status}")
+        self.status = status
+
+
 def problem(
     status: int, title: str, detail: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:

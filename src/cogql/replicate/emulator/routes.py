@@ -26,7 +26,15 @@ from ..cogserver import CogServer
 from . import auth, sse
 from .backend import CogBackend
 from .catalog import ModelEntry
-from .errors import APIError, BadRequest, InvalidInput, NotFound, Throttled, problem
+from .errors import (
+    APIError,
+    BadRequest,
+    InvalidInput,
+    NotFound,
+    ServerError,
+    Throttled,
+    problem,
+)
 from .faults import Faults
 from .store import Prediction, Store
 from .validate import validate_input
@@ -123,10 +131,15 @@ class API:
         body = await json_body(request)
         inputs = validate_input(body.get("input"), entry.schema)
         wait = prefer_wait(request.headers.get("prefer"))
+        failure = self.faults.take_failure()
+        if failure is not None and not failure[1]:
+            raise ServerError(failure[0])
         prediction = self.store.add(entry, inputs, deployment)
         task = asyncio.create_task(self.backends[entry.ref].run(prediction))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        if failure is not None:
+            raise ServerError(failure[0])  # made and running; the answer is "lost"
         shown = None
         headers = {"Location": self.urls(request, prediction)["get"]}
         if wait is not None:

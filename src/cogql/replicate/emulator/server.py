@@ -52,7 +52,8 @@ class Emulator:
     running). `heartbeat_s` is the SSE keep-alive period.
 
     For robustness tests: `faults.throttle_creates(n, retry_after)` (429s),
-    `faults.drop_streams(after_events, times)` (SSE cut before `done`), and
+    `faults.fail_creates(n, status, after_create=...)` (5xx, with or without the prediction
+    made), `faults.drop_streams(after_events, times)` (SSE cut before `done`), and
     `cog_server(ref)` (the CogServer; stop it to kill the model mid-prediction).
     `predictions()` lists every prediction made (count them, read their metrics).
     """
