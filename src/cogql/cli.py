@@ -233,7 +233,8 @@ def replicate_build(
         err.print(f"[red]error:[/] {e}", highlight=False, markup=False)
         sys.exit(2 if isinstance(e, ConfigError) else 1)
     for r in results:
-        size = f"{r.checkpoint_bytes / 1e9:.2f} GB"
+        b = r.checkpoint_bytes
+        size = f"{b / 1e9:.2f} GB" if b >= 1e9 else f"{b / 1e6:.1f} MB"
         if check:
             err.print(f"ok  {r.name}: {r.origin} ({size}) → {r.folder}", highlight=False)
             continue
