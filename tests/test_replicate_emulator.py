@@ -245,6 +245,9 @@ def test_run_with_a_short_wait_polls_to_the_end(emu: Emulator, client: replicate
     with latency(emu, 1.5):
         output = client.run(f"{MODEL}:{emu.version(MODEL)}", input=ops(2), wait=1)
         assert len(list(output)) == 2
+    # a wait that runs out while the model is generating: no chunk is lost to the polling
+    output = client.run(f"{MODEL}:{emu.version(MODEL)}", input=ops(60), wait=1)
+    assert [e.finish_reason for e in tokens(list(output))] == [None] * 59 + ["length"]
 
 
 def test_cancel_reaches_the_cog_server(emu: Emulator, client: replicate.Client) -> None:

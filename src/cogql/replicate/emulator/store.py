@@ -63,7 +63,9 @@ class Prediction:
         return self.status in TERMINAL
 
     def to_json(self, base_url: str, *, status: str | None = None) -> dict[str, Any]:
-        """The prediction object; `status` overrides the reported status (see Prefer: wait)."""
+        """The prediction object. `status` overrides the reported status (Prefer: wait's
+        timeout reports `starting`), and then no output is shown: the clients' polling
+        iterators skip the chunks the first answer had, so they must come with the next."""
         url = f"{base_url}/v1/predictions/{self.id}"
         urls = {"get": url, "cancel": f"{url}/cancel", "web": f"https://replicate.com/p/{self.id}"}
         if self.entry.streams:
@@ -73,7 +75,7 @@ class Prediction:
             "model": self.entry.ref,
             "version": self.entry.version_id,
             "input": self.input,
-            "output": self.final_output if self.terminal else self.output,
+            "output": None if status else self.final_output if self.terminal else self.output,
             "logs": self.logs,
             "error": self.error,
             "status": status or self.status,
