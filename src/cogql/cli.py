@@ -49,6 +49,22 @@ class _Printer:
             )
 
 
+def _print_cost(result: Any) -> None:
+    """--trace: what the query cost, with one line per Replicate prediction."""
+    first = result[0] if isinstance(result, list) and result else result
+    cost = getattr(first, "cost", None)
+    if cost is None:
+        return
+    err.print(f"[dim]cost[/] {cost.summary()}", highlight=False)
+    for p in cost.predictions:
+        seconds = "?" if p.predict_time is None else f"{p.predict_time:.3f} s"
+        err.print(
+            f"[dim]prediction[/] {p.id} {'+'.join(p.ops)} {p.status} "
+            f"predict_time={seconds} tokens_generated={p.tokens_generated}",
+            highlight=False,
+        )
+
+
 def _bar(p: float, width: int = 30) -> str:
     full = round(p * width)
     return "█" * full + "·" * (width - full)
@@ -88,7 +104,11 @@ def main() -> None:
 @click.option("--model", "model_name", help="Model to use instead of the query's from clause.")
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="A query input.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON only.")
-@click.option("--trace", is_flag=True, help="Print each model call with token counts and time.")
+@click.option(
+    "--trace",
+    is_flag=True,
+    help="Print each model call, then the cost: predictions (ids, predict_time) and tokens.",
+)
 def run(file: Any, model_name: str | None, sets: tuple[str, ...], as_json: bool, trace: bool):
     """Run the query in FILE (use - for standard input)."""
     import cogql
@@ -106,6 +126,8 @@ def run(file: Any, model_name: str | None, sets: tuple[str, ...], as_json: bool,
     except Exception as e:
         err.print(f"[red]error:[/] {type(e).__name__}: {e}", highlight=False)
         sys.exit(1)
+    if trace:
+        _print_cost(result)
     if as_json:
         click.echo(json.dumps(_to_json(result), indent=2))
         return

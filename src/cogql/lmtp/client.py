@@ -11,6 +11,7 @@ import itertools
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from .cost import current_cost
 from .messages import (
     ErrorEvent,
     Event,
@@ -78,12 +79,15 @@ class LMTPClient:
         """Stream the tokens of one GENERATE; cancels it server-side if the caller stops early.
         Extensions the server does not advertise are emulated with plain LMTP requests."""
         missing = await self._missing_extensions(op)
-        if missing:
-            async for event in self._emulation(missing).generate(op):
+        events = self._emulation(missing).generate(op) if missing else self._generate(op)
+        cost = current_cost()
+        try:
+            async for event in events:
+                if cost is not None:
+                    cost.tokens_used += 1
                 yield event
-            return
-        async for event in self._generate(op):
-            yield event
+        finally:
+            await events.aclose()  # a caller that stops early cancels the request now
 
     async def _missing_extensions(self, op: Generate) -> list[str]:
         """Extensions `op` uses that the server lacks; an unsupported seed is dropped (LMQL
@@ -112,6 +116,9 @@ class LMTPClient:
     async def _generate(self, op: Generate) -> AsyncIterator[TokenEvent]:
         op.stream_id = next(self._ids)
         op.model = op.model or self.model
+        cost = current_cost()
+        if cost is not None:
+            cost.prompt_tokens += len(op.prompt)
         queue: asyncio.Queue[Event] = asyncio.Queue()
         (handle,) = self.transport.send([op], queue.put_nowait)
         finished = False
@@ -122,6 +129,8 @@ class LMTPClient:
                     finished = True
                     raise LMTPError(event.error)
                 if isinstance(event, TokenEvent):
+                    if cost is not None:
+                        cost.tokens_received += 1
                     yield event
                 if is_terminal(event):
                     finished = True
@@ -133,6 +142,10 @@ class LMTPClient:
     async def score(self, prompt: list[int], options: list[list[int]]) -> list[list[float]]:
         """Log-probs of each option's tokens after `prompt`, all options in one message."""
         ops: list[Op] = [Score(next(self._ids), self.model, list(prompt), list(o)) for o in options]
+        cost = current_cost()
+        if cost is not None:
+            cost.prompt_tokens += len(prompt) * len(options)
+            cost.tokens_scored += sum(len(o) for o in options)
         results = await self._collect(ops)
         out: list[list[float]] = []
         for events in results:

@@ -53,10 +53,10 @@ class Model:
     async def _open(self) -> Connection:
         endpoint = self.endpoint or ""
         name = self.name or ""
-        if endpoint.startswith("replicate:") or endpoint == "replicate":
-            raise ModelConfigError(
-                f"endpoint {endpoint!r}: Replicate endpoints are not available in this build yet"
-            )
+        from .replicate_model import is_replicate, open_replicate
+
+        if is_replicate(name, endpoint):
+            return await open_replicate(name, endpoint, self.tokenizer, self.options)
         if endpoint and not endpoint.startswith("local:"):
             return await _open_remote(name, endpoint, self.tokenizer, self.options)
         from ..lmtp.transports.inprocess import InProcessTransport, local_engine

@@ -12,9 +12,11 @@ from typing import Any
 
 from ..language.compiler import CompiledQuery, compile_query
 from ..language.errors import QueryCompileError
+from ..lmtp.cost import track_cost
 from .events import OnEvent
 from .interpreter import Decoding, QueryRun
 from .model import Model, as_model
+from .result import attach_cost
 
 SUPPORTED_DECODERS = ("argmax", "sample")
 DECODER_ARGS = frozenset(
@@ -57,7 +59,9 @@ class QueryFunction:
         runtime = {**self.defaults, **{k: v for k, v in kwargs.items() if is_runtime[k]}}
         inputs = {k: v for k, v in kwargs.items() if not is_runtime[k]}
         scope = self._scope(self._bind(args, inputs))
-        return await _execute(self.compiled, scope, runtime)
+        with track_cost() as cost:  # predictions and tokens of this run (and nested queries)
+            result = await _execute(self.compiled, scope, runtime)
+        return attach_cost(result, await cost.settle())
 
     def _bind(self, args: tuple[Any, ...], inputs: dict[str, Any]) -> dict[str, Any]:
         if self.signature is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..lmtp.cost import Cost
+
 
 @dataclass
 class LMQLResult:
@@ -12,6 +14,8 @@ class LMQLResult:
     variables: dict[str, Any] = field(default_factory=dict)
     distribution_variable: str | None = None
     distribution_values: list[str] | None = None
+    # what the query run cost: predictions (Replicate), their ids and compute time, tokens
+    cost: Cost | None = field(default=None, compare=False, repr=False)
 
     def __getitem__(self, key: str) -> Any:
         return self.variables[key]
@@ -31,3 +35,11 @@ def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
     return value
+
+
+def attach_cost(result: Any, cost: Cost) -> Any:
+    """Give every LMQLResult of a query's return value the query's cost record."""
+    for item in result if isinstance(result, list) else [result]:
+        if isinstance(item, LMQLResult):
+            item.cost = cost
+    return result

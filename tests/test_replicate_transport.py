@@ -1,0 +1,501 @@
+"""The `replicate:` transport (cogql.lmtp.transports.replicate) and the cost record.
+
+Unit level: endpoint strings, the retry policy, the SSE decoder, cost accounting. Then against
+Replicate's API on loopback (cogql.replicate.emulator, real Cog server, tiny random llama): the
+client over the transport gets what the in-process engine gives; ops are packed into few
+predictions and abandoned ones are canceled; LMQL's wire format without extensions; and the bad
+days: wrong token, unknown names, a 429 storm, a create whose answer is lost, an SSE stream that
+drops, a slow model past the wait timeout and the idle timeout, a Cog server that dies. Each
+ends in the right result or a clear error, never a hang or a duplicated op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import replicate
+
+import cogql
+from cogql.lmtp.client import LMTPClient, LMTPError
+from cogql.lmtp.cost import Cost, PredictionCost, current_cost, track_cost
+from cogql.lmtp.messages import Generate, TokenEvent
+from cogql.lmtp.transports.inprocess import InProcessTransport, local_engine
+from cogql.lmtp.transports.replicate import (
+    ReplicateConfigError,
+    ReplicateTarget,
+    ReplicateTransport,
+    base_url_from,
+    forget_lookups,
+    parse_endpoint,
+)
+from cogql.lmtp.transports.replicate_api import (
+    ReplicateAPIError,
+    ReplicateAuthError,
+    RetryPolicy,
+    SSEDecoder,
+    parse_retry_after,
+)
+from cogql.replicate.build import build
+from cogql.replicate.config import load_config
+from cogql.replicate.emulator import Emulator
+from cogql.runtime.model import ModelConfigError
+from cogql.tokenizer import load_tokenizer
+
+REF = "tester/tiny"
+PROMPT = [1, 504, 3102, 314, 253, 1789]
+
+# --------------------------------------------------------------------------- endpoint strings
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "model", "want"),
+    [
+        ("replicate:alice/llama", None, ReplicateTarget("alice", "llama")),
+        ("replicate:alice/llama/abc123", None, ReplicateTarget("alice", "llama", "abc123")),
+        ("replicate:alice/llama:abc123", None, ReplicateTarget("alice", "llama", "abc123")),
+        ("replicate:deployment/alice/llama", None, ReplicateTarget("alice", "llama", None, True)),
+        ("replicate", "alice/llama-2.7b_x", ReplicateTarget("alice", "llama-2.7b_x")),
+        ("replicate", "replicate:alice/llama", ReplicateTarget("alice", "llama")),
+        ("replicate:", "alice/llama:v1", ReplicateTarget("alice", "llama", "v1")),
+        (" replicate:alice/llama ", "ignored/name", ReplicateTarget("alice", "llama")),
+    ],
+)
+def test_endpoint_forms(endpoint: str, model: str | None, want: ReplicateTarget) -> None:
+    assert parse_endpoint(endpoint, model) == want
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "replicate:alice",
+        "replicate:a/b/c/d",
+        "replicate:/llama",
+        "replicate:alice/",
+        "replicate:a b/c",
+        "replicate:alice/llama:",
+        "replicate:deployment/alice/llama:v1",
+    ],
+)
+def test_bad_endpoints_name_the_forms_that_exist(endpoint: str) -> None:
+    with pytest.raises(ReplicateConfigError, match="replicate:deployment/owner/name"):
+        parse_endpoint(endpoint)
+
+
+def test_bare_replicate_takes_the_name_from_the_model() -> None:
+    with pytest.raises(ReplicateConfigError, match="model's name"):
+        parse_endpoint("replicate")
+
+
+def test_the_token_is_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REPLICATE_API_TOKEN", raising=False)
+    with pytest.raises(ReplicateConfigError, match="REPLICATE_API_TOKEN is not set"):
+        ReplicateTransport(ReplicateTarget("alice", "llama"))
+    model = cogql.model("alice/llama", endpoint="replicate")
+    with pytest.raises(ModelConfigError, match="REPLICATE_API_TOKEN"):
+        asyncio.run(model.connect())
+
+
+def test_base_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REPLICATE_BASE_URL", raising=False)
+    assert base_url_from(None) == "https://api.replicate.com"
+    monkeypatch.setenv("REPLICATE_BASE_URL", "http://127.0.0.1:9/v1/")  # the 2.x client's form
+    assert base_url_from(None) == "http://127.0.0.1:9"
+    assert base_url_from("http://h:1") == "http://h:1"
+
+
+# --------------------------------------------------------------------------- retry policy
+
+
+def test_retry_after_forms() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    later = now + timedelta(seconds=7)
+    assert parse_retry_after("3", now) == 3.0
+    assert parse_retry_after(" 0 ", now) == 0.0
+    assert parse_retry_after(format_datetime(later, usegmt=True), now) == 7.0
+    assert parse_retry_after(later.isoformat(), now) == 7.0
+    assert parse_retry_after("Thu, 01 Jan 2015 00:00:00 GMT", now) == 0.0  # past: no wait
+    assert parse_retry_after("soon", now) is None
+    assert parse_retry_after(None, now) is None
+
+
+def test_backoff_grows_is_capped_and_honours_retry_after() -> None:
+    policy = RetryPolicy(base_delay=0.25, max_delay=2.0, jitter=0.0)
+    assert [policy.delay(n) for n in range(1, 6)] == [0.25, 0.5, 1.0, 2.0, 2.0]
+    assert policy.delay(1, "1.5") == 1.5
+    assert policy.delay(1, "3600") == 2.0  # never sleeps longer than max_delay
+    jittery = RetryPolicy(base_delay=1.0, jitter=0.1)
+    assert all(0.9 <= jittery.delay(1) <= 1.1 for _ in range(50))
+
+
+# --------------------------------------------------------------------------- SSE decoding
+
+
+def test_sse_decoder() -> None:
+    decoder = SSEDecoder()
+    lines = [
+        ": keep-alive",
+        "",
+        "event: output",
+        "id: 17:0",
+        'data: TOKEN {"token": 5}',
+        "data: ",
+        "",
+        "event: output",
+        "data:  leading space kept",
+        "retry: 10",
+        "",
+        "event: done",
+        "id: 17:2",
+        "data: {}",
+        "",
+    ]
+    events = [e for e in map(decoder.feed, lines) if e is not None]
+    assert [(e.event, e.data, e.id) for e in events] == [
+        ("output", 'TOKEN {"token": 5}\n', "17:0"),
+        ("output", " leading space kept", "17:0"),  # the id persists
+        ("done", "{}", "17:2"),
+    ]
+
+
+# --------------------------------------------------------------------------- cost
+
+
+def test_cost_figures_and_summary() -> None:
+    cost = Cost(tokens_received=5, tokens_used=4, tokens_scored=3)
+    assert cost.tokens_generated == 5 and cost.tokens_wasted == 1
+    assert cost.summary() == "tokens generated 5, used 4, scored 3"
+    cost.add_prediction(PredictionCost("a", ("GENERATE",), "canceled", 1.25, 9))
+    cost.add_prediction(PredictionCost("b", ("SCORE", "SCORE"), "succeeded", 0.5, 0))
+    assert cost.prediction_ids == ["a", "b"]
+    assert cost.predict_time == 1.75
+    assert cost.tokens_generated == 9 and cost.tokens_wasted == 5  # the server's count wins
+    assert cost.summary().startswith("2 predictions, predict_time 1.750 s, tokens generated 9")
+    assert json.loads(json.dumps(cost.to_dict()))["predictions"][0]["id"] == "a"
+
+
+def test_nested_queries_add_to_their_callers_cost() -> None:
+    assert current_cost() is None
+    with track_cost() as outer:
+        with track_cost() as inner:
+            assert inner is outer
+        assert current_cost() is outer
+    assert current_cost() is None
+
+
+async def test_settle_waits_for_deferred_figures_but_not_forever() -> None:
+    cost = Cost()
+    done = asyncio.Event()
+
+    async def figure() -> None:
+        await asyncio.sleep(0.05)
+        done.set()
+
+    cost.defer(figure())
+    cost.defer(asyncio.sleep(30))
+    started = time.monotonic()
+    await cost.settle(timeout=0.3)
+    assert done.is_set() and time.monotonic() - started < 1
+
+
+# --------------------------------------------------------------------------- the emulator
+
+
+def build_project(folder: Path, model_dir: Path, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "config.toml"
+    config.write_text(
+        f'dest_prefix = "r8.im/tester"\n[models.{name}]\nlocal.path = "{model_dir}"\ngpu = false\n'
+    )
+    [result] = build(load_config(config), folder / "work", progress=False)
+    return result.folder
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path) -> Path:
+    return build_project(tmp_path_factory.mktemp("replicate"), tiny_model_path, "tiny")
+
+
+@pytest.fixture(scope="module")
+def emulator(project: Path) -> Iterator[Emulator]:
+    with Emulator([project]) as emu:
+        yield emu
+
+
+@pytest.fixture(autouse=True)
+def _fresh_lookups() -> Iterator[None]:
+    forget_lookups()  # every test looks the model up itself, as a new process would
+    yield
+    forget_lookups()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_path: Path) -> LMTPClient:
+    """The same weights in this process: what the Replicate path must reproduce."""
+    return LMTPClient(InProcessTransport(local_engine(f"local:{tiny_model_path}")), model="tiny")
+
+
+def transport(emu: Emulator, endpoint: str = f"replicate:{REF}", **kw: Any) -> ReplicateTransport:
+    kw.setdefault("info_cache", False)
+    return ReplicateTransport(
+        parse_endpoint(endpoint), api_token=emu.token, base_url=emu.base_url, **kw
+    )
+
+
+async def client_for(emu: Emulator, **kw: Any) -> LMTPClient:
+    t = transport(emu, **kw)
+    await t.open()
+    return LMTPClient(t, model=REF)
+
+
+def recent(emu: Emulator) -> dict[str, Any]:
+    """The emulator's newest predictions by id (the official client lists them)."""
+    page = replicate.Client(api_token=emu.token, base_url=emu.base_url).predictions.list()
+    return {p.id: p for p in page.results}
+
+
+def created_since(emu: Emulator, before: dict[str, Any]) -> list[Any]:
+    return [p for pid, p in recent(emu).items() if pid not in before]
+
+
+async def tokens(client: LMTPClient, op: Generate) -> list[int]:
+    return [e.token async for e in client.generate(op)]
+
+
+def gen(max_tokens: int = 8, **kw: Any) -> Generate:
+    return Generate(None, "", list(PROMPT), max_tokens=max_tokens, **kw)
+
+
+async def test_generate_and_score_match_in_process(
+    emulator: Emulator, reference: LMTPClient
+) -> None:
+    client = await client_for(emulator)
+    with track_cost() as cost:
+        got = await tokens(client, gen(8))
+        scores = await client.score(PROMPT, [[504, 3102], [314], [253, 1789, 42]])
+        await cost.settle()
+    assert got == await tokens(reference, gen(8))
+    want = await reference.score(PROMPT, [[504, 3102], [314], [253, 1789, 42]])
+    assert [len(s) for s in scores] == [2, 1, 3]
+    for got_option, want_option in zip(scores, want, strict=True):
+        assert got_option == pytest.approx(want_option, abs=1e-4)
+    # one prediction per GENERATE, one for all three SCOREs; ids and metrics read back
+    assert [p.ops for p in cost.predictions] == [("GENERATE",), ("SCORE", "SCORE", "SCORE")]
+    assert all(p.status == "succeeded" and p.predict_time for p in cost.predictions)
+    assert cost.predictions[0].tokens_generated == 8 == cost.tokens_used
+    assert set(cost.prediction_ids) <= set(recent(emulator))
+
+
+async def test_model_info_costs_one_prediction_per_version(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    before = recent(emulator)
+    first = await (await client_for(emulator, info_cache=tmp_path)).model_info()
+    assert "stop" in first["capabilities"] and len(created_since(emulator, before)) == 1
+    forget_lookups()  # a new process: only the disk remembers
+    before = recent(emulator)
+    again = await (await client_for(emulator, info_cache=tmp_path)).model_info()
+    assert again == first and created_since(emulator, before) == []
+
+
+async def test_concurrent_ops_share_one_prediction(emulator: Emulator) -> None:
+    client = await client_for(emulator)
+    with track_cost() as cost:
+        a, b = await asyncio.gather(tokens(client, gen(4)), tokens(client, gen(6)))
+    assert (len(a), len(b)) == (4, 6)
+    assert [p.ops for p in cost.predictions] == [("GENERATE", "GENERATE")]
+
+
+async def test_a_prediction_no_longer_read_is_canceled(emulator: Emulator) -> None:
+    client = await client_for(emulator)
+    with track_cost() as cost:
+        stream = client.generate(gen(1500))
+        read = [await anext(stream) for _ in range(3)]
+        await stream.aclose()
+        await cost.settle()
+    (prediction,) = cost.predictions
+    assert len(read) == 3 and prediction.status == "canceled"
+    assert recent(emulator)[prediction.id].status == "canceled"
+    assert cost.tokens_used == 3 and 3 <= cost.tokens_generated < 1500
+
+
+async def test_lmql_wire_format_without_extensions(emulator: Emulator, embedded_path: Path) -> None:
+    """Against LMQL-built models the client sends plain LMTP (stop enforced client-side), and
+    the prediction it leaves behind is canceled."""
+    t = transport(emulator)
+    await t.open()
+    client = LMTPClient(t, model=REF, tokenizer=load_tokenizer(embedded_path))
+    client.use_extensions = False
+    before = recent(emulator)
+    with track_cost() as cost:
+        got = await tokens(client, gen(40, stop=["e"]))
+        await cost.settle()
+    text = client.tokenizer.decode(got)
+    assert "e" in text and not text[: text.index("e")].count("e")
+    [prediction] = created_since(emulator, before)
+    [[kind, payload]] = json.loads(prediction.input["ops_batch_json"])
+    assert kind == "GENERATE" and "stop" not in payload and "grammar" not in payload
+    assert payload["max_tokens"] == 40
+    if len(got) < 40:  # the stop came first: the rest was not needed
+        assert prediction.id in cost.prediction_ids and cost.predictions[0].status == "canceled"
+
+
+async def test_a_wrong_token_fails_the_lookup_clearly(emulator: Emulator) -> None:
+    bad = ReplicateTransport(parse_endpoint(f"replicate:{REF}"), api_token="r8_wrong",
+                             base_url=emulator.base_url)  # fmt: skip
+    with pytest.raises(ReplicateAuthError, match=r"rejected the API token.*HTTP 401"):
+        await bad.open()
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "message"),
+    [
+        ("replicate:tester/nope", "no model tester/nope"),
+        ("replicate:tester/tiny/ffff", "no version ffff of model tester/tiny"),
+        ("replicate:deployment/tester/nope", "no deployment tester/nope"),
+    ],
+)
+async def test_unknown_names_fail_the_lookup_clearly(
+    emulator: Emulator, endpoint: str, message: str
+) -> None:
+    with pytest.raises(ReplicateAPIError, match=message):
+        await transport(emulator, endpoint).open()
+
+
+@pytest.mark.parametrize("form", ["{ref}/{v}", "{ref}:{v}", "deployment/{ref}"])
+async def test_pinned_versions_and_deployments(emulator: Emulator, form: str) -> None:
+    endpoint = "replicate:" + form.format(ref=REF, v=emulator.version(REF))
+    client = await client_for(emulator, endpoint=endpoint)
+    with track_cost() as cost:
+        assert len((await client.score(PROMPT, [[5, 6]]))[0]) == 2
+    assert len(cost.predictions) == 1
+
+
+async def test_a_429_storm_is_waited_out_without_duplicates(emulator: Emulator) -> None:
+    client = await client_for(emulator)
+    before = recent(emulator)
+    emulator.faults.throttle_creates(4, retry_after=0)
+    try:
+        assert len(await tokens(client, gen(3))) == 3
+    finally:
+        emulator.faults.clear()
+    assert emulator.faults.throttled >= 4
+    assert len(created_since(emulator, before)) == 1
+
+
+async def test_an_endless_429_storm_gives_up_clearly(emulator: Emulator) -> None:
+    client = await client_for(emulator, retry=RetryPolicy(attempts=3, base_delay=0.01))
+    before = recent(emulator)
+    emulator.faults.throttle_creates(100, retry_after=0)
+    try:
+        with pytest.raises(LMTPError, match=r"in 3 attempts.*HTTP 429"):
+            await tokens(client, gen(3))
+    finally:
+        emulator.faults.clear()
+    assert created_since(emulator, before) == []
+
+
+class LoseAnswers(httpx.AsyncBaseTransport):
+    """Network faults on prediction creates: the answer to a create that did reach the server
+    is lost (502), or the connection fails before sending."""
+
+    def __init__(self, mode: str, times: int = 1) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.mode = mode
+        self.times = times
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        is_create = request.method == "POST" and request.url.path == "/v1/predictions"
+        if is_create and self.times > 0:
+            self.times -= 1
+            if self.mode == "refused":
+                raise httpx.ConnectError("connection refused", request=request)
+            answer = await self.inner.handle_async_request(request)
+            await answer.aread()  # created at the server; the client never learns
+            return httpx.Response(502, json={"detail": "bad gateway"}, request=request)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize("mode", ["lost", "refused"])
+async def test_a_create_with_an_unknown_outcome_never_runs_twice(
+    emulator: Emulator, reference: LMTPClient, mode: str
+) -> None:
+    client = await client_for(emulator, http_transport=LoseAnswers(mode))
+    before = recent(emulator)
+    assert await tokens(client, gen(5)) == await tokens(reference, gen(5))
+    assert len(created_since(emulator, before)) == 1
+
+
+async def test_a_dropped_event_stream_is_resumed(emulator: Emulator, reference: LMTPClient) -> None:
+    client = await client_for(emulator)
+    before = recent(emulator)
+    emulator.faults.drop_streams(after_events=2, times=3)
+    try:
+        got = await tokens(client, gen(12))
+    finally:
+        emulator.faults.clear()
+    assert got == await tokens(reference, gen(12))  # nothing lost, nothing twice
+    assert emulator.faults.dropped == 3
+    assert len(created_since(emulator, before)) == 1
+
+
+# --------------------------------------------------------------------------- a slow model
+
+
+@pytest.fixture(scope="class")
+def slow(project: Path) -> Iterator[Emulator]:
+    """The same model behind 1.5 s of queueing per prediction; its Cog server is killed by the
+    last test of the class."""
+    with Emulator([project], latency=1.5) as emu:
+        yield emu
+
+
+class TestSlowModel:
+    async def test_past_the_wait_timeout_the_stream_takes_over(
+        self, slow: Emulator, reference: LMTPClient
+    ) -> None:
+        client = await client_for(slow, wait=1)
+        before = recent(slow)
+        started = time.monotonic()
+        scores = await client.score(PROMPT, [[7, 8]])
+        assert time.monotonic() - started >= 1.5
+        want = await reference.score(PROMPT, [[7, 8]])
+        assert scores[0] == pytest.approx(want[0], abs=1e-4)
+        assert len(created_since(slow, before)) == 1
+
+    async def test_a_silent_prediction_is_canceled_at_the_idle_timeout(
+        self, slow: Emulator
+    ) -> None:
+        client = await client_for(slow, idle_timeout=0.5)
+        with track_cost() as cost, pytest.raises(LMTPError, match=r"no output for 0\.5 s") as info:
+            await tokens(client, gen(3))
+        (prediction,) = cost.predictions
+        assert prediction.id in str(info.value)
+        for _ in range(50):
+            if recent(slow)[prediction.id].status == "canceled":
+                break
+            await asyncio.sleep(0.1)
+        assert recent(slow)[prediction.id].status == "canceled"
+
+    async def test_a_cog_server_that_dies_fails_the_op_clearly(self, slow: Emulator) -> None:
+        client = await client_for(slow)
+        stream = client.generate(gen(1500))
+        with track_cost() as cost:
+            first = await anext(stream)
+            assert isinstance(first, TokenEvent)
+            slow.cog_server(REF).stop()
+            with pytest.raises(LMTPError, match="failed") as info:
+                async for _ in stream:
+                    pass
+        assert cost.prediction_ids[0] in str(info.value)
