@@ -13,6 +13,7 @@ from .runtime.events import ModelCall, QueryEvent, TextAppended, VariableFinishe
 from .runtime.model import Model, model
 from .runtime.query import QueryFunction, query_from_function, query_from_string, run_blocking
 from .runtime.result import LMQLResult
+from .runtime.scoring import ScoringResult, score, score_sync
 
 __all__ = [
     "LMQLResult",
@@ -22,12 +23,15 @@ __all__ = [
     "QueryEvent",
     "QueryFunction",
     "QuerySyntaxError",
+    "ScoringResult",
     "TextAppended",
     "VariableFinished",
     "model",
     "query",
     "run",
     "run_sync",
+    "score",
+    "score_sync",
 ]
 
 LLM = Model

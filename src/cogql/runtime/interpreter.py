@@ -12,6 +12,7 @@ import logging
 import math
 import time
 import types
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,11 @@ class _Pending:
     values: ast.expr
 
 
+HoleSource = Callable[["QueryRun", str, HoleSpec, int], Awaitable[tuple[list[int], str]]]
+"""Decides a hole's tokens and finish reason, given the run, hole name, spec and token budget:
+the decoders of runtime/decoders.py replay programs through one instead of generating."""
+
+
 @dataclass
 class QueryRun:
     query: CompiledQuery
@@ -76,6 +82,10 @@ class QueryRun:
     distribution: _Pending | None = None
     truncated: bool = False
     calls: int = 0
+    source: HoleSource | None = None  # None: each hole is one GENERATE
+    quiet: bool = False  # no truncation warning (a decoder replaying hypotheses warns itself)
+    logprob: float = 0.0  # sum of the generated tokens' log-probs
+    hole_ends: list[int] = field(default_factory=list)  # len(ids) after each filled hole
     _holes_done: int = 0
 
     def __post_init__(self) -> None:
@@ -84,8 +94,15 @@ class QueryRun:
 
     # ---- running --------------------------------------------------------------------------
     async def execute(self) -> Any:
+        return await self.finish(await self.run_program())
+
+    async def run_program(self) -> Any:
+        """Run the program to its end; its return value (DEFAULT when it returns nothing)."""
         fn = types.FunctionType(self._function_code(), self._globals())
-        value = await fn()
+        return await fn()
+
+    async def finish(self, value: Any) -> Any:
+        """The query's result for a program that returned `value` (distribution included)."""
         if value is DEFAULT:
             return await self._result()
         return value
@@ -115,6 +132,11 @@ class QueryRun:
             self.ids.extend(self.conn.tokenizer.encode(self.pending_text))
             self.pending_text = ""
 
+    def prompt_ids(self) -> list[int]:
+        """The token ids of the whole prompt so far, program text included."""
+        self._flush()
+        return self.ids
+
     def append_program_text(self, text: str) -> None:
         self.append(text)
         self.pending_text += text
@@ -130,8 +152,12 @@ class QueryRun:
         if budget <= 0:
             self._truncate(hole.name)
             self.variables[hole.name] = ""
+            self.hole_ends.append(len(self.ids))
             return
-        tokens, reason = await self._generate(hole.name, spec, budget)
+        if self.source is None:
+            tokens, reason = await self._generate(hole.name, spec, budget)
+        else:
+            tokens, reason = await self.source(self, hole.name, spec, budget)
         raw = self.conn.tokenizer.decode(tokens)
         inactive = tokens[: spec.min_tokens - 1] if spec.stops and spec.min_tokens > 1 else []
         value, prompt_text = spec.finish(raw, len(self.conn.tokenizer.decode(inactive)))
@@ -139,12 +165,13 @@ class QueryRun:
             self._truncate(hole.name)
         self.ids.extend(tokens if prompt_text == raw else self.conn.tokenizer.encode(prompt_text))
         self.text += prompt_text
+        self.hole_ends.append(len(self.ids))
         self.variables[hole.name] = value
         self._holes_done += 1
         self.emit(VariableFinished(hole.name, value, self.index))
 
     def _truncate(self, name: str) -> None:
-        if not self.truncated:
+        if not self.truncated and not self.quiet:
             log.warning(
                 "query reached max_len=%d tokens while generating %s; the result is truncated",
                 self.decoding.max_len,
@@ -216,6 +243,7 @@ class QueryRun:
                     self.emit(TextAppended(text[len(shown) :], name, self.index))
                     shown = text
             reason = event.finish_reason or reason
+            self.logprob += event.logprob
         self.calls += 1
         elapsed = time.perf_counter() - started
         self.emit(ModelCall("GENERATE", len(op.prompt), len(tokens), elapsed, self.index))
@@ -224,7 +252,7 @@ class QueryRun:
     # ---- distribution ---------------------------------------------------------------------
     async def _result(self) -> LMQLResult:
         self._flush()
-        result = LMQLResult(self.text, dict(self.variables))
+        result = LMQLResult(self.text, dict(self.variables), logprob=self.logprob)
         if self.distribution is not None:
             await self._distribution(result, self.distribution)
         return result

@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..lmtp.client import LMTPClient
 from ..tokenizer import Tokenizer, load_tokenizer
+
+if TYPE_CHECKING:
+    from .scoring import ScoringResult
 
 log = logging.getLogger("cogql.runtime")
 
@@ -49,6 +52,17 @@ class Model:
         if self._connection is None:
             self._connection = await self._open()
         return self._connection
+
+    async def score(self, prompt: str, values: str | list[str]) -> ScoringResult:
+        """LMQL's `LLM.score`: `cogql.score` on this model."""
+        from .scoring import score
+
+        return await score(prompt, values, model=self)
+
+    def score_sync(self, prompt: str, values: str | list[str]) -> ScoringResult:
+        from .scoring import score_sync
+
+        return score_sync(prompt, values, model=self)
 
     async def _open(self) -> Connection:
         endpoint = self.endpoint or ""

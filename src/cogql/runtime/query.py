@@ -13,21 +13,13 @@ from typing import Any
 from ..language.compiler import CompiledQuery, compile_query
 from ..language.errors import QueryCompileError
 from ..lmtp.cost import track_cost
+from .decoders import DECODER_ARGS, check_decoder, decode
+from .decoders import DecoderError as DecoderError  # raised by query calls; imported from here
 from .events import OnEvent
-from .interpreter import Decoding, QueryRun
 from .model import Model, as_model
 from .result import attach_cost
 
-SUPPORTED_DECODERS = ("argmax", "sample")
-DECODER_ARGS = frozenset(
-    {"n", "temperature", "max_len", "max_length", "seed", "top_k", "top_p", "chunksize",
-     "openai_chunksize", "cache", "verbose", "step_budget", "show_speculative", "stats"}
-)  # fmt: skip
 RUNTIME_ARGS = frozenset({"model", "decoder", "output"}) | DECODER_ARGS
-
-
-class DecoderError(ValueError):
-    """An unknown decoder, or a decoder argument it does not take."""
 
 
 class InputError(TypeError):
@@ -125,19 +117,18 @@ def _eval(node: ast.expr, scope: dict[str, Any]) -> Any:
     return eval(compile(ast.Expression(node), "<query>", "eval"), scope)
 
 
-def _decoder(query: CompiledQuery, scope: dict[str, Any], runtime: dict[str, Any]):
+def _decoder(
+    query: CompiledQuery, scope: dict[str, Any], runtime: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """LMQL's precedence: the clause's decoder with call-time arguments merged over its own;
+    without a clause, `decoder=` (a non-zero temperature makes the default `sample`)."""
     clause = query.decoder
     args = {k: _eval(v, scope) for k, v in clause.args.items()} if clause else {}
     name = clause.name if clause else runtime.get("decoder")
     args.update({k: v for k, v in runtime.items() if k in DECODER_ARGS})
     if name is None:
         name = "sample" if args.get("temperature", 0) else "argmax"
-    if name not in SUPPORTED_DECODERS:
-        raise DecoderError(f"decoder {name!r} is not supported (use one of {SUPPORTED_DECODERS})")
-    unknown = set(args) - DECODER_ARGS
-    if unknown or (name == "argmax" and args.get("temperature")):
-        bad = sorted(unknown) or ["temperature"]
-        raise DecoderError(f"Unknown decoder argument for {name}: {', '.join(bad)}")
+    check_decoder(name, args)
     return name, args
 
 
@@ -151,22 +142,9 @@ def _model(query: CompiledQuery, scope: dict[str, Any], runtime: dict[str, Any])
 
 async def _execute(query: CompiledQuery, scope: dict[str, Any], runtime: dict[str, Any]) -> Any:
     name, args = _decoder(query, scope, runtime)
-    n = int(args.get("n", 1))
-    temperature = float(args.get("temperature", 1.0 if name == "sample" else 0.0))
-    decoding = Decoding(
-        temperature=temperature,
-        seed=args.get("seed"),
-        max_len=int(args.get("max_len", args.get("max_length", 2048))),
-        top_k=args.get("top_k"),
-        top_p=args.get("top_p"),
-    )
     conn = await _model(query, scope, runtime).connect()
     on_event: OnEvent | None = runtime.get("output")
-    runs = [QueryRun(query, conn, scope, decoding, on_event, index=i) for i in range(n)]
-    results = await asyncio.gather(*(r.execute() for r in runs))
-    if n == 1 or not query.hole_names:
-        return results[0]
-    return list(results)
+    return await decode(name, args, query, conn, scope, on_event)
 
 
 def run_blocking(coro: Any) -> Any:

@@ -16,6 +16,9 @@ class LMQLResult:
     distribution_values: list[str] | None = None
     # what the query run cost: predictions (Replicate), their ids and compute time, tokens
     cost: Cost | None = field(default=None, compare=False, repr=False)
+    # total log-probability of the sequence: the generated tokens; beam-type decoders also
+    # count the program text after each hole, as they rank by it (LMQL's scoring)
+    logprob: float | None = field(default=None, compare=False)
 
     def __getitem__(self, key: str) -> Any:
         return self.variables[key]

@@ -1,0 +1,356 @@
+"""Whole-program hypotheses for the search decoders (beam, beam_sample, best_k), by replay.
+
+A compiled query is a Python async function, and a running coroutine cannot be forked. So a
+hypothesis is the list of hole values decided so far plus the tokens generated so far in the
+hole it stands at. To move a hypothesis past a finished hole, its program runs again from the
+start with the decided values fed back (no model calls) until it reaches its next undecided
+hole, where the replay stops. Python code in the prompt section therefore runs again on every
+replay, as it does in LMQL (which forks by replay too).
+
+Inside a hole, a hypothesis grows one token at a time: one GENERATE with `max_tokens=1` and
+`top_logprobs=n` per hypothesis, its constraints applied as LMQL does against any LMTP server
+(the hole's grammar tracked here, its mask sent as ±100 `logit_bias`; stop phrases, token
+limits and `min_tokens` checked here). The ops of all hypotheses of a step are sent at once,
+so the engine batches them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from ..constraints.holespec import HoleSpec
+from ..engine.masks import GrammarCompiler, GrammarMatcher
+from ..language.compiler import CompiledQuery
+from ..lmtp.client import LMTPError
+from ..lmtp.emulation import BIAS, _ends_with_stop
+from ..lmtp.messages import Generate, TokenEvent
+from ..tokenizer import Tokenizer
+from .events import ModelCall, OnEvent, TextAppended
+from .interpreter import Decoding, QueryRun
+from .model import Connection
+from .result import LMQLResult
+
+
+class ReplayError(RuntimeError):
+    """A program that took another path when it was run again with the same hole values."""
+
+
+@dataclass(frozen=True)
+class Frontier:
+    """The undecided hole a hypothesis stands at."""
+
+    name: str
+    spec: HoleSpec
+    prompt: tuple[int, ...]  # token ids before the hole
+    limit: int  # most tokens the hole may take (its own limit within the max_len budget)
+
+
+@dataclass(frozen=True)
+class Decided:
+    """A finished hole of a hypothesis: its generated tokens, as the interpreter takes them."""
+
+    name: str
+    tokens: tuple[int, ...]
+    reason: str  # "stop" or "length", like a GENERATE's finish reason
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    decided: tuple[Decided, ...]
+    logprob: float  # sum of the log-probs of every token chosen or scored so far
+    run: QueryRun  # the replay that reached `frontier` (or the end of the program)
+    frontier: Frontier | None  # None once the program has finished
+    value: Any = None  # the program's return value, once finished
+    tokens: tuple[int, ...] = ()  # generated so far in the frontier hole
+
+    @property
+    def complete(self) -> bool:
+        return self.frontier is None
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How beam_sample draws continuations; `seed` makes a whole search reproducible."""
+
+    temperature: float
+    seed: int | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+
+
+class _Suspended(BaseException):
+    """Unwinds a replayed program at its first undecided hole. A BaseException, so that a
+    query's own `except Exception` cannot swallow it."""
+
+    def __init__(self, frontier: Frontier) -> None:
+        super().__init__(frontier.name)
+        self.frontier = frontier
+
+
+class _Replay:
+    """The hole source of a replayed run: decided holes come back, the next one suspends."""
+
+    def __init__(self, decided: tuple[Decided, ...], *, emit_values: bool = False) -> None:
+        self.decided = list(decided)
+        self.emit_values = emit_values
+        self.fill_index: list[int] = []  # per hole handed out: its index among the run's fills
+        self._next = 0
+
+    async def __call__(
+        self, run: QueryRun, name: str, spec: HoleSpec, budget: int
+    ) -> tuple[list[int], str]:
+        k = self._next
+        self._next += 1
+        self.fill_index.append(len(run.hole_ends))
+        if k == len(self.decided):
+            limit = budget if spec.max_tokens is None else min(spec.max_tokens, budget)
+            if limit > 0:
+                raise _Suspended(Frontier(name, spec, tuple(run.ids), limit))
+            self.decided.append(Decided(name, (), "length"))  # nothing to choose
+        d = self.decided[k]
+        if d.name != name:
+            raise ReplayError(
+                f"replaying the query reached hole {name} where it first reached {d.name}: "
+                "beam-type decoders re-run the program and need it to be deterministic"
+            )
+        if self.emit_values and d.tokens:
+            run.emit(TextAppended(run.conn.tokenizer.decode(list(d.tokens)), name, run.index))
+        return list(d.tokens), d.reason
+
+
+_compilers: weakref.WeakKeyDictionary[Tokenizer, GrammarCompiler] = weakref.WeakKeyDictionary()
+
+
+def _grammar_compiler(tokenizer: Tokenizer) -> GrammarCompiler:
+    """One per tokenizer: building llguidance's view of a vocabulary takes seconds."""
+    if tokenizer not in _compilers:
+        _compilers[tokenizer] = GrammarCompiler(tokenizer)
+    return _compilers[tokenizer]
+
+
+def _bias(allowed: np.ndarray | None) -> dict[int, float]:
+    """LMQL's mask as logit_bias: +BIAS on the allowed ids or -BIAS on the others, whichever
+    set is smaller."""
+    if allowed is None:
+        return {}
+    on = np.flatnonzero(allowed)
+    if len(on) <= len(allowed) - len(on):
+        return {int(i): BIAS for i in on}
+    return {int(i): -BIAS for i in np.flatnonzero(~allowed)}
+
+
+class Explorer:
+    """Creates, extends and finishes the hypotheses of one query on one connection."""
+
+    def __init__(
+        self,
+        query: CompiledQuery,
+        conn: Connection,
+        scope: dict[str, Any],
+        decoding: Decoding,
+        on_event: OnEvent | None = None,
+    ) -> None:
+        self.query = query
+        self.conn = conn
+        self.scope = scope
+        self.decoding = decoding
+        self.on_event = on_event
+        self.eos = conn.tokenizer.eos_token_id
+        self.calls = 0  # model calls made by the search
+        self._bytes = conn.tokenizer.all_token_bytes()
+
+    # ---- program replay -----------------------------------------------------------------
+
+    async def start(self) -> Hypothesis:
+        """The program run up to its first hole (or to its end, when it has none)."""
+        return await self._replay((), 0.0)
+
+    async def _replay(self, decided: tuple[Decided, ...], logprob: float) -> Hypothesis:
+        replay = _Replay(decided)
+        run = QueryRun(self.query, self.conn, self.scope, self.decoding, source=replay, quiet=True)
+        try:
+            value = await run.run_program()
+        except _Suspended as s:
+            h = Hypothesis(tuple(replay.decided), logprob, run, s.frontier)
+        else:
+            h = Hypothesis(tuple(replay.decided), logprob, run, None, value)
+        if decided:
+            h = await self._score_program_text(h, replay.fill_index[len(decided) - 1])
+        return h
+
+    async def _score_program_text(self, h: Hypothesis, fill: int) -> Hypothesis:
+        """Add the log-probs of the program text that follows the hole finished last: LMQL's
+        beam decoders rank whole sequences, inserted text included."""
+        end = h.run.hole_ends[fill]
+        ids = list(h.frontier.prompt) if h.frontier is not None else h.run.prompt_ids()
+        if len(ids) <= end:
+            return h
+        started = time.perf_counter()
+        (scores,) = await self.conn.client.score(ids[:end], [ids[end:]])
+        self._called("SCORE", end, len(ids) - end, started)
+        return replace(h, logprob=h.logprob + sum(scores))
+
+    async def result(self, h: Hypothesis, rank: int) -> Any:
+        """The query's result for a finished hypothesis: its program replayed once more, now
+        reporting events and warnings as result number `rank`."""
+        replay = _Replay(h.decided, emit_values=True)
+        run = QueryRun(
+            self.query, self.conn, self.scope, self.decoding, self.on_event, rank, source=replay
+        )
+        try:
+            value = await run.run_program()
+        except _Suspended as s:
+            raise ReplayError(
+                f"replaying the query reached hole {s.frontier.name} after its program had "
+                "finished: beam-type decoders re-run the program and need it to be deterministic"
+            ) from None
+        out = await run.finish(value)
+        if isinstance(out, LMQLResult):
+            out.logprob = h.logprob
+        return out
+
+    # ---- growing a hole -------------------------------------------------------------------
+
+    async def expand(
+        self,
+        h: Hypothesis,
+        width: int,
+        sampling: Sampling | None = None,
+        place: tuple[int, ...] = (),
+    ) -> list[Hypothesis]:
+        """The children of `h`: its best `width` continuations under the hole's constraints
+        (or `width` sampled ones, seeded by `place`, the hypothesis' position in the search).
+        A child whose hole finishes moves on to its next hole."""
+        allowed = self._allowed(h)
+        if allowed is not None and allowed.sum() <= 1:
+            # a single choice (or none: conflicting constraints end the hole) costs no call
+            token = int(np.flatnonzero(allowed)[0]) if allowed.any() else self.eos
+            choices = [(token, 0.0)]
+        elif sampling is None:
+            choices = await self._top(h, allowed, width)
+        else:
+            choices = await self._samples(h, allowed, width, sampling, place)
+        return list(await asyncio.gather(*(self._child(h, t, lp) for t, lp in choices)))
+
+    async def _child(self, h: Hypothesis, token: int, logprob: float) -> Hypothesis:
+        reason = self._finish_reason(h, token)
+        tokens = h.tokens if token == self.eos else (*h.tokens, token)
+        if reason is None:
+            return replace(h, tokens=tokens, logprob=h.logprob + logprob)
+        assert h.frontier is not None
+        done = Decided(h.frontier.name, tokens, reason)
+        return await self._replay((*h.decided, done), h.logprob + logprob)
+
+    def _finish_reason(self, h: Hypothesis, token: int) -> str | None:
+        """Why the hole ends after `token` (as the engine decides it), or None."""
+        assert h.frontier is not None
+        if token == self.eos:
+            return "stop"
+        spec, count = h.frontier.spec, len(h.tokens) + 1
+        if spec.stops and count >= spec.min_tokens:
+            text = b"".join(self._bytes[t] for t in (*h.tokens, token))
+            if _ends_with_stop(text, self._bytes[token], [s.phrase for s in spec.stops]):
+                return "stop"
+        return "length" if count >= h.frontier.limit else None
+
+    def _allowed(self, h: Hypothesis) -> np.ndarray | None:
+        """The hole's mask after the hypothesis' tokens; None when any token may follow."""
+        assert h.frontier is not None
+        spec = h.frontier.spec
+        matcher = self._matcher(spec, h.tokens)
+        allowed = matcher.allowed().copy() if matcher is not None else None
+        if len(h.tokens) < spec.min_tokens:
+            if allowed is None:
+                allowed = np.ones(len(self._bytes), dtype=bool)
+            allowed[self.eos] = False
+        return allowed
+
+    def _matcher(self, spec: HoleSpec, tokens: tuple[int, ...]) -> GrammarMatcher | None:
+        grammar = spec.grammar()
+        if grammar is None:
+            return None
+        matcher = _grammar_compiler(self.conn.tokenizer).matcher(grammar)
+        matcher.consume(list(tokens))
+        return matcher
+
+    async def _top(
+        self, h: Hypothesis, allowed: np.ndarray | None, width: int
+    ) -> list[tuple[int, float]]:
+        event = await self._step(h, allowed, top_logprobs=width)
+        top = event.top_logprobs or {event.token: event.logprob}
+        ranked = sorted(top.items(), key=lambda kv: -kv[1])
+        return [(t, lp) for t, lp in ranked if _allows(allowed, t)][:width]
+
+    async def _samples(
+        self,
+        h: Hypothesis,
+        allowed: np.ndarray | None,
+        width: int,
+        s: Sampling,
+        place: tuple[int, ...],
+    ) -> list[tuple[int, float]]:
+        """`width` draws; a token drawn twice is one child."""
+        seeds = [None if s.seed is None else _mix(s.seed, *place, i) for i in range(width)]
+        events = await asyncio.gather(*(self._step(h, allowed, s, sd) for sd in seeds))
+        drawn: dict[int, float] = {}
+        for e in events:
+            if _allows(allowed, e.token):
+                drawn.setdefault(e.token, e.logprob)
+        return list(drawn.items())
+
+    async def _step(
+        self,
+        h: Hypothesis,
+        allowed: np.ndarray | None,
+        sampling: Sampling | None = None,
+        seed: int | None = None,
+        top_logprobs: int = 1,
+    ) -> TokenEvent:
+        """One GENERATE of a single token after the hypothesis' prompt and tokens."""
+        assert h.frontier is not None
+        prompt = [*h.frontier.prompt, *h.tokens]
+        extra = {}
+        if sampling is not None:
+            extra = {k: v for k, v in (("top_k", sampling.top_k), ("top_p", sampling.top_p)) if v}
+        op = Generate(
+            stream_id=None,
+            model="",
+            prompt=prompt,
+            max_tokens=1,
+            temperature=sampling.temperature if sampling is not None else 0.0,
+            logit_bias=_bias(allowed),
+            top_logprobs=top_logprobs,
+            extra=extra,
+            seed=seed,
+        )
+        started = time.perf_counter()
+        events = [e async for e in self.conn.client.generate(op)]
+        if not events:
+            raise LMTPError("the model answered a one-token GENERATE with no token")
+        self._called("GENERATE", len(prompt), 1, started)
+        return events[-1]
+
+    def _called(self, kind: str, prompt_tokens: int, tokens: int, started: float) -> None:
+        self.calls += 1
+        if self.on_event is not None:
+            elapsed = time.perf_counter() - started
+            self.on_event(ModelCall(kind, prompt_tokens, tokens, elapsed))
+
+
+def _allows(allowed: np.ndarray | None, token: int) -> bool:
+    """Whether the mask lets `token` through (ids beyond the grammar's vocabulary never)."""
+    return allowed is None or (0 <= token < len(allowed) and bool(allowed[token]))
+
+
+def _mix(*parts: int) -> int:
+    """A seed for one draw, from the user's seed and the draw's place in the search."""
+    value = 0
+    for p in parts:
+        value = (value * 1_000_003 + p) % (2**31)
+    return value
