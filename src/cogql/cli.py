@@ -126,16 +126,16 @@ def run(file: Any, model_name: str | None, sets: tuple[str, ...], as_json: bool,
     except Exception as e:
         err.print(f"[red]error:[/] {type(e).__name__}: {e}", highlight=False)
         sys.exit(1)
-    if trace:
-        _print_cost(result)
     if as_json:
         click.echo(json.dumps(_to_json(result), indent=2))
-        return
-    console = Console(soft_wrap=True)  # values are printed whole, piped or not
-    console.print()
-    for item in result if isinstance(result, list) else [result]:
-        console.rule(style="dim")
-        _print_result(item, console)
+    else:
+        console = Console(soft_wrap=True)  # values are printed whole, piped or not
+        console.print()
+        for item in result if isinstance(result, list) else [result]:
+            console.rule(style="dim")
+            _print_result(item, console)
+    if trace:
+        _print_cost(result)
 
 
 # --------------------------------------------------------------------------- serve-model

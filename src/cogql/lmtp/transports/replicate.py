@@ -405,21 +405,23 @@ class _Prediction:
         raise AssertionError("unreachable")
 
     async def _read_stream(self, url: str, deadline: _Deadline) -> SSEEvent | None:
-        """Apply events until `done` (returned), EOF (None), or every op is settled (None)."""
-        unnumbered = 0
+        """Apply events until `done` (returned), EOF (None), or every op is settled (None).
+        A stream opened without Last-Event-ID replays from the start, so the chunks already
+        applied (from an earlier stream without ids, or the create's own output) are skipped;
+        one resumed by id skips events it has seen, should the server replay them anyway."""
+        skip = self.chunks if self.last_event_id is None else 0
         events = self.api.events(url, self.last_event_id)
         try:
             async with asyncio.timeout_at(deadline.at) as timer:
                 async for event in events:
                     if event.id is not None:
                         if event.id in self.seen_ids:
-                            continue  # replayed by a server that ignored Last-Event-ID
+                            continue
                         self.seen_ids.add(event.id)
                         self.last_event_id = event.id
-                    elif event.event == "output":
-                        unnumbered += 1
-                        if unnumbered <= self.chunks:
-                            continue  # a replay from the start, without ids to resume from
+                    if event.event == "output" and skip > 0:
+                        skip -= 1
+                        continue
                     if event.event == "output":
                         if self._apply_chunk(event.data):
                             timer.reschedule(deadline.renew())
