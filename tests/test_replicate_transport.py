@@ -408,38 +408,46 @@ async def test_an_endless_429_storm_gives_up_clearly(emulator: Emulator) -> None
     assert created_since(emulator, before) == []
 
 
-class LoseAnswers(httpx.AsyncBaseTransport):
-    """Network faults on prediction creates: the answer to a create that did reach the server
-    is lost (502), or the connection fails before sending."""
+@pytest.mark.parametrize("after_create", [False, True])
+async def test_5xx_creates_are_retried_and_never_run_twice(
+    emulator: Emulator, reference: LMTPClient, after_create: bool
+) -> None:
+    """A 5xx before the prediction exists is retried; one after it was made (the answer lost
+    on the way back) is found among the recent predictions instead of being sent again."""
+    client = await client_for(emulator, retry=RetryPolicy(base_delay=0.01))
+    before = recent(emulator)
+    emulator.faults.fail_creates(2 if not after_create else 1, 503, after_create=after_create)
+    try:
+        assert await tokens(client, gen(5)) == await tokens(reference, gen(5))
+    finally:
+        emulator.faults.clear()
+    assert len(created_since(emulator, before)) == 1
 
-    def __init__(self, mode: str, times: int = 1) -> None:
+
+class RefuseFirstConnect(httpx.AsyncBaseTransport):
+    """The first prediction create fails to connect: it never left, so it is simply sent again."""
+
+    def __init__(self) -> None:
         self.inner = httpx.AsyncHTTPTransport()
-        self.mode = mode
-        self.times = times
+        self.refused = 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         is_create = request.method == "POST" and request.url.path == "/v1/predictions"
-        if is_create and self.times > 0:
-            self.times -= 1
-            if self.mode == "refused":
-                raise httpx.ConnectError("connection refused", request=request)
-            answer = await self.inner.handle_async_request(request)
-            await answer.aread()  # created at the server; the client never learns
-            return httpx.Response(502, json={"detail": "bad gateway"}, request=request)
+        if is_create and not self.refused:
+            self.refused += 1
+            raise httpx.ConnectError("connection refused", request=request)
         return await self.inner.handle_async_request(request)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
 
 
-@pytest.mark.parametrize("mode", ["lost", "refused"])
-async def test_a_create_with_an_unknown_outcome_never_runs_twice(
-    emulator: Emulator, reference: LMTPClient, mode: str
-) -> None:
-    client = await client_for(emulator, http_transport=LoseAnswers(mode))
+async def test_a_create_that_could_not_connect_is_sent_again(emulator: Emulator) -> None:
+    refuse = RefuseFirstConnect()
+    client = await client_for(emulator, http_transport=refuse)
     before = recent(emulator)
-    assert await tokens(client, gen(5)) == await tokens(reference, gen(5))
-    assert len(created_since(emulator, before)) == 1
+    assert len(await tokens(client, gen(3))) == 3
+    assert refuse.refused == 1 and len(created_since(emulator, before)) == 1
 
 
 class PartialCreate(httpx.AsyncBaseTransport):

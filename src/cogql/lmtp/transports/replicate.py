@@ -34,6 +34,7 @@ import logging
 import os
 import re
 import secrets
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -44,6 +45,8 @@ from replicate.prediction import Prediction
 from ..cost import Cost, PredictionCost, current_cost
 from ..messages import (
     GENERATE,
+    MODEL_INFO,
+    SCORE,
     ErrorEvent,
     Event,
     Generate,
@@ -51,6 +54,7 @@ from ..messages import (
     ModelInfo,
     Op,
     ProtocolError,
+    Score,
     TokenEvent,
     dumps,
     is_terminal,
@@ -82,6 +86,7 @@ POLL_INTERVAL_S = 0.5
 FINAL_POLLS = 20  # GETs (POLL_INTERVAL_S apart) waiting for a canceled prediction's metrics
 CANCEL_GRACE_S = 5.0  # a canceled prediction's stream normally ends at once; else stop reading
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
+_KINDS = {Generate: GENERATE, Score: SCORE, ModelInfo: MODEL_INFO}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 __all__ = [
@@ -230,7 +235,7 @@ class _OpState:
 
     @property
     def kind(self) -> str:
-        return op_to_wire(self.op)[0]
+        return _KINDS[type(self.op)]
 
     @property
     def settled(self) -> bool:
@@ -623,8 +628,21 @@ class _Session:
         self.tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._resolve_lock = asyncio.Lock()
+        self._closer: AsyncGenerator[None, None] | None = None
+
+    async def _close_with_the_loop(self) -> AsyncGenerator[None, None]:
+        """An async generator, which the loop closes when it shuts down (asyncio.run's
+        shutdown_asyncgens): the hook that lets an idle HTTP session close its connections
+        before the loop that owns them goes away."""
+        try:
+            yield
+        finally:
+            await self.api.aclose()
 
     async def resolve(self) -> Resolved:
+        if self._closer is None:
+            self._closer = self._close_with_the_loop()
+            await anext(self._closer)
         key = (self.transport.base_url, self.transport.target)
         async with self._resolve_lock:
             if key not in _resolved:
@@ -698,7 +716,10 @@ class _Session:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=5)
-        await self.api.aclose()
+        if self._closer is not None:
+            await self._closer.aclose()
+        else:
+            await self.api.aclose()
 
 
 # process-wide: wire ids unique across transports and processes (a batch is found again by its

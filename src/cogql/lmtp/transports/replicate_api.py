@@ -339,16 +339,19 @@ class ReplicateAPI:
             headers["Last-Event-ID"] = last_event_id
         timeout = httpx.Timeout(10.0, read=STREAM_READ_TIMEOUT_S)
         http = self.client._async_client  # the client's own session (see module docstring)
-        async with http.stream("GET", url, headers=headers, timeout=timeout) as response:
-            kind = response.headers.get("content-type", "").partition(";")[0].strip()
-            if kind != "text/event-stream":
-                raise ReplicateAPIError(f"GET {url} answered {kind or 'no content type'}, "
-                                        "not an event stream", response.status_code)  # fmt: skip
-            decoder = SSEDecoder()
-            async for line in response.aiter_lines():
-                event = decoder.feed(line.rstrip("\r\n"))
-                if event is not None:
-                    yield event
+        try:
+            async with http.stream("GET", url, headers=headers, timeout=timeout) as response:
+                kind = response.headers.get("content-type", "").partition(";")[0].strip()
+                if kind != "text/event-stream":
+                    raise ReplicateAPIError(f"GET {url} answered {kind or 'no content type'}, "
+                                            "not an event stream", response.status_code)  # fmt: skip
+                decoder = SSEDecoder()
+                async for line in response.aiter_lines():
+                    event = decoder.feed(line.rstrip("\r\n"))
+                    if event is not None:
+                        yield event
+        except _HTTPFailure as e:
+            raise self._api_error(e, f"the event stream {url}") from None
 
     # ---- errors ----------------------------------------------------------------------------
 
