@@ -9,7 +9,9 @@ Builds a project (default: the embedded SmolLM2 model; any folder with --model),
   - the first and the tenth prediction (setup warmed up, so they should match),
   - time to the first streamed line over server-sent events.
 
-Workloads: MODEL_INFO (pure overhead), GENERATE of 16 tokens, and one batch of 3 SCOREs.
+Workloads: MODEL_INFO (pure per-prediction overhead), 64 MODEL_INFOs in one batch (64 output
+lines and no model work: the cost of each streamed line), GENERATE of 16 tokens, and one batch
+of 3 SCOREs.
 Each iteration extends the prompt by one token, so every run does the same small amount of
 prompt work on both sides (the prefix cache would otherwise make repeats free).
 
@@ -59,7 +61,15 @@ def workloads(prompt: list[int]) -> dict[str, Callable[[int], list[list[Any]]]]:
             for k, s in enumerate(([3806], [4353], [9089, 3]))
         ]
 
-    return {"MODEL_INFO": info, "GENERATE 16 tokens": generate, "SCORE x3 (batched)": score}
+    def many_lines(i: int) -> list[list[Any]]:  # 64 lines, no model work: per-line cost
+        return [["MODEL_INFO", {"stream_id": k, "model": "m"}] for k in range(64)]
+
+    return {
+        "MODEL_INFO": info,
+        "MODEL_INFO x64": many_lines,
+        "GENERATE 16 tokens": generate,
+        "SCORE x3 (batched)": score,
+    }
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
