@@ -495,6 +495,73 @@ async def test_a_dropped_event_stream_is_resumed(emulator: Emulator, reference: 
     assert len(created_since(emulator, before)) == 1
 
 
+async def test_an_op_the_model_rejects_names_the_prediction(emulator: Emulator) -> None:
+    client = await client_for(emulator)
+    with track_cost() as cost, pytest.raises(LMTPError, match="Replicate prediction") as info:
+        await client.score(PROMPT, [[]])  # nothing to score: the predictor answers an error
+    assert "scored" in str(info.value) and cost.prediction_ids[0] in str(info.value)
+
+
+class CutOutput(httpx.AsyncBaseTransport):
+    """A prediction that succeeds but whose output stops after `keep` chunks, in its event
+    stream and in its final state alike: the ops it never answered must fail, not hang."""
+
+    def __init__(self, keep: int) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.keep = keep
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        answer = await self.inner.handle_async_request(request)
+        path = request.url.path
+        if request.method != "GET" or not path.startswith("/v1/predictions/"):
+            return answer
+        body = (await answer.aread()).decode()
+        if path.endswith("/stream"):
+            events = body.split("\n\n")
+            outputs = [e for e in events if e.startswith("event: output")][: self.keep]
+            body = "\n\n".join(outputs + [e for e in events if e.startswith("event: done")])
+            body += "\n\n"
+        else:
+            data = json.loads(body)
+            data["output"] = (data.get("output") or [])[: self.keep]
+            body = json.dumps(data)
+        headers = {"content-type": answer.headers["content-type"]}
+        return httpx.Response(answer.status_code, text=body, headers=headers, request=request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_prediction_that_ends_early_fails_its_op_clearly(emulator: Emulator) -> None:
+    client = await client_for(emulator, http_transport=CutOutput(keep=2))
+    with track_cost() as cost, pytest.raises(LMTPError, match="without answering") as info:
+        await tokens(client, gen(6))
+    assert cost.prediction_ids[0] in str(info.value)
+
+
+def test_cogql_run_trace_prints_the_cost(
+    emulator: Emulator, embedded_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    query = tmp_path / "q.lmql"
+    query.write_text(
+        'argmax "Hello[Y][X]" from lmql.model("tiny", endpoint="replicate:tester/tiny", '
+        f'tokenizer="{embedded_path}") where len(TOKENS(Y)) < 4 '
+        'distribution X in [" a", " b"]\n',
+        encoding="utf-8",
+    )
+    for key, value in emulator.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("COGQL_REPLICATE_CACHE", "off")
+    out = CliRunner().invoke(main, ["run", "--trace", str(query)])
+    assert out.exit_code == 0, out.output
+    lines = [line for line in out.output.splitlines() if line.startswith(("cost", "prediction"))]
+    assert lines[0].startswith("cost 3 predictions, predict_time ")
+    assert "tokens generated 3, used 3, scored 2" in lines[0]
+    kinds = [line.split()[2] for line in lines[1:]]
+    assert kinds == ["MODEL_INFO", "GENERATE", "SCORE+SCORE"]
+    assert all(" succeeded predict_time=" in line for line in lines[1:])
+
+
 # --------------------------------------------------------------------------- a slow model
 
 
@@ -569,7 +636,7 @@ def test_the_sentiment_example_on_replicate_matches_in_process(
     """examples/sentiment-replicate.lmql, unchanged, against the embedded model built as a Cog
     project and served by Replicate's API on loopback: the in-process result, in 2 predictions
     (plus one MODEL_INFO the first time a version is seen), with no token generated past the
-    stop; `cogql run --trace` prints the cost."""
+    stop."""
     source = EXAMPLE.read_text(encoding="utf-8")
     assert 'endpoint="replicate:cogql/smollm2"' in source
     local = cogql.run_sync(source, model=cogql.model(None))
@@ -582,7 +649,6 @@ def test_the_sentiment_example_on_replicate_matches_in_process(
         for key, value in emu.env.items():
             monkeypatch.setenv(key, value)
         remote = cogql.run_sync(source)
-        cli = CliRunner().invoke(main, ["run", "--trace", str(EXAMPLE)])
     assert remote.variables["ANALYSIS"] == local.variables["ANALYSIS"]
     assert remote.variables["CLASSIFICATION"] == local.variables["CLASSIFICATION"]
     got, want = remote.variables["P(CLASSIFICATION)"], local.variables["P(CLASSIFICATION)"]
@@ -597,7 +663,3 @@ def test_the_sentiment_example_on_replicate_matches_in_process(
     ]
     assert all(p.status == "succeeded" and p.predict_time for p in cost.predictions)
     assert cost.tokens_wasted == 0 and cost.tokens_used == cost.tokens_generated > 0
-    assert cli.exit_code == 0, cli.output
-    assert "cost 2 predictions, predict_time" in cli.output  # MODEL_INFO is remembered
-    assert cli.output.count("prediction ") >= 2 and "GENERATE succeeded" in cli.output
-    assert local.variables["CLASSIFICATION"] in cli.output
