@@ -284,6 +284,7 @@ class _Prediction:
         self.error_detail: str | None = None
         self.cancel_sent = False
         self.stream_tokens = 0  # GENERATE tokens seen on the stream
+        self.finalizing = False
         self._wire_open = set(self.ops)
         self.task = asyncio.get_running_loop().create_task(self._run())
         for cost in self._costs():  # a query's cost is complete when this task is
@@ -323,7 +324,7 @@ class _Prediction:
             self.session.loop.call_later(CANCEL_GRACE_S, self._stop_following)
 
     def _stop_following(self) -> None:
-        if not self.task.done():
+        if not self.task.done() and not self.finalizing:
             self.task.cancel()
 
     # ---- the life of a prediction --------------------------------------------------------
@@ -349,6 +350,7 @@ class _Prediction:
             self._fail_open(f"{self.name} could not be followed: {type(e).__name__}: {e}")
         finally:
             self.session.predictions.discard(self)
+        self.finalizing = True
         await self._finalize()
 
     async def _create(self) -> Prediction | None:
