@@ -5,8 +5,9 @@ also carry the endpoint (`cogql.model("replicate:owner/model")`), and bare `endp
 takes the Replicate model from the name. Options of `cogql.model` that tune the transport:
 `batch_window` (seconds ops wait to share a prediction), `wait` (Prefer: wait seconds for
 batches without a GENERATE, 0 to always stream), `idle_timeout` (seconds a prediction may stay
-silent), `api_token` (instead of REPLICATE_API_TOKEN), `base_url` (instead of
-REPLICATE_BASE_URL), `extensions=False` (LMQL's method even against a cogql-built model).
+silent), `max_ops` (ops per prediction; 1 sends one op per prediction, as LMQL does),
+`api_token` (instead of REPLICATE_API_TOKEN), `base_url` (instead of REPLICATE_BASE_URL),
+`extensions=False` (LMQL's method even against a cogql-built model).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .model import LOAD_WAIT_S, Connection, ModelConfigError, _remote_tokenizer
 log = logging.getLogger("cogql.runtime")
 
 LOAD_POLL_S = 2.0  # every MODEL_INFO is a prediction: ask a loading LMQL model gently
-TRANSPORT_OPTIONS = ("batch_window", "wait", "idle_timeout", "api_token", "base_url")
+TRANSPORT_OPTIONS = ("batch_window", "wait", "idle_timeout", "max_ops", "api_token", "base_url")
 
 
 def is_replicate(name: str, endpoint: str) -> bool:
