@@ -15,7 +15,7 @@ of 3 SCOREs.
 Each iteration extends the prompt by one token, so every run does the same small amount of
 prompt work on both sides (the prefix cache would otherwise make repeats free).
 
-Usage: python bench/predictor.py [--model PATH] [--repeats N]
+Usage: python bench/predictor.py [--model PATH] [--repeats N] [--threads N]
 """
 
 from __future__ import annotations
@@ -86,7 +86,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model folder (default: the embedded SmolLM2)")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads on both sides (1 keeps a busy machine from stalling OpenMP)",
+    )
     args = parser.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the server inherits it
+        import torch
+
+        torch.set_num_threads(args.threads)
     model = Path(args.model) if args.model else resolve_model_path(None)
     prompt = [1, *load_tokenizer(model).encode(TEXT)]
 
@@ -124,7 +134,10 @@ def main() -> None:
         finally:
             server.stop()
 
-    print(f"model: {model}  ({os.cpu_count()} CPUs, Python {sys.version.split()[0]})")
+    threads = os.environ.get("OMP_NUM_THREADS", "default")
+    print(
+        f"model: {model}  ({os.cpu_count()} CPUs, torch threads {threads}, Python {sys.version.split()[0]})"
+    )
     print(f"build: {build_s:.2f} s   server start → READY: {ready_s:.2f} s (model load + warm-up)")
     print()
     print(
