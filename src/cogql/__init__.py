@@ -9,29 +9,45 @@ from collections.abc import Callable
 from typing import Any
 
 from .language.errors import QueryCompileError, QuerySyntaxError
-from .runtime.events import ModelCall, QueryEvent, TextAppended, VariableFinished
+from .runtime import decorators
+from .runtime.events import ModelCall, QueryEvent, QueryFinished, TextAppended, VariableFinished
+from .runtime.functions import F, generate, generate_sync, main
 from .runtime.model import Model, model
 from .runtime.query import QueryFunction, query_from_function, query_from_string, run_blocking
 from .runtime.result import LMQLResult
 from .runtime.scoring import ScoringResult, score, score_sync
+from .runtime.streaming import QueryStream, stream
+from .runtime.writers import headless, printing, silent
 
 __all__ = [
+    "LLM",
+    "F",
     "LMQLResult",
     "Model",
     "ModelCall",
     "QueryCompileError",
     "QueryEvent",
+    "QueryFinished",
     "QueryFunction",
+    "QueryStream",
     "QuerySyntaxError",
     "ScoringResult",
     "TextAppended",
     "VariableFinished",
+    "decorators",
+    "generate",
+    "generate_sync",
+    "headless",
+    "main",
     "model",
+    "printing",
     "query",
     "run",
     "run_sync",
     "score",
     "score_sync",
+    "silent",
+    "stream",
 ]
 
 LLM = Model

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import ast
 import builtins
+import contextlib
+import hashlib
+import linecache
 import textwrap
 from dataclasses import dataclass, field
 from types import CodeType
@@ -386,6 +389,17 @@ def _free_variables(
     return tuple(sorted(n for n in loaded - known if not n.startswith("__")))
 
 
+def _hole_expressions(statements: list[PromptStatement]) -> list[ast.AST]:
+    """The type and decorator expressions of holes (`[@d X: q(a)]`): the names they read are
+    inputs too, as in LMQL, so they can be passed to `run` and bound positionally."""
+    out: list[ast.AST] = []
+    for hole in (h for s in statements for h in s.holes):
+        for expr in (e for e in (hole.type_expr, *hole.decorators) if e):
+            with contextlib.suppress(SyntaxError):  # reported where the expression is used
+                out.append(ast.parse(expr.strip(), mode="eval"))
+    return out
+
+
 def compile_query(source: str) -> CompiledQuery:
     """Parse and compile LMQL source; raises QuerySyntaxError with line and column."""
     source = textwrap.dedent(_strip_marker(source).expandtabs(8))
@@ -415,17 +429,31 @@ def compile_query(source: str) -> CompiledQuery:
     dec_args = list(decoder.args.values()) if decoder else []
     query = CompiledQuery(
         source=source,
-        code=compile(module, "<query>", "exec"),
+        code=compile(module, _register_source(source), "exec"),
         statements=statements,
         decoder=decoder,
         model=model,
         where=where,
         distribution=dist,
         hole_names=frozenset(holes),
-        free_variables=_free_variables(body, [where, model, *inline, *dec_args], holes),
+        free_variables=_free_variables(
+            body, [where, model, *inline, *dec_args, *_hole_expressions(statements)], holes
+        ),
     )
     _check_distribution(query)
     return query
+
+
+def _register_source(source: str) -> str:
+    """A file name for the compiled code whose lines `linecache` knows: tracebacks then show
+    query lines, and `inspect.getsource` finds a `@cogql.query` function defined inside a query
+    (its docstring is the nested query, read as written)."""
+    digest = hashlib.sha1(source.encode("utf-8")).hexdigest()[:12]
+    filename = f"<cogql query {digest}>"
+    if filename not in linecache.cache:
+        lines = source.splitlines(keepends=True)
+        linecache.cache[filename] = (len(source), None, lines, filename)
+    return filename
 
 
 def _strip_marker(source: str) -> str:

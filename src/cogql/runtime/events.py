@@ -34,5 +34,13 @@ class ModelCall:
     run: int = 0
 
 
+@dataclass(frozen=True)
+class QueryFinished:
+    """The last item of `cogql.stream`: what the query returned (an LMQLResult, a list of them,
+    or its `return` value). Never passed to an `output=` callback."""
+
+    result: Any
+
+
 QueryEvent = TextAppended | VariableFinished | ModelCall
 OnEvent = Callable[[QueryEvent], None]

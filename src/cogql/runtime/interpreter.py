@@ -27,7 +27,9 @@ from ..language.compiler import (
 from ..language.errors import QueryCompileError
 from ..language.qstrings import Hole, Interpolation, Tag, Text
 from ..lmtp.messages import Generate
+from .chat import open_message
 from .events import ModelCall, OnEvent, QueryEvent, TextAppended, VariableFinished
+from .hooks import HoleHooks
 from .model import Connection
 from .result import LMQLResult
 
@@ -86,6 +88,7 @@ class QueryRun:
     quiet: bool = False  # no truncation warning (a decoder replaying hypotheses warns itself)
     logprob: float = 0.0  # sum of the generated tokens' log-probs
     hole_ends: list[int] = field(default_factory=list)  # len(ids) after each filled hole
+    chat_role: str | None = None  # role of the chat message the last {:role} tag opened
     _holes_done: int = 0
 
     def __post_init__(self) -> None:
@@ -142,10 +145,18 @@ class QueryRun:
         self.pending_text += text
 
     def tag(self, role: str) -> str:
+        """A `{:role}` tag: the model's chat template where it has one (runtime/chat.py), else
+        LMQL's `((role)):` text."""
+        opened = open_message(self, role)
+        if opened is not None:
+            return opened
         return f"(({role})):" if not self.text else f"\n(({role})):"
 
     # ---- holes ----------------------------------------------------------------------------
     async def fill(self, stmt: PromptStatement, hole: Hole, scope: dict[str, Any]) -> None:
+        hooks = HoleHooks.of(self, hole, scope)  # [@decorator X], [X: nested_query]
+        if hooks is not None and await hooks.before():
+            return
         spec = self._spec(stmt, hole, scope)
         self._flush()
         budget = self.decoding.max_len - len(self.ids)
@@ -161,6 +172,8 @@ class QueryRun:
         raw = self.conn.tokenizer.decode(tokens)
         inactive = tokens[: spec.min_tokens - 1] if spec.stops and spec.min_tokens > 1 else []
         value, prompt_text = spec.finish(raw, len(self.conn.tokenizer.decode(inactive)))
+        if hooks is not None:
+            value, prompt_text = hooks.after(value, prompt_text)
         if reason == "length" and (spec.max_tokens is None or len(tokens) < spec.max_tokens):
             self._truncate(hole.name)
         self.ids.extend(tokens if prompt_text == raw else self.conn.tokenizer.encode(prompt_text))
@@ -300,17 +313,21 @@ class QueryContext:
         stmt = run.query.statements[index]
         pending = iter(values)
         dist_var = run.query.distribution.variable if run.query.distribution else None
+        chat = False  # text right after a chat message opens starts without whitespace
         for seg in stmt.segments:
             if isinstance(seg, Text):
-                run.append_program_text(seg.text)
+                run.append_program_text(seg.text.lstrip() if chat else seg.text)
             elif isinstance(seg, Interpolation):
                 run.append_program_text(str(next(pending)))
             elif isinstance(seg, Tag):
                 run.append_program_text(run.tag(seg.role))
+                chat = run.chat_role == seg.role
+                continue
             elif seg.name == dist_var and run.query.distribution is not None:
                 run.distribution = _Pending(seg.name, dict(scope), run.query.distribution.values)
             else:
                 await run.fill(stmt, seg, scope)
+            chat = False
 
     def value(self, name: str) -> Any:
         return self._run.variables[name]

@@ -42,6 +42,10 @@ class QueryFunction:
             return self.run(*args, **kwargs)
         return run_blocking(self.run(*args, **kwargs))
 
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        """`@cogql.query` on a method: `self` binds like a plain method's (LMQL allows it)."""
+        return self if instance is None else BoundQuery(self, instance)
+
     async def run(self, *args: Any, **kwargs: Any) -> Any:
         # a name the query reads (or the function declares) is an input even if it is also a
         # runtime option's name, as in LMQL (e.g. `for i in range(n)`)
@@ -143,8 +147,36 @@ def _model(query: CompiledQuery, scope: dict[str, Any], runtime: dict[str, Any])
 async def _execute(query: CompiledQuery, scope: dict[str, Any], runtime: dict[str, Any]) -> Any:
     name, args = _decoder(query, scope, runtime)
     conn = await _model(query, scope, runtime).connect()
-    on_event: OnEvent | None = runtime.get("output")
+    on_event = _output(runtime)
     return await decode(name, args, query, conn, scope, on_event)
+
+
+@dataclass(frozen=True)
+class BoundQuery:
+    """A query method bound to its instance; also usable as a nested-query tactic."""
+
+    function: QueryFunction
+    instance: Any
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.function(self.instance, *args, **kwargs)
+
+    async def run(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.function.run(self.instance, *args, **kwargs)
+
+
+def _output(runtime: dict[str, Any]) -> OnEvent | None:
+    """`output=` (cogql's name) or `output_writer=` (LMQL's): a callable taking each event."""
+    for key in ("output", "output_writer"):
+        writer = runtime.get(key)
+        if writer is not None and not callable(writer):
+            raise TypeError(
+                f"{key}= must be a callable that takes each query event (e.g. print, or "
+                f"cogql.compat.printing); got {writer!r}"
+            )
+        if writer is not None:
+            return writer
+    return None
 
 
 def run_blocking(coro: Any) -> Any:
@@ -159,14 +191,30 @@ def run_blocking(coro: Any) -> Any:
     )
 
 
-def query_from_string(source: str, **defaults: Any) -> QueryFunction:
-    return QueryFunction(compile_query(source), defaults=defaults)
+def query_from_string(
+    source: str,
+    input_variables: list[str] | None = None,
+    *,
+    is_async: bool = True,
+    **defaults: Any,
+) -> QueryFunction:
+    """LMQL's `lmql.query("...")`: async unless `is_async=False`; `input_variables` names the
+    inputs in positional order (otherwise positional arguments bind to the free variables in
+    alphabetical order)."""
+    signature = None
+    if input_variables is not None:
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        signature = inspect.Signature([inspect.Parameter(v, kind) for v in input_variables])
+    return QueryFunction(
+        compile_query(source), signature=signature, defaults=defaults, is_async=is_async
+    )
 
 
 def query_from_function(fn: Callable[..., Any], **defaults: Any) -> QueryFunction:
     """`@cogql.query`: the function's docstring (or body string) is the query."""
     source = _docstring_source(fn)
     scope = dict(fn.__globals__)
+    scope.update(_caller_locals())
     closure = inspect.getclosurevars(fn)
     scope.update(closure.nonlocals)
     return QueryFunction(
@@ -177,6 +225,22 @@ def query_from_function(fn: Callable[..., Any], **defaults: Any) -> QueryFunctio
         is_async=inspect.iscoroutinefunction(fn),
         name=fn.__name__,
     )
+
+
+def _caller_locals() -> dict[str, Any]:
+    """The local variables where `@cogql.query` was applied, as LMQL captures them: the query
+    lives in a docstring, so the function's own closure holds none of the names it reads."""
+    frame = inspect.currentframe()
+    try:
+        while frame is not None and _in_cogql(frame.f_globals):
+            frame = frame.f_back
+        return dict(frame.f_locals) if frame is not None else {}
+    finally:
+        del frame
+
+
+def _in_cogql(module_globals: dict[str, Any]) -> bool:
+    return str(module_globals.get("__name__", "")).partition(".")[0] == "cogql"
 
 
 def _docstring_source(fn: Callable[..., Any]) -> str:
