@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..lmtp.messages import (
+    TOKENIZER,
     ErrorEvent,
     Event,
     Generate,
@@ -32,6 +33,7 @@ from ..lmtp.messages import (
     Op,
     Score,
     TokenEvent,
+    tokenizer_to_wire,
 )
 from .batch import DecodeBatch
 from .kvcache import CacheEntry, PrefixCache, common_prefix
@@ -272,7 +274,10 @@ class Engine:
         scores: list[tuple[Score, StreamHandle]] = []
         for op, handle in zip(work.ops, work.handles, strict=True):
             if isinstance(op, ModelInfo):
-                work.sink(InfoEvent(op.stream_id, self.model_info()))
+                info = self.model_info()
+                if op.data.get(TOKENIZER) is True:  # the `tokenizer` extension: hand it out
+                    info[TOKENIZER] = tokenizer_to_wire(self.tokenizer)
+                work.sink(InfoEvent(op.stream_id, info))
             elif isinstance(op, Score):
                 scores.append((op, handle))
             else:

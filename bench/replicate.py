@@ -1,0 +1,111 @@
+"""Benchmark: a query over Replicate's API on loopback, cogql's method vs LMQL's traffic pattern.
+
+The embedded model is built as a Cog project and served by the emulator with an injected
+per-prediction latency (Replicate's queueing and network). Each query runs twice, side by side:
+with cogql's extensions (ops packed into predictions, holes generated server-side with stop
+strings, distribution options scored in one prediction) and with LMQL's pattern (cogql's client
+with extensions off and one op per prediction). For each: predictions made, tokens generated
+after the stop, wall time. Targets on the sentiment query: <= 2 predictions (LMQL: 4 plus a
+lookup), 0 tokens after the stop, wall time <= 0.5x LMQL's pattern.
+
+A second query whose hole really ends at a stop phrase (the seed query's ANALYSIS usually ends
+at EOS on this model) shows what a server-side stop saves.
+
+Usage: python bench/replicate.py [--latency 0.5] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# this file's folder comes first on sys.path and this file's name would shadow the `replicate`
+# package that the transport imports
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+
+import cogql  # noqa: E402
+from cogql.engine.models import resolve_model_path  # noqa: E402
+from cogql.lmtp.transports.replicate import forget_lookups  # noqa: E402
+from cogql.replicate.build import build  # noqa: E402
+from cogql.replicate.config import load_config  # noqa: E402
+from cogql.replicate.emulator import Emulator  # noqa: E402
+
+ROOT = HERE.parent
+
+SENTIMENT = (ROOT / "examples" / "sentiment.lmql").read_text()
+STOPPING = """argmax
+    "Q: Name three colours, one per line.\\nA:[FIRST]"
+where STOPS_AT(FIRST, "\\n") and len(TOKENS(FIRST)) < 64
+"""
+MODES = {"cogql": {}, "LMQL pattern": {"extensions": False, "max_ops": 1}}
+
+
+def build_project(folder: Path) -> Path:
+    config = folder / "config.toml"
+    config.write_text(
+        f'dest_prefix = "r8.im/bench"\n[models.smollm2]\n'
+        f'local.path = "{resolve_model_path(None)}"\ngpu = false\n'
+    )
+    [result] = build(load_config(config), folder / "work", progress=False)
+    return result.folder
+
+
+def run(source: str, options: dict) -> tuple[float, object]:
+    model = cogql.model("bench/smollm2", endpoint="replicate:bench/smollm2", **options)
+    start = time.perf_counter()
+    result = cogql.run_sync(source, model=model)
+    return time.perf_counter() - start, result
+
+
+def measure(source: str, options: dict, repeats: int) -> tuple[int, float, object]:
+    """(predictions of a first run in a new process, median warm wall time, a warm result)."""
+    forget_lookups()
+    _, first = run(source, options)
+    runs = [run(source, options) for _ in range(repeats)]
+    return len(first.cost.predictions), statistics.median(t for t, _ in runs), runs[-1][1]
+
+
+def report(name: str, source: str, repeats: int) -> None:
+    print(f"{name}")
+    print(f"  {'mode':14}{'first run':>10}{'predictions':>12}{'ops per prediction':>20}"
+          f"{'after stop':>11}{'wall s':>8}")  # fmt: skip
+    walls = {}
+    for mode, options in MODES.items():
+        first, wall, result = measure(source, options, repeats)
+        cost = result.cost
+        ops = "+".join(str(len(p.ops)) for p in cost.predictions)
+        walls[mode] = wall
+        print(f"  {mode:14}{first:>10}{len(cost.predictions):>12}{ops:>20}"
+              f"{cost.tokens_wasted:>11}{wall:8.2f}")  # fmt: skip
+    ratio = walls["cogql"] / walls["LMQL pattern"]
+    print(f"  cogql / LMQL pattern wall time: {ratio:.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--latency", type=float, default=0.5)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    os.environ["COGQL_REPLICATE_CACHE"] = "off"
+    with tempfile.TemporaryDirectory() as tmp:
+        project = build_project(Path(tmp))
+        with Emulator([project], latency=args.latency) as emu:
+            os.environ.update(emu.env)
+            print(f"Replicate's API on loopback, {args.latency}s injected per prediction; "
+                  "'first run' counts the MODEL_INFO a new process makes once per version")  # fmt: skip
+            report("sentiment query (examples/sentiment.lmql)", SENTIMENT, args.repeats)
+            report("a hole that ends at its stop phrase", STOPPING, args.repeats)
+    print(
+        "targets (sentiment): <= 2 predictions + lookup, 0 tokens after the stop, "
+        "wall time <= 0.5x LMQL's pattern"
+    )
+
+
+if __name__ == "__main__":
+    main()
