@@ -270,3 +270,62 @@ async def test_ignored_clauses_and_outer_constraints_are_warned_about(
     assert result.prompt == "ok"  # the nested from clause was not used: no model to load
     assert "decoder and from clauses are ignored" in caplog.text
     assert "constrains X, which a nested query fills" in caplog.text
+
+
+# --------------------------------------------------------------------------- plain calls
+
+
+@cogql.query
+def shout(word: str):
+    """lmql
+    "scratch"
+    return word.upper()
+    """
+
+
+async def test_a_query_function_called_in_prompt_code_gives_its_value(
+    tiny_model: cogql.Model,
+) -> None:
+    @cogql.query
+    async def exclaim(word: str):
+        """lmql
+        return word + "!"
+        """
+
+    async def double(x: int) -> int:
+        return 2 * x
+
+    result = await cogql.run(
+        """
+        words = ["a", "bb"]
+        loud = [shout(w) for w in words]          # a sync query function: its value
+        also = await exclaim("hi")                # an async one, awaited as written
+        n = sum(len(w) for w in words)            # generator expressions stay plain Python
+        twice = await double(n)                   # other coroutine functions: plain Python
+        "{loud} {also} {twice}:[X]" where len(TOKENS(X)) < 2
+        """,
+        shout=shout,
+        exclaim=exclaim,
+        double=double,
+        model=tiny_model,
+    )
+    assert result.prompt.startswith("['A', 'BB'] hi! 6:")
+
+
+async def test_a_query_called_in_prompt_code_runs_on_its_own_model(
+    tiny_model: cogql.Model,
+) -> None:
+    @cogql.query(model=tiny_model)
+    def on_tiny():
+        """lmql
+        "Q:[X]" where len(TOKENS(X)) < 3
+        return X
+        """
+
+    value = await cogql.run('"Start"\nreturn on_tiny()', on_tiny=on_tiny)
+    assert value == await on_tiny.run()
+
+
+async def test_model_generate(tiny_model: cogql.Model) -> None:
+    text = await tiny_model.generate("Once upon a time", max_tokens=2)
+    assert text == await cogql.generate("Once upon a time", max_tokens=2, model=tiny_model)

@@ -228,11 +228,28 @@ class _PromptTransformer(ast.NodeTransformer):
         return node
 
     visit_AsyncFunctionDef = visit_ClassDef = visit_Lambda = visit_FunctionDef
+    visit_GeneratorExp = visit_FunctionDef  # an await inside would make it an async generator
 
     def visit_Return(self, node: ast.Return) -> ast.Return:
         if node.value is None:
             node.value = _runtime_attr("DEFAULT", node)
-        return node
+        return self.generic_visit(node)  # type: ignore[return-value]
+
+    def visit_Call(self, node: ast.Call) -> ast.expr:
+        """`f(x)` becomes `await __cogql__.call(f, x)`, as LMQL compiles calls in the prompt
+        section, so that a query function called from a query returns its value."""
+        self.generic_visit(node)
+        if isinstance(node.func, ast.Name) and node.func.id in _PLAIN_CALLS:
+            return node
+        call = ast.Call(_runtime_attr("call", node), [node.func, *node.args], node.keywords)
+        return ast.copy_location(ast.Await(ast.copy_location(call, node)), node)
+
+    def visit_Await(self, node: ast.Await) -> ast.Await:
+        """`await f(x)` stays as written (only the arguments are rewritten)."""
+        if isinstance(node.value, ast.Call):
+            self.generic_visit(node.value)
+            return node
+        return self.generic_visit(node)  # type: ignore[return-value]
 
     def visit_Expr(self, node: ast.Expr) -> ast.AST | list[ast.stmt]:
         parts = _prompt_parts(node.value)
@@ -282,6 +299,10 @@ class _PromptTransformer(ast.NodeTransformer):
             ast.copy_location(new, node)
             ast.fix_missing_locations(new)
         return out
+
+
+# calls left alone: builtins that read the caller's frame, and print (as LMQL)
+_PLAIN_CALLS = frozenset({"locals", "globals", "vars", "dir", "eval", "exec", "super", "print"})
 
 
 def _runtime_attr(name: str, node: ast.AST) -> ast.Attribute:

@@ -31,6 +31,7 @@ from .chat import open_message
 from .events import ModelCall, OnEvent, QueryEvent, TextAppended, VariableFinished
 from .hooks import HoleHooks
 from .model import Connection
+from .nested import call_in_query
 from .result import LMQLResult
 
 log = logging.getLogger("cogql.runtime")
@@ -331,6 +332,10 @@ class QueryContext:
 
     def value(self, name: str) -> Any:
         return self._run.variables[name]
+
+    async def call(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """Every call in the prompt section: a query function runs and gives its value."""
+        return await call_in_query(fn, args, kwargs)
 
     @property
     def prompt_text(self) -> str:

@@ -64,6 +64,17 @@ class Model:
 
         return score_sync(prompt, values, model=self)
 
+    async def generate(self, prompt: str, max_tokens: int | None = None, **kwargs: Any) -> Any:
+        """LMQL's `LLM.generate`: `cogql.generate` on this model."""
+        from .functions import generate
+
+        return await generate(prompt, max_tokens, model=self, **kwargs)
+
+    def generate_sync(self, prompt: str, max_tokens: int | None = None, **kwargs: Any) -> Any:
+        from .functions import generate_sync
+
+        return generate_sync(prompt, max_tokens, model=self, **kwargs)
+
     async def _open(self) -> Connection:
         endpoint = self.endpoint or ""
         name = self.name or ""

@@ -127,6 +127,18 @@ async def run_tactic(parent: QueryRun, hole: Hole, tactic: Tactic, env: dict[str
     return value
 
 
+async def call_in_query(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A function call in a query's prompt section. A query function called this way (not as a
+    tactic) runs as a query of its own, on its own model (its decorator's or from clause's, else
+    the default one), and gives its value, whether it was defined with `def` or `async def`.
+    Other calls are plain Python calls: an `async def` function gives a coroutine to await."""
+    from .query import BoundQuery, QueryFunction
+
+    if isinstance(fn, QueryFunction | BoundQuery):
+        return await fn.run(*args, **kwargs)
+    return fn(*args, **kwargs)
+
+
 def _inputs(tactic: Tactic, env: dict[str, Any]) -> dict[str, Any]:
     """The arguments written in the hole, then the query's other parameters (or free variables,
     for a string query) taken by name from the calling query's scope, as LMQL captures them."""
