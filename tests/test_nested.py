@@ -238,8 +238,9 @@ async def test_an_unknown_tactic_is_an_unresolved_input() -> None:
 
 
 async def test_a_tactic_that_fails_to_evaluate_names_the_hole() -> None:
-    with pytest.raises(NestedQueryError, match=r"\[A: helpers.missing\]: .*missing"):
-        await cogql.run('"Q: [A: helpers.missing]"', helpers=object())
+    with pytest.raises(NestedQueryError, match=r"\[A: helpers.missing\]: .*missing") as err:
+        await cogql.run('"Q: x"\n"and [@str.upper A: helpers.missing]"', helpers=object())
+    assert (err.value.lineno, err.value.offset) == (2, 6)  # the hole's [, 1-based
 
 
 async def test_a_nested_distribution_clause_is_refused() -> None:

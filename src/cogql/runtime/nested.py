@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -60,13 +61,24 @@ def tactic_of(hole: Hole, env: dict[str, Any], source: str) -> Tactic | None:
     try:
         fn = _eval(target, env)
     except Exception as e:  # the expression is the user's: any error is theirs to see
-        raise NestedQueryError(f"[{hole.name}: {hole.type_expr}]: {e}", source=source) from None
+        lineno, col = _hole_at(source, hole)
+        raise NestedQueryError(
+            f"[{hole.name}: {hole.type_expr}]: {e}", source=source, lineno=lineno, col=col
+        ) from None
     tactic = _as_tactic(fn)
     if tactic is None or not isinstance(node, ast.Call):
         return tactic
     tactic.args = tuple(_eval(a, env) for a in node.args)
     tactic.kwargs = {k.arg: _eval(k.value, env) for k in node.keywords if k.arg is not None}
     return tactic
+
+
+def _hole_at(source: str, hole: Hole) -> tuple[int, int]:
+    """(line, column) of the typed hole in the query source, for error messages."""
+    m = re.search(r"\[[^\[\]]*?\b" + re.escape(hole.name) + r"\s*:", source)
+    if m is None:
+        return 1, 0
+    return source.count("\n", 0, m.start()) + 1, m.start() - (source.rfind("\n", 0, m.start()) + 1)
 
 
 def _eval(node: ast.expr, env: dict[str, Any]) -> Any:
