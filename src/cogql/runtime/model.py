@@ -78,9 +78,9 @@ class Model:
     async def _open(self) -> Connection:
         endpoint = self.endpoint or ""
         name = self.name or ""
-        from .replicate_model import is_replicate, open_replicate
+        if is_replicate(name, endpoint):  # the Replicate client is only imported when needed
+            from .replicate_model import open_replicate
 
-        if is_replicate(name, endpoint):
             return await open_replicate(name, endpoint, self.tokenizer, self.options)
         if endpoint and not endpoint.startswith("local:"):
             return await _open_remote(name, endpoint, self.tokenizer, self.options)
@@ -197,3 +197,10 @@ def _no_tokenizer(url: str) -> Tokenizer:
         f"the LMTP server at {url} does not hand out its tokenizer and none was found under the "
         "model's name; pass tokenizer= (a folder with tokenizer.json or a cached hub id)"
     )
+
+
+def is_replicate(name: str, endpoint: str) -> bool:
+    """LMQL's routing: an endpoint `replicate[:...]`, or a name `replicate:...` alone."""
+    if endpoint:
+        return endpoint == "replicate" or endpoint.startswith("replicate:")
+    return name.startswith("replicate:")

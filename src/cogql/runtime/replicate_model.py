@@ -30,13 +30,6 @@ LOAD_POLL_S = 2.0  # every MODEL_INFO is a prediction: ask a loading LMQL model 
 TRANSPORT_OPTIONS = ("batch_window", "wait", "idle_timeout", "max_ops", "api_token", "base_url")
 
 
-def is_replicate(name: str, endpoint: str) -> bool:
-    """LMQL's routing: an endpoint `replicate[:...]`, or a name `replicate:...` alone."""
-    if endpoint:
-        return endpoint == "replicate" or endpoint.startswith("replicate:")
-    return name.startswith("replicate:")
-
-
 async def open_replicate(
     name: str, endpoint: str, tokenizer: str | None, options: dict[str, Any]
 ) -> Connection:

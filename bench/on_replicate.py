@@ -11,7 +11,7 @@ lookup), 0 tokens after the stop, wall time <= 0.5x LMQL's pattern.
 A second query whose hole really ends at a stop phrase (the seed query's ANALYSIS usually ends
 at EOS on this model) shows what a server-side stop saves.
 
-Usage: python bench/replicate.py [--latency 0.5] [--repeats 3]
+Usage: python bench/on_replicate.py [--latency 0.5] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -19,15 +19,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-# this file's folder comes first on sys.path and this file's name would shadow the `replicate`
-# package that the transport imports
 HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 import cogql  # noqa: E402
 from cogql.engine.models import resolve_model_path  # noqa: E402
