@@ -58,7 +58,7 @@ def test_syntax_error_names_line_and_column() -> None:
     proc = cogql_run("-", stdin='argmax\n    "Hello [X"\n')
     assert proc.returncode == 2
     assert "unclosed '['" in proc.stderr
-    assert "line 2, column 5" in proc.stderr
+    assert "line 2, column 12" in proc.stderr  # the hole's "["
     assert proc.stdout == ""
 
 

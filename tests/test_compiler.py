@@ -265,16 +265,16 @@ def test_where_expression_that_ends_early_points_at_its_end() -> None:
     assert (e.lineno, e.offset) == (3, len("where len(A) <") + 1)
 
 
-def test_malformed_hole_points_at_its_string() -> None:
+def test_malformed_hole_points_at_the_hole() -> None:
     e = error('argmax\n    "Q: [1A]"\n')
     assert "malformed hole [1A]" in e.message and "expected a variable name" in e.message
-    assert (e.lineno, e.offset) == (2, 5)
+    assert (e.lineno, e.offset) == (2, 9)
 
 
 def test_malformed_hole_in_minimal_form() -> None:
     e = error('"ok"\n"Q: [A B]" where len(A) < 3')
     assert "per-variable decoders" in e.message
-    assert (e.lineno, e.offset) == (2, 1)
+    assert (e.lineno, e.offset) == (2, 5)
 
 
 def test_distribution_variable_must_be_last() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from .language.errors import QuerySyntaxError
 from .runtime.events import ModelCall, QueryEvent, TextAppended
@@ -120,11 +121,11 @@ def run(file: Any, model_name: str | None, sets: tuple[str, ...], as_json: bool,
         kwargs["model"] = cogql.model(model_name)
     try:
         result = asyncio.run(cogql.run(source, **inputs, **kwargs))
-    except QuerySyntaxError as e:
-        err.print(f"[red]error:[/] {e}", highlight=False)
+    except QuerySyntaxError as e:  # messages hold [holes]: no rich markup in them
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
         sys.exit(2)
     except Exception as e:
-        err.print(f"[red]error:[/] {type(e).__name__}: {e}", highlight=False)
+        err.print(f"[red]error:[/] {type(e).__name__}: {escape(str(e))}", highlight=False)
         sys.exit(1)
     if as_json:
         click.echo(json.dumps(_to_json(result), indent=2))

@@ -1,19 +1,30 @@
 """HoleSpec: everything the engine needs to generate one hole, and how to finish its value.
 
 A hole's constraints become one llguidance grammar (what text may be generated), token
-limits, server-side stop phrases, and post-processing (stop trimming, int conversion).
+limits, stop phrases, and post-processing (stop trimming, int conversion, ESCAPED, ERASE).
+Stop phrases are enforced server-side when the engine's rule for them (active from
+`min_tokens` on) is exactly LMQL's; a stop that is conditional on other constraints (§6.5), and
+every constraint that no grammar expresses (`check`), is decided by the client
+(runtime/clientside.py).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from .values import HoleText, Predicate
+
+_NUMBER = re.compile(r"\s?([0-9]+)")
 
 
 @dataclass(frozen=True)
 class Stop:
     phrase: str
     keep: bool  # STOPS_AT keeps the phrase, STOPS_BEFORE drops it
+    # the stop is active only while this holds (its `and` siblings, §6.5); None: always
+    guard: Predicate | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -24,27 +35,78 @@ class HoleSpec:
     max_tokens: int | None = None
     min_tokens: int = 0
     is_int: bool = False
+    escaped: bool = False
+    erase: bool = False
+    check: Predicate | None = None  # constraints only Python can evaluate (the slow path)
+    client_stops: bool = False  # stops decided by the client (their guards are not trivial)
+    cut: int | None = None  # where a client-side stop cut the raw text, once one fired
+    # all of the hole's constraints, for messages
+    constraint: Predicate | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def client_side(self) -> bool:
+        """Whether the client must take part in generating the hole (see runtime/clientside)."""
+        return self.client_stops or self.check is not None
+
+    def server_stops(self) -> list[str]:
+        """Stop phrases for the engine to enforce."""
+        return [] if self.client_stops else [s.phrase for s in self.stops]
 
     def grammar(self) -> str | None:
         """The llguidance (lark) grammar, or None when any text is allowed."""
         if self.token_options is not None:
             alts = sorted({"".join(f"<[{t}]>" for t in opt) for opt in self.token_options})
             return "start: " + " | ".join(alts)
+        if self.is_int:
+            # LMQL's INT ends at the first non-digit: one character of it may follow the
+            # number (trimmed by finish), so the model can end it as it would, with "," or "."
+            return f"start: VALUE END?\nVALUE: {self.regex or '/.*/'}\nEND: /[^0-9]/"
         if self.regex is None:
             return None
         return f"start: VALUE\nVALUE: {self.regex}"
+
+    def stop_cut(self, text: str, new_from: int, tokens: tuple[int, ...] = ()) -> int | None:
+        """Where an active stop phrase that ends after `new_from` (inside the newest token, so
+        phrases straddling token boundaries count) cuts `text`; the earliest wins. None when
+        no stop fires."""
+        best: tuple[int, int] | None = None
+        for stop in self.stops:
+            at = text.find(stop.phrase, max(new_from - len(stop.phrase) + 1, 0))
+            while at >= 0 and (best is None or at < best[0]):
+                cut = at + len(stop.phrase) if stop.keep else at
+                if stop.guard is None or stop.guard.allows(HoleText(text[:cut], tokens)):
+                    best = (at, cut)
+                    break
+                at = text.find(stop.phrase, at + 1)
+        return None if best is None else best[1]
 
     def finish(self, raw: str, stops_from: int = 0) -> tuple[Any, str]:
         """(program value, prompt text) of a completed hole. Stop phrases that end within the
         first `stops_from` characters (generated before min_tokens, when stops are inactive)
         are ignored."""
-        text = trim_at_stop(raw, self.stops, stops_from)
+        if self.cut is not None:
+            text = raw[: self.cut]
+        elif self.client_stops:
+            text = raw  # no client-side stop fired
+        else:
+            text = trim_at_stop(raw, self.stops, stops_from)
+        value: Any = text
         if self.is_int:
-            digits = "".join(ch for ch in text if ch.isdigit())
-            if digits:
-                number = int(digits)
-                return number, str(number)
-        return text, text
+            value, text = _integer(text)
+        if self.escaped:
+            text = text.replace("\n", "\\n").replace("\t", "\\t")
+            value = text if isinstance(value, str) else value
+        return value, "" if self.erase else text
+
+
+def _integer(text: str) -> tuple[Any, str]:
+    """(int value, prompt text) of an INT hole: the number with its leading space, without
+    the character that ended it; LMQL's digits-only reading when the text is something else."""
+    m = _NUMBER.match(text)
+    if m is not None:
+        return int(m.group(1)), m.group(0)
+    digits = "".join(ch for ch in text if ch.isdigit())
+    return (int(digits) if digits else text), text
 
 
 def trim_at_stop(raw: str, stops: list[Stop], start: int = 0) -> str:

@@ -11,13 +11,16 @@ from __future__ import annotations
 import ast
 import builtins
 import contextlib
+import difflib
 import hashlib
+import keyword
 import linecache
+import re
 import textwrap
 from dataclasses import dataclass, field
 from types import CodeType
 
-from .clauses import Clauses, Span, split_clauses
+from .clauses import DECODER_NAMES, Clauses, Span, split_clauses
 from .errors import QueryCompileError, QuerySyntaxError
 from .qstrings import Hole, Interpolation, QStringError, Segment, parse_qstring
 
@@ -70,6 +73,9 @@ class DistributionClause:
 class DecoderClause:
     name: str
     args: dict[str, ast.expr] = field(default_factory=dict)
+    lineno: int = 1
+    col: int = 0
+    arg_positions: dict[str, tuple[int, int]] = field(default_factory=dict)  # (line, col)
 
 
 @dataclass
@@ -130,6 +136,8 @@ def _parse(region: _Region, source: str, mode: str, clause: str) -> ast.AST:
             lines = source.split("\n")
             lineno, col = last, len(lines[last - 1].rstrip())
             msg = "the expression ends early, more was expected here"
+        if e.msg == "unexpected indent":
+            _unknown_decoder(source, lineno)
         raise QuerySyntaxError(
             f"invalid {clause}: {msg}", source=source, lineno=lineno, col=col
         ) from None
@@ -140,6 +148,28 @@ def _parse(region: _Region, source: str, mode: str, clause: str) -> ast.AST:
         if getattr(node, "end_lineno", None) is not None and node.end_col_offset is not None:
             node.end_col_offset = region.col(node.end_lineno, node.end_col_offset)
     return tree
+
+
+def _unknown_decoder(source: str, lineno: int) -> None:
+    """An indented prompt after a line holding only a name (or call) that is no decoder:
+    the user meant a decoder clause with a decoder cogql does not know."""
+    lines = source.split("\n")
+    k = lineno - 1
+    while k > 0 and not lines[k - 1].strip():
+        k -= 1
+    above = lines[k - 1] if k > 0 else ""
+    m = re.fullmatch(r"(\s*)([A-Za-z_]\w*)\s*(\(.*\))?\s*", above)
+    if m is None or keyword.iskeyword(m.group(2)) or m.group(2).lower() in DECODER_NAMES:
+        return
+    close = difflib.get_close_matches(m.group(2).lower(), sorted(DECODER_NAMES), n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise QuerySyntaxError(
+        f"unknown decoder {m.group(2)!r}: {hint}the line before an indented prompt is the "
+        f"decoder clause, one of {', '.join(sorted(DECODER_NAMES))}",
+        source=source,
+        lineno=k,
+        col=len(m.group(1)),
+    )
 
 
 def _last_line(region: _Region, source: str) -> int:
@@ -177,7 +207,7 @@ def _decoder(clauses: Clauses) -> DecoderClause | None:
     if node is None:
         return None
     if isinstance(node, ast.Name):
-        return DecoderClause(node.id.lower())
+        return DecoderClause(node.id.lower(), lineno=node.lineno, col=node.col_offset)
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
         if node.args:
             raise QuerySyntaxError(
@@ -187,7 +217,8 @@ def _decoder(clauses: Clauses) -> DecoderClause | None:
                 col=node.args[0].col_offset,
             )
         args = {kw.arg: kw.value for kw in node.keywords if kw.arg is not None}
-        return DecoderClause(node.func.id.lower(), args)
+        where = {kw.arg: (kw.lineno, kw.col_offset) for kw in node.keywords if kw.arg}
+        return DecoderClause(node.func.id.lower(), args, node.lineno, node.col_offset, where)
     raise QuerySyntaxError(
         "malformed decoder clause, expected e.g. argmax or sample(n=2)",
         source=clauses.source,
@@ -266,9 +297,8 @@ class _PromptTransformer(ast.NodeTransformer):
         try:
             segments = parse_qstring(text)
         except QStringError as e:
-            raise QuerySyntaxError(
-                str(e), source=self.source, lineno=node.lineno, col=node.col_offset
-            ) from None
+            lineno, col = locate(self.source, node.lineno, node.col_offset, e.fragment)
+            raise QuerySyntaxError(str(e), source=self.source, lineno=lineno, col=col) from None
         return PromptStatement(
             segments, node.lineno, node.col_offset, where, _distribution(dist, self.source)
         )
@@ -301,6 +331,23 @@ class _PromptTransformer(ast.NodeTransformer):
         return out
 
 
+def locate(source: str, lineno: int, col: int, needle: str | None) -> tuple[int, int]:
+    """(line, column) of the first `needle` in `source` at or after (lineno, col), e.g. a hole
+    inside a prompt string; (lineno, col) itself when it is not found."""
+    lines = source.split("\n")
+    start = sum(len(line) + 1 for line in lines[: lineno - 1]) + col
+    at = source.find(needle, start) if needle else -1
+    if at < 0:
+        return lineno, col
+    line = source.count("\n", 0, at) + 1
+    return line, at - (source.rfind("\n", 0, at) + 1)
+
+
+def hole_position(source: str, stmt: PromptStatement, name: str) -> tuple[int, int]:
+    """Where the hole `[name...]` of a prompt statement is written."""
+    return locate(source, stmt.lineno, stmt.col, "[" + name)
+
+
 # calls left alone: builtins that read the caller's frame, and print (as LMQL)
 _PLAIN_CALLS = frozenset({"locals", "globals", "vars", "dir", "eval", "exec", "super", "print"})
 
@@ -313,6 +360,9 @@ def _runtime_attr(name: str, node: ast.AST) -> ast.Attribute:
 def _prompt_parts(value: ast.expr) -> tuple[str, ast.expr | None, ast.expr | None] | None:
     if isinstance(value, ast.Constant) and isinstance(value.value, str):
         return value.value, None, None
+    inline_or = _inline_or(value)
+    if inline_or is not None:
+        return inline_or
     if isinstance(value, ast.BoolOp) and value.values:
         first = value.values[0]
         if isinstance(first, ast.Constant) and isinstance(first.value, str):
@@ -323,6 +373,23 @@ def _prompt_parts(value: ast.expr) -> tuple[str, ast.expr | None, ast.expr | Non
                 return first.value, clause, None
             return first.value, None, clause
     return None
+
+
+def _inline_or(value: ast.expr) -> tuple[str, ast.expr, None] | None:
+    """`"..." where A or B`: the rewrite to `"..." and A or B` parses as `("..." and A) or B`,
+    so the string is regrouped out of the `or` (the constraint is `A or B`)."""
+    if not (isinstance(value, ast.BoolOp) and isinstance(value.op, ast.Or)):
+        return None
+    first = value.values[0]
+    if not (isinstance(first, ast.BoolOp) and isinstance(first.op, ast.And)):
+        return None
+    head = first.values[0]
+    if not (isinstance(head, ast.Constant) and isinstance(head.value, str)):
+        return None
+    rest = first.values[1:]
+    left = rest[0] if len(rest) == 1 else ast.copy_location(ast.BoolOp(ast.And(), rest), rest[0])
+    clause = ast.copy_location(ast.BoolOp(ast.Or(), [left, *value.values[1:]]), left)
+    return head.value, clause, None
 
 
 def _interpolation(expr: str, source: str, node: ast.AST) -> ast.expr:

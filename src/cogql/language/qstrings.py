@@ -9,7 +9,12 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 class QStringError(ValueError):
-    """A malformed prompt string; the compiler adds the line and column."""
+    """A malformed prompt string; the compiler adds the line and column, finding `fragment`
+    (the offending text, e.g. the hole) in the query's source."""
+
+    def __init__(self, message: str, fragment: str | None = None) -> None:
+        super().__init__(message)
+        self.fragment = fragment
 
 
 @dataclass(frozen=True)
@@ -119,8 +124,12 @@ def _bracket(sc: _Scanner, i: int) -> int:
     if s.startswith("[[", i):
         sc.buf.append("[")
         return i + 2
-    end = _closing(s, i, "[", "]")
-    hole = parse_hole(s[i + 1 : end], sc.holes)
+    try:
+        end = _closing(s, i, "[", "]")
+        hole = parse_hole(s[i + 1 : end], sc.holes)
+    except QStringError as e:
+        e.fragment = e.fragment or s[i:].split("\n", 1)[0]
+        raise
     if hole is not None:
         sc.flush()
         sc.out.append(hole)
@@ -136,13 +145,19 @@ def _brace(sc: _Scanner, i: int, interpolate: bool) -> int:
     if not interpolate:
         sc.buf.append("{")
         return i + 1
-    end = _closing(s, i, "{", "}")
+    try:
+        end = _closing(s, i, "{", "}")
+    except QStringError as e:
+        e.fragment = s[i:].split("\n", 1)[0]
+        raise
     inner = s[i + 1 : end]
     sc.flush()
     if inner.startswith(":"):
         sc.out.append(Tag(inner[1:].strip()))
     elif not inner.strip():
-        raise QStringError("empty interpolation {} in prompt string: write {{}} for literal braces")
+        raise QStringError(
+            "empty interpolation {} in prompt string: write {{}} for literal braces", s[i : end + 1]
+        )
     else:
         sc.out.append(Interpolation(inner))
     return end + 1

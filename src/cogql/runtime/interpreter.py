@@ -8,11 +8,13 @@ GENERATE carrying its whole grammar, stop phrases and token limit.
 from __future__ import annotations
 
 import ast
+import builtins
 import logging
 import math
 import time
 import types
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +25,12 @@ from ..language.compiler import (
     RUNTIME_NAME,
     CompiledQuery,
     PromptStatement,
+    hole_position,
 )
 from ..language.errors import QueryCompileError
 from ..language.qstrings import Hole, Interpolation, Tag, Text
 from ..lmtp.messages import Generate
+from . import clientside
 from .chat import open_message
 from .events import ModelCall, OnEvent, QueryEvent, TextAppended, VariableFinished
 from .hooks import HoleHooks
@@ -64,6 +68,8 @@ class _Pending:
     scope: dict[str, Any]
     values: ast.expr
 
+
+Until = Callable[[list[int]], bool]
 
 HoleSource = Callable[["QueryRun", str, HoleSpec, int], Awaitable[tuple[list[int], str]]]
 """Decides a hole's tokens and finish reason, given the run, hole name, spec and token budget:
@@ -162,12 +168,12 @@ class QueryRun:
         self._flush()
         budget = self.decoding.max_len - len(self.ids)
         if budget <= 0:
-            self._truncate(hole.name)
+            self._truncate(stmt, hole.name)
             self.variables[hole.name] = ""
             self.hole_ends.append(len(self.ids))
             return
         if self.source is None:
-            tokens, reason = await self._generate(hole.name, spec, budget)
+            tokens, reason = await clientside.generate(self, hole.name, spec, budget)
         else:
             tokens, reason = await self.source(self, hole.name, spec, budget)
         raw = self.conn.tokenizer.decode(tokens)
@@ -176,7 +182,7 @@ class QueryRun:
         if hooks is not None:
             value, prompt_text = hooks.after(value, prompt_text)
         if reason == "length" and (spec.max_tokens is None or len(tokens) < spec.max_tokens):
-            self._truncate(hole.name)
+            self._truncate(stmt, hole.name)
         self.ids.extend(tokens if prompt_text == raw else self.conn.tokenizer.encode(prompt_text))
         self.text += prompt_text
         self.hole_ends.append(len(self.ids))
@@ -184,37 +190,55 @@ class QueryRun:
         self._holes_done += 1
         self.emit(VariableFinished(hole.name, value, self.index))
 
-    def _truncate(self, name: str) -> None:
+    def _truncate(self, stmt: PromptStatement, name: str) -> None:
+        """LMQL stops with an assertion at max_len; cogql keeps what it has and warns, naming
+        the hole and where it is written."""
+        lineno, col = hole_position(self.query.source, stmt, name)
         if not self.truncated and not self.quiet:
             log.warning(
-                "query reached max_len=%d tokens while generating %s; the result is truncated",
+                "query reached max_len=%d tokens while generating %s (line %d, column %d); "
+                "the result is truncated",
                 self.decoding.max_len,
                 name,
+                lineno,
+                col + 1,
             )
         self.truncated = True
 
     def _spec(self, stmt: PromptStatement, hole: Hole, scope: dict[str, Any]) -> HoleSpec:
-        clauses = [stmt.where, self.query.where, *self._type_clause(hole)]
         env = {**self.scope, **self.variables, **scope}
+        clauses = [stmt.where, self.query.where, *self._type_clause(stmt, hole, env)]
+        encode = self.conn.tokenizer.encode
         return compile_hole(
-            hole.name, clauses, env, self.conn.tokenizer.encode, source=self.query.source
+            hole.name, clauses, env, encode, source=self.query.source, holes=self.query.hole_names
         )
 
-    def _type_clause(self, hole: Hole) -> list[ast.expr]:
+    def _type_clause(
+        self, stmt: PromptStatement, hole: Hole, env: dict[str, Any]
+    ) -> list[ast.expr]:
+        """`[X: int]` is INT(X), `[X: str]` no constraint, `[X: r"..."]` (or a name holding a
+        pattern) REGEX(X, ...), as LMQL decides by the type expression's value."""
         if hole.type_expr is None:
             return []
-        if hole.type_expr.strip() == "int":
-            return [ast.parse(f"INT({hole.name})", mode="eval").body]
-        try:
-            pattern = ast.literal_eval(hole.type_expr)
-        except (ValueError, SyntaxError):
-            pattern = None
-        if isinstance(pattern, str):
-            return [ast.parse(f"REGEX({hole.name}, {pattern!r})", mode="eval").body]
-        raise QueryCompileError(
-            f"unsupported type [{hole.name}: {hole.type_expr}]: use int or a regex string",
-            source=self.query.source,
-        )
+        lineno, col = hole_position(self.query.source, stmt, hole.name)
+        kind = _type_value(hole.type_expr, env)
+        if kind is int:
+            node = ast.parse(f"INT({hole.name})", mode="eval").body
+        elif kind is str:
+            return []
+        elif isinstance(kind, str):
+            node = ast.parse(f"REGEX({hole.name}, {kind!r})", mode="eval").body
+        else:
+            raise QueryCompileError(
+                f"unsupported type [{hole.name}: {hole.type_expr}]: use int, str or a regex string",
+                source=self.query.source,
+                lineno=lineno,
+                col=col,
+            )
+        for sub in ast.walk(node):
+            sub.lineno, sub.end_lineno = lineno, lineno  # type: ignore[attr-defined]
+            sub.col_offset, sub.end_col_offset = col, col  # type: ignore[attr-defined]
+        return [node]
 
     def _seed(self) -> int | None:
         if self.decoding.temperature <= 0:
@@ -224,7 +248,9 @@ class QueryRun:
             return None
         return (base * 1_000_003 + self.index * 7919 + self._holes_done) % (2**31)
 
-    async def _generate(self, name: str, spec: HoleSpec, budget: int) -> tuple[list[int], str]:
+    async def _generate(
+        self, name: str, spec: HoleSpec, budget: int, until: Until | None = None
+    ) -> tuple[list[int], str]:
         max_tokens = budget if spec.max_tokens is None else min(spec.max_tokens, budget)
         d = self.decoding
         extra = {k: v for k, v in (("top_k", d.top_k), ("top_p", d.top_p)) if v is not None}
@@ -236,28 +262,36 @@ class QueryRun:
             temperature=d.temperature,
             extra=extra,
             grammar=spec.grammar(),
-            stop=[s.phrase for s in spec.stops],
+            stop=spec.server_stops(),
             seed=self._seed(),
             min_tokens=spec.min_tokens,
         )
-        return await self._stream(name, op)
+        return await self._stream(name, op, until)
 
-    async def _stream(self, name: str, op: Generate) -> tuple[list[int], str]:
+    async def _stream(
+        self, name: str, op: Generate, until: Until | None = None
+    ) -> tuple[list[int], str]:
+        """Run `op`, reporting its text as it arrives; `until(tokens)` may end it early (the
+        stream is then cancelled server-side)."""
         tokenizer = self.conn.tokenizer
         eos = {tokenizer.eos_token_id}
         tokens: list[int] = []
         reason = "stop"
         started = time.perf_counter()
         shown = ""
-        async for event in self.conn.client.generate(op):
-            if event.token not in eos or event.finish_reason is None:
-                tokens.append(event.token)
-                text = tokenizer.decode(tokens)
-                if not text.endswith("\ufffd"):
-                    self.emit(TextAppended(text[len(shown) :], name, self.index))
-                    shown = text
-            reason = event.finish_reason or reason
-            self.logprob += event.logprob
+        async with aclosing(self.conn.client.generate(op)) as events:
+            async for event in events:
+                if event.token not in eos or event.finish_reason is None:
+                    tokens.append(event.token)
+                    text = tokenizer.decode(tokens)
+                    if not text.endswith("\ufffd"):
+                        self.emit(TextAppended(text[len(shown) :], name, self.index))
+                        shown = text
+                reason = event.finish_reason or reason
+                self.logprob += event.logprob
+                if until is not None and event.token not in eos and until(tokens):
+                    reason = "stop"
+                    break
         self.calls += 1
         elapsed = time.perf_counter() - started
         self.emit(ModelCall("GENERATE", len(op.prompt), len(tokens), elapsed, self.index))
@@ -299,6 +333,17 @@ class QueryRun:
         result.distribution_variable = var
         result.distribution_values = options
         self.emit(VariableFinished(var, options[best], self.index))
+
+
+def _type_value(expr: str, env: dict[str, Any]) -> Any:
+    """The value of a hole's type expression; None when it cannot be evaluated here."""
+    text = expr.strip()
+    if text in ("int", "str"):
+        return {"int": int, "str": str}[text]
+    try:
+        return eval(text, {"__builtins__": builtins, **env})
+    except Exception:
+        return None
 
 
 class QueryContext:

@@ -6,10 +6,12 @@ import ast
 import asyncio
 import builtins
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..constraints.compile import unknown_function_error
 from ..language.compiler import CompiledQuery, compile_query
 from ..language.errors import QueryCompileError
 from ..lmtp.cost import track_cost
@@ -92,6 +94,8 @@ def _unresolved(query: CompiledQuery, names: list[str]) -> Exception:
     for name in names:
         if name in where_names:
             lineno, col = _first_use(query, name)
+            if _called_in_where(query, name):
+                return unknown_function_error(name, (), query.source, lineno, col)
             return QueryCompileError(
                 f"the where clause names {name}, which no [{name}] hole in the prompt fills "
                 "and no input provides",
@@ -101,6 +105,16 @@ def _unresolved(query: CompiledQuery, names: list[str]) -> Exception:
             )
     quoted = ", ".join(repr(n) for n in names)
     return InputError(f"Failed to resolve variable(s) in query: {quoted} (pass them as inputs)")
+
+
+def _called_in_where(query: CompiledQuery, name: str) -> bool:
+    wheres = [query.where, *(s.where for s in query.statements)]
+    return any(
+        isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == name
+        for w in wheres
+        if w is not None
+        for n in ast.walk(w)
+    )
 
 
 def _names_in(node: ast.AST | None) -> set[str]:
@@ -136,6 +150,37 @@ def _decoder(
     return name, args
 
 
+class DecoderClauseError(QueryCompileError, DecoderError):
+    """A decoder error caused by the query's decoder clause, with its line and column."""
+
+
+def _checked_decoder(
+    query: CompiledQuery, scope: dict[str, Any], runtime: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """`_decoder`, with errors about the decoder clause pointing into the query."""
+    try:
+        return _decoder(query, scope, runtime)
+    except DecoderClauseError:
+        raise
+    except DecoderError as e:
+        raise _at_clause(e, query) from None
+
+
+def _at_clause(error: DecoderError, query: CompiledQuery) -> DecoderError:
+    """Point at the clause argument the message names, else at the decoder's name."""
+    clause = query.decoder
+    if clause is None:
+        return error
+    message = str(error)
+    named = [
+        pos
+        for arg, pos in clause.arg_positions.items()
+        if re.search(rf"\b{re.escape(arg)}\b", message)
+    ]
+    lineno, col = named[0] if named else (clause.lineno, clause.col)
+    return DecoderClauseError(message, source=query.source, lineno=lineno, col=col)
+
+
 def _model(query: CompiledQuery, scope: dict[str, Any], runtime: dict[str, Any]) -> Model:
     if runtime.get("model") is not None:
         return as_model(runtime["model"])
@@ -145,7 +190,7 @@ def _model(query: CompiledQuery, scope: dict[str, Any], runtime: dict[str, Any])
 
 
 async def _execute(query: CompiledQuery, scope: dict[str, Any], runtime: dict[str, Any]) -> Any:
-    name, args = _decoder(query, scope, runtime)
+    name, args = _checked_decoder(query, scope, runtime)
     conn = await _model(query, scope, runtime).connect()
     on_event = _output(runtime)
     return await decode(name, args, query, conn, scope, on_event)
