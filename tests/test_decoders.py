@@ -216,6 +216,43 @@ def test_beam_holds_stops_and_token_limits_on_a_random_model(
         assert value.endswith("e") or len(tokenizer.encode(value)) == 5
 
 
+def no_e(text: str) -> bool:
+    """A constraint only Python can check."""
+    return "e" not in text
+
+
+def test_beam_keeps_a_python_predicate_true_on_every_result() -> None:
+    greedy = cogql.run_sync(query("argmax", limit=4))
+    assert "e" in greedy["X"]  # unconstrained, the most likely value breaks the predicate
+
+    @cogql.query
+    def colour() -> list[cogql.LMQLResult]:
+        """lmql
+        beam(n=2)
+        "Q: Name a color.\nA:[X]" where len(TOKENS(X)) < 4 and no_e(X)
+        """
+
+    results = colour()
+    assert len(results) == 2
+    _check_sorted(results)
+    assert all("e" not in r["X"] for r in results)
+
+
+def test_beam_applies_a_conditional_stop_and_its_cut_on_a_random_model(
+    tiny_model: cogql.Model,
+) -> None:
+    """A stop phrase inside `and` fires only once its sibling holds (§6.5): here the first
+    space after the fifth character ends the value, which keeps the phrase."""
+    q = 'beam(n=3)\n    "Text:[X]"\nwhere STOPS_AT(X, " ") and len(X) > 5 and len(TOKENS(X)) < 8'
+    results = cogql.run_sync(q, model=tiny_model)
+    assert len(results) == 3
+    _check_sorted(results)
+    for r in results:
+        assert " " not in r["X"][5:-1]
+        if r["X"].endswith(" "):
+            assert len(r["X"]) > 5
+
+
 def test_beam_max_len_truncates_each_result_with_a_warning(
     caplog: pytest.LogCaptureFixture, tokenizer: Tokenizer
 ) -> None:
@@ -304,6 +341,13 @@ def test_result_shapes(decoder: str, count: int | None) -> None:
         assert isinstance(result, cogql.LMQLResult)
     else:
         assert isinstance(result, list) and len(result) == count
+
+
+def test_call_time_decoder_arguments_merge_over_the_clause() -> None:
+    clause = cogql.run_sync(query("beam(n=3)", limit=2), n=2)
+    dynamic = cogql.run_sync(f'"{PROMPT}[X]" where len(TOKENS(X)) < 2', decoder="beam", n=2)
+    assert [r["X"] for r in clause] == [r["X"] for r in dynamic]
+    assert len(clause) == 2
 
 
 @pytest.mark.parametrize("decoder", ["sample(n=2)", "beam(n=2)", "best_k(n=2)"])

@@ -27,6 +27,10 @@ class DecoderError(ValueError):
     """An unknown decoder, or a decoder argument it does not take or cannot use."""
 
 
+class NoResultError(RuntimeError):
+    """A search in which no hypothesis reached the end of the program."""
+
+
 # LMQL accepts these with every decoder (PromptInterpreter.EXTRA_DECODER_ARGS); cogql uses
 # max_len, top_k, top_p (sampling decoders) and step_budget, and ignores the others, which
 # tune LMQL's own chunking, caching and output. `seed` is cogql's: reproducible sampling.
@@ -122,6 +126,11 @@ async def decode(
     if root.complete and not root.run.hole_ends:
         return await explorer.result(root, 0)  # a program that reaches no hole: one result
     found = [root] if root.complete else await _SEARCHES[name](explorer, root, args)
+    if not found:
+        raise NoResultError(
+            f"{name}: no hypothesis reached the end of the query (every continuation broke a "
+            "constraint checked in Python, or step_budget ran out)"
+        )
     return list(await asyncio.gather(*(explorer.result(h, i) for i, h in enumerate(found))))
 
 

@@ -10,27 +10,28 @@ replay, as it does in LMQL (which forks by replay too).
 Inside a hole, a hypothesis grows one token at a time: one GENERATE with `max_tokens=1` and
 `top_logprobs=n` per hypothesis, its constraints applied as LMQL does against any LMTP server
 (the hole's grammar tracked here, its mask sent as ±100 `logit_bias`; stop phrases, token
-limits and `min_tokens` checked here). The ops of all hypotheses of a step are sent at once,
-so the engine batches them.
+limits and `min_tokens` checked here, and so are the constraints only Python can evaluate,
+as runtime/clientside.py does for argmax and sample). The ops of all hypotheses of a step are
+sent at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from ..constraints.holespec import HoleSpec
-from ..engine.masks import GrammarCompiler, GrammarMatcher
+from ..constraints.values import HoleText
+from ..engine.masks import GrammarMatcher
 from ..language.compiler import CompiledQuery
 from ..lmtp.client import LMTPError
-from ..lmtp.emulation import BIAS, _ends_with_stop
+from ..lmtp.emulation import BIAS
 from ..lmtp.messages import Generate, TokenEvent
-from ..tokenizer import Tokenizer
+from .clientside import TOP_CANDIDATES, grammar_compiler
 from .events import ModelCall, OnEvent, TextAppended
 from .interpreter import Decoding, QueryRun
 from .model import Connection
@@ -58,6 +59,7 @@ class Decided:
     name: str
     tokens: tuple[int, ...]
     reason: str  # "stop" or "length", like a GENERATE's finish reason
+    cut: int | None = None  # where a stop phrase cut the text (HoleSpec.cut), if one did
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,29 @@ class Sampling:
     seed: int | None = None
     top_k: int | None = None
     top_p: float | None = None
+
+
+@dataclass(frozen=True)
+class _Step:
+    """What taking one token does to a hole: it ends ("stop" / "length") or goes on (None)."""
+
+    reason: str | None
+    cut: int | None = None
+
+
+def _final_ok(spec: HoleSpec, text: str, tokens: tuple[int, ...]) -> bool:
+    """Whether the hole may end with `text` (constraints only Python can check)."""
+    return spec.check is None or spec.check.allows(HoleText(text, tokens, final=True))
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """Where `b` starts to differ from `a` (a partial UTF-8 token decodes differently once
+    its next token completes it)."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 class _Suspended(BaseException):
@@ -119,19 +144,11 @@ class _Replay:
                 f"replaying the query reached hole {name} where it first reached {d.name}: "
                 "beam-type decoders re-run the program and need it to be deterministic"
             )
+        if d.cut is not None:
+            spec.cut = d.cut  # as the client-side generator leaves it for HoleSpec.finish
         if self.emit_values and d.tokens:
             run.emit(TextAppended(run.conn.tokenizer.decode(list(d.tokens)), name, run.index))
         return list(d.tokens), d.reason
-
-
-_compilers: weakref.WeakKeyDictionary[Tokenizer, GrammarCompiler] = weakref.WeakKeyDictionary()
-
-
-def _grammar_compiler(tokenizer: Tokenizer) -> GrammarCompiler:
-    """One per tokenizer: building llguidance's view of a vocabulary takes seconds."""
-    if tokenizer not in _compilers:
-        _compilers[tokenizer] = GrammarCompiler(tokenizer)
-    return _compilers[tokenizer]
 
 
 def _bias(allowed: np.ndarray | None) -> dict[int, float]:
@@ -163,7 +180,6 @@ class Explorer:
         self.on_event = on_event
         self.eos = conn.tokenizer.eos_token_id
         self.calls = 0  # model calls made by the search
-        self._bytes = conn.tokenizer.all_token_bytes()
 
     # ---- program replay -----------------------------------------------------------------
 
@@ -227,37 +243,52 @@ class Explorer:
         """The children of `h`: its best `width` continuations under the hole's constraints
         (or `width` sampled ones, seeded by `place`, the hypothesis' position in the search).
         A child whose hole finishes moves on to its next hole."""
+        assert h.frontier is not None
         allowed = self._allowed(h)
         if allowed is not None and allowed.sum() <= 1:
             # a single choice (or none: conflicting constraints end the hole) costs no call
             token = int(np.flatnonzero(allowed)[0]) if allowed.any() else self.eos
             choices = [(token, 0.0)]
         elif sampling is None:
-            choices = await self._top(h, allowed, width)
+            # a Python check may reject candidates: ask for more, keep the best `width`
+            wanted = width if h.frontier.spec.check is None else max(width, TOP_CANDIDATES)
+            choices = await self._top(h, allowed, wanted)
         else:
             choices = await self._samples(h, allowed, width, sampling, place)
-        return list(await asyncio.gather(*(self._child(h, t, lp) for t, lp in choices)))
+        steps = [(t, lp, self._take(h, t)) for t, lp in choices]
+        kept = [(t, lp, step) for t, lp, step in steps if step is not None][:width]
+        return list(await asyncio.gather(*(self._child(h, *k) for k in kept)))
 
-    async def _child(self, h: Hypothesis, token: int, logprob: float) -> Hypothesis:
-        reason = self._finish_reason(h, token)
-        tokens = h.tokens if token == self.eos else (*h.tokens, token)
-        if reason is None:
-            return replace(h, tokens=tokens, logprob=h.logprob + logprob)
+    async def _child(self, h: Hypothesis, token: int, logprob: float, step: _Step) -> Hypothesis:
+        """`h` after `token`, which `step` says ends its hole or not."""
         assert h.frontier is not None
-        done = Decided(h.frontier.name, tokens, reason)
+        tokens = h.tokens if token == self.eos else (*h.tokens, token)
+        if step.reason is None:
+            return replace(h, tokens=tokens, logprob=h.logprob + logprob)
+        done = Decided(h.frontier.name, tokens, step.reason, step.cut)
         return await self._replay((*h.decided, done), h.logprob + logprob)
 
-    def _finish_reason(self, h: Hypothesis, token: int) -> str | None:
-        """Why the hole ends after `token` (as the engine decides it), or None."""
+    def _take(self, h: Hypothesis, token: int) -> _Step | None:
+        """Whether and why the hole ends after `token`, as the engine (stop phrases, token
+        limits) and runtime/clientside.py (conditional stops, `HoleSpec.check`) decide it;
+        None when the token may not be taken here."""
         assert h.frontier is not None
+        spec, decode = h.frontier.spec, self.conn.tokenizer.decode
+        before = decode(list(h.tokens))
         if token == self.eos:
-            return "stop"
-        spec, count = h.frontier.spec, len(h.tokens) + 1
-        if spec.stops and count >= spec.min_tokens:
-            text = b"".join(self._bytes[t] for t in (*h.tokens, token))
-            if _ends_with_stop(text, self._bytes[token], [s.phrase for s in spec.stops]):
-                return "stop"
-        return "length" if count >= h.frontier.limit else None
+            return _Step("stop") if _final_ok(spec, before, h.tokens) else None
+        tokens = (*h.tokens, token)
+        text = decode(list(tokens))
+        if spec.stops and len(tokens) >= spec.min_tokens:
+            cut = spec.stop_cut(text, _common_prefix(before, text), tokens)
+            if cut is not None and _final_ok(spec, text[:cut], tokens):
+                return _Step("stop", cut)
+        if len(tokens) >= h.frontier.limit:
+            by_max_len = spec.max_tokens is None or h.frontier.limit < spec.max_tokens
+            return _Step("length") if by_max_len or _final_ok(spec, text, tokens) else None
+        if spec.check is not None and spec.check(HoleText(text, tokens)) is False:
+            return None
+        return _Step(None)
 
     def _allowed(self, h: Hypothesis) -> np.ndarray | None:
         """The hole's mask after the hypothesis' tokens; None when any token may follow."""
@@ -267,7 +298,7 @@ class Explorer:
         allowed = matcher.allowed().copy() if matcher is not None else None
         if len(h.tokens) < spec.min_tokens:
             if allowed is None:
-                allowed = np.ones(len(self._bytes), dtype=bool)
+                allowed = np.ones(self.conn.tokenizer.vocab_size, dtype=bool)
             allowed[self.eos] = False
         return allowed
 
@@ -275,7 +306,7 @@ class Explorer:
         grammar = spec.grammar()
         if grammar is None:
             return None
-        matcher = _grammar_compiler(self.conn.tokenizer).matcher(grammar)
+        matcher = grammar_compiler(self.conn.tokenizer).matcher(grammar)
         matcher.consume(list(tokens))
         return matcher
 
