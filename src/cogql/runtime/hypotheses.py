@@ -29,9 +29,8 @@ from ..constraints.values import HoleText
 from ..engine.masks import GrammarMatcher
 from ..language.compiler import CompiledQuery
 from ..lmtp.client import LMTPError
-from ..lmtp.emulation import BIAS
 from ..lmtp.messages import Generate, TokenEvent
-from .clientside import TOP_CANDIDATES, grammar_compiler
+from .clientside import TOP_CANDIDATES, _bias, _common_prefix, grammar_compiler
 from .events import ModelCall, OnEvent, TextAppended
 from .interpreter import Decoding, QueryRun
 from .model import Connection
@@ -99,16 +98,6 @@ def _final_ok(spec: HoleSpec, text: str, tokens: tuple[int, ...]) -> bool:
     return spec.check is None or spec.check.allows(HoleText(text, tokens, final=True))
 
 
-def _common_prefix(a: str, b: str) -> int:
-    """Where `b` starts to differ from `a` (a partial UTF-8 token decodes differently once
-    its next token completes it)."""
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 class _Suspended(BaseException):
     """Unwinds a replayed program at its first undecided hole. A BaseException, so that a
     query's own `except Exception` cannot swallow it."""
@@ -149,17 +138,6 @@ class _Replay:
         if self.emit_values and d.tokens:
             run.emit(TextAppended(run.conn.tokenizer.decode(list(d.tokens)), name, run.index))
         return list(d.tokens), d.reason
-
-
-def _bias(allowed: np.ndarray | None) -> dict[int, float]:
-    """LMQL's mask as logit_bias: +BIAS on the allowed ids or -BIAS on the others, whichever
-    set is smaller."""
-    if allowed is None:
-        return {}
-    on = np.flatnonzero(allowed)
-    if len(on) <= len(allowed) - len(on):
-        return {int(i): BIAS for i in on}
-    return {int(i): -BIAS for i in np.flatnonzero(~allowed)}
 
 
 class Explorer:
