@@ -349,6 +349,14 @@ def test_int_after_stop_trimming() -> None:
     assert s.finish("12 apples and 3") == (12, "12")
 
 
+def test_holds_checks_the_finished_text(tokenizer: Tokenizer) -> None:
+    """What decides whether a value a token limit cut short still satisfies the grammar."""
+    s = spec(tokenizer, "INT(X) and len(TOKENS(X)) < 3")
+    assert s.holds(" 42,", ()) and not s.holds(" ", ())
+    s = spec(tokenizer, 'X not in [" No"] and len(TOKENS(X)) < 2')
+    assert not s.holds(" No", ()) and s.holds(" No,", ())
+
+
 def test_escaped_and_erase() -> None:
     assert HoleSpec(escaped=True).finish("a\nb\tc") == ("a\\nb\\tc", "a\\nb\\tc")
     assert HoleSpec(erase=True).finish("hello") == ("hello", "")

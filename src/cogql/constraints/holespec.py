@@ -80,19 +80,29 @@ class HoleSpec:
                 at = text.find(stop.phrase, at + 1)
         return None if best is None else best[1]
 
-    def finish(self, raw: str, stops_from: int = 0) -> tuple[Any, str]:
-        """(program value, prompt text) of a completed hole. Stop phrases that end within the
-        first `stops_from` characters (generated before min_tokens, when stops are inactive)
-        are ignored."""
+    def final_text(self, raw: str, stops_from: int = 0) -> str:
+        """The hole's text once its stop phrases cut it (and an INT lost the character that
+        ended it). Stop phrases that end within the first `stops_from` characters (generated
+        before min_tokens, when stops are inactive) are ignored."""
         if self.cut is not None:
             text = raw[: self.cut]
         elif self.client_stops:
             text = raw  # no client-side stop fired
         else:
             text = trim_at_stop(raw, self.stops, stops_from)
-        value: Any = text
-        if self.is_int:
-            value, text = _integer(text)
+        return _integer(text)[1] if self.is_int else text
+
+    def holds(self, raw: str, tokens: tuple[int, ...]) -> bool:
+        """Whether the finished text satisfies the hole's constraints (value semantics, in
+        Python): a grammar can be cut short by a token limit where it does not accept."""
+        if self.constraint is None:
+            return True
+        return self.constraint.allows(HoleText(self.final_text(raw), tokens, final=True))
+
+    def finish(self, raw: str, stops_from: int = 0) -> tuple[Any, str]:
+        """(program value, prompt text) of a completed hole (see final_text)."""
+        text = self.final_text(raw, stops_from)
+        value: Any = _integer(text)[0] if self.is_int else text
         if self.escaped:
             text = text.replace("\n", "\\n").replace("\t", "\\t")
             value = text if isinstance(value, str) else value

@@ -66,20 +66,13 @@ async def generate(run: QueryRun, name: str, spec: HoleSpec, budget: int) -> tup
     until = stop_watch(spec, run.conn.tokenizer) if spec.client_stops else None
     tokens, reason = await run._generate(name, spec, budget, until=until)
     at_limit = spec.max_tokens is not None and len(tokens) >= spec.max_tokens
-    if reason == "length" and at_limit and not _accepts(spec, run.conn.tokenizer, tokens):
-        spec.cut = None
-        return await _SlowPath(run, name, spec, budget).generate()
+    grammar = spec.regex is not None or spec.token_options is not None
+    if reason == "length" and at_limit and grammar:
+        raw = run.conn.tokenizer.decode(tokens)
+        if not spec.holds(raw, tuple(tokens)):
+            spec.cut = None
+            return await _SlowPath(run, name, spec, budget).generate()
     return tokens, reason
-
-
-def _accepts(spec: HoleSpec, tokenizer: Tokenizer, tokens: list[int]) -> bool:
-    """Whether the hole's grammar accepts `tokens` as a whole value."""
-    grammar = spec.grammar()
-    if grammar is None:
-        return True
-    matcher = grammar_compiler(tokenizer).matcher(grammar)
-    matcher.consume(tokens)
-    return matcher.is_accepting()
 
 
 def stop_watch(spec: HoleSpec, tokenizer: Tokenizer) -> Callable[[list[int]], bool]:
