@@ -6,7 +6,7 @@ query, or a SCORE after a GENERATE on the same prompt, only computes the new tok
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     import torch
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """Length of the shared start of two token lists (or strings)."""
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:

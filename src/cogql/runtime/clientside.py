@@ -31,7 +31,9 @@ import numpy as np
 
 from ..constraints.holespec import HoleSpec
 from ..constraints.values import ConstraintError, HoleText, Predicate
+from ..engine.kvcache import common_prefix
 from ..engine.masks import GrammarCompiler, GrammarMatcher
+from ..lmtp.emulation import mask_bias
 from ..lmtp.messages import Generate
 from ..tokenizer import Tokenizer
 from .events import ModelCall, TextAppended
@@ -40,7 +42,6 @@ if TYPE_CHECKING:
     from .interpreter import QueryRun
 
 TOP_CANDIDATES = 16  # candidates per slow-path step
-BIAS = 100.0  # LMQL's masking strength as logit_bias
 _compilers: dict[int, tuple[Tokenizer, GrammarCompiler]] = {}
 
 
@@ -81,7 +82,7 @@ def stop_watch(spec: HoleSpec, tokenizer: Tokenizer) -> Callable[[list[int]], bo
 
     def fired(tokens: list[int]) -> bool:
         text = tokenizer.decode(tokens)
-        new_from = _common_prefix(seen["text"], text)
+        new_from = common_prefix(seen["text"], text)
         seen["text"] = text
         if len(tokens) < spec.min_tokens:
             return False
@@ -89,15 +90,6 @@ def stop_watch(spec: HoleSpec, tokenizer: Tokenizer) -> Callable[[list[int]], bo
         return spec.cut is not None
 
     return fired
-
-
-def _common_prefix(a: str, b: str) -> int:
-    """Length of the shared start (a partial UTF-8 token decodes differently once complete)."""
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 @dataclass
@@ -159,7 +151,7 @@ class _SlowPath:
         text = self.tokenizer.decode(new)
         self.spec.cut = None
         if len(new) >= self.spec.min_tokens:
-            self.spec.cut = self.spec.stop_cut(text, _common_prefix(before, text), tuple(new))
+            self.spec.cut = self.spec.stop_cut(text, common_prefix(before, text), tuple(new))
         if self.spec.cut is not None:
             value = text[: self.spec.cut]
             if self.check.allows(HoleText(value, tuple(new), final=True)):
@@ -243,7 +235,7 @@ class _SlowPath:
             prompt=[*run.ids, *tokens],
             max_tokens=1,
             temperature=d.temperature,
-            logit_bias=_bias(allowed),
+            logit_bias=mask_bias(allowed),
             top_logprobs=TOP_CANDIDATES,
             extra=extra,
             seed=None if seed is None else (seed + 7919 * len(tokens)) % (2**31),
@@ -286,13 +278,3 @@ class _SlowPath:
 
 def _ok(allowed: np.ndarray, token: int) -> bool:
     return 0 <= token < len(allowed) and bool(allowed[token])
-
-
-def _bias(allowed: np.ndarray | None) -> dict[int, float]:
-    """The mask as ±100 logit_bias on the smaller of the allowed and forbidden sets."""
-    if allowed is None:
-        return {}
-    on = np.flatnonzero(allowed)
-    if len(on) <= len(allowed) - len(on):
-        return {int(i): BIAS for i in on}
-    return {int(i): -BIAS for i in np.flatnonzero(~allowed)}

@@ -26,11 +26,13 @@ import numpy as np
 
 from ..constraints.holespec import HoleSpec
 from ..constraints.values import HoleText
+from ..engine.kvcache import common_prefix
 from ..engine.masks import GrammarMatcher
 from ..language.compiler import CompiledQuery
 from ..lmtp.client import LMTPError
+from ..lmtp.emulation import mask_bias
 from ..lmtp.messages import Generate, TokenEvent
-from .clientside import TOP_CANDIDATES, _bias, _common_prefix, grammar_compiler
+from .clientside import TOP_CANDIDATES, grammar_compiler
 from .events import ModelCall, OnEvent, TextAppended
 from .interpreter import Decoding, QueryRun
 from .model import Connection
@@ -258,7 +260,7 @@ class Explorer:
         tokens = (*h.tokens, token)
         text = decode(list(tokens))
         if spec.stops and len(tokens) >= spec.min_tokens:
-            cut = spec.stop_cut(text, _common_prefix(before, text), tokens)
+            cut = spec.stop_cut(text, common_prefix(before, text), tokens)
             if cut is not None and _final_ok(spec, text[:cut], tokens):
                 return _Step("stop", cut)
         if len(tokens) >= h.frontier.limit:
@@ -333,7 +335,7 @@ class Explorer:
             prompt=prompt,
             max_tokens=1,
             temperature=sampling.temperature if sampling is not None else 0.0,
-            logit_bias=_bias(allowed),
+            logit_bias=mask_bias(allowed),
             top_logprobs=top_logprobs,
             extra=extra,
             seed=seed,
