@@ -195,27 +195,9 @@ def test_embedded_model_greedy_next_token(embedded_dir: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, embedded_dir: Path) -> Path:
-    """A random-weight 2-layer llama with the embedded tokenizer's vocabulary."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=49152,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-    )
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    for name in TOKENIZER_FILES:
-        shutil.copy(embedded_dir / name, folder / name)
-    return folder
+def tiny_llama_dir(tiny_model_path: Path) -> Path:
+    """The random-weight 2-layer llama of conftest.py (the embedded tokenizer's vocabulary)."""
+    return tiny_model_path
 
 
 def test_folder_model_loads_via_local_prefix(tiny_llama_dir: Path) -> None:
