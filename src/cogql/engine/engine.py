@@ -238,6 +238,11 @@ class Engine:
         self._inbox.put(_Call(fn, future))
         return future
 
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread still runs (hosts use it to fail waits on a dead engine)."""
+        return self._thread.is_alive()
+
     def close(self) -> None:
         """Stop the worker thread (pending streams are dropped); safe to call twice."""
         if self._thread.is_alive():

@@ -132,10 +132,6 @@ class BatchRunner:
         self.engine = engine
         self.info_overrides = info_overrides or {}
 
-    def _alive(self) -> bool:
-        thread = getattr(self.engine, "_thread", None)  # the engine exposes no health check
-        return thread is None or thread.is_alive()
-
     def _fix_info(self, event: Event) -> Event:
         info = getattr(event, "model_info", None)
         if isinstance(info, dict) and self.info_overrides:
@@ -155,7 +151,7 @@ class BatchRunner:
                 try:
                     event = events.get(timeout=_POLL_S)
                 except queue.Empty:
-                    if not self._alive():
+                    if not self.engine.alive:
                         raise EngineStopped("the cogql engine stopped; see the logs") from None
                     continue
                 line = demux.line(self._fix_info(event))
@@ -186,7 +182,7 @@ class BatchRunner:
                 try:
                     event = await asyncio.wait_for(events.get(), _POLL_S)
                 except TimeoutError:
-                    if not self._alive():
+                    if not self.engine.alive:
                         raise EngineStopped("the cogql engine stopped; see the logs") from None
                     continue
                 line = demux.line(self._fix_info(event))
