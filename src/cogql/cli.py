@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import gc
 import json
 import sys
 from typing import Any
@@ -137,6 +138,7 @@ def run(file: Any, model_name: str | None, sets: tuple[str, ...], as_json: bool,
             _print_result(item, console)
     if trace:
         _print_cost(result)
+    gc.freeze()  # the process ends here: spare interpreter shutdown a collection over the model
 
 
 # --------------------------------------------------------------------------- serve-model
