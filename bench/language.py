@@ -12,7 +12,9 @@ Usage: python bench/language.py [--repeats N] [--no-peer]
 from __future__ import annotations
 
 import argparse
+import statistics
 from collections import defaultdict
+from collections.abc import Callable
 
 import torch
 from transformers import DynamicCache
@@ -61,7 +63,9 @@ def cold(engine, source: str) -> object:
     return run_query(source)
 
 
-def floor(engine, runs: list[list[tuple[str, bool]]], repeats: int) -> float:
+def floor_run(engine, runs: list[list[tuple[str, bool]]]) -> Callable[[], None]:
+    """Plain transformers replaying the query's text: prompt pieces prefilled, generated pieces
+    fed one token per step, with the engine's fp32-prompt / fp16-decode split."""
     tok, prefill = engine.tokenizer, engine.loaded.model
     decode = engine.loaded.decode_model or prefill
 
@@ -82,13 +86,23 @@ def floor(engine, runs: list[list[tuple[str, bool]]], repeats: int) -> float:
             for pieces in runs:
                 one(pieces)
 
-    engine.call(run).result()
-    return engine.call(lambda: median_time(run, repeats)[0]).result()
+    return lambda: engine.call(run).result()
+
+
+def side_by_side(first: Callable[[], object], second: Callable[[], object], repeats: int):
+    """Medians of alternating runs (after one warm-up each), so that drift in the machine's
+    speed lands on both sides."""
+    first(), second()
+    a, b = [], []
+    for _ in range(repeats):
+        a.append(median_time(first, 1)[0])
+        b.append(median_time(second, 1)[0])
+    return statistics.median(a), statistics.median(b)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--no-peer", action="store_true")
     args = ap.parse_args()
     engine = local_engine(None)
@@ -99,8 +113,9 @@ def main() -> None:
         path = ROOT / "bench" / "queries" / f"{name}.lmql"
         source = path.read_text()
         runs, calls = segments(source)
-        warm, _ = median_time(lambda src=source: cold(engine, src), args.repeats)
-        fl = floor(engine, runs, args.repeats)
+        warm, fl = side_by_side(
+            lambda src=source: cold(engine, src), floor_run(engine, runs), args.repeats
+        )
         row = f"{name:10}{warm:9.3f}{fl:9.3f}{warm / fl:9.2f}"
         if with_peer:
             lmql = peer_warm(path, args.repeats)["warm"]
