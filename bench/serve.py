@@ -44,21 +44,22 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(argv: list[str], port: int):
+def server(argv: list[str], port: int, model: str):
+    """A server process; `model` is the name clients ask for (LMQL loads whatever is asked)."""
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        asyncio.run(wait_ready(f"127.0.0.1:{port}"))
+        asyncio.run(wait_ready(f"127.0.0.1:{port}", model))
         yield f"127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(30)
 
 
-async def wait_ready(endpoint: str, timeout: float = 300) -> None:
+async def wait_ready(endpoint: str, model: str, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            client = LMTPClient(WebSocketTransport(endpoint, connect_timeout=2))
+            client = LMTPClient(WebSocketTransport(endpoint, connect_timeout=2), model)
             info = await client.model_info()
             if info.get("model_info") != "<unavailable>":
                 await warm(client)
@@ -80,12 +81,12 @@ def prompt(client: LMTPClient, i: int) -> list[int]:
 
 
 async def stream(client: LMTPClient, ids: list[int], n: int) -> int:
-    op = Generate(None, "model", ids, max_tokens=n, logit_bias={2: -100.0})
+    op = Generate(None, client.model, ids, max_tokens=n, logit_bias={2: -100.0})
     return sum([1 async for _ in client.generate(op)])
 
 
-async def throughput(endpoint: str, streams: int, tokens: int, tokenizer) -> float:
-    client = LMTPClient(WebSocketTransport(endpoint), model="model", tokenizer=tokenizer)
+async def throughput(endpoint: str, model: str, streams: int, tokens: int, tokenizer) -> float:
+    client = LMTPClient(WebSocketTransport(endpoint), model=model, tokenizer=tokenizer)
     start = time.perf_counter()
     counts = await asyncio.gather(
         *(stream(client, prompt(client, i), tokens) for i in range(streams))
@@ -93,9 +94,9 @@ async def throughput(endpoint: str, streams: int, tokens: int, tokenizer) -> flo
     return sum(counts) / (time.perf_counter() - start)
 
 
-async def score_while_generating(endpoint: str, tokenizer) -> tuple[float, float]:
+async def score_while_generating(endpoint: str, model: str, tokenizer) -> tuple[float, float]:
     """(SCORE latency, GENERATE duration) with the SCORE sent 0.5 s into the GENERATE."""
-    client = LMTPClient(WebSocketTransport(endpoint), model="model", tokenizer=tokenizer)
+    client = LMTPClient(WebSocketTransport(endpoint), model=model, tokenizer=tokenizer)
     start = time.perf_counter()
     gen = asyncio.create_task(stream(client, prompt(client, 1), 200))
     await asyncio.sleep(0.5)
@@ -117,8 +118,8 @@ def query_time(model, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(endpoint: str, tokens: int, tokenizer) -> dict[int, float]:
-    return {n: asyncio.run(throughput(endpoint, n, tokens, tokenizer)) for n in (1, 4, 16)}
+def measure(endpoint: str, model: str, tokens: int, tokenizer) -> dict[int, float]:
+    return {n: asyncio.run(throughput(endpoint, model, n, tokens, tokenizer)) for n in (1, 4, 16)}
 
 
 def main() -> None:
@@ -132,21 +133,23 @@ def main() -> None:
     tokenizer = load_tokenizer(resolve_model_path(None))
     port = free_port()
     cogql_argv = [sys.executable, "-m", "cogql", "serve-model", "default", "--port", str(port)]
-    with server(cogql_argv, port) as endpoint:
-        ours = measure(endpoint, args.tokens, tokenizer)
-        latency, gen_time = asyncio.run(score_while_generating(endpoint, tokenizer))
+    with server(cogql_argv, port, "default") as endpoint:
+        ours = measure(endpoint, "default", args.tokens, tokenizer)
+        latency, gen_time = asyncio.run(score_while_generating(endpoint, "default", tokenizer))
         remote = cogql.model("SmolLM2", endpoint=endpoint)
         served = query_time(remote, args.repeats)
     inproc = query_time(cogql.model(None), args.repeats)
 
-    theirs = None
+    theirs, their_latency = None, None
     peer_py = PEER / "venv/bin/python"
     if not args.no_peer and peer_py.exists():
         port = free_port()
-        lmql_argv = [str(PEER / "venv/bin/lmql"), "serve-model", str(PEER / "smollm2-hf"),
+        served_model = str(PEER / "smollm2-hf")
+        lmql_argv = [str(PEER / "venv/bin/lmql"), "serve-model", served_model,
                      "--port", str(port)]  # fmt: skip
-        with server(lmql_argv, port) as endpoint:
-            theirs = measure(endpoint, args.tokens, tokenizer)
+        with server(lmql_argv, port, served_model) as endpoint:
+            theirs = measure(endpoint, served_model, args.tokens, tokenizer)
+            their_latency = asyncio.run(score_while_generating(endpoint, served_model, tokenizer))
 
     print(f"(a) aggregate tokens/s, {args.tokens} tokens per stream")
     print(
@@ -163,6 +166,10 @@ def main() -> None:
           f"ratio {served / inproc:.2f} (target <= 1.1)")  # fmt: skip
     print(f"(d) SCORE during a 200-token GENERATE: {latency * 1000:.0f} ms "
           f"(the GENERATE took {gen_time:.2f}s; target: the SCORE does not wait for it)")  # fmt: skip
+    if their_latency:
+        print(
+            f"    LMQL: {their_latency[0] * 1000:.0f} ms (its GENERATE took {their_latency[1]:.2f}s)"
+        )
     if theirs is None:
         print("(c) LMQL peer not installed (make peer): skipped")
 

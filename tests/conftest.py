@@ -92,7 +92,7 @@ class ForwardLog:
 @pytest.fixture
 def forwards(engine: Engine) -> Iterator[ForwardLog]:
     log = ForwardLog()
-    models = [m for m in (engine.loaded.model, engine.loaded.decode_model) if m is not None]
+    models = [engine.loaded.model, *engine.loaded.decode_models]
     hooks = [m.register_forward_pre_hook(log, with_kwargs=True) for m in models]
     yield log
     for h in hooks:

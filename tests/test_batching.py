@@ -9,8 +9,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import torch
+from transformers import DynamicCache
 
+from cogql.engine import models
+from cogql.engine.batch import PrecisionTuner
 from cogql.engine.engine import Engine
+from cogql.engine.kvcache import CacheEntry
 from cogql.lmtp.client import LMTPClient
 from cogql.lmtp.messages import Generate
 from cogql.lmtp.transports.inprocess import InProcessTransport, local_engine
@@ -89,3 +94,43 @@ async def test_cancelling_one_stream_leaves_the_others(
 
     stopped, kept = await asyncio.gather(abandon(), tokens(fp32_client, b, 10))
     assert stopped == 3 and kept == expected
+
+
+def test_tuner_gives_a_clearly_slower_precision_one_trial() -> None:
+    tuner = PrecisionTuner(3)
+    seconds = {0: 0.150, 1: 0.060, 2: 0.070}  # e.g. fp16, bf16, fp32 at sixteen rows
+    picked = []
+    for _ in range(12):
+        choice = tuner.pick(16)
+        picked.append(choice)
+        tuner.record(16, choice, seconds[choice])
+    trials = 1 + 2 * PrecisionTuner.TRIALS
+    timed = picked[:trials]
+    assert timed.count(0) == 1
+    assert timed.count(1) == timed.count(2) == PrecisionTuner.TRIALS
+    assert set(picked[trials:]) == {1}, "once timed, the fastest runs every step"
+    assert tuner.pick(3) == 0, "another batch-size class is timed on its own"
+
+
+def test_cast_rounds_from_the_exact_keys_once() -> None:
+    torch.manual_seed(0)
+    keys, values = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
+    entry = CacheEntry(ids=list(range(5)))
+    entry.past = DynamicCache(ddp_cache_data=[(keys, values)])
+    entry.cast(torch.float16)
+    entry.cast(torch.bfloat16)
+    layer = entry.past.layers[0]
+    twice = keys.to(torch.float16).to(torch.bfloat16)
+    assert not torch.equal(twice, keys.to(torch.bfloat16)), "the data shows no double rounding"
+    assert torch.equal(layer.keys, keys.to(torch.bfloat16))
+    entry.cast(torch.float32)
+    assert torch.equal(entry.past.layers[0].keys, keys)
+    assert torch.equal(entry.past.layers[0].values, values)
+
+
+def test_decode_copies_follow_the_cpu(fp32_engine: Engine) -> None:
+    loaded = local_engine(None).loaded
+    dtypes = [next(m.parameters()).dtype for m in loaded.decode_models]
+    assert dtypes == [torch.float16, torch.bfloat16][: len(dtypes)]
+    assert len(dtypes) == (2 if models._native_bfloat16() else 1)
+    assert fp32_engine.loaded.decode_models == (), "an explicit dtype gets no decode copies"

@@ -6,8 +6,9 @@ only when the set of streams changes (a stream joins, finishes, or takes a multi
 Between rebuilds every entry's `past` is lent out as a lazily cut row of that cache.
 
 Which precision is faster for a batched step depends on the CPU and the batch size (on the
-2-core development machine fp16 wins at one row and loses badly at sixteen), so the batch
-times real steps with each candidate model per batch-size class and keeps the faster one.
+2-core development machine fp16 wins at one row, bf16 at four and more, and fp16 loses badly to
+both at sixteen), so the batch times real steps with each candidate model per batch-size class
+and keeps the fastest.
 """
 
 from __future__ import annotations
@@ -22,9 +23,13 @@ from .kvcache import CacheEntry
 
 
 class PrecisionTuner:
-    """Per batch-size class, the candidate whose fastest trial step was fastest."""
+    """Per batch-size class, the candidate whose fastest trial step was fastest.
+
+    Every candidate gets one trial; only those within `CONTENDER` of the best so far get the
+    rest, so a clearly slower precision costs one slow step, not `TRIALS`."""
 
     TRIALS = 3
+    CONTENDER = 1.3
 
     def __init__(self, candidates: int) -> None:
         self.candidates = candidates
@@ -32,10 +37,15 @@ class PrecisionTuner:
 
     def pick(self, rows: int) -> int:
         size = rows.bit_length()
-        for i in range(self.candidates):
-            if len(self._times.get((size, i), ())) < self.TRIALS:
+        times = [self._times.get((size, i), []) for i in range(self.candidates)]
+        untried = [i for i, t in enumerate(times) if not t]
+        if untried:
+            return untried[0]
+        best = min(min(t) for t in times)
+        for i, t in enumerate(times):
+            if len(t) < self.TRIALS and min(t) < self.CONTENDER * best:
                 return i
-        return min(range(self.candidates), key=lambda i: min(self._times[(size, i)]))
+        return min(range(self.candidates), key=lambda i: min(times[i]))
 
     def record(self, rows: int, candidate: int, seconds: float) -> None:
         trials = self._times.setdefault((rows.bit_length(), candidate), [])

@@ -78,7 +78,7 @@ class _ModelRunner:
         self.decode_model = loaded.decode_model
         self.device = loaded.device
         self.cache = cache
-        self.batch = DecodeBatch([m for m in (loaded.decode_model, loaded.model) if m is not None])
+        self.batch = DecodeBatch([*loaded.decode_models, loaded.model])
 
     def feed(self, entries: list[CacheEntry], tokens: list[list[int]]) -> None:
         """Advance every entry by its tokens: one-token steps share one batched pass."""
@@ -218,7 +218,7 @@ class Engine:
             "transformers": version("transformers"),
             "cogql": version("cogql") if _installed("cogql") else "dev",
             "dtype": str(self.loaded.dtype).removeprefix("torch.")
-            + ("+float16-decode" if self.loaded.decode_model is not None else ""),
+            + _decode_suffix(self.loaded.decode_models),
             "capabilities": list(CAPABILITIES),
             "bos_token_id": self.tokenizer.bos_token_id,
             "eos_token_id": self.eos_token_id,
@@ -438,6 +438,12 @@ def _installed(dist: str) -> bool:
         return True
     except Exception:
         return False
+
+
+def _decode_suffix(models: tuple[torch.nn.Module, ...]) -> str:
+    """'+float16,bfloat16-decode': the precisions one-token steps may run at."""
+    names = [str(next(m.parameters()).dtype).removeprefix("torch.") for m in models]
+    return f"+{','.join(names)}-decode" if names else ""
 
 
 def _repeat(t: torch.Tensor, n: int) -> torch.Tensor:

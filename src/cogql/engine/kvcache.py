@@ -82,24 +82,25 @@ class CacheEntry:
                 layer.values = layer.values[..., :length, :]
 
     def cast(self, dtype: torch.dtype) -> None:
-        """Keys/values in the precision of the model that reads them next."""
+        """Keys/values in the precision of the model that reads them next. Positions that
+        were computed at a higher precision are taken from that original, never from an
+        intermediate rounding (fp16 then bf16 would round twice)."""
         layers = [
             x for x in (self.past.layers if self.past is not None else ()) if x.keys is not None
         ]
         if not layers or layers[0].keys.dtype == dtype:
             return
-        going_down = dtype.itemsize < layers[0].keys.dtype.itemsize
-        if going_down and self._exact is None:
+        if self._exact is None and dtype.itemsize < layers[0].keys.dtype.itemsize:
             self._exact = [(x.keys, x.values) for x in layers]
-        restore = self._exact if not going_down and self._exact is not None else None
         for i, layer in enumerate(layers):
             keys, values = layer.keys.to(dtype), layer.values.to(dtype)
-            if restore is not None and restore[i][0].dtype == dtype:
-                n = min(restore[i][0].shape[-2], keys.shape[-2])
-                keys[..., :n, :] = restore[i][0][..., :n, :]
-                values[..., :n, :] = restore[i][1][..., :n, :]
+            if self._exact is not None:
+                exact_keys, exact_values = self._exact[i]
+                n = min(exact_keys.shape[-2], keys.shape[-2])
+                keys[..., :n, :] = exact_keys[..., :n, :]
+                values[..., :n, :] = exact_values[..., :n, :]
             layer.keys, layer.values = keys, values
-        if restore is not None:
+        if self._exact is not None and self._exact[0][0].dtype == dtype:
             self._exact = None
 
     def tokens_held(self) -> int:
