@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from cogql.lmtp.messages import (
+    ENGINE_CAPABILITIES,
     ErrorEvent,
     Event,
     Generate,
@@ -21,6 +22,8 @@ from cogql.lmtp.messages import (
     ProtocolError,
     Score,
     TokenEvent,
+    advertise,
+    advertised,
     event_from_wire,
     event_to_wire,
     is_terminal,
@@ -32,6 +35,7 @@ from cogql.lmtp.messages import (
     split_message,
     ws_frame,
 )
+from cogql.replicate.schema import OPS_BATCH_DESCRIPTION
 
 # --------------------------------------------------------------------------- round trips
 
@@ -232,3 +236,10 @@ def test_error_items_become_error_events() -> None:
     (tok,) = parse_server_message('TOKEN {"stream_id": 4, "error": "failed"}\n')
     assert msg == ErrorEvent(2, "Unknown command: X", as_msg=True)
     assert tok == ErrorEvent(4, "failed", as_msg=False)
+
+
+def test_extensions_round_trip_through_a_description() -> None:
+    text = f"Some input. {advertise(ENGINE_CAPABILITIES)} More words."
+    assert advertised(text) == frozenset(ENGINE_CAPABILITIES)
+    assert advertised("JSON array of LMTP ops") is None
+    assert advertised(OPS_BATCH_DESCRIPTION) == frozenset(ENGINE_CAPABILITIES)

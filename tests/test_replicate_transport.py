@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -29,7 +30,7 @@ import cogql
 from cogql.cli import main
 from cogql.lmtp.client import LMTPClient, LMTPError
 from cogql.lmtp.cost import Cost, PredictionCost, current_cost, track_cost
-from cogql.lmtp.messages import Generate, TokenEvent
+from cogql.lmtp.messages import ENGINE_CAPABILITIES, Generate, TokenEvent
 from cogql.lmtp.transports.inprocess import InProcessTransport, local_engine
 from cogql.lmtp.transports.replicate import (
     ReplicateConfigError,
@@ -384,6 +385,37 @@ async def test_pinned_versions_and_deployments(emulator: Emulator, form: str) ->
     assert len(cost.predictions) == 1
 
 
+@pytest.mark.parametrize("form", ["{ref}", "{ref}/{v}"])
+async def test_the_version_lookup_carries_the_extensions(emulator: Emulator, form: str) -> None:
+    t = transport(emulator, "replicate:" + form.format(ref=REF, v=emulator.version(REF)))
+    await t.open()
+    assert t.advertised == frozenset(ENGINE_CAPABILITIES)
+
+
+def test_a_schema_without_the_advertisement_costs_one_model_info(
+    project: Path, embedded_path: Path, tmp_path: Path
+) -> None:
+    """LMQL-built versions (and cogql builds before the advertisement) are asked with
+    MODEL_INFO, which still finds the extensions of a cogql server."""
+    plain = tmp_path / "plain"
+    shutil.copytree(project, plain)
+    schema_file = plain / ".cog" / "openapi_schema.json"
+    schema = json.loads(schema_file.read_text(encoding="utf-8"))
+    field = schema["components"]["schemas"]["Input"]["properties"]["ops_batch_json"]
+    field["description"] = field["description"].split(" LMTP extensions:")[0]
+    schema_file.write_text(json.dumps(schema), encoding="utf-8")
+    with Emulator([plain]) as emu:
+        t = transport(emu)
+        model = cogql.model(REF, endpoint=f"replicate:{REF}", tokenizer=str(embedded_path),
+                            api_token=emu.token, base_url=emu.base_url)  # fmt: skip
+        result = cogql.run_sync('argmax "Hi[X]" where STOPS_AT(X, "e") and len(TOKENS(X)) < 9',
+                                model=model)  # fmt: skip
+        asyncio.run(t.open())
+    assert t.advertised is None
+    kinds = [p.ops for p in result.cost.predictions]
+    assert kinds == [("MODEL_INFO",), ("GENERATE",)]
+
+
 async def test_a_429_storm_is_waited_out_without_duplicates(emulator: Emulator) -> None:
     client = await client_for(emulator)
     before = recent(emulator)
@@ -555,10 +587,10 @@ def test_cogql_run_trace_prints_the_cost(
     out = CliRunner().invoke(main, ["run", "--trace", str(query)])
     assert out.exit_code == 0, out.output
     lines = [line for line in out.output.splitlines() if line.startswith(("cost", "prediction"))]
-    assert lines[0].startswith("cost 3 predictions, predict_time ")
+    assert lines[0].startswith("cost 2 predictions, predict_time ")
     assert "tokens generated 3, used 3, scored 2" in lines[0]
     kinds = [line.split()[2] for line in lines[1:]]
-    assert kinds == ["MODEL_INFO", "GENERATE", "SCORE+SCORE"]
+    assert kinds == ["GENERATE", "SCORE+SCORE"], "the schema's advertisement spares MODEL_INFO"
     assert all(" succeeded predict_time=" in line for line in lines[1:])
 
 
@@ -635,8 +667,8 @@ def test_the_sentiment_example_on_replicate_matches_in_process(
 ) -> None:
     """examples/sentiment-replicate.lmql, unchanged, against the embedded model built as a Cog
     project and served by Replicate's API on loopback: the in-process result, in 2 predictions
-    (plus one MODEL_INFO the first time a version is seen), with no token generated past the
-    stop."""
+    (the version's schema advertises the extensions: no MODEL_INFO), with no token generated
+    past the stop."""
     source = EXAMPLE.read_text(encoding="utf-8")
     assert 'endpoint="replicate:cogql/smollm2"' in source
     local = cogql.run_sync(source, model=cogql.model(None))
@@ -657,7 +689,6 @@ def test_the_sentiment_example_on_replicate_matches_in_process(
     cost = remote.cost
     assert cost is not None
     assert [p.ops for p in cost.predictions] == [
-        ("MODEL_INFO",),
         ("GENERATE",),
         ("SCORE", "SCORE", "SCORE"),
     ]

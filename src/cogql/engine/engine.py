@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..lmtp.messages import (
+    ENGINE_CAPABILITIES,
     TOKENIZER,
     ErrorEvent,
     Event,
@@ -43,7 +44,6 @@ from .sampling import apply_bias, choose
 
 log = logging.getLogger("cogql.engine")
 
-CAPABILITIES = ("stop", "grammar", "tokenizer", "batch", "seed", "min_tokens")
 Sink = Callable[[Event], None]
 
 
@@ -219,7 +219,7 @@ class Engine:
             "cogql": version("cogql") if _installed("cogql") else "dev",
             "dtype": str(self.loaded.dtype).removeprefix("torch.")
             + _decode_suffix(self.loaded.decode_models),
-            "capabilities": list(CAPABILITIES),
+            "capabilities": list(ENGINE_CAPABILITIES),
             "bos_token_id": self.tokenizer.bos_token_id,
             "eos_token_id": self.eos_token_id,
             "vocab_size": self.tokenizer.vocab_size,

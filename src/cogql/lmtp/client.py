@@ -42,13 +42,16 @@ class LMTPClient:
         *,
         tokenizer: Tokenizer | None = None,
         use_extensions: bool = True,
+        capabilities: frozenset[str] | None = None,
     ) -> None:
         """`tokenizer` lets the client emulate extensions a server lacks (LMQL's method);
-        `use_extensions=False` emulates them even where the server has them."""
+        `use_extensions=False` emulates them even where the server has them; `capabilities`,
+        when known another way, spares the MODEL_INFO request that would ask for them."""
         self.transport = transport
         self.model = model
         self.tokenizer = tokenizer
         self.use_extensions = use_extensions
+        self.known_capabilities = capabilities
         self._ids = itertools.count(1)
         self._info: dict[str, Any] | None = None
         self._emulator: Emulator | None = None
@@ -73,7 +76,10 @@ class LMTPClient:
         return info if isinstance(info, dict) else {"model_info": info}
 
     async def capabilities(self) -> frozenset[str]:
-        return frozenset((await self.model_info()).get("capabilities", ()))
+        if self.known_capabilities is None:
+            info = await self.model_info()
+            self.known_capabilities = frozenset(info.get("capabilities", ()))
+        return self.known_capabilities
 
     async def generate(self, op: Generate) -> AsyncIterator[TokenEvent]:
         """Stream the tokens of one GENERATE; cancels it server-side if the caller stops early.

@@ -299,6 +299,24 @@ def parse_server_message(text: str) -> list[Event]:
 
 BATCH, CANCEL = "BATCH", "CANCEL"
 TOKENIZER = "tokenizer"
+ENGINE_CAPABILITIES = ("stop", "grammar", "tokenizer", "batch", "seed", "min_tokens")
+
+# A Replicate model also advertises them in its input's description, which the version lookup
+# returns anyway: a client learns them without spending a MODEL_INFO prediction.
+_ADVERTISEMENT = "LMTP extensions: "
+
+
+def advertise(capabilities: tuple[str, ...]) -> str:
+    return f"{_ADVERTISEMENT}{', '.join(capabilities)}."
+
+
+def advertised(description: str) -> frozenset[str] | None:
+    """The capabilities `advertise` wrote into `description`; None when it holds none."""
+    start = description.find(_ADVERTISEMENT)
+    if start < 0:
+        return None
+    listed = description[start + len(_ADVERTISEMENT) :].split(".", 1)[0]
+    return frozenset(c.strip() for c in listed.split(",") if c.strip())
 
 
 def batch_frame(items: list[tuple[str, dict[str, Any]]]) -> str:

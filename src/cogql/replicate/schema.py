@@ -13,9 +13,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..lmtp.messages import ENGINE_CAPABILITIES, advertise
+
 OPS_BATCH_DESCRIPTION = (
     "JSON array of LMTP ops, [[TYPE, payload], ...] with TYPE GENERATE, SCORE or MODEL_INFO; "
-    "the output streams one 'TOKEN {...}' or 'MSG {...}' line per event."
+    "the output streams one 'TOKEN {...}' or 'MSG {...}' line per event. "
+    + advertise(ENGINE_CAPABILITIES)
 )
 
 _STATUS = ["starting", "processing", "succeeded", "canceled", "failed"]

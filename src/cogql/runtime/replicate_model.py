@@ -33,8 +33,9 @@ TRANSPORT_OPTIONS = ("batch_window", "wait", "idle_timeout", "max_ops", "api_tok
 async def open_replicate(
     name: str, endpoint: str, tokenizer: str | None, options: dict[str, Any]
 ) -> Connection:
-    """Look the model up, learn its capabilities (MODEL_INFO, remembered per version), and
-    find a tokenizer: `tokenizer=`, else the model's own (cogql-built), else the model name."""
+    """Look the model up, learn its capabilities (from the version's schema where a cogql build
+    advertises them, else MODEL_INFO, remembered per version), and find a tokenizer:
+    `tokenizer=`, else the model's own (cogql-built), else the model name."""
     endpoint = endpoint or name
     name = name.removeprefix("replicate:")
     try:
@@ -45,17 +46,24 @@ async def open_replicate(
         raise ModelConfigError(str(e)) from None
     await transport.open()
     client = LMTPClient(transport, model=name or target.ref)
-    try:
-        info = await _loaded_info(client, transport.url)
-    except LMTPError as e:
-        if "Unknown command" not in str(e):  # an LMQL image from before MODEL_INFO existed
-            raise
-        info = {}
-    caps = frozenset(info.get("capabilities", ()))
+    caps = transport.advertised
+    if caps is None:
+        caps = await _capabilities(client, transport.url)
+    client.known_capabilities = caps
     tok = await _remote_tokenizer(client, caps, name or target.ref, tokenizer, transport.url)
     client.tokenizer = tok
     client.use_extensions = bool(options.get("extensions", True))
     return Connection(client, tok, caps, tok.bos_token_id)
+
+
+async def _capabilities(client: LMTPClient, url: str) -> frozenset[str]:
+    try:
+        info = await _loaded_info(client, url)
+    except LMTPError as e:
+        if "Unknown command" not in str(e):  # an LMQL image from before MODEL_INFO existed
+            raise
+        info = {}
+    return frozenset(info.get("capabilities", ()))
 
 
 async def _loaded_info(client: LMTPClient, url: str) -> dict[str, Any]:

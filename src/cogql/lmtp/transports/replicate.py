@@ -779,6 +779,12 @@ class ReplicateTransport:
         resolved = _resolved.get((self.base_url, self.target))
         return resolved.version if resolved is not None else None
 
+    @property
+    def advertised(self) -> frozenset[str] | None:
+        """The extensions the version's schema lists (cogql-built models); None if none."""
+        resolved = _resolved.get((self.base_url, self.target))
+        return resolved.capabilities if resolved is not None else None
+
     def send(self, ops: list[Op], on_event: EventCallback) -> list[_Handle]:
         return self._current().send(ops, on_event)
 

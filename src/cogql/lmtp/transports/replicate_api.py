@@ -29,6 +29,8 @@ import httpx
 import replicate
 from replicate.prediction import Prediction
 
+from ..messages import advertised
+
 log = logging.getLogger("cogql.lmtp.replicate")
 
 API_BASE = "https://api.replicate.com"
@@ -205,6 +207,7 @@ class Resolved:
 
     target: ReplicateTarget
     version: str | None
+    capabilities: frozenset[str] | None = None  # advertised in the version's input schema
 
 
 class ReplicateAPI:
@@ -241,10 +244,12 @@ class ReplicateAPI:
                 return Resolved(target, release.version if release is not None else None)
             model = await self.client.models.async_get(target.ref)
             if target.version:
-                await model.versions.async_get(target.version)
-                return Resolved(target, target.version)
+                pinned = await model.versions.async_get(target.version)
+                return Resolved(target, target.version, _advertised(pinned.openapi_schema))
             latest = model.latest_version
-            return Resolved(target, latest.id if latest is not None else None)
+            if latest is None:
+                return Resolved(target, None)
+            return Resolved(target, latest.id, _advertised(latest.openapi_schema))
         except _HTTPFailure as e:
             if target.version and e.status == 404 and "/versions/" in e.path:
                 what = f"version {target.version} of model {target.ref}"
@@ -376,6 +381,16 @@ class ReplicateAPI:
 
     def _unreachable(self, e: Exception) -> ReplicateAPIError:
         return ReplicateAPIError(f"cannot reach Replicate at {self.base_url}: {_describe(e)}")
+
+
+def _advertised(openapi_schema: Any) -> frozenset[str] | None:
+    """The LMTP extensions a cogql-built version lists in its input's description."""
+    try:
+        field = openapi_schema["components"]["schemas"]["Input"]["properties"]["ops_batch_json"]
+        description = field["description"]
+    except (KeyError, TypeError):
+        return None
+    return advertised(description) if isinstance(description, str) else None
 
 
 def _describe(e: Exception) -> str:
