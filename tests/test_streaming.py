@@ -122,3 +122,24 @@ def test_asyncio_queue_is_not_bound_before_iteration() -> None:
     stream = cogql.stream('"Hi[X]" where len(TOKENS(X)) < 2')
     events = asyncio.run(collect(stream))
     assert isinstance(events[-1], cogql.QueryFinished)
+
+
+@pytest.mark.parametrize(
+    ("query", "value", "text", "cut"),
+    [
+        # the model writes " 1. Red, 2. Blue, ...": STOPS_BEFORE drops the "." and what follows
+        ('"Q: Name three colours, one per line.\\nA:[X]" where STOPS_BEFORE(X, ".") '
+         "and len(TOKENS(X)) < 30", " 1", " 1", "."),
+        # INT ends at the character after the number, which the value loses
+        ('"Q: 2+2=? Answer with a number then a full stop.\\nA:[X:int]"', 2, " 2", "."),
+    ],
+)  # fmt: skip
+async def test_streamed_text_never_shows_what_the_value_loses(
+    query: str, value: Any, text: str, cut: str
+) -> None:
+    events = await collect(cogql.stream(query))
+    pieces = [e.text for e in events if isinstance(e, cogql.TextAppended) and e.variable == "X"]
+    result = events[-1].result
+    assert result["X"] == value
+    assert "".join(pieces) == result.prompt.split("A:")[-1] == text
+    assert not any(cut in piece for piece in pieces)

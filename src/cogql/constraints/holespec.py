@@ -48,6 +48,14 @@ class HoleSpec:
         """Whether the client must take part in generating the hole (see runtime/clientside)."""
         return self.client_stops or self.check is not None
 
+    def streamed_hold(self) -> int | None:
+        """Trailing characters of a streamed hole that may still be cut away (a stop phrase in
+        the making, the character that ends an INT), so a UI is never shown text the value
+        loses; None: all of it (ESCAPED and ERASE rewrite the whole text)."""
+        if self.escaped or self.erase:
+            return None
+        return max((len(s.phrase) for s in self.stops), default=0) + int(self.is_int)
+
     def server_stops(self) -> list[str]:
         """Stop phrases for the engine to enforce."""
         return [] if self.client_stops else [s.phrase for s in self.stops]

@@ -36,7 +36,7 @@ from ..engine.masks import GrammarCompiler, GrammarMatcher
 from ..lmtp.emulation import mask_bias
 from ..lmtp.messages import Generate
 from ..tokenizer import Tokenizer
-from .events import ModelCall, TextAppended
+from .events import ModelCall
 
 if TYPE_CHECKING:
     from .interpreter import QueryRun
@@ -258,9 +258,6 @@ class _SlowPath:
         final = tokens if token == self.eos else [*tokens, token]
         run = self.run
         run.logprob += sum(self.logprobs.get(tuple(final[: i + 1]), 0.0) for i in range(len(final)))
-        text = self.tokenizer.decode(final)
-        if text:
-            run.emit(TextAppended(text, self.name, run.index))
         return final, reason
 
     def _unsatisfied(self) -> ConstraintUnsatisfiedError:

@@ -96,6 +96,7 @@ class QueryRun:
     logprob: float = 0.0  # sum of the generated tokens' log-probs
     hole_ends: list[int] = field(default_factory=list)  # len(ids) after each filled hole
     chat_role: str | None = None  # role of the chat message the last {:role} tag opened
+    shown: str = ""  # the text of the hole being generated that events have already reported
     _holes_done: int = 0
 
     def __post_init__(self) -> None:
@@ -172,6 +173,7 @@ class QueryRun:
             self.variables[hole.name] = ""
             self.hole_ends.append(len(self.ids))
             return
+        self.shown = ""
         if self.source is None:
             tokens, reason = await clientside.generate(self, hole.name, spec, budget)
         else:
@@ -179,6 +181,8 @@ class QueryRun:
         raw = self.conn.tokenizer.decode(tokens)
         inactive = tokens[: spec.min_tokens - 1] if spec.stops and spec.min_tokens > 1 else []
         value, prompt_text = spec.finish(raw, len(self.conn.tokenizer.decode(inactive)))
+        if self.source is None and prompt_text.startswith(self.shown):
+            self._report(hole.name, prompt_text[len(self.shown) :])
         if hooks is not None:
             value, prompt_text = hooks.after(value, prompt_text)
         if reason == "length" and (spec.max_tokens is None or len(tokens) < spec.max_tokens):
@@ -266,36 +270,47 @@ class QueryRun:
             seed=self._seed(),
             min_tokens=spec.min_tokens,
         )
-        return await self._stream(name, op, until)
+        return await self._stream(name, op, until, spec.streamed_hold())
 
     async def _stream(
-        self, name: str, op: Generate, until: Until | None = None
+        self, name: str, op: Generate, until: Until | None = None, hold: int | None = 0
     ) -> tuple[list[int], str]:
-        """Run `op`, reporting its text as it arrives; `until(tokens)` may end it early (the
-        stream is then cancelled server-side)."""
+        """Run `op`, reporting its text as it arrives but the last `hold` characters (None:
+        nothing), which `fill` reports once the value is known; `until(tokens)` may end it
+        early (the stream is then cancelled server-side)."""
         tokenizer = self.conn.tokenizer
         eos = {tokenizer.eos_token_id}
         tokens: list[int] = []
         reason = "stop"
         started = time.perf_counter()
-        shown = ""
         async with aclosing(self.conn.client.generate(op)) as events:
             async for event in events:
                 if event.token not in eos or event.finish_reason is None:
                     tokens.append(event.token)
-                    text = tokenizer.decode(tokens)
-                    if not text.endswith("\ufffd"):
-                        self.emit(TextAppended(text[len(shown) :], name, self.index))
-                        shown = text
                 reason = event.finish_reason or reason
                 self.logprob += event.logprob
                 if until is not None and event.token not in eos and until(tokens):
                     reason = "stop"
                     break
+                if event.finish_reason is None and hold is not None:
+                    self._show_settled(name, tokenizer.decode(tokens), hold)
         self.calls += 1
         elapsed = time.perf_counter() - started
         self.emit(ModelCall("GENERATE", len(op.prompt), len(tokens), elapsed, self.index))
         return tokens, reason
+
+    def _show_settled(self, name: str, text: str, hold: int) -> None:
+        if text.endswith("\ufffd"):  # a character split across tokens
+            return
+        settled = text[: max(len(text) - hold, 0)]
+        if len(settled) > len(self.shown) and settled.startswith(self.shown):
+            self._report(name, settled[len(self.shown) :])
+
+    def _report(self, name: str, text: str) -> None:
+        """Report more of the hole being generated."""
+        if text:
+            self.shown += text
+            self.emit(TextAppended(text, name, self.index))
 
     # ---- distribution ---------------------------------------------------------------------
     async def _result(self) -> LMQLResult:
