@@ -7,6 +7,8 @@ default CPU engine may pick another precision for batched steps, which can flip 
 from __future__ import annotations
 
 import asyncio
+import threading
+from typing import Any
 
 import pytest
 import torch
@@ -17,7 +19,7 @@ from cogql.engine.batch import PrecisionTuner
 from cogql.engine.engine import Engine
 from cogql.engine.kvcache import CacheEntry
 from cogql.lmtp.client import LMTPClient
-from cogql.lmtp.messages import Generate
+from cogql.lmtp.messages import ErrorEvent, Generate, TokenEvent
 from cogql.lmtp.transports.inprocess import InProcessTransport, local_engine
 from cogql.tokenizer import Tokenizer
 
@@ -134,3 +136,56 @@ def test_decode_copies_follow_the_cpu(fp32_engine: Engine) -> None:
     assert dtypes == [torch.float16, torch.bfloat16][: len(dtypes)]
     assert len(dtypes) == (2 if models._native_bfloat16() else 1)
     assert fp32_engine.loaded.decode_models == (), "an explicit dtype gets no decode copies"
+
+
+def run_together(engine: Engine, ops: list[Generate]) -> dict[int, list[Any]]:
+    """Submit ops in one message (as a BATCH frame or a Replicate prediction does)."""
+    events: dict[int, list[Any]] = {op.stream_id: [] for op in ops}
+    done = threading.Event()
+
+    def sink(event: Any) -> None:
+        events[event.stream_id].append(event)
+        if all(
+            e and (isinstance(e[-1], ErrorEvent) or e[-1].finish_reason) for e in events.values()
+        ):
+            done.set()
+
+    engine.submit(ops, sink)
+    assert done.wait(60)
+    return events
+
+
+def test_streams_arriving_together_share_one_prefill(
+    fp32_engine: Engine, tokenizer: Tokenizer
+) -> None:
+    prompts = [prompt_ids(tokenizer, p) for p in PROMPTS[:3]]
+    fp32_engine.call(fp32_engine.cache.clear).result()
+    cached = prompts[1][:5]  # a prefix in the cache: that row only computes the rest
+    solo = {}
+    for i, p in enumerate(prompts):
+        got = run_together(fp32_engine, [Generate(i, "", p, max_tokens=6)])
+        solo[i] = [e.token for e in got[i]]
+    fp32_engine.call(fp32_engine.cache.clear).result()
+    run_together(fp32_engine, [Generate(9, "", cached, max_tokens=1)])
+    shapes: list[tuple[int, ...]] = []
+    hook = fp32_engine.loaded.model.register_forward_pre_hook(
+        lambda _m, _a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        ops = [Generate(i, "", p, max_tokens=6) for i, p in enumerate(prompts)]
+        together = run_together(fp32_engine, ops)
+    finally:
+        hook.remove()
+    assert {i: [e.token for e in evs] for i, evs in together.items()} == solo
+    width = max(len(prompts[0]), len(prompts[1]) - 5, len(prompts[2]))
+    assert shapes[0] == (3, width), "the three prompts were not prefilled in one pass"
+
+
+def test_a_bad_prompt_arriving_with_others_fails_alone(
+    fp32_engine: Engine, tokenizer: Tokenizer
+) -> None:
+    good = prompt_ids(tokenizer, PROMPTS[0])
+    ops = [Generate(1, "", good, max_tokens=3), Generate(2, "", [1, 10**9], max_tokens=3)]
+    events = run_together(fp32_engine, ops)
+    assert [type(e) for e in events[1]] == [TokenEvent] * 3
+    assert [type(e) for e in events[2]] == [ErrorEvent]

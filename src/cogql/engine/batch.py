@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from .kvcache import CacheEntry
+from .kvcache import CacheEntry, left_padded
 
 
 class PrecisionTuner:
@@ -108,22 +108,10 @@ class DecodeBatch:
 
     def _rebuild(self, entries: list[CacheEntry]) -> None:
         """Copy every entry's keys/values, right-aligned, into a fresh batch cache."""
-        dtype = self.model.dtype
         for entry in entries:
-            entry.cast(dtype)
-        pasts = [e.past for e in entries]
+            entry.cast(self.model.dtype)
         width = max(len(e.ids) for e in entries)
-        layers = []
-        for j, first in enumerate(pasts[0].layers):
-            _, heads, _, dim = first.keys.shape
-            keys = torch.zeros(len(entries), heads, width, dim, dtype=dtype)
-            values = torch.zeros_like(keys)
-            for i, past in enumerate(pasts):
-                layer = past.layers[j]
-                n = layer.keys.shape[-2]
-                keys[i, :, width - n :] = layer.keys[0]
-                values[i, :, width - n :] = layer.values[0]
-            layers.append((keys, values))
+        layers = left_padded(entries, width)
         self._cache = DynamicCache(ddp_cache_data=layers, config=self.model.config)
         self._entries = list(entries)
         self._width = width

@@ -37,7 +37,7 @@ from ..lmtp.messages import (
     tokenizer_to_wire,
 )
 from .batch import DecodeBatch
-from .kvcache import CacheEntry, PrefixCache, common_prefix
+from .kvcache import CacheEntry, PrefixCache, common_prefix, left_padded
 from .masks import GrammarCompiler, GrammarError, GrammarMatcher
 from .models import LoadedModel
 from .sampling import apply_bias, choose
@@ -122,6 +122,65 @@ class _ModelRunner:
         self.forward(entry, prompt[len(entry.ids) :])
         return entry
 
+    def prepare_many(self, prompts: list[list[int]]) -> list[CacheEntry] | None:
+        """`prepare` for several prompts, the tokens the cache lacks computed in one padded
+        pass (the exact model, as for one prompt); None, with the cache untouched, when a
+        prompt is empty or holds an id the model does not have (`prepare` each, to fail it)."""
+        vocab = self.model.get_input_embeddings().num_embeddings
+        if not all(p and min(p) >= 0 and max(p) < vocab for p in prompts):
+            return None
+        entries: list[CacheEntry] = [CacheEntry()] * len(prompts)
+        # the prompts that the cache serves best choose first, so a short shared start (BOS)
+        # does not take the entry another prompt shares much more with
+        for i in sorted(range(len(prompts)), key=lambda i: -self.cache.longest_prefix(prompts[i])):
+            entry = self.cache.acquire(prompts[i])
+            shared = common_prefix(entry.ids, prompts[i])
+            if not (shared == len(prompts[i]) == len(entry.ids) and entry.logits is not None):
+                entry.crop(min(shared, len(prompts[i]) - 1))
+            entries[i] = entry
+        tails = [p[len(e.ids) :] for p, e in zip(prompts, entries, strict=True)]
+        todo = [i for i, tail in enumerate(tails) if tail]
+        if len(todo) == 1:
+            self.forward(entries[todo[0]], tails[todo[0]])
+        elif todo:
+            self._extend_together([entries[i] for i in todo], [tails[i] for i in todo])
+        return entries
+
+    def _extend_together(self, entries: list[CacheEntry], tails: list[list[int]]) -> None:
+        """Feed each entry its tail in one pass: row i is [pad, entry i's keys/values, pad,
+        tail i], so every tail ends in the last column and its logits are the last ones."""
+        from transformers import DynamicCache
+
+        for entry in entries:
+            entry.cast(self.model.dtype)
+        width, k = max(len(e.ids) for e in entries), max(len(t) for t in tails)
+        rows = len(entries)
+        mask = torch.zeros(rows, width + k, dtype=torch.long)
+        ids = torch.zeros(rows, k, dtype=torch.long)
+        positions = torch.zeros(rows, k, dtype=torch.long)
+        for i, (entry, tail) in enumerate(zip(entries, tails, strict=True)):
+            held = len(entry.ids)
+            mask[i, width - held : width] = 1
+            mask[i, width + k - len(tail) :] = 1
+            ids[i, k - len(tail) :] = torch.tensor(tail)
+            positions[i, k - len(tail) :] = torch.arange(held, held + len(tail))
+        past = DynamicCache(config=self.model.config, ddp_cache_data=left_padded(entries, width))
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device),
+            cache=past,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        logits = out.logits[:, -1].float()
+        for i, (entry, tail) in enumerate(zip(entries, tails, strict=True)):
+            keep = mask[i].bool().to(self.device)
+            kv = [(x.keys[i : i + 1, :, keep], x.values[i : i + 1, :, keep]) for x in past.layers]
+            entry.past = DynamicCache(ddp_cache_data=kv, config=self.model.config)
+            entry.ids.extend(tail)
+            entry.logits = logits[i]
+
     def score_group(self, prompt: list[int], options: list[list[int]]) -> list[list[float]]:
         """Log-probs of each option's tokens after one shared prompt, in one batched pass."""
         entry = self.prepare(prompt)
@@ -165,6 +224,7 @@ class _GenerateStream:
     text: bytearray = field(default_factory=bytearray)
     stops: list[bytes] = field(default_factory=list)
     feed: list[int] = field(default_factory=list)  # chosen tokens the model has not seen yet
+    started: bool = False
 
 
 class Engine:
@@ -314,6 +374,7 @@ class Engine:
 
     def _step_all(self) -> None:
         """One turn: every stream chooses its next token, then all of them are fed at once."""
+        self._start_together([s for s in self._streams if s.entry is None])
         for stream in list(self._streams):
             done = True
             try:
@@ -347,6 +408,16 @@ class Engine:
             self.cache.release(stream.entry)
             stream.entry = None
 
+    def _start_together(self, new: list[_GenerateStream]) -> None:
+        """Streams that arrived together get their prompts prefilled in one pass (a stream
+        left without an entry starts on its own in `_step`)."""
+        new = [s for s in new if not s.handle.cancelled and s.op.max_tokens > 0]
+        if len(new) < 2:
+            return
+        entries = self.runner.prepare_many([s.op.prompt for s in new])
+        for s, entry in zip(new, entries or (), strict=False):
+            s.entry = entry
+
     def _start(self, s: _GenerateStream) -> None:
         op = s.op
         if op.grammar:
@@ -358,11 +429,13 @@ class Engine:
             s.generator = torch.Generator()
             s.generator.manual_seed(op.seed if op.seed is not None else torch.seed())
         s.stops = [x.encode() for x in op.stop]
-        s.entry = self.runner.prepare(op.prompt)
+        if s.entry is None:
+            s.entry = self.runner.prepare(op.prompt)
 
     def _step(self, s: _GenerateStream) -> bool:
         """Advance one stream by one token (or a run of grammar-forced tokens); True when done."""
-        if s.entry is None:
+        if not s.started:
+            s.started = True
             self._start(s)
             if s.op.max_tokens == 0:
                 s.sink(TokenEvent(s.op.stream_id, self.eos_token_id, 0.0, "length", {}))

@@ -107,6 +107,31 @@ class CacheEntry:
         return len(self.ids)
 
 
+def left_padded(entries: list[CacheEntry], width: int) -> list[Any] | None:
+    """Per layer, (keys, values) of the entries as one batch: row i holds entry i's right-
+    aligned in `width` columns, zeros before (all zeros for an entry without any); None when
+    no entry has any."""
+    import torch
+
+    pasts = [e.past for e in entries]
+    layout = next((p for p in pasts if p is not None and p.layers), None)
+    if layout is None:
+        return None
+    layers = []
+    for j, first in enumerate(layout.layers):
+        _, heads, _, dim = first.keys.shape
+        keys = first.keys.new_zeros(len(entries), heads, width, dim)
+        values = torch.zeros_like(keys)
+        for i, past in enumerate(pasts):
+            if past is None:
+                continue
+            n = past.layers[j].keys.shape[-2]
+            keys[i, :, width - n :] = past.layers[j].keys[0]
+            values[i, :, width - n :] = past.layers[j].values[0]
+        layers.append((keys, values))
+    return layers
+
+
 class PrefixCache:
     """A bounded pool of entries; bounded by entry count and by total tokens held."""
 
@@ -126,6 +151,10 @@ class PrefixCache:
             return CacheEntry()
         self._free.remove(best)
         return best
+
+    def longest_prefix(self, prompt: list[int]) -> int:
+        """How many leading tokens of `prompt` the best entry holds."""
+        return max((common_prefix(entry.ids, prompt) for entry in self._free), default=0)
 
     def release(self, entry: CacheEntry) -> None:
         if not entry.ids:
