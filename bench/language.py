@@ -15,6 +15,7 @@ import argparse
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from transformers import DynamicCache
@@ -27,27 +28,36 @@ from cogql.runtime.events import ModelCall, TextAppended
 QUERIES = ["in_list", "int", "regex", "sample2", "for_loop"]
 
 
-def segments(source: str) -> tuple[list[list[tuple[str, bool]]], int]:
-    """Per program run, its text in order as (text, generated?) pieces; and the model calls."""
-    runs: dict[int, list[tuple[str, bool]]] = defaultdict(list)
+Piece = tuple[str, int | None]  # text; for generated text, the tokens the model generated
+
+
+def segments(source: str) -> tuple[list[list[Piece]], int]:
+    """Per program run, its text in order as (text, generated tokens or None) pieces; and the
+    model calls. The count is the model's (an INT's ending character or a STOPS_BEFORE phrase
+    was generated but is not in the text)."""
+    runs: dict[int, list[list[Any]]] = defaultdict(list)
+    generated: dict[int, list[int]] = defaultdict(list)
     calls = 0
 
     def on_event(event: object) -> None:
         nonlocal calls
         if isinstance(event, TextAppended):
-            pieces = runs[event.run]
-            generated = event.variable is not None
-            if pieces and pieces[-1][1] == generated and not generated:
-                pieces[-1] = (pieces[-1][0] + event.text, False)
-            elif pieces and generated and pieces[-1][1]:
-                pieces[-1] = (pieces[-1][0] + event.text, True)
+            pieces, is_hole = runs[event.run], event.variable is not None
+            if pieces and pieces[-1][1] == is_hole:
+                pieces[-1][0] += event.text
             else:
-                pieces.append((event.text, generated))
+                pieces.append([event.text, is_hole])
         elif isinstance(event, ModelCall):
             calls += 1
+            if event.kind == "GENERATE":
+                generated[event.run].append(event.tokens)
 
     run_query(source, output=on_event)
-    return [runs[i] for i in sorted(runs)], calls
+    out = []
+    for i in sorted(runs):
+        counts = iter(generated[i])
+        out.append([(text, next(counts) if hole else None) for text, hole in runs[i]])
+    return out, calls
 
 
 def run_query(source: str, **kwargs: object) -> object:
@@ -63,23 +73,24 @@ def cold(engine, source: str) -> object:
     return run_query(source)
 
 
-def floor_run(engine, runs: list[list[tuple[str, bool]]]) -> Callable[[], None]:
-    """Plain transformers replaying the query's text: prompt pieces prefilled, generated pieces
-    fed one token per step, with the engine's fp32-prompt / fp16-decode split."""
+def floor_run(engine, runs: list[list[Piece]]) -> Callable[[], None]:
+    """Plain transformers replaying the query: prompt pieces prefilled, then as many one-token
+    steps per hole as the model generated, with the engine's fp32-prompt / fp16-decode split."""
     tok, prefill = engine.tokenizer, engine.loaded.model
     decode = engine.loaded.decode_model or prefill
 
-    def one(pieces: list[tuple[str, bool]]) -> None:
+    def one(pieces: list[Piece]) -> None:
         cache, pending = DynamicCache(config=prefill.config), [tok.bos_token_id]
         for text, generated in pieces:
             ids = tok.encode(text)
-            if not generated:
+            if generated is None:
                 pending += ids
                 continue
+            steps = ids + ids[-1:] * max(generated - len(ids), 0) if ids else [0] * generated
             step(prefill, cache, pending)
-            for token in ids[:-1]:
+            for token in steps[: generated - 1]:
                 step(decode, cache, [token])
-            pending = ids[-1:]
+            pending = steps[generated - 1 : generated] or pending[-1:]
 
     def run() -> None:
         with torch.inference_mode():
