@@ -27,6 +27,19 @@ def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     return statistics.median(times), out
 
 
+def side_by_side(
+    first: Callable[[], Any], second: Callable[[], Any], repeats: int
+) -> tuple[float, float]:
+    """Medians of alternating runs (after one warm-up each), so that drift in the machine's
+    speed lands on both sides."""
+    first(), second()
+    a, b = [], []
+    for _ in range(repeats):
+        a.append(median_time(first, 1)[0])
+        b.append(median_time(second, 1)[0])
+    return statistics.median(a), statistics.median(b)
+
+
 def peer_installed() -> bool:
     return PEER_PY.exists() and PEER_MODEL.exists()
 

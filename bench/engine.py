@@ -19,13 +19,14 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from transformers import DynamicCache
 
 import cogql
-from _common import PEER_MODEL, PEER_PY, ROOT, median_time, peer_installed, peer_warm, step
+from _common import PEER_MODEL, PEER_PY, ROOT, peer_installed, peer_warm, side_by_side, step
 from cogql.engine.masks import GrammarCompiler
 from cogql.lmtp.transports.inprocess import local_engine
 
@@ -33,7 +34,7 @@ QUERY = ROOT / "examples" / "sentiment.lmql"
 OPTIONS = [" positive", " negative", " neutral"]
 
 
-def cogql_warm(model, engine, repeats: int):
+def cogql_run(model, engine) -> Callable[[], object]:
     """Warm process, empty prefix cache each run: the floor and LMQL recompute everything too."""
     source = QUERY.read_text()
 
@@ -41,11 +42,10 @@ def cogql_warm(model, engine, repeats: int):
         engine.call(engine.cache.clear).result()
         return cogql.run_sync(source, model=model)
 
-    run()
-    return median_time(run, repeats)
+    return run
 
 
-def floor(engine, result, repeats: int) -> float:
+def floor_run(engine, result) -> Callable[[], None]:
     """Plain transformers, the cheapest way to the same answer: greedy generation of the same
     ANALYSIS tokens (with the same fp32-prompt / fp16-decode split as cogql's engine when it
     uses one), the rest of the prompt fed onto the same KV cache, and one batched pass that
@@ -77,8 +77,7 @@ def floor(engine, result, repeats: int) -> float:
             torch.log_softmax(prefill(input_ids=rows, cache=batch, use_cache=True).logits, -1)
 
     # on the engine's thread: a second thread running torch would slow both (see engine.py)
-    engine.call(run).result()
-    return engine.call(lambda: median_time(run, repeats)[0]).result()
+    return lambda: engine.call(run).result()
 
 
 def mask_cost(engine) -> float:
@@ -122,7 +121,7 @@ def fresh_processes(repeats: int, with_peer: bool) -> tuple[float, float | None]
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--no-peer", action="store_true")
     args = ap.parse_args()
@@ -130,8 +129,9 @@ def main() -> None:
     engine = local_engine(None, dtype=args.dtype)
     print(f"torch threads={torch.get_num_threads()} dtype={engine.loaded.dtype} "
           f"cpu cores={os.cpu_count()}")  # fmt: skip
-    warm, result = cogql_warm(model, engine, args.repeats)
-    fl = floor(engine, result, args.repeats)
+    ours = cogql_run(model, engine)
+    result = ours()
+    warm, fl = side_by_side(ours, floor_run(engine, result), args.repeats)
     mask_us = mask_cost(engine)
     with_peer = not args.no_peer and peer_installed()
     lmql = peer_warm(QUERY, args.repeats) if with_peer else None

@@ -12,7 +12,6 @@ Usage: python bench/language.py [--repeats N] [--no-peer]
 from __future__ import annotations
 
 import argparse
-import statistics
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +20,7 @@ import torch
 from transformers import DynamicCache
 
 import cogql
-from _common import ROOT, median_time, peer_installed, peer_warm, step
+from _common import ROOT, peer_installed, peer_warm, side_by_side, step
 from cogql.lmtp.transports.inprocess import local_engine
 from cogql.runtime.events import ModelCall, TextAppended
 
@@ -98,17 +97,6 @@ def floor_run(engine, runs: list[list[Piece]]) -> Callable[[], None]:
                 one(pieces)
 
     return lambda: engine.call(run).result()
-
-
-def side_by_side(first: Callable[[], object], second: Callable[[], object], repeats: int):
-    """Medians of alternating runs (after one warm-up each), so that drift in the machine's
-    speed lands on both sides."""
-    first(), second()
-    a, b = [], []
-    for _ in range(repeats):
-        a.append(median_time(first, 1)[0])
-        b.append(median_time(second, 1)[0])
-    return statistics.median(a), statistics.median(b)
 
 
 def main() -> None:

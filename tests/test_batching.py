@@ -135,7 +135,7 @@ def test_decode_copies_follow_the_cpu(fp32_engine: Engine) -> None:
     dtypes = [next(m.parameters()).dtype for m in loaded.decode_models]
     assert dtypes == [torch.float16, torch.bfloat16][: len(dtypes)]
     assert len(dtypes) == (2 if models._native_bfloat16() else 1)
-    assert fp32_engine.loaded.decode_models == (), "an explicit dtype gets no decode copies"
+    assert fp32_engine.loaded.decode_dtypes == (), "an explicit dtype gets no decode copies"
 
 
 def run_together(engine: Engine, ops: list[Generate]) -> dict[int, list[Any]]:

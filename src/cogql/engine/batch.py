@@ -14,6 +14,7 @@ and keeps the fastest.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -54,11 +55,12 @@ class PrecisionTuner:
 
 
 class DecodeBatch:
-    def __init__(self, models: list[torch.nn.Module]) -> None:
-        """`models`: the same weights in the precisions worth trying (distinct dtypes)."""
-        self.models = models
-        self.model = models[0]
-        self.tuner = PrecisionTuner(len(models))
+    def __init__(self, candidates: list[Callable[[], torch.nn.Module]]) -> None:
+        """`candidates` give the same weights in the precisions worth trying (distinct dtypes);
+        each is asked for its model only when the tuner first tries it."""
+        self.candidates = candidates
+        self.model = candidates[0]()
+        self.tuner = PrecisionTuner(len(candidates))
         self.steps = self.rows = self.rebuilds = 0  # counters, for tests and benchmarks
         self._entries: list[CacheEntry] = []
         self._rows: list[Any] = []
@@ -68,8 +70,9 @@ class DecodeBatch:
     def step(self, entries: list[CacheEntry], tokens: list[int]) -> None:
         """Feed one token to each entry; sets each entry's next-token logits."""
         choice = self.tuner.pick(len(entries))
-        if self.models[choice] is not self.model or not self._holds(entries):
-            self.model = self.models[choice]
+        model = self.candidates[choice]()
+        if model is not self.model or not self._holds(entries):
+            self.model = model
             self._rebuild(entries)
         lengths = [len(e.ids) for e in entries]
         width = self._width

@@ -12,6 +12,7 @@ between parallel regions (decode steps measured 1.6x slower on 2 cores).
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import queue
 import threading
@@ -78,7 +79,8 @@ class _ModelRunner:
         self.decode_model = loaded.decode_model
         self.device = loaded.device
         self.cache = cache
-        self.batch = DecodeBatch([*loaded.decode_models, loaded.model])
+        copies = [functools.partial(loaded.decode_copy, d) for d in loaded.decode_dtypes]
+        self.batch = DecodeBatch([*copies, lambda: loaded.model])
 
     def feed(self, entries: list[CacheEntry], tokens: list[list[int]]) -> None:
         """Advance every entry by its tokens: one-token steps share one batched pass."""
@@ -278,7 +280,7 @@ class Engine:
             "transformers": version("transformers"),
             "cogql": version("cogql") if _installed("cogql") else "dev",
             "dtype": str(self.loaded.dtype).removeprefix("torch.")
-            + _decode_suffix(self.loaded.decode_models),
+            + _decode_suffix(self.loaded.decode_dtypes),
             "capabilities": list(ENGINE_CAPABILITIES),
             "bos_token_id": self.tokenizer.bos_token_id,
             "eos_token_id": self.eos_token_id,
@@ -513,9 +515,9 @@ def _installed(dist: str) -> bool:
         return False
 
 
-def _decode_suffix(models: tuple[torch.nn.Module, ...]) -> str:
+def _decode_suffix(dtypes: tuple[torch.dtype, ...]) -> str:
     """'+float16,bfloat16-decode': the precisions one-token steps may run at."""
-    names = [str(next(m.parameters()).dtype).removeprefix("torch.") for m in models]
+    names = [str(d).removeprefix("torch.") for d in dtypes]
     return f"+{','.join(names)}-decode" if names else ""
 
 

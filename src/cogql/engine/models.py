@@ -22,7 +22,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ __all__ = [
     "ModelNotFound",
     "UnknownDtype",
     "cache_dir",
+    "collector_paused",
     "convert_gguf",
     "embedded_gguf",
     "load_model",
@@ -588,8 +589,8 @@ def resolve_model_path(name: str | os.PathLike[str] | None) -> Path:
 class LoadedModel:
     """A model ready for inference, with the tokenizer that belongs to it.
 
-    `decode_models` are copies of the weights at lower precisions, for one-token decode steps
-    only (see `_decode_copies`); the first is the fastest for a single stream."""
+    `decode_dtypes` are the lower precisions that one-token decode steps may run at, on copies
+    of the weights (see `_decode_dtypes`); the first is the fastest for a single stream."""
 
     name: str
     path: Path
@@ -597,18 +598,31 @@ class LoadedModel:
     tokenizer: Tokenizer
     dtype: torch.dtype
     device: torch.device
-    decode_models: tuple[torch.nn.Module, ...] = ()
+    decode_dtypes: tuple[torch.dtype, ...] = ()
+    _copies: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    def decode_copy(self, dtype: torch.dtype) -> torch.nn.Module:
+        """The weights at `dtype`, built on first use: a bf16 copy costs 0.4 s, which a
+        process that never batches streams should not pay."""
+        copy = self._copies.get(dtype)
+        if copy is None:
+            copy = self._copies[dtype] = _copy_at(self.model, dtype)
+        return copy
 
     @property
     def decode_model(self) -> torch.nn.Module | None:
-        return self.decode_models[0] if self.decode_models else None
+        return self.decode_copy(self.decode_dtypes[0]) if self.decode_dtypes else None
+
+    @property
+    def decode_models(self) -> tuple[torch.nn.Module, ...]:
+        return tuple(self.decode_copy(d) for d in self.decode_dtypes)
 
 
 MIXED_PRECISION_MAX_PARAMS = 2_000_000_000
 BFLOAT16_COPY_MAX_PARAMS = 1_000_000_000
 
 
-def _decode_copies(model: torch.nn.Module, dtype: str, device: torch.device) -> tuple[Any, ...]:
+def _decode_dtypes(model: torch.nn.Module, dtype: str, device: torch.device) -> tuple[Any, ...]:
     """On CPU, one-token decode steps are memory-bound: an fp16 copy of the weights halves the
     bytes read per token (about 2.7x faster for one stream here), while multi-token passes
     (prompts, scoring) stay in fp32. fp16 matmuls are emulated on most CPUs, though, and lose
@@ -622,10 +636,9 @@ def _decode_copies(model: torch.nn.Module, dtype: str, device: torch.device) -> 
     params = sum(p.numel() for p in model.parameters())
     if params > MIXED_PRECISION_MAX_PARAMS:
         return ()
-    copies = [_copy_at(model, torch.float16)]
     if params <= BFLOAT16_COPY_MAX_PARAMS and _native_bfloat16():
-        copies.append(_copy_at(model, torch.bfloat16))
-    return tuple(copies)
+        return (torch.float16, torch.bfloat16)
+    return (torch.float16,)
 
 
 def _copy_at(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
@@ -668,9 +681,10 @@ def _torch_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 @contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Loading creates hundreds of thousands of long-lived objects (modules, parameters); the
-    cyclic collector rescans them again and again and finds nothing (~0.7 s of a 3 s load)."""
+def collector_paused() -> Iterator[None]:
+    """Loading (and importing torch and transformers) creates hundreds of thousands of
+    long-lived objects, modules and parameters; the cyclic collector would rescan them again
+    and again and find nothing (~0.9 s of a fresh process's 3.5 s start)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -685,7 +699,7 @@ def load_model(
 ) -> LoadedModel:
     """Resolve, load (eval mode) and pair a model with its tokenizer; extra keyword arguments go
     to `AutoModelForCausalLM.from_pretrained`."""
-    with _collector_paused():
+    with collector_paused():
         return _load(name, dtype, device, model_kwargs)
 
 
@@ -705,12 +719,14 @@ def _load(name: str | None, dtype: str, device: str, model_kwargs: dict[str, Any
     model.eval()
     model.requires_grad_(False)
     label = _strip_local(name) or EMBEDDED_MODEL
-    return LoadedModel(
+    loaded = LoadedModel(
         name=EMBEDDED_MODEL if label.lower() in _EMBEDDED_ALIASES else label,
         path=path,
         model=model,
         tokenizer=load_tokenizer(path),
         dtype=torch_dtype,
         device=target,
-        decode_models=_decode_copies(model, dtype, target),
+        decode_dtypes=_decode_dtypes(model, dtype, target),
     )
+    loaded.decode_model  # noqa: B018 - every stream decodes on it: built now, not mid-query
+    return loaded

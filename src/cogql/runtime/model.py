@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..engine.models import collector_paused
 from ..lmtp.client import LMTPClient
 from ..tokenizer import Tokenizer, load_tokenizer
 
@@ -84,7 +85,8 @@ class Model:
             return await open_replicate(name, endpoint, self.tokenizer, self.options)
         if endpoint and not endpoint.startswith("local:"):
             return await _open_remote(name, endpoint, self.tokenizer, self.options)
-        from ..lmtp.transports.inprocess import InProcessTransport, local_engine
+        with collector_paused():  # the first import brings in torch and transformers
+            from ..lmtp.transports.inprocess import InProcessTransport, local_engine
 
         local_name = name.removeprefix("local:") or None
         dtype = str(self.options.get("dtype", "auto"))
