@@ -53,7 +53,8 @@ def build_project(folder: Path) -> Path:
 
 
 def run(source: str, options: dict) -> tuple[float, object]:
-    model = cogql.model("bench/smollm2", endpoint="replicate:bench/smollm2", **options)
+    model = cogql.model("bench/smollm2", endpoint="replicate:bench/smollm2",
+                        tokenizer=str(resolve_model_path(None)), **options)  # fmt: skip
     start = time.perf_counter()
     result = cogql.run_sync(source, model=model)
     return time.perf_counter() - start, result
@@ -94,7 +95,8 @@ def main() -> None:
         with Emulator([project], latency=args.latency) as emu:
             os.environ.update(emu.env)
             print(f"Replicate's API on loopback, {args.latency}s injected per prediction; "
-                  "'first run' counts the MODEL_INFO a new process makes once per version")  # fmt: skip
+                  "'first run' counts the predictions of a new process (tokenizer= given, "
+                  "as LMQL needs)")  # fmt: skip
             report("sentiment query (examples/sentiment.lmql)", SENTIMENT, args.repeats)
             report("a hole that ends at its stop phrase", STOPPING, args.repeats)
     print(
