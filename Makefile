@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip -q --disable-pip-version-check
 STAMP  := $(VENV)/.cogql-installed
 
-.PHONY: run test lint bench peer clean
+.PHONY: run test lint bench bench-all peer clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/engine.py
+
+# every benchmark, one after the other (about 8 minutes; LMQL columns need `make peer`)
+bench-all: $(STAMP)
+	for b in engine language serve predictor on_replicate; do $(PY) bench/$$b.py || exit 1; done
 
 # LMQL 0.7.3 beside cogql, for interop tests and benchmarks (about 2 minutes, PyPI only)
 peer:
