@@ -116,12 +116,18 @@ class _ModelRunner:
         """An entry holding exactly `prompt`, with next-token logits, reusing the best prefix."""
         if not prompt:
             raise ValueError("the prompt is empty: send at least one token (e.g. BOS)")
+        entry = self._reuse(prompt)
+        if len(entry.ids) < len(prompt):
+            self.forward(entry, prompt[len(entry.ids) :])
+        return entry
+
+    def _reuse(self, prompt: list[int]) -> CacheEntry:
+        """The cache's best entry for `prompt`, cut to the part it shares; at least the last
+        token is left to compute, unless the entry holds exactly `prompt` and its logits."""
         entry = self.cache.acquire(prompt)
         shared = common_prefix(entry.ids, prompt)
-        if shared == len(prompt) and len(entry.ids) == shared and entry.logits is not None:
-            return entry
-        entry.crop(min(shared, len(prompt) - 1))
-        self.forward(entry, prompt[len(entry.ids) :])
+        if not (shared == len(prompt) == len(entry.ids) and entry.logits is not None):
+            entry.crop(min(shared, len(prompt) - 1))
         return entry
 
     def prepare_many(self, prompts: list[list[int]]) -> list[CacheEntry] | None:
@@ -135,11 +141,7 @@ class _ModelRunner:
         # the prompts that the cache serves best choose first, so a short shared start (BOS)
         # does not take the entry another prompt shares much more with
         for i in sorted(range(len(prompts)), key=lambda i: -self.cache.longest_prefix(prompts[i])):
-            entry = self.cache.acquire(prompts[i])
-            shared = common_prefix(entry.ids, prompts[i])
-            if not (shared == len(prompts[i]) == len(entry.ids) and entry.logits is not None):
-                entry.crop(min(shared, len(prompts[i]) - 1))
-            entries[i] = entry
+            entries[i] = self._reuse(prompts[i])
         tails = [p[len(e.ids) :] for p, e in zip(prompts, entries, strict=True)]
         todo = [i for i, tail in enumerate(tails) if tail]
         if len(todo) == 1:
