@@ -54,6 +54,19 @@ def peer_warm(query: Path, repeats: int) -> dict[str, Any]:
     return data
 
 
+def build_project(folder: Path, name: str, model: Path, dest_prefix: str | None = None) -> Path:
+    """`cogql replicate build` of one model, [models.NAME] with gpu = false, into `folder`;
+    returns the project folder."""
+    from cogql.replicate.build import build
+    from cogql.replicate.config import load_config
+
+    prefix = f'dest_prefix = "{dest_prefix}"\n' if dest_prefix else ""
+    config = folder / "config.toml"
+    config.write_text(f'{prefix}[models.{name}]\nlocal.path = "{model}"\ngpu = false\n')
+    [result] = build(load_config(config), folder / "work", progress=False)
+    return result.folder
+
+
 def step(model: torch.nn.Module, cache: DynamicCache, ids: list[int]) -> torch.Tensor:
     """Feed `ids` onto `cache` with `model` (keys/values cast to its precision); last logits."""
     for layer in cache.layers:

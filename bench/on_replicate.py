@@ -23,16 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-
-import cogql  # noqa: E402
-from cogql.engine.models import resolve_model_path  # noqa: E402
-from cogql.lmtp.transports.replicate import forget_lookups  # noqa: E402
-from cogql.replicate.build import build  # noqa: E402
-from cogql.replicate.config import load_config  # noqa: E402
-from cogql.replicate.emulator import Emulator  # noqa: E402
-
-ROOT = HERE.parent
+import cogql
+from _common import ROOT, build_project
+from cogql.engine.models import resolve_model_path
+from cogql.lmtp.transports.replicate import forget_lookups
+from cogql.replicate.emulator import Emulator
 
 SENTIMENT = (ROOT / "examples" / "sentiment.lmql").read_text()
 STOPPING = """argmax
@@ -40,16 +35,6 @@ STOPPING = """argmax
 where STOPS_AT(FIRST, "\\n") and len(TOKENS(FIRST)) < 64
 """
 MODES = {"cogql": {}, "LMQL pattern": {"extensions": False, "max_ops": 1}}
-
-
-def build_project(folder: Path) -> Path:
-    config = folder / "config.toml"
-    config.write_text(
-        f'dest_prefix = "r8.im/bench"\n[models.smollm2]\n'
-        f'local.path = "{resolve_model_path(None)}"\ngpu = false\n'
-    )
-    [result] = build(load_config(config), folder / "work", progress=False)
-    return result.folder
 
 
 def run(source: str, options: dict) -> tuple[float, object]:
@@ -91,7 +76,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ["COGQL_REPLICATE_CACHE"] = "off"
     with tempfile.TemporaryDirectory() as tmp:
-        project = build_project(Path(tmp))
+        project = build_project(Path(tmp), "smollm2", resolve_model_path(None), "r8.im/bench")
         with Emulator([project], latency=args.latency) as emu:
             os.environ.update(emu.env)
             print(f"Replicate's API on loopback, {args.latency}s injected per prediction; "

@@ -31,10 +31,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _common import build_project
 from cogql.engine.models import resolve_model_path
-from cogql.replicate.build import build
 from cogql.replicate.cogserver import CogServer
-from cogql.replicate.config import load_config
 from cogql.replicate.predictor import load_runner
 from cogql.tokenizer import load_tokenizer
 
@@ -101,17 +100,15 @@ def main() -> None:
     prompt = [1, *load_tokenizer(model).encode(TEXT)]
 
     with tempfile.TemporaryDirectory(prefix="cogql-bench-") as tmp:
-        config = Path(tmp) / "config.toml"
-        config.write_text(f'[models.bench]\nlocal.path = "{model}"\ngpu = false\n')
         started = time.perf_counter()
-        [project] = build(load_config(config), Path(tmp) / "work", progress=False)
+        project = build_project(Path(tmp), "bench", model)
         build_s = time.perf_counter() - started
 
-        server = CogServer(project.folder)
+        server = CogServer(project)
         server.start()
         try:
             ready_s = server.wait_ready(timeout=600)
-            runner = load_runner(project.folder)  # the same predictor code, in this process
+            runner = load_runner(project)  # the same predictor code, in this process
             rows = []
             for name, make in workloads(prompt).items():
                 http, local = [], []

@@ -17,30 +17,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
-import statistics
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import cogql
+from _common import PEER_MODEL, PEER_PY, ROOT, median_time, peer_installed
 from cogql.engine.models import resolve_model_path
 from cogql.lmtp.client import LMTPClient
 from cogql.lmtp.messages import Generate
 from cogql.lmtp.transports.websocket import WebSocketTransport
+from cogql.replicate.cogserver import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 QUERY = ROOT / "examples" / "sentiment.lmql"
-PEER = Path.home() / ".cache/lmql-peer"
 TOPICS = ["the sea", "a city", "winter", "music", "a garden", "trains", "the moon", "bread"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -110,12 +101,7 @@ async def score_while_generating(endpoint: str, model: str, tokenizer) -> tuple[
 def query_time(model, repeats: int) -> float:
     source = QUERY.read_text()
     cogql.run_sync(source, model=model)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        cogql.run_sync(source, model=model)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_time(lambda: cogql.run_sync(source, model=model), repeats)[0]
 
 
 def measure(endpoint: str, model: str, tokens: int, tokenizer) -> dict[int, float]:
@@ -141,11 +127,10 @@ def main() -> None:
     inproc = query_time(cogql.model(None), args.repeats)
 
     theirs, their_latency = None, None
-    peer_py = PEER / "venv/bin/python"
-    if not args.no_peer and peer_py.exists():
+    if not args.no_peer and peer_installed():
         port = free_port()
-        served_model = str(PEER / "smollm2-hf")
-        lmql_argv = [str(PEER / "venv/bin/lmql"), "serve-model", served_model,
+        served_model = str(PEER_MODEL)
+        lmql_argv = [str(PEER_PY.parent / "lmql"), "serve-model", served_model,
                      "--port", str(port)]  # fmt: skip
         with server(lmql_argv, port, served_model) as endpoint:
             theirs = measure(endpoint, served_model, args.tokens, tokenizer)

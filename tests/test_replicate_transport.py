@@ -31,6 +31,7 @@ from cogql.cli import main
 from cogql.lmtp.client import LMTPClient, LMTPError
 from cogql.lmtp.cost import Cost, PredictionCost, current_cost, track_cost
 from cogql.lmtp.messages import ENGINE_CAPABILITIES, Generate, TokenEvent
+from cogql.lmtp.sse import SSEDecoder
 from cogql.lmtp.transports.inprocess import InProcessTransport, local_engine
 from cogql.lmtp.transports.replicate import (
     ReplicateConfigError,
@@ -44,7 +45,6 @@ from cogql.lmtp.transports.replicate_api import (
     ReplicateAPIError,
     ReplicateAuthError,
     RetryPolicy,
-    SSEDecoder,
     parse_retry_after,
 )
 from cogql.replicate.build import build

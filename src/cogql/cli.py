@@ -294,8 +294,6 @@ def replicate_serve(
     """
     from pathlib import Path
 
-    from rich.markup import escape
-
     from .replicate.emulator import Emulator, EmulatorError
     from .replicate.emulator.command import serve
 

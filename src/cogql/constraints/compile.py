@@ -156,6 +156,20 @@ def _as_lang(part: _Part) -> _Lang | None:
     return None
 
 
+def _combine(
+    node: ast.expr, parts: list[_Part], joiner: str, holds: Callable[[Any], bool]
+) -> _Part:
+    """Several non-constant parts under `and` (" & ", all) or `or` (" | ", any): one language
+    when every part is one, else opaque."""
+    if len(parts) == 1:
+        return parts[0]
+    langs = [_as_lang(p) for p in parts]
+    if any(lang is None for lang in langs):
+        return _Opaque(node)
+    regex = "(" + joiner.join(lang.regex for lang in langs if lang) + ")"
+    return _Lang(regex, prefix_true=holds(lang.prefix_true for lang in langs if lang))
+
+
 class _HoleCompiler:
     def __init__(self, var: str, scope: dict[str, Any], encode: Callable[[str], list[int]],
                  source: str, unknown: Collection[str]) -> None:  # fmt: skip
@@ -195,7 +209,7 @@ class _HoleCompiler:
     def add(self, node: ast.expr) -> None:
         """One top-level conjunct that mentions the hole."""
         name = _call_name(node)
-        if name in ("INT", "ESCAPED", "escaped", "ERASE", "erase"):
+        if name == "INT" or name in POSTPROCESSORS:
             self._arg(node, 0)  # type: ignore[arg-type]
             self.spec.is_int |= name == "INT"
             self.spec.escaped |= name in ("ESCAPED", "escaped")
@@ -260,13 +274,7 @@ class _HoleCompiler:
         rest = [p for p in parts if not isinstance(p, _Const)]
         if not rest:
             return _NONE if _NONE in parts else _TRUE
-        if len(rest) == 1:
-            return rest[0]
-        langs = [_as_lang(p) for p in rest]
-        if all(lang is not None for lang in langs):
-            regex = "(" + " & ".join(lang.regex for lang in langs if lang) + ")"
-            return _Lang(regex, prefix_true=all(lang.prefix_true for lang in langs if lang))
-        return _Opaque(node)
+        return _combine(node, rest, " & ", all)
 
     def _or(self, node: ast.expr, parts: list[_Part]) -> _Part:
         if _TRUE in parts:
@@ -276,13 +284,7 @@ class _HoleCompiler:
         rest = [p for p in parts if not isinstance(p, _Const)]
         if not rest:
             return _Const(False)
-        if len(rest) == 1:
-            return rest[0]
-        langs = [_as_lang(p) for p in rest]
-        if all(lang is not None for lang in langs):
-            regex = "(" + " | ".join(lang.regex for lang in langs if lang) + ")"
-            return _Lang(regex, prefix_true=any(lang.prefix_true for lang in langs if lang))
-        return _Opaque(node)
+        return _combine(node, rest, " | ", any)
 
     def _not(self, node: ast.expr, part: _Part) -> _Part:
         if isinstance(part, _Const):

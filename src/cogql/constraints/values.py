@@ -100,6 +100,7 @@ class Evaluator:
         self.encode = encode
         self.source = source
         self._code: dict[int, Any] = {}
+        self._builtins = value_builtins(encode)
 
     def mentions_unknown(self, node: ast.AST) -> bool:
         return any(isinstance(n, ast.Name) and n.id in self.unknown for n in ast.walk(node))
@@ -140,7 +141,7 @@ class Evaluator:
         return bool(self._python_value(node, hole))
 
     def _python_value(self, node: ast.expr, hole: HoleText) -> Any:
-        env = {**self.scope, **value_builtins(self.encode), self.var: hole.text}
+        env = {**self.scope, **self._builtins, self.var: hole.text}
         env["TOKENS"] = lambda v: list(hole.tokens) if v == hole.text else self.encode(v)
         if not hole.final:
             env["INT"] = lambda v: True if not v.strip() else is_int_text(v)

@@ -137,11 +137,11 @@ class _ModelRunner:
         vocab = self.model.get_input_embeddings().num_embeddings
         if not all(p and min(p) >= 0 and max(p) < vocab for p in prompts):
             return None
-        entries: list[CacheEntry] = [CacheEntry()] * len(prompts)
         # the prompts that the cache serves best choose first, so a short shared start (BOS)
         # does not take the entry another prompt shares much more with
-        for i in sorted(range(len(prompts)), key=lambda i: -self.cache.longest_prefix(prompts[i])):
-            entries[i] = self._reuse(prompts[i])
+        order = sorted(range(len(prompts)), key=lambda i: -self.cache.longest_prefix(prompts[i]))
+        reused = {i: self._reuse(prompts[i]) for i in order}
+        entries = [reused[i] for i in range(len(prompts))]
         tails = [p[len(e.ids) :] for p, e in zip(prompts, entries, strict=True)]
         todo = [i for i, tail in enumerate(tails) if tail]
         if len(todo) == 1:
@@ -178,8 +178,9 @@ class _ModelRunner:
             logits_to_keep=1,
         )
         logits = out.logits[:, -1].float()
+        keeps = mask.bool().to(self.device)
         for i, (entry, tail) in enumerate(zip(entries, tails, strict=True)):
-            keep = mask[i].bool().to(self.device)
+            keep = keeps[i]
             kv = [(x.keys[i : i + 1, :, keep], x.values[i : i + 1, :, keep]) for x in past.layers]
             entry.past = DynamicCache(ddp_cache_data=kv, config=self.model.config)
             entry.ids.extend(tail)

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 def common_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:
     """Length of the shared start of two token lists (or strings)."""
     n = min(len(a), len(b))
+    if a[:n] == b[:n]:  # the usual case, compared at C speed
+        return n
     i = 0
     while i < n and a[i] == b[i]:
         i += 1
@@ -92,10 +94,13 @@ class CacheEntry:
             return
         if self._exact is None and dtype.itemsize < layers[0].keys.dtype.itemsize:
             self._exact = [(x.keys, x.values) for x in layers]
+        exact = self._exact
+        if exact is not None and exact[0][0] is layers[0].keys:
+            exact = None  # the current keys/values are the originals themselves
         for i, layer in enumerate(layers):
             keys, values = layer.keys.to(dtype), layer.values.to(dtype)
-            if self._exact is not None:
-                exact_keys, exact_values = self._exact[i]
+            if exact is not None:
+                exact_keys, exact_values = exact[i]
                 n = min(exact_keys.shape[-2], keys.shape[-2])
                 keys[..., :n, :] = exact_keys[..., :n, :]
                 values[..., :n, :] = exact_values[..., :n, :]

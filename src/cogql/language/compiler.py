@@ -90,6 +90,11 @@ class CompiledQuery:
     hole_names: frozenset[str]
     free_variables: tuple[str, ...]
 
+    @property
+    def where_clauses(self) -> list[ast.expr | None]:
+        """The query's where clause, then each prompt statement's inline one."""
+        return [self.where, *(s.where for s in self.statements)]
+
 
 class _Region:
     """A slice of the source as parseable Python, keeping the user's line numbers."""

@@ -42,16 +42,16 @@ class LMTPClient:
         *,
         tokenizer: Tokenizer | None = None,
         use_extensions: bool = True,
-        capabilities: frozenset[str] | None = None,
     ) -> None:
         """`tokenizer` lets the client emulate extensions a server lacks (LMQL's method);
-        `use_extensions=False` emulates them even where the server has them; `capabilities`,
-        when known another way, spares the MODEL_INFO request that would ask for them."""
+        `use_extensions=False` emulates them even where the server has them."""
         self.transport = transport
         self.model = model
         self.tokenizer = tokenizer
         self.use_extensions = use_extensions
-        self.known_capabilities = capabilities
+        # set by whoever learns them another way (a Replicate version's schema), sparing the
+        # MODEL_INFO request that would ask for them
+        self.known_capabilities: frozenset[str] | None = None
         self._ids = itertools.count(1)
         self._info: dict[str, Any] | None = None
         self._emulator: Emulator | None = None

@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..lmtp.sse import SSEDecoder
+
 PREDICTOR_REF = "predict.py:Predictor"
 BUSY_RETRY_S = 10.0
 
@@ -193,18 +195,10 @@ class CogServer:
             method="POST",
         )
         with self._open(request, timeout) as r:
-            event, data = "message", []
+            decoder = SSEDecoder()
             for raw in r:
-                line = raw.decode().rstrip("\r\n")
-                if line.startswith(":"):
-                    continue
-                if not line:
-                    if data:
-                        yield event, json.loads("\n".join(data))
-                        if event == "completed":
-                            return
-                    event, data = "message", []
-                elif line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("data:"):
-                    data.append(line[5:].removeprefix(" "))
+                sse = decoder.feed(raw.decode().rstrip("\r\n"))
+                if sse is not None and sse.data:
+                    yield sse.event, json.loads(sse.data)
+                    if sse.event == "completed":
+                        return

@@ -64,7 +64,7 @@ async def generate(run: QueryRun, name: str, spec: HoleSpec, budget: int) -> tup
     the text where the grammar does not accept it (e.g. `not X in [...]` under a limit)."""
     if spec.check is not None:
         return await _SlowPath(run, name, spec, budget).generate()
-    until = stop_watch(spec, run.conn.tokenizer) if spec.client_stops else None
+    until = stop_watch(spec) if spec.client_stops else None
     tokens, reason = await run._generate(name, spec, budget, until=until)
     at_limit = spec.max_tokens is not None and len(tokens) >= spec.max_tokens
     grammar = spec.regex is not None or spec.token_options is not None
@@ -76,12 +76,12 @@ async def generate(run: QueryRun, name: str, spec: HoleSpec, budget: int) -> tup
     return tokens, reason
 
 
-def stop_watch(spec: HoleSpec, tokenizer: Tokenizer) -> Callable[[list[int]], bool]:
-    """A per-token test for the streamed path: True (and `spec.cut` set) once a stop fires."""
+def stop_watch(spec: HoleSpec) -> Callable[[list[int], str], bool]:
+    """A per-token test for the streamed path, given the tokens and their text: True (and
+    `spec.cut` set) once a stop fires."""
     seen = {"text": ""}
 
-    def fired(tokens: list[int]) -> bool:
-        text = tokenizer.decode(tokens)
+    def fired(tokens: list[int], text: str) -> bool:
         new_from = common_prefix(seen["text"], text)
         seen["text"] = text
         if len(tokens) < spec.min_tokens:

@@ -123,8 +123,7 @@ def _as_pair(out: Any, value: Any, prompt_value: str) -> tuple[Any, str]:
 class HoleDecorators:
     """The decorators of one hole, evaluated in the query's scope."""
 
-    def __init__(self, name: str, decorators: list[LMQLDecorator]) -> None:
-        self.name = name
+    def __init__(self, decorators: list[LMQLDecorator]) -> None:
         self.decorators = decorators
 
     @classmethod
@@ -138,7 +137,7 @@ class HoleDecorators:
             except Exception as e:
                 raise DecoratorError(f"decorator @{expr} of [{name}]: {e}") from e
             found.append(wrap(obj, expr))
-        return cls(name, found)
+        return cls(found)
 
     def pre(self, variable: TemplateVariable, context: DecoratorContext) -> tuple[Any, str] | None:
         """A fixed `(value, prompt_text)`, or None to generate the hole."""

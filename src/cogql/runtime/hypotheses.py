@@ -69,7 +69,6 @@ class Hypothesis:
     logprob: float  # sum of the log-probs of every token chosen or scored so far
     run: QueryRun  # the replay that reached `frontier` (or the end of the program)
     frontier: Frontier | None  # None once the program has finished
-    value: Any = None  # the program's return value, once finished
     tokens: tuple[int, ...] = ()  # generated so far in the frontier hole
 
     @property
@@ -159,7 +158,6 @@ class Explorer:
         self.decoding = decoding
         self.on_event = on_event
         self.eos = conn.tokenizer.eos_token_id
-        self.calls = 0  # model calls made by the search
 
     # ---- program replay -----------------------------------------------------------------
 
@@ -171,11 +169,11 @@ class Explorer:
         replay = _Replay(decided)
         run = QueryRun(self.query, self.conn, self.scope, self.decoding, source=replay, quiet=True)
         try:
-            value = await run.run_program()
+            await run.run_program()
         except _Suspended as s:
             h = Hypothesis(tuple(replay.decided), logprob, run, s.frontier)
         else:
-            h = Hypothesis(tuple(replay.decided), logprob, run, None, value)
+            h = Hypothesis(tuple(replay.decided), logprob, run, None)
         if decided:
             h = await self._score_program_text(h, replay.fill_index[len(decided) - 1])
         return h
@@ -235,7 +233,8 @@ class Explorer:
             choices = await self._top(h, allowed, wanted)
         else:
             choices = await self._samples(h, allowed, width, sampling, place)
-        steps = [(t, lp, self._take(h, t)) for t, lp in choices]
+        before = self.conn.tokenizer.decode(list(h.tokens))
+        steps = [(t, lp, self._take(h, before, t)) for t, lp in choices]
         kept = [(t, lp, step) for t, lp, step in steps if step is not None][:width]
         return list(await asyncio.gather(*(self._child(h, *k) for k in kept)))
 
@@ -248,13 +247,12 @@ class Explorer:
         done = Decided(h.frontier.name, tokens, step.reason, step.cut)
         return await self._replay((*h.decided, done), h.logprob + logprob)
 
-    def _take(self, h: Hypothesis, token: int) -> _Step | None:
-        """Whether and why the hole ends after `token`, as the engine (stop phrases, token
-        limits) and runtime/clientside.py (conditional stops, `HoleSpec.check`) decide it;
-        None when the token may not be taken here."""
+    def _take(self, h: Hypothesis, before: str, token: int) -> _Step | None:
+        """Whether and why the hole ends after `token` (`before`: the hole's text so far), as
+        the engine (stop phrases, token limits) and runtime/clientside.py (conditional stops,
+        `HoleSpec.check`) decide it; None when the token may not be taken here."""
         assert h.frontier is not None
         spec, decode = h.frontier.spec, self.conn.tokenizer.decode
-        before = decode(list(h.tokens))
         if token == self.eos:
             return _Step("stop") if _final_ok(spec, before, h.tokens) else None
         tokens = (*h.tokens, token)
@@ -348,7 +346,6 @@ class Explorer:
         return events[-1]
 
     def _called(self, kind: str, prompt_tokens: int, tokens: int, started: float) -> None:
-        self.calls += 1
         if self.on_event is not None:
             elapsed = time.perf_counter() - started
             self.on_event(ModelCall(kind, prompt_tokens, tokens, elapsed))

@@ -31,7 +31,7 @@ from ..language.errors import QueryCompileError
 from ..language.qstrings import Hole, Interpolation, Tag, Text
 from ..lmtp.messages import Generate
 from . import clientside
-from .chat import open_message
+from .chat import open_message, text_tag
 from .events import ModelCall, OnEvent, QueryEvent, TextAppended, VariableFinished
 from .hooks import HoleHooks
 from .model import Connection
@@ -69,7 +69,7 @@ class _Pending:
     values: ast.expr
 
 
-Until = Callable[[list[int]], bool]
+Until = Callable[[list[int], str], bool]  # (tokens so far, their text) -> stop now?
 
 HoleSource = Callable[["QueryRun", str, HoleSpec, int], Awaitable[tuple[list[int], str]]]
 """Decides a hole's tokens and finish reason, given the run, hole name, spec and token budget:
@@ -158,7 +158,7 @@ class QueryRun:
         opened = open_message(self, role)
         if opened is not None:
             return opened
-        return f"(({role})):" if not self.text else f"\n(({role})):"
+        return text_tag(role, at_start=not self.text)
 
     # ---- holes ----------------------------------------------------------------------------
     async def fill(self, stmt: PromptStatement, hole: Hole, scope: dict[str, Any]) -> None:
@@ -276,24 +276,28 @@ class QueryRun:
         self, name: str, op: Generate, until: Until | None = None, hold: int | None = 0
     ) -> tuple[list[int], str]:
         """Run `op`, reporting its text as it arrives but the last `hold` characters (None:
-        nothing), which `fill` reports once the value is known; `until(tokens)` may end it
-        early (the stream is then cancelled server-side)."""
+        nothing), which `fill` reports once the value is known; `until(tokens, text)` may end
+        it early (the stream is then cancelled server-side)."""
         tokenizer = self.conn.tokenizer
         eos = {tokenizer.eos_token_id}
         tokens: list[int] = []
         reason = "stop"
         started = time.perf_counter()
+        if self.on_event is None:
+            hold = None  # nobody listens: no text to work out per token
         async with aclosing(self.conn.client.generate(op)) as events:
             async for event in events:
                 if event.token not in eos or event.finish_reason is None:
                     tokens.append(event.token)
                 reason = event.finish_reason or reason
                 self.logprob += event.logprob
-                if until is not None and event.token not in eos and until(tokens):
+                watched = until is not None and event.token not in eos
+                text = tokenizer.decode(tokens) if watched or hold is not None else ""
+                if until is not None and watched and until(tokens, text):
                     reason = "stop"
                     break
                 if event.finish_reason is None and hold is not None:
-                    self._show_settled(name, tokenizer.decode(tokens), hold)
+                    self._show_settled(name, text, hold)
         self.calls += 1
         elapsed = time.perf_counter() - started
         self.emit(ModelCall("GENERATE", len(op.prompt), len(tokens), elapsed, self.index))

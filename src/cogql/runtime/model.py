@@ -11,8 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..engine.models import collector_paused
-from ..lmtp.client import LMTPClient
+from ..lmtp.client import LMTPClient, LMTPError
 from ..tokenizer import Tokenizer, load_tokenizer
 
 if TYPE_CHECKING:
@@ -85,8 +84,7 @@ class Model:
             return await open_replicate(name, endpoint, self.tokenizer, self.options)
         if endpoint and not endpoint.startswith("local:"):
             return await _open_remote(name, endpoint, self.tokenizer, self.options)
-        with collector_paused():  # the first import brings in torch and transformers
-            from ..lmtp.transports.inprocess import InProcessTransport, local_engine
+        from ..lmtp.transports.inprocess import InProcessTransport, local_engine
 
         local_name = name.removeprefix("local:") or None
         dtype = str(self.options.get("dtype", "auto"))
@@ -140,7 +138,6 @@ async def _open_remote(
 ) -> Connection:
     """A websocket LMTP server: wait for its model, learn its capabilities, get a tokenizer
     (which the client also needs to emulate extensions an LMQL server lacks)."""
-    from ..lmtp.client import LMTPError
     from ..lmtp.transports.websocket import EndpointError, WebSocketTransport
 
     try:
@@ -150,27 +147,50 @@ async def _open_remote(
     await transport.open()
     client = LMTPClient(transport, model=name)
     try:
-        info = await _loaded_info(client, transport.url)
+        caps = await server_capabilities(client, transport.url, poll=0.25)
     except LMTPError as e:
-        if "Unknown command" not in str(e):  # an LMQL server from before MODEL_INFO existed
-            raise LMTPError(f"LMTP server at {transport.url}: {e}") from None
-        info = {}
-    caps = frozenset(info.get("capabilities", ()))
-    tok = await _remote_tokenizer(client, caps, name, tokenizer, transport.url)
+        raise LMTPError(f"LMTP server at {transport.url}: {e}") from None
+    return await remote_connection(client, caps, name, tokenizer, transport.url, options)
+
+
+async def remote_connection(
+    client: LMTPClient,
+    caps: frozenset[str],
+    name: str,
+    tokenizer: str | None,
+    url: str,
+    options: dict[str, Any],
+) -> Connection:
+    """A connection through a remote server's client, once its capabilities are known."""
+    client.known_capabilities = caps
+    tok = await _remote_tokenizer(client, caps, name, tokenizer, url)
     client.tokenizer = tok
     client.use_extensions = bool(options.get("extensions", True))
     return Connection(client, tok, caps, tok.bos_token_id)
 
 
-async def _loaded_info(client: LMTPClient, url: str) -> dict[str, Any]:
+async def server_capabilities(client: LMTPClient, url: str, *, poll: float) -> frozenset[str]:
+    """The capabilities in the server's MODEL_INFO, asked every `poll` seconds while it loads
+    its model; none from an LMQL server that predates MODEL_INFO."""
+
+    try:
+        info = await _loaded_info(client, url, poll)
+    except LMTPError as e:
+        if "Unknown command" not in str(e):
+            raise
+        info = {}
+    return frozenset(info.get("capabilities", ()))
+
+
+async def _loaded_info(client: LMTPClient, url: str, poll: float) -> dict[str, Any]:
     deadline = asyncio.get_running_loop().time() + LOAD_WAIT_S
     info = await client.model_info()
     if info.get("model_info") == "<unavailable>":
-        log.info("the LMTP server at %s is loading its model; waiting", url)
+        log.info("the model at %s is still loading its weights; waiting", url)
     while info.get("model_info") == "<unavailable>":
         if asyncio.get_running_loop().time() > deadline:
-            raise ModelConfigError(f"the LMTP server at {url} did not load its model in time")
-        await asyncio.sleep(0.25)
+            raise ModelConfigError(f"the model at {url} did not load its weights in time")
+        await asyncio.sleep(poll)
         info = await client.model_info()
     return info
 

@@ -178,7 +178,7 @@ def warn_outer_constraints(query: CompiledQuery, name: str) -> None:
     key = (id(query), name)
     if key in _warned_constraints:
         return
-    wheres = [query.where, *(s.where for s in query.statements)]
+    wheres = query.where_clauses
     named = any(
         isinstance(n, ast.Name) and n.id == name
         for w in wheres

@@ -90,7 +90,7 @@ class QueryFunction:
 
 
 def _unresolved(query: CompiledQuery, names: list[str]) -> Exception:
-    where_names = _names_in(query.where) | {n for s in query.statements for n in _names_in(s.where)}
+    where_names = {n for node in query.where_clauses for n in _names_in(node)}
     for name in names:
         if name in where_names:
             lineno, col = _first_use(query, name)
@@ -108,7 +108,7 @@ def _unresolved(query: CompiledQuery, names: list[str]) -> Exception:
 
 
 def _called_in_where(query: CompiledQuery, name: str) -> bool:
-    wheres = [query.where, *(s.where for s in query.statements)]
+    wheres = query.where_clauses
     return any(
         isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == name
         for w in wheres
@@ -124,7 +124,7 @@ def _names_in(node: ast.AST | None) -> set[str]:
 
 
 def _first_use(query: CompiledQuery, name: str) -> tuple[int, int]:
-    for node in [query.where, *(s.where for s in query.statements)]:
+    for node in query.where_clauses:
         for n in ast.walk(node) if node is not None else ():
             if isinstance(n, ast.Name) and n.id == name:
                 return n.lineno, n.col_offset

@@ -12,19 +12,15 @@ silent), `max_ops` (ops per prediction; 1 sends one op per prediction, as LMQL d
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from typing import Any
 
-from ..lmtp.client import LMTPClient, LMTPError
+from ..lmtp.client import LMTPClient
 from ..lmtp.transports.replicate import (
     ReplicateConfigError,
     ReplicateTransport,
     parse_endpoint,
 )
-from .model import LOAD_WAIT_S, Connection, ModelConfigError, _remote_tokenizer
-
-log = logging.getLogger("cogql.runtime")
+from .model import Connection, ModelConfigError, remote_connection, server_capabilities
 
 LOAD_POLL_S = 2.0  # every MODEL_INFO is a prediction: ask a loading LMQL model gently
 TRANSPORT_OPTIONS = ("batch_window", "wait", "idle_timeout", "max_ops", "api_token", "base_url")
@@ -48,32 +44,7 @@ async def open_replicate(
     client = LMTPClient(transport, model=name or target.ref)
     caps = transport.advertised
     if caps is None:
-        caps = await _capabilities(client, transport.url)
-    client.known_capabilities = caps
-    tok = await _remote_tokenizer(client, caps, name or target.ref, tokenizer, transport.url)
-    client.tokenizer = tok
-    client.use_extensions = bool(options.get("extensions", True))
-    return Connection(client, tok, caps, tok.bos_token_id)
-
-
-async def _capabilities(client: LMTPClient, url: str) -> frozenset[str]:
-    try:
-        info = await _loaded_info(client, url)
-    except LMTPError as e:
-        if "Unknown command" not in str(e):  # an LMQL image from before MODEL_INFO existed
-            raise
-        info = {}
-    return frozenset(info.get("capabilities", ()))
-
-
-async def _loaded_info(client: LMTPClient, url: str) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + LOAD_WAIT_S
-    info = await client.model_info()
-    while info.get("model_info") == "<unavailable>":
-        if loop.time() > deadline:
-            raise ModelConfigError(f"the model at {url} did not load its weights in time")
-        log.info("the model at %s is still loading its weights; waiting", url)
-        await asyncio.sleep(LOAD_POLL_S)
-        info = await client.model_info()
-    return info
+        caps = await server_capabilities(client, transport.url, poll=LOAD_POLL_S)
+    return await remote_connection(
+        client, caps, name or target.ref, tokenizer, transport.url, options
+    )

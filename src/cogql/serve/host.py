@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..lmtp.messages import Generate, Op, ProtocolError, Score, tokenizer_to_wire
+from ..lmtp.messages import TOKENIZER, Generate, Op, ProtocolError, Score, tokenizer_to_wire
 
 if TYPE_CHECKING:
     from ..engine.engine import Engine
@@ -94,7 +94,7 @@ class EngineHost:
         if self.info is None:
             return UNAVAILABLE
         if with_tokenizer and self._tokenizer is not None:
-            return {**self.info, "tokenizer": self._tokenizer}
+            return {**self.info, TOKENIZER: self._tokenizer}
         return self.info
 
     def validate(self, op: Op) -> None:
@@ -134,7 +134,7 @@ def _describe(engine: Engine) -> tuple[dict[str, Any], dict[str, Any], int | Non
     config = getattr(config, "config", None)
     vocab = getattr(config, "vocab_size", None) or info.get("vocab_size")
     context = getattr(config, "max_position_embeddings", None)
-    tokenizer = tokenizer_to_wire(engine.tokenizer) if "tokenizer" in caps else None
+    tokenizer = tokenizer_to_wire(engine.tokenizer) if TOKENIZER in caps else None
     return info, tokenizer, vocab, context
 
 

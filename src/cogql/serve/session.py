@@ -30,6 +30,7 @@ from ..lmtp.messages import (
     MSG,
     SCORE,
     TOKEN,
+    TOKENIZER,
     ErrorEvent,
     Event,
     Generate,
@@ -183,7 +184,7 @@ class Session:
             return None
 
     def _model_info(self, op: ModelInfo) -> None:
-        want_tokenizer = op.data.get("tokenizer") is True
+        want_tokenizer = op.data.get(TOKENIZER) is True
         try:
             info = self.host.model_info(with_tokenizer=want_tokenizer)
         except ModelUnavailable as e:

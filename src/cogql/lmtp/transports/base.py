@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..messages import Event, Op
@@ -12,6 +13,13 @@ EventCallback = Callable[[Event], None]
 
 class Cancellable(Protocol):
     def cancel(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Handle:
+    """A transport's handle on one op it sent: `cancel` stops that op alone."""
+
+    cancel: Callable[[], None]
 
 
 class Transport(Protocol):

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from ...engine.engine import Engine
-from ...engine.models import load_model
+from ...engine.models import collector_paused, load_model
 from ..messages import Event, Op
 from .base import Cancellable, EventCallback
+
+with collector_paused():  # the engine brings in torch and transformers
+    from ...engine.engine import Engine
 
 _engines: dict[tuple[str, str, str], Engine] = {}
 _lock = threading.Lock()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -61,7 +62,8 @@ from ..messages import (
     op_to_wire,
     parse_server_message,
 )
-from .base import EventCallback
+from ..sse import SSEEvent
+from .base import EventCallback, Handle
 from .replicate_api import (
     API_BASE,
     ReplicateAPI,
@@ -72,7 +74,6 @@ from .replicate_api import (
     ReplicateTransportError,
     Resolved,
     RetryPolicy,
-    SSEEvent,
 )
 
 log = logging.getLogger("cogql.lmtp.replicate")
@@ -253,15 +254,6 @@ class _OpState:
         self.deliver(ErrorEvent(None, message, as_msg=False))
 
 
-class _Handle:
-    def __init__(self, session: _Session, state: _OpState) -> None:
-        self._session = session
-        self._state = state
-
-    def cancel(self) -> None:
-        self._session.cancel_op(self._state)
-
-
 # --------------------------------------------------------------------------- one prediction
 
 
@@ -397,7 +389,7 @@ class _Prediction:
             polling = not url or failures > STREAM_RETRIES
             if polling and self._apply_output(latest.output):  # the output array grows
                 deadline.renew()
-            await asyncio.sleep(POLL_INTERVAL_S if polling else _backoff(failures))
+            await asyncio.sleep(POLL_INTERVAL_S if polling else _STREAM_BACKOFF.delay(failures))
 
     async def _poll(self, deadline: _Deadline) -> Prediction:
         assert self.id is not None
@@ -576,8 +568,7 @@ class _Deadline:
         )
 
 
-def _backoff(failures: int) -> float:
-    return min(0.1 * 2 ** (failures - 1), 2.0)
+_STREAM_BACKOFF = RetryPolicy(base_delay=0.1, max_delay=2.0, jitter=0.0)  # stream reconnects
 
 
 def _detail(data: str, key: str = "detail") -> str:
@@ -659,7 +650,7 @@ class _Session:
 
     # ---- sending ---------------------------------------------------------------------------
 
-    def send(self, ops: list[Op], on_event: EventCallback) -> list[_Handle]:
+    def send(self, ops: list[Op], on_event: EventCallback) -> list[Handle]:
         cost = current_cost()
         states = []
         for op in ops:
@@ -672,7 +663,7 @@ class _Session:
             self.flush()
         elif self.pending and self._timer is None:
             self._timer = self.loop.call_later(self.transport.batch_window, self.flush)
-        return [_Handle(self, s) for s in states]
+        return [Handle(functools.partial(self.cancel_op, s)) for s in states]
 
     def _answer_from_cache(self, state: _OpState) -> bool:
         resolved = _resolved.get((self.transport.base_url, self.transport.target))
@@ -785,7 +776,7 @@ class ReplicateTransport:
         resolved = _resolved.get((self.base_url, self.target))
         return resolved.capabilities if resolved is not None else None
 
-    def send(self, ops: list[Op], on_event: EventCallback) -> list[_Handle]:
+    def send(self, ops: list[Op], on_event: EventCallback) -> list[Handle]:
         return self._current().send(ops, on_event)
 
     async def close(self) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 from collections import deque
@@ -38,7 +39,7 @@ from ..messages import (
     parse_server_message,
     request_frame,
 )
-from .base import EventCallback
+from .base import EventCallback, Handle
 
 log = logging.getLogger("cogql.lmtp")
 
@@ -90,15 +91,6 @@ class _Route:
     timer: asyncio.TimerHandle | None = None
 
 
-class _Handle:
-    def __init__(self, connection: _Connection, wire_id: int) -> None:
-        self._connection = connection
-        self._wire_id = wire_id
-
-    def cancel(self) -> None:
-        self._connection.cancel(self._wire_id)
-
-
 class _Connection:
     """The shared connection to one endpoint on one event loop."""
 
@@ -119,7 +111,7 @@ class _Connection:
 
     # ---- sending ------------------------------------------------------------------------
 
-    def send(self, ops: list[Op], on_event: EventCallback) -> list[_Handle]:
+    def send(self, ops: list[Op], on_event: EventCallback) -> list[Handle]:
         items: list[tuple[str, dict[str, Any]]] = []
         wire_ids: list[int] = []
         for op in ops:
@@ -138,7 +130,7 @@ class _Connection:
             pairs = zip(items, wire_ids, strict=True)
             self._outbox.extend((request_frame(k, p), [w]) for (k, p), w in pairs)
         self._kick()
-        return [_Handle(self, w) for w in wire_ids]
+        return [Handle(functools.partial(self.cancel, w)) for w in wire_ids]
 
     def cancel(self, wire_id: int) -> None:
         route = self._routes.pop(wire_id, None)
@@ -352,7 +344,7 @@ class WebSocketTransport:
         """Connect now, so that a wrong endpoint fails here with a clear error."""
         await self._conn().connected()
 
-    def send(self, ops: list[Op], on_event: EventCallback) -> list[_Handle]:
+    def send(self, ops: list[Op], on_event: EventCallback) -> list[Handle]:
         return self._conn().send(ops, on_event)
 
     @property

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from ...lmtp.sse import SSEDecoder
 from ..cogserver import CogServer
 from .catalog import ModelEntry
 from .store import Prediction
@@ -188,20 +189,13 @@ class CogBackend:
 
 async def cog_events(answer: httpx.Response) -> AsyncIterator[tuple[str, Any]]:
     """Cog's own server-sent events: (name, parsed JSON data); keep-alive comments skipped."""
-    event, data = "message", []
+    decoder = SSEDecoder()
     async for line in answer.aiter_lines():
-        line = line.rstrip("\r\n")
-        if line.startswith(":"):
+        sse = decoder.feed(line.rstrip("\r\n"))
+        if sse is None or not sse.data:
             continue
-        if not line:
-            if data:
-                try:
-                    parsed = json.loads("\n".join(data))
-                except ValueError:
-                    parsed = {"raw": "\n".join(data)}
-                yield event, parsed
-            event, data = "message", []
-        elif line.startswith("event:"):
-            event = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
+        try:
+            parsed = json.loads(sse.data)
+        except ValueError:
+            parsed = {"raw": sse.data}
+        yield sse.event, parsed

@@ -7,8 +7,6 @@ here that carries exactly those fields; the app turns any of them into the same 
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.responses import JSONResponse
 
 PROBLEM_JSON = "application/problem+json"
@@ -24,9 +22,6 @@ class APIError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        return {"title": self.title, "detail": self.detail, "status": self.status}
 
     def response(self) -> JSONResponse:
         return problem(self.status, self.title, self.detail, self.headers)

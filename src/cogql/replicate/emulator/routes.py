@@ -141,7 +141,7 @@ class API:
         if failure is not None:
             raise ServerError(failure[0])  # made and running; the answer is "lost"
         shown = None
-        headers = {"Location": self.urls(request, prediction)["get"]}
+        headers = {"Location": prediction.url(base_url(request))}
         if wait is not None:
             headers["Preference-Applied"] = f"wait={wait}"
             if not await prediction.wait_terminal(wait):
@@ -149,9 +149,6 @@ class API:
         return JSONResponse(
             prediction.to_json(base_url(request), status=shown), status_code=201, headers=headers
         )
-
-    def urls(self, request: Request, prediction: Prediction) -> dict[str, str]:
-        return prediction.to_json(base_url(request))["urls"]
 
     async def cancel(self, prediction: Prediction) -> None:
         if prediction.terminal:

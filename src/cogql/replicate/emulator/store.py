@@ -62,11 +62,14 @@ class Prediction:
     def terminal(self) -> bool:
         return self.status in TERMINAL
 
+    def url(self, base_url: str) -> str:
+        return f"{base_url}/v1/predictions/{self.id}"
+
     def to_json(self, base_url: str, *, status: str | None = None) -> dict[str, Any]:
         """The prediction object. `status` overrides the reported status (Prefer: wait's
         timeout reports `starting`), and then no output is shown: the clients' polling
         iterators skip the chunks the first answer had, so they must come with the next."""
-        url = f"{base_url}/v1/predictions/{self.id}"
+        url = self.url(base_url)
         urls = {"get": url, "cancel": f"{url}/cancel", "web": f"https://replicate.com/p/{self.id}"}
         if self.entry.streams:
             urls["stream"] = f"{url}/stream"
