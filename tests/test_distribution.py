@@ -13,8 +13,9 @@ import pytest
 import cogql
 from cogql.engine.engine import Engine
 from cogql.language.errors import QueryCompileError
-from cogql.lmtp.messages import Generate, Op, Score
+from cogql.lmtp.messages import Generate, ModelInfo, Op, Score
 from cogql.runtime.events import ModelCall, QueryEvent
+from cogql.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from conftest import ForwardLog, HFReference
@@ -92,24 +93,30 @@ def test_options_are_scored_in_one_batched_op_and_pass(
 
 
 def test_score_after_a_hole_reuses_the_prompts_kv_cache(
-    engine: Engine, submitted: list[list[Op]], forwards: ForwardLog
+    engine: Engine, submitted: list[list[Op]], forwards: ForwardLog, tokenizer: Tokenizer
 ) -> None:
     engine.call(engine.cache.clear).result()
     q = (
         f'argmax\n    "{PROMPT}[X]\\nSo the colour is[C]"\n'
         f"where len(TOKENS(X)) < 4\ndistribution C in {OPTIONS!r}"
     )
-    cogql.run_sync(q)
-    (generate,) = [op for batch in submitted for op in batch if isinstance(op, Generate)]
-    score = next(op for batch in submitted for op in batch if isinstance(op, Score))
-    assert score.prompt[: len(generate.prompt)] == generate.prompt
+    result = cogql.run_sync(q)
+    (batch,) = [b for b in submitted if any(isinstance(op, Generate) for op in b)]
+    generate, *scores = batch  # the options travel with the hole's GENERATE, `after` it
+    assert isinstance(generate, Generate) and len(scores) == len(OPTIONS)
+    assert all(isinstance(op, Score) and op.after == generate.stream_id for op in scores)
+    assert len(submitted) == 1  # no SCORE of its own
+    suffix = scores[0].prompt  # the text between X and C
+    assert tokenizer.decode(suffix) == "\nSo the colour is"
+    assert result.cost is not None
+    full = len(generate.prompt) + result.cost.tokens_received + len(suffix)
     *passes, tails = forwards.shapes
     assert passes[0] == (1, len(generate.prompt))
     assert tails == (2, 1)
     # every token of the SCORE prompt went through the model exactly once, across the GENERATE
     # and the SCORE: nothing was re-encoded
     assert all(b == 1 for b, _ in passes)
-    assert sum(n for _, n in passes) == len(score.prompt)
+    assert sum(n for _, n in passes) == full
 
 
 def test_options_from_an_input() -> None:
@@ -122,3 +129,24 @@ def test_options_from_an_input() -> None:
 def test_empty_options_are_an_error() -> None:
     with pytest.raises(QueryCompileError, match="no values"):
         cogql.run_sync(f'argmax\n    "{PROMPT}[C]"\ndistribution C in opts', opts=[])
+
+
+def test_options_scored_ahead_are_dropped_when_the_hole_was_cut(
+    engine: Engine, submitted: list[list[Op]], tokenizer: Tokenizer
+) -> None:
+    """The options go out with X's GENERATE, but STOPS_BEFORE cuts the newline off X, so the
+    final prompt is not the one they were scored after: they are scored again, on it."""
+    q = (
+        'argmax\n    "Colours:\\n1. Red\\n2. Blue\\n3.[X] So:[C]"\n'
+        'where STOPS_BEFORE(X, "\\n") and len(TOKENS(X)) < 20\n'
+        f"distribution C in {OPTIONS!r}"
+    )
+    result = cogql.run_sync(q)
+    first, second = [b for b in submitted if not isinstance(b[0], ModelInfo)]
+    generate, *ahead = first
+    assert isinstance(generate, Generate) and generate.stop == ["\n"]
+    assert all(isinstance(op, Score) and op.after == generate.stream_id for op in ahead)
+    assert all(isinstance(op, Score) and op.after is None for op in second)
+    text = tokenizer.decode(second[0].prompt)
+    assert text.endswith(result["X"] + " So:") and "\n" not in result["X"]
+    assert len(result.variables["P(C)"]) == len(OPTIONS)

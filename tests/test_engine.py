@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from cogql.engine.engine import Engine
-from cogql.lmtp.client import LMTPClient, LMTPError
-from cogql.lmtp.messages import Generate, TokenEvent
+from cogql.lmtp.client import LMTPClient, LMTPError, ScoreAfter
+from cogql.lmtp.messages import ErrorEvent, Event, Generate, Op, Score, TokenEvent
+from cogql.lmtp.transports.inprocess import InProcessTransport
 from cogql.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -159,6 +160,66 @@ async def test_score_after_a_generate_on_the_same_prompt_matches_a_cold_score(
     warm = await client.score(prompt, options)
     for got, expected in zip(warm, reference_scores(hf_reference, prompt, options), strict=True):
         assert got == pytest.approx(expected, abs=1e-4)
+
+
+async def test_a_score_after_a_generate_scores_its_tokens_then_the_suffix(
+    client: LMTPClient, tokenizer: Tokenizer, hf_reference: HFReference
+) -> None:
+    """The `after` extension: options scored in the GENERATE's message, after its prompt, its
+    tokens and a suffix, equal to scoring that whole sequence on its own."""
+    prompt = ids(tokenizer, "The capital of France is")
+    suffix = tokenizer.encode(". So the answer is")
+    options = [tokenizer.encode(" Paris"), tokenizer.encode(" London Bridge")]
+    then = ScoreAfter(suffix, options)
+    events = [e async for e in client.generate(Generate(None, "", prompt, 4), then)]
+    tokens = [e.token for e in events if e.token != tokenizer.eos_token_id]
+    scores = await then.result
+    assert scores is not None
+    expected = reference_scores(hf_reference, prompt + tokens + suffix, options)
+    for got, want in zip(scores, expected, strict=True):  # the generated tokens' keys may
+        assert got == pytest.approx(want, abs=5e-3)  # come from a reduced-precision decode
+
+
+async def test_no_score_after_a_generate_that_was_cut(
+    client: LMTPClient, engine: Engine, tokenizer: Tokenizer
+) -> None:
+    then = ScoreAfter([], [tokenizer.encode(" Paris")])
+    stream = client.generate(Generate(None, "", ids(tokenizer, "Once upon a time"), 500), then)
+    async for _ in stream:
+        break
+    await stream.aclose()
+    assert await asyncio.wait_for(then.result, 5) is None
+    assert len(await generate(client, ids(tokenizer, "1, 2, 3,"), max_tokens=3)) == 3
+
+
+async def test_score_after_without_the_extension_is_not_sent(
+    engine: Engine, tokenizer: Tokenizer
+) -> None:
+    sent: list[Op] = []
+    transport = InProcessTransport(engine)
+    real = transport.send
+    transport.send = lambda ops, on_event: (sent.extend(ops), real(ops, on_event))[1]  # type: ignore[method-assign]
+    plain = LMTPClient(transport, model="embedded", use_extensions=False)
+    then = ScoreAfter([], [tokenizer.encode(" Paris")])
+    events = [e async for e in plain.generate(Generate(None, "", ids(tokenizer, "Hi"), 2), then)]
+    assert len(events) == 2 and then.result.result() is None
+    assert [type(op) for op in sent] == [Generate]
+
+
+async def test_a_score_after_an_unknown_stream_is_an_error(
+    client: LMTPClient, tokenizer: Tokenizer
+) -> None:
+    got: list[Event] = []
+    done = asyncio.Event()
+
+    def on_event(event: Event) -> None:
+        got.append(event)
+        done.set()
+
+    client.transport.send([Score(5, "", [], tokenizer.encode(" Paris"), after=4)], on_event)
+    await asyncio.wait_for(done.wait(), 5)
+    assert isinstance(got[0], ErrorEvent) and got[0].stream_id == 5
+    assert "names no GENERATE sent in the same message" in got[0].error
 
 
 # --------------------------------------------------------------------------- errors

@@ -30,6 +30,7 @@ from cogql.lmtp.messages import (
     op_from_wire,
     op_to_wire,
     parse_server_message,
+    renumbered,
     replicate_line,
     request_frame,
     split_message,
@@ -56,6 +57,7 @@ OPS: list[Op] = [
         min_tokens=2,
     ),
     Score("s-1", "m", [1, 2], [3, 4]),
+    Score("s-2", "m", [], [3], after=2),
     ModelInfo(9, "m", {"model": "m"}),
 ]
 
@@ -114,6 +116,25 @@ def test_extensions_are_written_only_when_set() -> None:
         "max_tokens", "temperature", "logit_bias", "top_logprobs", "top_k", "top_p",
         "grammar", "stop", "seed", "min_tokens", "model", "prompt", "stream_id",
     ]  # fmt: skip
+
+
+def test_a_score_after_is_written_only_when_set() -> None:
+    assert list(op_to_wire(OPS[2])[1]) == ["model", "prompt", "scored", "stream_id"]
+    assert list(op_to_wire(OPS[3])[1]) == ["model", "prompt", "scored", "after", "stream_id"]
+
+
+def test_renumbered_streams_keep_what_follows_what() -> None:
+    ops: list[Op] = [
+        Generate("g", "m", [1]),
+        Score("a", "m", [], [3], after="g"),
+        Score("b", "m", [], [3], after="elsewhere"),
+        ModelInfo("i", "m"),
+    ]
+    counter = iter(range(10, 20))
+    out = renumbered(ops, counter.__next__)
+    assert [op.stream_id for op in out] == [10, 11, 12, 13]
+    assert [op.after for op in out if isinstance(op, Score)] == [10, 14]  # 14: nobody's id
+    assert [op.stream_id for op in ops] == ["g", "a", "b", "i"]  # the originals are untouched
 
 
 def test_model_info_frame() -> None:
@@ -193,6 +214,7 @@ def generate(**fields: Any) -> dict[str, Any]:
         ("GENERATE", generate(seed=1.5), "field 'seed' has the wrong type", 3),
         ("SCORE", {"stream_id": 3, "model": "m", "prompt": [1]}, "missing field 'scored'", 3),
         ("SCORE", {"stream_id": 3, "prompt": [1], "scored": ["a"]}, "list of token ids", 3),
+        ("SCORE", {"stream_id": 3, "prompt": [], "scored": [1], "after": [2]}, "'after'", 3),
     ],
 )
 def test_bad_ops(kind: str, payload: Any, message: str, stream_id: Any) -> None:

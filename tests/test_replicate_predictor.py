@@ -144,6 +144,32 @@ def test_batched_score_matches_in_process_engine(server: CogServer, reference: E
             assert g.logprob == pytest.approx(w.logprob, abs=2e-3)
 
 
+def test_a_score_after_a_generate_in_the_same_prediction(
+    server: CogServer, reference: Engine
+) -> None:
+    """The `after` extension through the predictor's id remapping: the SCORE follows the
+    GENERATE the client named, and answers under the client's id."""
+    ops = [
+        gen("g", PROMPT, max_tokens=3),
+        [
+            "SCORE",
+            {"model": "m", "prompt": [42], "scored": [253, 7], "stream_id": "s", "after": "g"},
+        ],
+        ["SCORE", {"model": "m", "prompt": [], "scored": [7], "stream_id": "x", "after": "h"}],
+    ]
+    got = by_stream(events_of(run_ops(server, ops)))
+    tokens = [e.token for e in got["g"]]
+    assert len(tokens) == 3 and got["g"][-1].finish_reason == "length"
+    plain = ["SCORE", {"model": "m", "prompt": PROMPT + tokens + [42], "scored": [253, 7],
+                       "stream_id": "s"}]  # fmt: skip
+    want = in_process(reference, [plain])
+    assert [e.token for e in got["s"]] == [253, 7]
+    for g, w in zip(got["s"], want, strict=True):
+        assert g.logprob == pytest.approx(w.logprob, abs=5e-3)
+    [error] = got["x"]  # "h" is no stream of this prediction
+    assert isinstance(error, ErrorEvent) and "names no GENERATE" in error.error
+
+
 def test_model_info_has_capabilities_and_the_vendored_cogql(server: CogServer) -> None:
     [line] = run_ops(server, [["MODEL_INFO", {"stream_id": "info", "model": "m", "data": {}}]])
     assert line.startswith('MSG {"stream_id": "info", "model_info": {')

@@ -28,7 +28,7 @@ from click.testing import CliRunner
 
 import cogql
 from cogql.cli import main
-from cogql.lmtp.client import LMTPClient, LMTPError
+from cogql.lmtp.client import LMTPClient, LMTPError, ScoreAfter
 from cogql.lmtp.cost import Cost, PredictionCost, current_cost, track_cost
 from cogql.lmtp.messages import ENGINE_CAPABILITIES, Generate, TokenEvent
 from cogql.lmtp.sse import SSEDecoder
@@ -278,6 +278,27 @@ async def tokens(client: LMTPClient, op: Generate) -> list[int]:
 
 def gen(max_tokens: int = 8, **kw: Any) -> Generate:
     return Generate(None, "", list(PROMPT), max_tokens=max_tokens, **kw)
+
+
+async def test_options_scored_after_a_generate_share_its_prediction(
+    emulator: Emulator, reference: LMTPClient
+) -> None:
+    """A GENERATE and the SCOREs `after` it go in one prediction even past max_ops, and
+    answer as a GENERATE then a SCORE of its prompt and tokens would."""
+    client = await client_for(emulator, max_ops=2)
+    options = [[504, 3102], [314], [253, 1789, 42]]
+    then = ScoreAfter([42], options)
+    with track_cost() as cost:
+        got = [e.token async for e in client.generate(gen(4), then)]
+        scores = await then.result
+        await cost.settle()
+    assert got == await tokens(reference, gen(4))
+    want = await reference.score(PROMPT + got + [42], options)
+    assert scores is not None
+    for got_option, want_option in zip(scores, want, strict=True):
+        assert got_option == pytest.approx(want_option, abs=5e-3)
+    ops = [p.ops for p in cost.predictions]
+    assert ops == [("MODEL_INFO",), ("GENERATE", "SCORE", "SCORE", "SCORE")]  # +capabilities
 
 
 async def test_generate_and_score_match_in_process(
@@ -587,10 +608,11 @@ def test_cogql_run_trace_prints_the_cost(
     out = CliRunner().invoke(main, ["run", "--trace", str(query)])
     assert out.exit_code == 0, out.output
     lines = [line for line in out.output.splitlines() if line.startswith(("cost", "prediction"))]
-    assert lines[0].startswith("cost 2 predictions, predict_time ")
+    assert lines[0].startswith("cost 1 prediction, predict_time ")
     assert "tokens generated 3, used 3, scored 2" in lines[0]
     kinds = [line.split()[2] for line in lines[1:]]
-    assert kinds == ["GENERATE", "SCORE+SCORE"], "the schema's advertisement spares MODEL_INFO"
+    # the schema's advertisement spares MODEL_INFO; the options are scored `after` Y
+    assert kinds == ["GENERATE+SCORE+SCORE"]
     assert all(" succeeded predict_time=" in line for line in lines[1:])
 
 
@@ -666,9 +688,9 @@ def test_the_sentiment_example_on_replicate_matches_in_process(
     tmp_path: Path, embedded_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """examples/sentiment-replicate.lmql, unchanged, against the embedded model built as a Cog
-    project and served by Replicate's API on loopback: the in-process result, in 2 predictions
-    (the version's schema advertises the extensions: no MODEL_INFO), with no token generated
-    past the stop."""
+    project and served by Replicate's API on loopback: the in-process result, in 1 prediction
+    (the version's schema advertises the extensions: no MODEL_INFO; the options are scored in
+    the GENERATE's prediction), with no token generated past the stop."""
     source = EXAMPLE.read_text(encoding="utf-8")
     assert 'endpoint="replicate:cogql/smollm2"' in source
     local = cogql.run_sync(source, model=cogql.model(None))
@@ -688,9 +710,6 @@ def test_the_sentiment_example_on_replicate_matches_in_process(
     assert [p for _, p in got] == pytest.approx([p for _, p in want], abs=1e-3)
     cost = remote.cost
     assert cost is not None
-    assert [p.ops for p in cost.predictions] == [
-        ("GENERATE",),
-        ("SCORE", "SCORE", "SCORE"),
-    ]
+    assert [p.ops for p in cost.predictions] == [("GENERATE", "SCORE", "SCORE", "SCORE")]
     assert all(p.status == "succeeded" and p.predict_time for p in cost.predictions)
     assert cost.tokens_wasted == 0 and cost.tokens_used == cost.tokens_generated > 0

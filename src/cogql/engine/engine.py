@@ -18,7 +18,7 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import version
 from typing import Any
 
@@ -230,6 +230,9 @@ class _GenerateStream:
     stops: list[bytes] = field(default_factory=list)
     feed: list[int] = field(default_factory=list)  # chosen tokens the model has not seen yet
     started: bool = False
+    tokens: list[int] = field(default_factory=list)  # generated, a final EOS left out
+    ended: bool = False  # reached a finish reason (not cancelled, not failed)
+    then: list[tuple[Score, StreamHandle]] = field(default_factory=list)  # SCOREs `after` it
 
 
 class Engine:
@@ -342,6 +345,8 @@ class Engine:
 
     def _accept(self, work: _Work) -> None:
         scores: list[tuple[Score, StreamHandle]] = []
+        later: list[tuple[Score, StreamHandle]] = []
+        generates: dict[Any, _GenerateStream] = {}
         for op, handle in zip(work.ops, work.handles, strict=True):
             if isinstance(op, ModelInfo):
                 info = self.model_info()
@@ -349,9 +354,18 @@ class Engine:
                     info[TOKENIZER] = tokenizer_to_wire(self.tokenizer)
                 work.sink(InfoEvent(op.stream_id, info))
             elif isinstance(op, Score):
-                scores.append((op, handle))
+                (scores if op.after is None else later).append((op, handle))
             else:
-                self._streams.append(_GenerateStream(op, work.sink, handle))
+                stream = _GenerateStream(op, work.sink, handle)
+                self._streams.append(stream)
+                generates[op.stream_id] = stream
+        for op, handle in later:
+            stream = generates.get(op.after)
+            if stream is None:
+                error = f"SCORE after={op.after!r} names no GENERATE sent in the same message"
+                work.sink(ErrorEvent(op.stream_id, error))
+            else:
+                stream.then.append((op, handle))
         if scores:
             self._run_scores(scores, work.sink)
 
@@ -412,6 +426,19 @@ class Engine:
             stream.entry.settle()
             self.cache.release(stream.entry)
             stream.entry = None
+        if stream.then:
+            self._score_after(stream)
+
+    def _score_after(self, stream: _GenerateStream) -> None:
+        """The SCOREs that wait for `stream`: scored after its prompt and tokens (the cache
+        entry it just settled serves them), or failed when it did not end."""
+        if not stream.ended:
+            for op, _ in stream.then:
+                stream.sink(ErrorEvent(op.stream_id, "the GENERATE this SCORE follows did not end"))
+            return
+        prefix = stream.op.prompt + stream.tokens
+        ops = [(replace(op, prompt=prefix + op.prompt, after=None), h) for op, h in stream.then]
+        self._run_scores(ops, stream.sink)
 
     def _start_together(self, new: list[_GenerateStream]) -> None:
         """Streams that arrived together get their prompts prefilled in one pass (a stream
@@ -443,6 +470,7 @@ class Engine:
             s.started = True
             self._start(s)
             if s.op.max_tokens == 0:
+                s.ended = True
                 s.sink(TokenEvent(s.op.stream_id, self.eos_token_id, 0.0, "length", {}))
                 return True
         assert s.entry is not None and s.entry.logits is not None
@@ -494,6 +522,9 @@ class Engine:
         if s.matcher is not None and token not in self.eos_ids:
             s.matcher.consume([token])
         reason = self._finish_reason(s, token)
+        if reason is None or token not in self.eos_ids:
+            s.tokens.append(token)
+        s.ended = reason is not None
         s.sink(TokenEvent(s.op.stream_id, token, logprob, reason, top))
         if reason is None and forward:
             s.feed = [token]

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .cost import current_cost
 from .messages import (
+    AFTER,
     ErrorEvent,
     Event,
     Generate,
@@ -32,6 +33,53 @@ if TYPE_CHECKING:
 
 class LMTPError(RuntimeError):
     """The server reported an error for a stream."""
+
+
+class ScoreAfter:
+    """Options to score after a GENERATE's tokens and then `suffix`, sent in the GENERATE's
+    message (the `after` extension): over Replicate, no prediction of their own. `result` gets
+    each option's log-probs, or None when they were not sent or did not come back."""
+
+    def __init__(self, suffix: list[int], options: list[list[int]]) -> None:
+        self.suffix = list(suffix)
+        self.options = [list(o) for o in options]
+        self.result: asyncio.Future[list[list[float]] | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+    def settle(self, value: list[list[float]] | None) -> None:
+        if not self.result.done():
+            self.result.set_result(value)
+
+
+class _Gathered:
+    """The events of several ops, until each has ended; `done` resolves then."""
+
+    def __init__(self, ops: list[Op]) -> None:
+        self.events: dict[Any, list[Event]] = {op.stream_id: [] for op in ops}
+        self.open = set(self.events)
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self.open:
+            self.done.set_result(None)
+
+    def add(self, event: Event) -> None:
+        if event.stream_id not in self.open:
+            return
+        self.events[event.stream_id].append(event)
+        if is_terminal(event):
+            self.open.discard(event.stream_id)
+            if not self.open and not self.done.done():
+                self.done.set_result(None)
+
+    def logprobs(self) -> list[list[float]]:
+        """Per op, the log-probs of its TOKEN events; the first error is raised."""
+        out = []
+        for events in self.events.values():
+            errors = [e for e in events if isinstance(e, ErrorEvent)]
+            if errors:
+                raise LMTPError(errors[0].error)
+            out.append([e.logprob for e in events if isinstance(e, TokenEvent)])
+        return out
 
 
 class LMTPClient:
@@ -68,8 +116,8 @@ class LMTPClient:
 
     async def request_info(self, data: dict[str, Any]) -> dict[str, Any]:
         """One uncached MODEL_INFO carrying `data`, e.g. {"tokenizer": True} (an extension)."""
-        (events,) = await self._collect([ModelInfo(next(self._ids), self.model, dict(data))])
-        event = events[-1]
+        op = ModelInfo(next(self._ids), self.model, dict(data))
+        event = (await self._collect([op])).events[op.stream_id][-1]
         if isinstance(event, ErrorEvent):
             raise LMTPError(f"MODEL_INFO failed: {event.error}")
         info = event.model_info if isinstance(event, InfoEvent) else None
@@ -81,11 +129,17 @@ class LMTPClient:
             self.known_capabilities = frozenset(info.get("capabilities", ()))
         return self.known_capabilities
 
-    async def generate(self, op: Generate) -> AsyncIterator[TokenEvent]:
+    async def generate(
+        self, op: Generate, then: ScoreAfter | None = None
+    ) -> AsyncIterator[TokenEvent]:
         """Stream the tokens of one GENERATE; cancels it server-side if the caller stops early.
-        Extensions the server does not advertise are emulated with plain LMTP requests."""
+        Extensions the server does not advertise are emulated with plain LMTP requests.
+        `then` is scored in the same message where the server has the `after` extension."""
         missing = await self._missing_extensions(op)
-        events = self._emulation(missing).generate(op) if missing else self._generate(op)
+        if then is not None and (missing or not await self._has(AFTER)):
+            then.settle(None)
+            then = None
+        events = self._emulation(missing).generate(op) if missing else self._generate(op, then)
         cost = current_cost()
         try:
             async for event in events:
@@ -94,6 +148,9 @@ class LMTPClient:
                 yield event
         finally:
             await events.aclose()  # a caller that stops early cancels the request now
+
+    async def _has(self, extension: str) -> bool:
+        return self.use_extensions and extension in await self.capabilities()
 
     async def _missing_extensions(self, op: Generate) -> list[str]:
         """Extensions `op` uses that the server lacks; an unsupported seed is dropped (LMQL
@@ -119,14 +176,27 @@ class LMTPClient:
             self._emulator = Emulator(self._generate, self.tokenizer)
         return self._emulator
 
-    async def _generate(self, op: Generate) -> AsyncIterator[TokenEvent]:
+    async def _generate(
+        self, op: Generate, then: ScoreAfter | None = None
+    ) -> AsyncIterator[TokenEvent]:
         op.stream_id = next(self._ids)
         op.model = op.model or self.model
         cost = current_cost()
         if cost is not None:
             cost.prompt_tokens += len(op.prompt)
         queue: asyncio.Queue[Event] = asyncio.Queue()
-        (handle,) = self.transport.send([op], queue.put_nowait)
+        later = self._scores(then.suffix, then.options, after=op.stream_id) if then else []
+        gathered = _Gathered(later)
+
+        def on_event(event: Event) -> None:
+            if event.stream_id == op.stream_id:
+                queue.put_nowait(event)
+            else:
+                gathered.add(event)
+
+        handle, *handles = self.transport.send([op, *later], on_event)
+        if then is not None:
+            gathered.done.add_done_callback(lambda _: then.settle(_logprobs_or_none(gathered)))
         finished = False
         try:
             while True:
@@ -143,46 +213,40 @@ class LMTPClient:
                     return
         finally:
             if not finished:
-                handle.cancel()
+                for h in (handle, *handles):  # what follows a cut GENERATE is not wanted
+                    h.cancel()
+                if then is not None:
+                    then.settle(None)
 
     async def score(self, prompt: list[int], options: list[list[int]]) -> list[list[float]]:
         """Log-probs of each option's tokens after `prompt`, all options in one message."""
-        ops: list[Op] = [Score(next(self._ids), self.model, list(prompt), list(o)) for o in options]
+        gathered = await self._collect(self._scores(prompt, options))
+        return gathered.logprobs()
+
+    def _scores(self, prompt: list[int], options: list[list[int]], after: Any = None) -> list[Op]:
         cost = current_cost()
         if cost is not None:
             cost.prompt_tokens += len(prompt) * len(options)
             cost.tokens_scored += sum(len(o) for o in options)
-        results = await self._collect(ops)
-        out: list[list[float]] = []
-        for events in results:
-            errors = [e for e in events if isinstance(e, ErrorEvent)]
-            if errors:
-                raise LMTPError(errors[0].error)
-            out.append([e.logprob for e in events if isinstance(e, TokenEvent)])
-        return out
+        return [Score(next(self._ids), self.model, list(prompt), list(o), after) for o in options]
 
-    async def _collect(self, ops: list[Op]) -> list[list[Event]]:
-        pending = {op.stream_id: [] for op in ops}  # type: dict[Any, list[Event]]
-        done = asyncio.get_running_loop().create_future()
-        open_ids = set(pending)
-
-        def on_event(event: Event) -> None:
-            if event.stream_id not in open_ids:
-                return
-            pending[event.stream_id].append(event)
-            if is_terminal(event):
-                open_ids.discard(event.stream_id)
-                if not open_ids and not done.done():
-                    done.set_result(None)
-
-        handles: list[Cancellable] = self.transport.send(ops, on_event)
+    async def _collect(self, ops: list[Op]) -> _Gathered:
+        gathered = _Gathered(ops)
+        handles: list[Cancellable] = self.transport.send(ops, gathered.add)
         try:
-            await done
+            await gathered.done
         finally:
-            if open_ids:
+            if gathered.open:
                 for h in handles:
                     h.cancel()
-        return [pending[op.stream_id] for op in ops]
+        return gathered
 
     async def close(self) -> None:
         await self.transport.close()
+
+
+def _logprobs_or_none(gathered: _Gathered) -> list[list[float]] | None:
+    try:
+        return gathered.logprobs()
+    except LMTPError:
+        return None

@@ -2,14 +2,15 @@
 
 Byte compatibility with LMQL 0.7 rests on key order and Python's default `json.dumps`
 formatting, so payloads are built field by field here and nowhere else. cogql's extensions
-(`grammar`, `stop`, `seed`, `min_tokens`) are only written when set, so an LMQL server never
+(`grammar`, `stop`, `seed`, `min_tokens`, a SCORE's `after`) are only written when set, so an LMQL server never
 sees them unless the client chose to use them.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 GENERATE, SCORE, MODEL_INFO = "GENERATE", "SCORE", "MODEL_INFO"
@@ -48,6 +49,9 @@ class Score:
     model: str
     prompt: list[int]
     scored: list[int]
+    # the `after` extension: the stream id of a GENERATE in the same message; the prompt is
+    # then that GENERATE's prompt, its generated tokens (a final EOS left out), and `prompt`
+    after: Any = None
 
 
 @dataclass
@@ -99,6 +103,8 @@ def op_to_wire(op: Op) -> tuple[str, dict[str, Any]]:
         return GENERATE, _generate_payload(op)
     if isinstance(op, Score):
         payload = {"model": op.model, "prompt": op.prompt, "scored": op.scored}
+        if op.after is not None:
+            payload["after"] = op.after
         return SCORE, {**payload, "stream_id": op.stream_id}
     return MODEL_INFO, {"stream_id": op.stream_id, "model": op.model, "data": op.data}
 
@@ -167,11 +173,15 @@ def op_from_wire(kind: str, payload: Any) -> Op:
         data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
         return ModelInfo(payload["stream_id"], model, data)
     if kind == SCORE:
+        after = payload.get("after")
+        if isinstance(after, (list, dict)):
+            raise ProtocolError("field 'after' must be a stream id", payload["stream_id"])
         return Score(
             payload["stream_id"],
             model,
             _token_ids(payload, "prompt"),
             _token_ids(payload, "scored"),
+            after,
         )
     return _generate_from_wire(payload, model)
 
@@ -299,7 +309,8 @@ def parse_server_message(text: str) -> list[Event]:
 
 BATCH, CANCEL = "BATCH", "CANCEL"
 TOKENIZER = "tokenizer"
-ENGINE_CAPABILITIES = ("stop", "grammar", "tokenizer", "batch", "seed", "min_tokens")
+AFTER = "after"
+ENGINE_CAPABILITIES = ("stop", "grammar", "tokenizer", "batch", "seed", "min_tokens", AFTER)
 
 # A Replicate model also advertises them in its input's description, which the version lookup
 # returns anyway: a client learns them without spending a MODEL_INFO prediction.
@@ -333,6 +344,29 @@ def split_batch(body: Any, max_ops: int | None = None) -> list[tuple[str, Any]]:
     if max_ops is not None and len(body) > max_ops:
         raise ProtocolError(f"BATCH holds {len(body)} ops; at most {max_ops} are accepted")
     return [(kind, payload) for kind, payload in body]
+
+
+def renumbered(ops: list[Op], new_id: Callable[[], Any]) -> list[Op]:
+    """Copies of `ops` under new stream ids (hosts and transports number streams their own
+    way). A SCORE's `after` follows the GENERATE it names among `ops`; one that names none gets
+    an id no stream has, which the engine answers with an error."""
+    renamed: dict[Any, Any] = {}
+    out: list[Op] = []
+    for op in ops:
+        copy = replace(op, stream_id=new_id())
+        if isinstance(op, Generate) and _hashable(op.stream_id):
+            renamed[op.stream_id] = copy.stream_id
+        out.append(copy)
+    for op in out:
+        if isinstance(op, Score) and op.after is not None:
+            op.after = (
+                renamed[op.after] if _hashable(op.after) and op.after in renamed else new_id()
+            )
+    return out
+
+
+def _hashable(value: Any) -> bool:
+    return not isinstance(value, (list, dict))
 
 
 def cancel_frame(stream_id: Any) -> str:

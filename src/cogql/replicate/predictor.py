@@ -21,6 +21,7 @@ come from the engine, so the Cog path has every feature the in-process path has.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import queue
@@ -41,6 +42,7 @@ from ..lmtp.messages import (
     event_to_wire,
     is_terminal,
     op_from_wire,
+    renumbered,
     replicate_line,
 )
 from .layout import BUILD_INFO, CHECKPOINTS, MODEL_ARGS
@@ -97,17 +99,19 @@ class _Demux:
     """Maps engine events (local ids) back to the client's ids and tracks open streams."""
 
     def __init__(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
-        self.original: list[Any] = []
-        self.ops: list[Op] = []
+        parsed: list[Op] = []
         self.rejected: list[str] = []
-        for local, (kind, payload) in enumerate(batch):
-            self.original.append(payload.get("stream_id"))
-            # like LMQL: local id and model are overwritten, key order otherwise kept
-            remapped = {**payload, "stream_id": local, "model": CHECKPOINTS}
+        for kind, payload in batch:
             try:
-                self.ops.append(op_from_wire(kind, remapped))
+                sid = payload.get("stream_id")  # absent: null, as LMQL's predictor has it
+                parsed.append(
+                    op_from_wire(kind, {**payload, "stream_id": sid, "model": CHECKPOINTS})
+                )
             except ProtocolError as e:
                 self.rejected.append(_error_line(payload.get("stream_id"), str(e)))
+        # like LMQL, streams get local ids 0..n-1; the model is "checkpoints" whatever was sent
+        self.ops = renumbered(parsed, itertools.count().__next__)
+        self.original = [op.stream_id for op in parsed]
         self.open = {op.stream_id for op in self.ops}
 
     def line(self, event: Event) -> str | None:

@@ -29,6 +29,7 @@ from ..language.compiler import (
 )
 from ..language.errors import QueryCompileError
 from ..language.qstrings import Hole, Interpolation, Tag, Text
+from ..lmtp.client import ScoreAfter
 from ..lmtp.messages import Generate
 from . import clientside
 from .chat import open_message, text_tag
@@ -69,6 +70,17 @@ class _Pending:
     values: ast.expr
 
 
+@dataclass
+class _ScoredAhead:
+    """The distribution's options, scored in the message of the last hole's GENERATE. The
+    scores hold if the final prompt is `ids`, i.e. the hole's value was its tokens as generated
+    (not cut back) and only the expected text came after it."""
+
+    ids: list[int]
+    options: list[list[int]]
+    request: ScoreAfter
+
+
 Until = Callable[[list[int], str], bool]  # (tokens so far, their text) -> stop now?
 
 HoleSource = Callable[["QueryRun", str, HoleSpec, int], Awaitable[tuple[list[int], str]]]
@@ -97,6 +109,8 @@ class QueryRun:
     hole_ends: list[int] = field(default_factory=list)  # len(ids) after each filled hole
     chat_role: str | None = None  # role of the chat message the last {:role} tag opened
     shown: str = ""  # the text of the hole being generated that events have already reported
+    ahead: tuple[list[int], list[list[int]]] | None = None  # (suffix, options) to score ahead
+    scored_ahead: _ScoredAhead | None = None
     _holes_done: int = 0
 
     def __post_init__(self) -> None:
@@ -161,7 +175,11 @@ class QueryRun:
         return text_tag(role, at_start=not self.text)
 
     # ---- holes ----------------------------------------------------------------------------
-    async def fill(self, stmt: PromptStatement, hole: Hole, scope: dict[str, Any]) -> None:
+    async def fill(
+        self, stmt: PromptStatement, hole: Hole, scope: dict[str, Any], tail: str | None = None
+    ) -> None:
+        """Fill `hole`; `tail`, when given, is the text between it and the distribution
+        variable, which lets the options be scored in the hole's own GENERATE message."""
         hooks = HoleHooks.of(self, hole, scope)  # [@decorator X], [X: nested_query]
         if hooks is not None and await hooks.before():
             return
@@ -174,10 +192,15 @@ class QueryRun:
             self.hole_ends.append(len(self.ids))
             return
         self.shown = ""
-        if self.source is None:
-            tokens, reason = await clientside.generate(self, hole.name, spec, budget)
-        else:
-            tokens, reason = await self.source(self, hole.name, spec, budget)
+        if tail is not None:
+            self.score_ahead(tail, scope)
+        try:
+            if self.source is None:
+                tokens, reason = await clientside.generate(self, hole.name, spec, budget)
+            else:
+                tokens, reason = await self.source(self, hole.name, spec, budget)
+        finally:
+            self.ahead = None
         raw = self.conn.tokenizer.decode(tokens)
         inactive = tokens[: spec.min_tokens - 1] if spec.stops and spec.min_tokens > 1 else []
         value, prompt_text = spec.finish(raw, len(self.conn.tokenizer.decode(inactive)))
@@ -270,10 +293,20 @@ class QueryRun:
             seed=self._seed(),
             min_tokens=spec.min_tokens,
         )
-        return await self._stream(name, op, until, spec.streamed_hold())
+        then = ScoreAfter(*self.ahead) if self.ahead is not None else None
+        self.ahead = None
+        tokens, reason = await self._stream(name, op, until, spec.streamed_hold(), then)
+        if then is not None:
+            self.scored_ahead = _ScoredAhead(op.prompt + tokens + then.suffix, then.options, then)
+        return tokens, reason
 
     async def _stream(
-        self, name: str, op: Generate, until: Until | None = None, hold: int | None = 0
+        self,
+        name: str,
+        op: Generate,
+        until: Until | None = None,
+        hold: int | None = 0,
+        then: ScoreAfter | None = None,
     ) -> tuple[list[int], str]:
         """Run `op`, reporting its text as it arrives but the last `hold` characters (None:
         nothing), which `fill` reports once the value is known; `until(tokens, text)` may end
@@ -285,7 +318,7 @@ class QueryRun:
         started = time.perf_counter()
         if self.on_event is None:
             hold = None  # nobody listens: no text to work out per token
-        async with aclosing(self.conn.client.generate(op)) as events:
+        async with aclosing(self.conn.client.generate(op, then)) as events:
             async for event in events:
                 if event.token not in eos or event.finish_reason is None:
                     tokens.append(event.token)
@@ -324,6 +357,23 @@ class QueryRun:
             await self._distribution(result, self.distribution)
         return result
 
+    async def _scored_ahead(self, options: list[list[int]]) -> list[list[float]] | None:
+        ahead, self.scored_ahead = self.scored_ahead, None
+        if ahead is None or ahead.ids != self.ids or ahead.options != options:
+            return None
+        return await ahead.request.result
+
+    def score_ahead(self, suffix: str, scope: dict[str, Any]) -> None:
+        """Ask for the distribution's options to be scored with the next hole's GENERATE,
+        after its tokens and `suffix`, when the options are known already."""
+        dist = self.query.distribution
+        if dist is None or self.source is not None:
+            return
+        options = _known_values(dist.values, {**self.scope, **self.variables, **scope})
+        if options:
+            encode = self.conn.tokenizer.encode
+            self.ahead = (encode(suffix), [encode(o) for o in options])
+
     async def _distribution(self, result: LMQLResult, pending: _Pending) -> None:
         env = {**self.scope, **self.variables, **pending.scope}
         values = eval(compile(ast.Expression(pending.values), "<distribution>", "eval"), {}, env)
@@ -331,8 +381,11 @@ class QueryRun:
         if not options:
             raise QueryCompileError("the distribution clause lists no values", source="")
         encode = self.conn.tokenizer.encode
+        option_ids = [encode(o) for o in options]
         started = time.perf_counter()
-        scores = await self.conn.client.score(self.ids, [encode(o) for o in options])
+        scores = await self._scored_ahead(option_ids)
+        if scores is None:
+            scores = await self.conn.client.score(self.ids, option_ids)
         self.calls += 1
         n_tokens = sum(len(s) for s in scores)
         self.emit(ModelCall("SCORE", len(self.ids), n_tokens, time.perf_counter() - started))
@@ -354,6 +407,19 @@ class QueryRun:
         self.emit(VariableFinished(var, options[best], self.index))
 
 
+def _known_values(values: ast.expr, env: dict[str, Any]) -> list[str] | None:
+    """The distribution's options if they can be known before its hole (no calls, nothing
+    that is not defined yet)."""
+    if any(isinstance(node, ast.Call) for node in ast.walk(values)):
+        return None
+    try:
+        found = eval(compile(ast.Expression(values), "<distribution>", "eval"), {}, env)
+        options = [str(v) for v in found]
+    except Exception:
+        return None
+    return options if all(options) else None
+
+
 def _type_value(expr: str, env: dict[str, Any]) -> Any:
     """The value of a hole's type expression; None when it cannot be evaluated here."""
     text = expr.strip()
@@ -363,6 +429,23 @@ def _type_value(expr: str, env: dict[str, Any]) -> Any:
         return eval(text, {"__builtins__": builtins, **env})
     except Exception:
         return None
+
+
+def _text_before(segments: list[Any], variable: str | None, values: list[Any]) -> str | None:
+    """The text between a hole and `variable`, when only text comes between them and the
+    variable ends the prompt statement; None otherwise."""
+    if not segments or not isinstance(segments[-1], Hole) or segments[-1].name != variable:
+        return None
+    parts = []
+    pending = iter(values)
+    for seg in segments[:-1]:
+        if isinstance(seg, Text):
+            parts.append(seg.text)
+        elif isinstance(seg, Interpolation):
+            parts.append(str(next(pending)))
+        else:
+            return None
+    return "".join(parts)
 
 
 class QueryContext:
@@ -376,14 +459,15 @@ class QueryContext:
     async def prompt(self, index: int, values: list[Any], scope: dict[str, Any]) -> None:
         run = self._run
         stmt = run.query.statements[index]
-        pending = iter(values)
+        used = 0  # interpolated values so far
         dist_var = run.query.distribution.variable if run.query.distribution else None
         chat = False  # text right after a chat message opens starts without whitespace
-        for seg in stmt.segments:
+        for position, seg in enumerate(stmt.segments):
             if isinstance(seg, Text):
                 run.append_program_text(seg.text.lstrip() if chat else seg.text)
             elif isinstance(seg, Interpolation):
-                run.append_program_text(str(next(pending)))
+                run.append_program_text(str(values[used]))
+                used += 1
             elif isinstance(seg, Tag):
                 run.append_program_text(run.tag(seg.role))
                 chat = run.chat_role == seg.role
@@ -391,7 +475,8 @@ class QueryContext:
             elif seg.name == dist_var and run.query.distribution is not None:
                 run.distribution = _Pending(seg.name, dict(scope), run.query.distribution.values)
             else:
-                await run.fill(stmt, seg, scope)
+                tail = _text_before(stmt.segments[position + 1 :], dist_var, values[used:])
+                await run.fill(stmt, seg, scope, tail)
             chat = False
 
     def value(self, name: str) -> Any:

@@ -41,6 +41,7 @@ from ..lmtp.messages import (
     event_to_wire,
     is_terminal,
     op_from_wire,
+    renumbered,
     split_batch,
     split_message,
     ws_frame,
@@ -164,12 +165,12 @@ class Session:
             self._cancel_request(body)
             return
         ops = [op for k, p in items or [(kind, body)] if (op := self._parse(k, p)) is not None]
-        streams: list[_Stream] = []
         for op in ops:
             if isinstance(op, ModelInfo):
                 self._model_info(op)
-            else:
-                streams.append(self._open(op))
+        opened = [op for op in ops if not isinstance(op, ModelInfo)]
+        ours = renumbered(opened, lambda: next(self._ids))
+        streams = [self._open(op.stream_id, mine) for op, mine in zip(opened, ours, strict=True)]
         if streams:
             self._start(streams)
 
@@ -207,10 +208,10 @@ class Session:
 
     # ---- streams ------------------------------------------------------------------------
 
-    def _open(self, op: Op) -> _Stream:
+    def _open(self, wire_id: Any, op: Op) -> _Stream:
+        """Track a stream under our own id `op.stream_id`; `wire_id` is the client's."""
         kind = GENERATE if isinstance(op, Generate) else SCORE
-        st = _Stream(op.stream_id, op, kind, time.perf_counter())
-        op.stream_id = next(self._ids)
+        st = _Stream(wire_id, op, kind, time.perf_counter())
         self._streams[op.stream_id] = st
         self.stats.streams_high = max(self.stats.streams_high, len(self._streams))
         self._update_room()

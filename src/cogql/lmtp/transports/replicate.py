@@ -36,7 +36,7 @@ import os
 import re
 import secrets
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -61,6 +61,7 @@ from ..messages import (
     is_terminal,
     op_to_wire,
     parse_server_message,
+    renumbered,
 )
 from ..sse import SSEEvent
 from .base import EventCallback, Handle
@@ -230,6 +231,7 @@ class _OpState:
     on_event: EventCallback
     cost: Cost | None
     cache_key: str | None = None
+    group: int | None = None  # ops that must share one prediction
     closed: bool = False  # the client has its terminal event
     cancelled: bool = False  # the client stopped reading before that
     prediction: _Prediction | None = None
@@ -653,8 +655,11 @@ class _Session:
     def send(self, ops: list[Op], on_event: EventCallback) -> list[Handle]:
         cost = current_cost()
         states = []
-        for op in ops:
-            state = _OpState(replace(op, stream_id=next(_wire_ids)), op.stream_id, on_event, cost)
+        sent = renumbered(ops, _wire_ids.__next__)
+        together = any(isinstance(op, Score) and op.after is not None for op in sent)
+        group = next(_wire_ids) if together else None
+        for op, wire_op in zip(ops, sent, strict=True):
+            state = _OpState(wire_op, op.stream_id, on_event, cost, group=group)
             states.append(state)
             if isinstance(op, ModelInfo) and self._answer_from_cache(state):
                 continue
@@ -684,9 +689,26 @@ class _Session:
             self._timer.cancel()
             self._timer = None
         while self.pending:
-            batch = self.pending[: self.transport.max_ops]
-            del self.pending[: self.transport.max_ops]
+            n = self._batch_size()
+            batch = self.pending[:n]
+            del self.pending[:n]
             self.predictions.add(_Prediction(self, batch))
+
+    def _batch_size(self) -> int:
+        """How many pending ops go into the next prediction: up to max_ops, but never a group
+        split (a SCORE `after` a GENERATE must travel with it)."""
+        n = 0
+        while n < len(self.pending):
+            group = self.pending[n].group
+            end = n + 1
+            while (
+                group is not None and end < len(self.pending) and self.pending[end].group == group
+            ):
+                end += 1
+            if n and end > self.transport.max_ops:
+                break
+            n = end
+        return n
 
     def cancel_op(self, state: _OpState) -> None:
         if state.settled:

@@ -19,7 +19,7 @@ import functools
 import itertools
 import logging
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,6 +37,7 @@ from ..messages import (
     is_terminal,
     op_to_wire,
     parse_server_message,
+    renumbered,
     request_frame,
 )
 from .base import EventCallback, Handle
@@ -114,11 +115,11 @@ class _Connection:
     def send(self, ops: list[Op], on_event: EventCallback) -> list[Handle]:
         items: list[tuple[str, dict[str, Any]]] = []
         wire_ids: list[int] = []
-        for op in ops:
-            wire_id = next(self._ids)
+        for op, sent in zip(ops, renumbered(ops, self._ids.__next__), strict=True):
+            wire_id = sent.stream_id
             route = _Route(op.stream_id, on_event)
             self._routes[wire_id] = route
-            kind, payload = op_to_wire(replace(op, stream_id=wire_id))
+            kind, payload = op_to_wire(sent)
             if kind == MODEL_INFO:
                 _last_info[self.url] = {**payload, "data": {}}  # never the tokenizer again
                 route.timer = self.loop.call_later(self.info_timeout, self._expire, wire_id)
