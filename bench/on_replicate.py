@@ -3,10 +3,13 @@
 The embedded model is built as a Cog project and served by the emulator with an injected
 per-prediction latency (Replicate's queueing and network). Each query runs twice, side by side:
 with cogql's extensions (ops packed into predictions, holes generated server-side with stop
-strings, distribution options scored in one prediction) and with LMQL's pattern (cogql's client
-with extensions off and one op per prediction). For each: predictions made, tokens generated
-after the stop, wall time. Targets on the sentiment query: <= 2 predictions (LMQL: 4 plus a
-lookup), 0 tokens after the stop, wall time <= 0.5x LMQL's pattern.
+strings, distribution options scored in the last hole's prediction) and with LMQL's pattern
+(cogql's client with extensions off, one op per prediction, and predictions left running once
+the answer is complete, as LMQL leaves them; a query's wall time includes waiting for them, as
+the next query's predictions would queue behind them on the model's one instance). For each:
+predictions made, tokens generated after the stop, wall time. Targets on the sentiment query:
+<= 2 predictions (LMQL: 4 plus a lookup), 0 tokens after the stop, wall time <= 0.5x LMQL's
+pattern.
 
 A second query whose hole really ends at a stop phrase (the seed query's ANALYSIS usually ends
 at EOS on this model) shows what a server-side stop saves.
@@ -31,10 +34,10 @@ from cogql.replicate.emulator import Emulator
 
 SENTIMENT = (ROOT / "examples" / "sentiment.lmql").read_text()
 STOPPING = """argmax
-    "Q: Name three colours, one per line.\\nA:[FIRST]"
-where STOPS_AT(FIRST, "\\n") and len(TOKENS(FIRST)) < 64
+    "Colours:\\n1. Red\\n2. Blue\\n3.[THIRD]"
+where STOPS_AT(THIRD, "\\n") and len(TOKENS(THIRD)) < 64
 """
-MODES = {"cogql": {}, "LMQL pattern": {"extensions": False, "max_ops": 1}}
+MODES = {"cogql": {}, "LMQL pattern": {"extensions": False, "max_ops": 1, "cancel": False}}
 
 
 def run(source: str, options: dict) -> tuple[float, object]:

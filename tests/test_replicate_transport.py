@@ -354,6 +354,21 @@ async def test_a_prediction_no_longer_read_is_canceled(emulator: Emulator) -> No
     assert cost.tokens_used == 3 and 3 <= cost.tokens_generated < 1500
 
 
+async def test_cancel_false_leaves_the_prediction_running_as_lmql_does(
+    emulator: Emulator,
+) -> None:
+    client = await client_for(emulator, cancel=False)
+    with track_cost() as cost:
+        stream = client.generate(gen(40))
+        read = [await anext(stream) for _ in range(3)]
+        await stream.aclose()
+        await cost.settle()  # the query's cost waits for the prediction to end
+    (prediction,) = cost.predictions
+    assert len(read) == 3 and prediction.status == "succeeded"
+    assert recent(emulator)[prediction.id].status == "succeeded"
+    assert cost.tokens_used == 3 and cost.tokens_generated == 40 and cost.tokens_wasted == 37
+
+
 async def test_lmql_wire_format_without_extensions(emulator: Emulator, embedded_path: Path) -> None:
     """Against LMQL-built models the client sends plain LMTP (stop enforced client-side), and
     the prediction it leaves behind is canceled."""

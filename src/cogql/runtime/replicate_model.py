@@ -6,7 +6,8 @@ takes the Replicate model from the name. Options of `cogql.model` that tune the 
 `batch_window` (seconds ops wait to share a prediction), `wait` (Prefer: wait seconds for
 batches without a GENERATE, 0 to always stream), `idle_timeout` (seconds a prediction may stay
 silent), `max_ops` (ops per prediction; 1 sends one op per prediction, as LMQL does),
-`api_token` (instead of REPLICATE_API_TOKEN), `base_url` (instead of REPLICATE_BASE_URL),
+`cancel=False` (predictions nobody reads any more run on, as LMQL leaves them), `api_token`
+(instead of REPLICATE_API_TOKEN), `base_url` (instead of REPLICATE_BASE_URL),
 `extensions=False` (LMQL's method even against a cogql-built model).
 """
 
@@ -23,7 +24,9 @@ from ..lmtp.transports.replicate import (
 from .model import Connection, ModelConfigError, remote_connection, server_capabilities
 
 LOAD_POLL_S = 2.0  # every MODEL_INFO is a prediction: ask a loading LMQL model gently
-TRANSPORT_OPTIONS = ("batch_window", "wait", "idle_timeout", "max_ops", "api_token", "base_url")
+TRANSPORT_OPTIONS = (
+    "batch_window", "wait", "idle_timeout", "max_ops", "cancel", "api_token", "base_url",
+)  # fmt: skip
 
 
 async def open_replicate(

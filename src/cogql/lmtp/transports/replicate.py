@@ -312,6 +312,8 @@ class _Prediction:
     def op_cancelled(self) -> None:
         """The client stopped reading one of our ops; once none is read, cancel the prediction.
         Following it stops at its next event (or after a grace period, if none comes)."""
+        if not self.session.transport.cancel:
+            return
         if self.settled and self.id is not None and not self.cancel_sent:
             self.cancel_sent = True
             self.session.spawn(self.api.cancel(self.id))
@@ -756,14 +758,17 @@ class ReplicateTransport:
         wait: int | None = DEFAULT_WAIT_S,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
         max_ops: int = MAX_OPS_PER_PREDICTION,
+        cancel: bool = True,
         info_cache: Path | bool | None = True,
         http_transport: httpx.AsyncBaseTransport | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
         """`info_cache`: a folder, True for the default one, False/None for memory only.
         `http_transport` is handed to the official client's httpx session (tests use it to
-        inject faults)."""
+        inject faults). `cancel=False` leaves a prediction running when nothing reads it any
+        more, as LMQL does (to compare with its traffic); it is still followed, for its cost."""
         self.target = target
+        self.cancel = cancel
         self.token = api_token_from(api_token)
         self.base_url = base_url_from(base_url)
         self.batch_window = max(float(batch_window), 0.0)
