@@ -228,7 +228,7 @@ async def test_a_score_after_an_unknown_stream_is_an_error(
 @pytest.mark.parametrize(
     ("prompt", "options", "message"),
     [
-        ([1, 10**6], {}, "failed to generate tokens"),
+        ([1, 10**6], {}, "outside the vocabulary"),
         ([], {}, "prompt is empty"),
         ([1, 504], {"grammar": "start: ("}, "invalid grammar"),
         ([1, 504], {"logit_bias": {10**6: 5.0}}, "outside the vocabulary"),
@@ -244,7 +244,7 @@ async def test_bad_generate_is_an_error_event(
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [([[10**6]], "failed to score tokens"), ([[]], "at least one token")],
+    [([[10**6]], "outside the vocabulary"), ([[]], "at least one token")],
 )
 async def test_bad_score_is_an_error(
     client: LMTPClient, tokenizer: Tokenizer, options: list[list[int]], message: str

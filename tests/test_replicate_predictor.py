@@ -211,12 +211,17 @@ def test_bad_ops_get_their_own_error_and_do_not_poison_others(server: CogServer)
         ["FOO", {"stream_id": 2}],
         ["SCORE", {"model": "m", "prompt": PROMPT, "scored": [], "stream_id": 3}],
         gen(4, PROMPT, max_tokens=2),
+        gen(5, [1, 10**6], max_tokens=2),
+        gen(6, [1] * 9000, max_tokens=2),
     ]
     got = by_stream(events_of(run_ops(server, ops)))
     assert isinstance(got[1][0], ErrorEvent) and "prompt" in got[1][0].error
     assert got[2][0].error == "Unknown command: FOO"
     assert isinstance(got[3][0], ErrorEvent)
     assert [e.finish_reason for e in got[4]] == [None, "length"]
+    # the engine names what is wrong, as the websocket server does
+    assert "token ids outside the vocabulary (size 49152): [1000000]" in got[5][0].error
+    assert "9000 tokens exceed the model's context" in got[6][0].error
 
 
 def test_empty_batch_ends_at_once(server: CogServer) -> None:

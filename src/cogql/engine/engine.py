@@ -262,6 +262,9 @@ class Engine:
         self.grammars = GrammarCompiler(loaded.tokenizer)
         self.eos_ids = self._eos_ids()
         self._token_bytes = loaded.tokenizer.all_token_bytes()
+        config = getattr(loaded.model, "config", None)
+        self.vocab_size: int = getattr(config, "vocab_size", None) or self.tokenizer.vocab_size
+        self.context_length: int | None = getattr(config, "max_position_embeddings", None)
 
     def _eos_ids(self) -> frozenset[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -348,7 +351,9 @@ class Engine:
         later: list[tuple[Score, StreamHandle]] = []
         generates: dict[Any, _GenerateStream] = {}
         for op, handle in zip(work.ops, work.handles, strict=True):
-            if isinstance(op, ModelInfo):
+            if (problem := self._invalid(op)) is not None:
+                work.sink(ErrorEvent(op.stream_id, problem))
+            elif isinstance(op, ModelInfo):
                 info = self.model_info()
                 if op.data.get(TOKENIZER) is True:  # the `tokenizer` extension: hand it out
                     info[TOKENIZER] = tokenizer_to_wire(self.tokenizer)
@@ -368,6 +373,22 @@ class Engine:
                 stream.then.append((op, handle))
         if scores:
             self._run_scores(scores, work.sink)
+
+    def _invalid(self, op: Op) -> str | None:
+        """Why the model cannot run `op`, said plainly (the model would raise a bare
+        IndexError); every host, in-process, websocket or Cog, answers with it."""
+        if isinstance(op, ModelInfo):
+            return None
+        ids = op.prompt + op.scored if isinstance(op, Score) else op.prompt
+        bad = sorted({t for t in ids if t >= self.vocab_size})
+        if isinstance(op, Generate):
+            bad += sorted(t for t in op.logit_bias if not 0 <= t < self.vocab_size)
+        if bad:
+            return f"token ids outside the vocabulary (size {self.vocab_size}): {bad[:5]}"
+        limit = self.context_length
+        if limit is not None and len(ids) > limit:
+            return f"{len(ids)} tokens exceed the model's context of {limit} tokens"
+        return None
 
     def _run_scores(self, scores: list[tuple[Score, StreamHandle]], sink: Sink) -> None:
         groups: dict[tuple[int, ...], list[Score]] = {}

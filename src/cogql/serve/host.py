@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..lmtp.messages import TOKENIZER, Generate, Op, ProtocolError, Score, tokenizer_to_wire
+from ..lmtp.messages import TOKENIZER, tokenizer_to_wire
 
 if TYPE_CHECKING:
     from ..engine.engine import Engine
@@ -39,7 +39,7 @@ class State(enum.Enum):
 
 
 class EngineHost:
-    """Owns the engine's lifecycle for a server: background load, description, validation."""
+    """Owns the engine's lifecycle for a server: background load and description."""
 
     def __init__(self, source: Engine | Callable[[], Engine], *, owns_engine: bool) -> None:
         """`source` is a ready engine (shared, e.g. in tests) or a factory run on a helper
@@ -51,8 +51,6 @@ class EngineHost:
         self.error: str | None = None
         self.info: dict[str, Any] | None = None
         self._tokenizer: dict[str, Any] | None = None
-        self.vocab_size: int | None = None
-        self.context_length: int | None = None
         self.settled: asyncio.Event | None = None
 
     def start(self) -> None:
@@ -75,7 +73,7 @@ class EngineHost:
 
     def _ready(self, engine: Engine, described: tuple, seconds: float) -> None:
         self.engine = engine
-        self.info, self._tokenizer, self.vocab_size, self.context_length = described
+        self.info, self._tokenizer = described
         self.state = State.READY
         log.info("model %s ready (%.1fs)", self.info.get("model"), seconds)
         assert self.settled is not None
@@ -97,45 +95,20 @@ class EngineHost:
             return {**self.info, TOKENIZER: self._tokenizer}
         return self.info
 
-    def validate(self, op: Op) -> None:
-        """Reject ops the model cannot run before they reach the engine, with a message that
-        names the problem (the engine would only report a bare IndexError)."""
-        if not isinstance(op, Generate | Score):
-            return
-        ids = op.prompt + op.scored if isinstance(op, Score) else op.prompt
-        vocab = self.vocab_size
-        if vocab is not None:
-            bad = sorted({t for t in ids if t >= vocab})
-            if isinstance(op, Generate):
-                bad += sorted(t for t in op.logit_bias if not 0 <= t < vocab)
-            if bad:
-                raise ProtocolError(
-                    f"token ids outside the vocabulary (size {vocab}): {bad[:5]}", op.stream_id
-                )
-        limit = self.context_length
-        if limit is not None and len(ids) > limit:
-            raise ProtocolError(
-                f"{len(ids)} tokens exceed the model's context of {limit} tokens", op.stream_id
-            )
-
     def close(self) -> None:
         """Stop the engine if this host created it (joins its thread: call off the loop)."""
         if self._owns and self.engine is not None:
             self.engine.close()
 
 
-def _describe(engine: Engine) -> tuple[dict[str, Any], dict[str, Any], int | None, int | None]:
+def _describe(engine: Engine) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """What the server reads from the engine once: model_info (with the server's own
-    capabilities added), the tokenizer hand-out, vocabulary size and context length."""
+    capabilities added) and the tokenizer hand-out."""
     info = dict(engine.model_info())
     caps = list(info.get("capabilities", []))
     info["capabilities"] = caps + [c for c in SERVER_CAPABILITIES if c not in caps]
-    config = getattr(getattr(engine, "loaded", None), "model", None)
-    config = getattr(config, "config", None)
-    vocab = getattr(config, "vocab_size", None) or info.get("vocab_size")
-    context = getattr(config, "max_position_embeddings", None)
     tokenizer = tokenizer_to_wire(engine.tokenizer) if TOKENIZER in caps else None
-    return info, tokenizer, vocab, context
+    return info, tokenizer
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:

@@ -227,19 +227,10 @@ class Session:
             for st in streams:
                 self._fail(st, self.host.error or "model unavailable")
             return
-        valid = []
-        for st in streams:
-            try:
-                self.host.validate(st.op)
-            except ProtocolError as e:
-                self._fail(st, str(e))
-            else:
-                valid.append(st)
-        if valid:
-            assert self.host.engine is not None
-            handles = self.host.engine.submit([st.op for st in valid], self._sink)
-            for st, handle in zip(valid, handles, strict=True):
-                st.handle = handle
+        assert self.host.engine is not None
+        handles = self.host.engine.submit([st.op for st in streams], self._sink)
+        for st, handle in zip(streams, handles, strict=True):
+            st.handle = handle
 
     async def _start_when_loaded(self, streams: list[_Stream]) -> None:
         assert self.host.settled is not None
