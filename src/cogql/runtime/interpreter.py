@@ -109,7 +109,7 @@ class QueryRun:
     hole_ends: list[int] = field(default_factory=list)  # len(ids) after each filled hole
     chat_role: str | None = None  # role of the chat message the last {:role} tag opened
     shown: str = ""  # the text of the hole being generated that events have already reported
-    ahead: tuple[list[int], list[list[int]]] | None = None  # (suffix, options) to score ahead
+    ahead: ScoreAfter | None = None  # for the next GENERATE: options to score after it
     scored_ahead: _ScoredAhead | None = None
     _holes_done: int = 0
 
@@ -293,8 +293,7 @@ class QueryRun:
             seed=self._seed(),
             min_tokens=spec.min_tokens,
         )
-        then = ScoreAfter(*self.ahead) if self.ahead is not None else None
-        self.ahead = None
+        then, self.ahead = self.ahead, None
         tokens, reason = await self._stream(name, op, until, spec.streamed_hold(), then)
         if then is not None:
             self.scored_ahead = _ScoredAhead(op.prompt + tokens + then.suffix, then.options, then)
@@ -372,7 +371,7 @@ class QueryRun:
         options = _known_values(dist.values, {**self.scope, **self.variables, **scope})
         if options:
             encode = self.conn.tokenizer.encode
-            self.ahead = (encode(suffix), [encode(o) for o in options])
+            self.ahead = ScoreAfter(encode(suffix), [encode(o) for o in options])
 
     async def _distribution(self, result: LMQLResult, pending: _Pending) -> None:
         env = {**self.scope, **self.variables, **pending.scope}
