@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import tokenizers
 
+from .locations import hf_hub_cache
+
 if TYPE_CHECKING:
     import transformers
 
 __all__ = [
     "Tokenizer",
     "TokenizerNotFound",
-    "hf_hub_cache",
     "load_tokenizer",
 ]
 
@@ -197,19 +198,6 @@ class Tokenizer:
             eos_token_id=eos_token_id,
             chat_template=chat_template,
         )
-
-
-def hf_hub_cache() -> Path:
-    """The Hugging Face hub cache folder, read from the environment on every call (not at
-    import time) so HF_HUB_CACHE / HF_HOME set after import are honoured."""
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(var):
-            return Path(os.environ[var]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "huggingface" / "hub"
 
 
 def hf_snapshot(repo_id: str) -> Path | None:

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cogql.tokenizer import Tokenizer, hf_hub_cache, hf_snapshot, load_tokenizer
+from cogql.locations import cache_dir, hf_hub_cache
+from cogql.tokenizer import Tokenizer, hf_snapshot, load_tokenizer
 
 if TYPE_CHECKING:
     import gguf
@@ -39,7 +40,6 @@ __all__ = [
     "LoadedModel",
     "ModelNotFound",
     "UnknownDtype",
-    "cache_dir",
     "collector_paused",
     "convert_gguf",
     "embedded_gguf",
@@ -72,14 +72,6 @@ class UnknownDtype(ValueError):
 
 
 # --------------------------------------------------------------------------- locations
-
-
-def cache_dir() -> Path:
-    """cogql's cache root: $COGQL_CACHE, else ~/.cache/cogql; created on demand."""
-    env = os.environ.get("COGQL_CACHE")
-    root = Path(env).expanduser() if env else Path.home() / ".cache" / "cogql"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 def _models_dir() -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.models import ModelNotFound, resolve_model_path
-from ..tokenizer import hf_hub_cache
+from ..locations import hf_hub_cache
 from .config import Model
 
 # files that describe a model or its tokenizer (copied whatever the weight format)

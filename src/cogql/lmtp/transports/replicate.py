@@ -43,6 +43,7 @@ from typing import Any, ClassVar
 import httpx
 from replicate.prediction import Prediction
 
+from ...locations import cache_dir
 from ..cost import Cost, PredictionCost, current_cost
 from ..messages import (
     GENERATE,
@@ -183,8 +184,6 @@ class _InfoCache:
             return None
         if env:
             return Path(env).expanduser()
-        from ...engine.models import cache_dir
-
         return cache_dir() / "replicate"
 
     @staticmethod

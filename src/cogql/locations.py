@@ -1,0 +1,33 @@
+"""Where cogql keeps things on disk: its own cache root and the Hugging Face hub cache.
+
+Both are read from the environment on every call, not at import time, so variables set after
+import are honoured; every layer may use them (they import nothing of cogql's).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["cache_dir", "hf_hub_cache"]
+
+
+def cache_dir() -> Path:
+    """cogql's cache root: $COGQL_CACHE, else ~/.cache/cogql; created on demand."""
+    env = os.environ.get("COGQL_CACHE")
+    root = Path(env).expanduser() if env else Path.home() / ".cache" / "cogql"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def hf_hub_cache() -> Path:
+    """The Hugging Face hub cache folder (HF_HUB_CACHE, HUGGINGFACE_HUB_CACHE, HF_HOME, then
+    XDG_CACHE_HOME, as huggingface_hub resolves it)."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "huggingface" / "hub"
