@@ -16,7 +16,7 @@ from typing import Any
 
 from ..language.compiler import CompiledQuery
 from .events import OnEvent
-from .hypotheses import Explorer, Hypothesis, Sampling
+from .hypotheses import Explorer, Hypothesis
 from .interpreter import Decoding, QueryRun
 from .model import Connection
 
@@ -154,7 +154,7 @@ def _best(hs: list[Hypothesis], n: int) -> list[Hypothesis]:
 
 
 async def _expand_all(
-    x: Explorer, hs: list[Hypothesis], width: int, sampling: Sampling | None, step: int
+    x: Explorer, hs: list[Hypothesis], width: int, sampling: Decoding | None, step: int
 ) -> tuple[list[Hypothesis], list[Hypothesis]]:
     """Every hypothesis' children, all ops of the step sent at once; (finished, open)."""
     groups = await asyncio.gather(
@@ -165,7 +165,7 @@ async def _expand_all(
 
 
 async def _beam_loop(
-    x: Explorer, root: Hypothesis, n: int, sampling: Sampling | None, budget: int
+    x: Explorer, root: Hypothesis, n: int, sampling: Decoding | None, budget: int
 ) -> list[Hypothesis]:
     """Each step grows every open hypothesis by its `n` best (or `n` sampled) next tokens and
     keeps the `n` best open and the `n` best finished ones; an open hypothesis that can no
@@ -183,22 +183,15 @@ async def _beam_loop(
     return done
 
 
-def _sampling(args: dict[str, Any]) -> Sampling:
-    return Sampling(
-        temperature=float(args.get("temperature", 1.0)),
-        seed=args.get("seed"),
-        top_k=args.get("top_k"),
-        top_p=args.get("top_p"),
-    )
-
-
 async def _beam_search(x: Explorer, root: Hypothesis, args: dict[str, Any]) -> list[Hypothesis]:
     return await _beam_loop(x, root, _n(args, 4), None, _step_budget(args))
 
 
 async def _beam_sample(x: Explorer, root: Hypothesis, args: dict[str, Any]) -> list[Hypothesis]:
     """Beam search whose children are `n` draws per hypothesis at `temperature`."""
-    return await _beam_loop(x, root, _n(args, 4), _sampling(args), _step_budget(args))
+    return await _beam_loop(
+        x, root, _n(args, 4), decoding_of("beam_sample", args), _step_budget(args)
+    )
 
 
 async def _best_k(x: Explorer, root: Hypothesis, args: dict[str, Any]) -> list[Hypothesis]:

@@ -77,16 +77,6 @@ class Hypothesis:
 
 
 @dataclass(frozen=True)
-class Sampling:
-    """How beam_sample draws continuations; `seed` makes a whole search reproducible."""
-
-    temperature: float
-    seed: int | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-
-
-@dataclass(frozen=True)
 class _Step:
     """What taking one token does to a hole: it ends ("stop" / "length") or goes on (None)."""
 
@@ -215,7 +205,7 @@ class Explorer:
         self,
         h: Hypothesis,
         width: int,
-        sampling: Sampling | None = None,
+        sampling: Decoding | None = None,
         place: tuple[int, ...] = (),
     ) -> list[Hypothesis]:
         """The children of `h`: its best `width` continuations under the hole's constraints
@@ -301,7 +291,7 @@ class Explorer:
         h: Hypothesis,
         allowed: np.ndarray | None,
         width: int,
-        s: Sampling,
+        s: Decoding,
         place: tuple[int, ...],
     ) -> list[tuple[int, float]]:
         """`width` draws; a token drawn twice is one child."""
@@ -317,7 +307,7 @@ class Explorer:
         self,
         h: Hypothesis,
         allowed: np.ndarray | None,
-        sampling: Sampling | None = None,
+        sampling: Decoding | None = None,
         seed: int | None = None,
         top_logprobs: int = 1,
     ) -> TokenEvent:
