@@ -159,6 +159,12 @@ def test_unsupported_hole_type() -> None:
     assert at(e) == (2, 12)
 
 
+def test_the_error_points_at_the_hole_not_one_whose_name_it_begins() -> None:
+    e = run_error('argmax\n    "Hi [XY] and [X: float]"', QueryCompileError)
+    assert "unsupported type [X: float]" in e.message
+    assert at(e) == (2, len('    "Hi [XY] and ') + 1)
+
+
 # --------------------------------------------------------------------------- max_len
 
 

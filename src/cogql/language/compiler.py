@@ -339,18 +339,26 @@ class _PromptTransformer(ast.NodeTransformer):
 def locate(source: str, lineno: int, col: int, needle: str | None) -> tuple[int, int]:
     """(line, column) of the first `needle` in `source` at or after (lineno, col), e.g. a hole
     inside a prompt string; (lineno, col) itself when it is not found."""
-    lines = source.split("\n")
-    start = sum(len(line) + 1 for line in lines[: lineno - 1]) + col
+    start = _offset(source, lineno, col)
     at = source.find(needle, start) if needle else -1
-    if at < 0:
-        return lineno, col
-    line = source.count("\n", 0, at) + 1
-    return line, at - (source.rfind("\n", 0, at) + 1)
+    return (lineno, col) if at < 0 else _line_col(source, at)
 
 
-def hole_position(source: str, stmt: PromptStatement, name: str) -> tuple[int, int]:
-    """Where the hole `[name...]` of a prompt statement is written."""
-    return locate(source, stmt.lineno, stmt.col, "[" + name)
+def hole_position(source: str, stmt: PromptStatement | None, name: str) -> tuple[int, int]:
+    """Where the hole `[name]` is written (decorated, `[@f name]`, or typed, `[name: t]`): in
+    `stmt`'s prompt when given, else first in the source; the statement (or 1, 0) if not found."""
+    lineno, col = (stmt.lineno, stmt.col) if stmt is not None else (1, 0)
+    hole = re.compile(r"\[(?:@[^\s\[\]]+\s+)*" + re.escape(name) + r"\b")
+    found = hole.search(source, _offset(source, lineno, col))
+    return (lineno, col) if found is None else _line_col(source, found.start())
+
+
+def _offset(source: str, lineno: int, col: int) -> int:
+    return sum(len(line) + 1 for line in source.split("\n")[: lineno - 1]) + col
+
+
+def _line_col(source: str, at: int) -> tuple[int, int]:
+    return source.count("\n", 0, at) + 1, at - (source.rfind("\n", 0, at) + 1)
 
 
 # calls left alone: builtins that read the caller's frame, and print (as LMQL)

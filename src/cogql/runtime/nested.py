@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import ast
 import logging
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..language.compiler import hole_position
 from ..language.errors import QueryCompileError
 from ..language.qstrings import Hole
 from .events import OnEvent, QueryEvent, TextAppended, VariableFinished
@@ -61,7 +61,7 @@ def tactic_of(hole: Hole, env: dict[str, Any], source: str) -> Tactic | None:
     try:
         fn = _eval(target, env)
     except Exception as e:  # the expression is the user's: any error is theirs to see
-        lineno, col = _hole_at(source, hole)
+        lineno, col = hole_position(source, None, hole.name)
         raise NestedQueryError(
             f"[{hole.name}: {hole.type_expr}]: {e}", source=source, lineno=lineno, col=col
         ) from None
@@ -71,14 +71,6 @@ def tactic_of(hole: Hole, env: dict[str, Any], source: str) -> Tactic | None:
     tactic.args = tuple(_eval(a, env) for a in node.args)
     tactic.kwargs = {k.arg: _eval(k.value, env) for k in node.keywords if k.arg is not None}
     return tactic
-
-
-def _hole_at(source: str, hole: Hole) -> tuple[int, int]:
-    """(line, column) of the typed hole in the query source, for error messages."""
-    m = re.search(r"\[[^\[\]]*?\b" + re.escape(hole.name) + r"\s*:", source)
-    if m is None:
-        return 1, 0
-    return source.count("\n", 0, m.start()) + 1, m.start() - (source.rfind("\n", 0, m.start()) + 1)
 
 
 def _eval(node: ast.expr, env: dict[str, Any]) -> Any:
