@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from cogql.engine.engine import Engine
-from cogql.lmtp.client import LMTPClient, LMTPError, ScoreAfter
+from cogql.lmtp.client import GenerateAfter, LMTPClient, LMTPError, ScoreAfter
 from cogql.lmtp.messages import ErrorEvent, Event, Generate, Op, Score, TokenEvent
 from cogql.lmtp.transports.inprocess import InProcessTransport
 from cogql.tokenizer import Tokenizer
@@ -171,7 +171,7 @@ async def test_a_score_after_a_generate_scores_its_tokens_then_the_suffix(
     suffix = tokenizer.encode(". So the answer is")
     options = [tokenizer.encode(" Paris"), tokenizer.encode(" London Bridge")]
     then = ScoreAfter(suffix, options)
-    events = [e async for e in client.generate(Generate(None, "", prompt, 4), then)]
+    events = [e async for e in client.generate(Generate(None, "", prompt, 4), [then])]
     tokens = [e.token for e in events if e.token != tokenizer.eos_token_id]
     scores = await then.result
     assert scores is not None
@@ -180,15 +180,58 @@ async def test_a_score_after_a_generate_scores_its_tokens_then_the_suffix(
         assert got == pytest.approx(want, abs=5e-3)  # come from a reduced-precision decode
 
 
-async def test_no_score_after_a_generate_that_was_cut(
+async def test_a_generate_after_a_generate_continues_its_tokens(
+    client: LMTPClient, tokenizer: Tokenizer
+) -> None:
+    """A chain in one message: B after A, the options after B, as separate requests would go."""
+    prompt = ids(tokenizer, "The capital of France is")
+    middle, options = tokenizer.encode(". Italy's is"), [tokenizer.encode(" Rome")]
+    b, then = GenerateAfter(Generate(None, "", middle, 3)), ScoreAfter([], options)
+    a = [e.token async for e in client.generate(Generate(None, "", prompt, 4), [b, then])]
+    got_b = [e.token async for e in b.events()]
+    assert b.sent and len(got_b) == 3
+    want_b = await generate(client, prompt + a + middle, max_tokens=3)
+    assert got_b == [e.token for e in want_b]
+    scores = await then.result
+    want = await client.score(prompt + a + middle + got_b, options)
+    assert scores is not None and scores[0] == pytest.approx(want[0], abs=5e-3)
+
+
+async def test_what_follows_a_refused_generate_is_refused(
+    client: LMTPClient, tokenizer: Tokenizer
+) -> None:
+    got: dict[Any, list[Event]] = {}
+    done = asyncio.Event()
+
+    def on_event(event: Event) -> None:
+        got.setdefault(event.stream_id, []).append(event)
+        if len(got) == 3:
+            done.set()
+
+    ops: list[Op] = [
+        Generate(1, "", [], 2, after=2),  # names a GENERATE that comes later: refused
+        Generate(2, "", tokenizer.encode(" Rome"), 2, after=1),
+        Score(3, "", [], tokenizer.encode(" Paris"), after=2),
+    ]
+    client.transport.send(ops, on_event)
+    await asyncio.wait_for(done.wait(), 5)
+    assert "names no GENERATE sent before it" in got[1][0].error  # type: ignore[union-attr]
+    for i in (2, 3):  # 2 follows a refused op, so 3 follows nothing that runs
+        assert "names no GENERATE sent before it" in got[i][0].error  # type: ignore[union-attr]
+
+
+async def test_nothing_runs_after_a_generate_that_was_cut(
     client: LMTPClient, engine: Engine, tokenizer: Tokenizer
 ) -> None:
+    b = GenerateAfter(Generate(None, "", [], 3))
     then = ScoreAfter([], [tokenizer.encode(" Paris")])
-    stream = client.generate(Generate(None, "", ids(tokenizer, "Once upon a time"), 500), then)
+    stream = client.generate(Generate(None, "", ids(tokenizer, "Once upon a time"), 500), [b, then])
     async for _ in stream:
         break
     await stream.aclose()
     assert await asyncio.wait_for(then.result, 5) is None
+    with pytest.raises(LMTPError, match="did not end"):
+        await asyncio.wait_for(anext(b.events()), 5)
     assert len(await generate(client, ids(tokenizer, "1, 2, 3,"), max_tokens=3)) == 3
 
 
@@ -201,7 +244,7 @@ async def test_score_after_without_the_extension_is_not_sent(
     transport.send = lambda ops, on_event: (sent.extend(ops), real(ops, on_event))[1]  # type: ignore[method-assign]
     plain = LMTPClient(transport, model="embedded", use_extensions=False)
     then = ScoreAfter([], [tokenizer.encode(" Paris")])
-    events = [e async for e in plain.generate(Generate(None, "", ids(tokenizer, "Hi"), 2), then)]
+    events = [e async for e in plain.generate(Generate(None, "", ids(tokenizer, "Hi"), 2), [then])]
     assert len(events) == 2 and then.result.result() is None
     assert [type(op) for op in sent] == [Generate]
 
@@ -219,7 +262,7 @@ async def test_a_score_after_an_unknown_stream_is_an_error(
     client.transport.send([Score(5, "", [], tokenizer.encode(" Paris"), after=4)], on_event)
     await asyncio.wait_for(done.wait(), 5)
     assert isinstance(got[0], ErrorEvent) and got[0].stream_id == 5
-    assert "names no GENERATE sent in the same message" in got[0].error
+    assert "names no GENERATE sent before it" in got[0].error
 
 
 # --------------------------------------------------------------------------- errors

@@ -58,6 +58,7 @@ OPS: list[Op] = [
     ),
     Score("s-1", "m", [1, 2], [3, 4]),
     Score("s-2", "m", [], [3], after=2),
+    Generate(3, "m", [5], max_tokens=4, after=2),
     ModelInfo(9, "m", {"model": "m"}),
 ]
 
@@ -121,6 +122,9 @@ def test_extensions_are_written_only_when_set() -> None:
 def test_a_score_after_is_written_only_when_set() -> None:
     assert list(op_to_wire(OPS[2])[1]) == ["model", "prompt", "scored", "stream_id"]
     assert list(op_to_wire(OPS[3])[1]) == ["model", "prompt", "scored", "after", "stream_id"]
+    assert list(op_to_wire(OPS[4])[1]) == [
+        "max_tokens", "temperature", "top_logprobs", "after", "model", "prompt", "stream_id",
+    ]  # fmt: skip
 
 
 def test_renumbered_streams_keep_what_follows_what() -> None:
@@ -129,12 +133,14 @@ def test_renumbered_streams_keep_what_follows_what() -> None:
         Score("a", "m", [], [3], after="g"),
         Score("b", "m", [], [3], after="elsewhere"),
         ModelInfo("i", "m"),
+        Generate("h", "m", [2], after="g"),
     ]
     counter = iter(range(10, 20))
     out = renumbered(ops, counter.__next__)
-    assert [op.stream_id for op in out] == [10, 11, 12, 13]
-    assert [op.after for op in out if isinstance(op, Score)] == [10, 14]  # 14: nobody's id
-    assert [op.stream_id for op in ops] == ["g", "a", "b", "i"]  # the originals are untouched
+    assert [op.stream_id for op in out] == [10, 11, 12, 13, 14]
+    afters = [op.after for op in out if not isinstance(op, ModelInfo)]
+    assert afters == [None, 10, 15, 10]  # 15: nobody's id
+    assert [op.stream_id for op in ops] == ["g", "a", "b", "i", "h"]  # the originals stay
 
 
 def test_model_info_frame() -> None:

@@ -289,7 +289,7 @@ async def test_options_scored_after_a_generate_share_its_prediction(
     options = [[504, 3102], [314], [253, 1789, 42]]
     then = ScoreAfter([42], options)
     with track_cost() as cost:
-        got = [e.token async for e in client.generate(gen(4), then)]
+        got = [e.token async for e in client.generate(gen(4), [then])]
         scores = await then.result
         await cost.settle()
     assert got == await tokens(reference, gen(4))
@@ -299,6 +299,51 @@ async def test_options_scored_after_a_generate_share_its_prediction(
         assert got_option == pytest.approx(want_option, abs=5e-3)
     ops = [p.ops for p in cost.predictions]
     assert ops == [("MODEL_INFO",), ("GENERATE", "SCORE", "SCORE", "SCORE")]  # +capabilities
+
+
+CHAIN = (
+    'argmax "Q:[A] and then[B] so[C]" where len(TOKENS(A)) < 5 and len(TOKENS(B)) < 4{extra}\n'
+    'distribution C in [" a", " b c"]'
+)
+
+
+def run_both(emulator: Emulator, embedded_path: Path, tiny_model_path: Path, source: str):
+    """The query on the emulator and in-process on the same weights."""
+    local = cogql.run_sync(source, model=cogql.model(f"local:{tiny_model_path}"))
+    model = cogql.model(REF, endpoint=f"replicate:{REF}", tokenizer=str(embedded_path),
+                        api_token=emulator.token, base_url=emulator.base_url)  # fmt: skip
+    return local, cogql.run_sync(source, model=model)
+
+
+def test_a_statement_runs_in_one_prediction_with_its_holes_sent_ahead(
+    emulator: Emulator, embedded_path: Path, tiny_model_path: Path
+) -> None:
+    """B is sent `after` A and the options `after` B, in A's prediction: the prompt and the
+    distribution are those of the in-process run, which asks for each in turn."""
+    local, remote = run_both(emulator, embedded_path, tiny_model_path, CHAIN.format(extra=""))
+    assert remote.prompt == local.prompt
+    assert [o for o, _ in remote.variables["P(C)"]] == [" a", " b c"]
+    got = [p for _, p in remote.variables["P(C)"]]
+    assert got == pytest.approx([p for _, p in local.variables["P(C)"]], abs=2e-3)
+    assert remote.cost is not None
+    ops = [p.ops for p in remote.cost.predictions]
+    assert ops == [("GENERATE", "GENERATE", "SCORE", "SCORE")]
+    assert remote.cost.tokens_generated == remote.cost.tokens_used == 4 + 3
+
+
+def test_a_hole_sent_ahead_is_dropped_when_the_one_before_was_cut(
+    emulator: Emulator, embedded_path: Path, tiny_model_path: Path
+) -> None:
+    """STOPS_BEFORE cuts A's stop phrase off, so B's prompt is not the one B was sent ahead
+    with: B (and the options after it) are cancelled and sent again, on the real prompt."""
+    source = CHAIN.format(extra=' and STOPS_BEFORE(A, "e")').replace("< 5", "< 40")
+    local, remote = run_both(emulator, embedded_path, tiny_model_path, source)
+    assert "e" not in remote["A"] and remote.prompt == local.prompt
+    got = [p for _, p in remote.variables["P(C)"]]
+    assert got == pytest.approx([p for _, p in local.variables["P(C)"]], abs=2e-3)
+    assert remote.cost is not None
+    ops = [p.ops for p in remote.cost.predictions]
+    assert ops == [("GENERATE", "GENERATE", "SCORE", "SCORE"), ("GENERATE", "SCORE", "SCORE")]
 
 
 async def test_generate_and_score_match_in_process(

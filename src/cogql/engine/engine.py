@@ -232,7 +232,7 @@ class _GenerateStream:
     started: bool = False
     tokens: list[int] = field(default_factory=list)  # generated, a final EOS left out
     ended: bool = False  # reached a finish reason (not cancelled, not failed)
-    then: list[tuple[Score, StreamHandle]] = field(default_factory=list)  # SCOREs `after` it
+    then: list[tuple[Score, StreamHandle] | _GenerateStream] = field(default_factory=list)
 
 
 class Engine:
@@ -348,31 +348,41 @@ class Engine:
 
     def _accept(self, work: _Work) -> None:
         scores: list[tuple[Score, StreamHandle]] = []
-        later: list[tuple[Score, StreamHandle]] = []
-        generates: dict[Any, _GenerateStream] = {}
+        generates: dict[Any, _GenerateStream] = {}  # so far: an `after` names an earlier one
         for op, handle in zip(work.ops, work.handles, strict=True):
             if (problem := self._invalid(op)) is not None:
                 work.sink(ErrorEvent(op.stream_id, problem))
-            elif isinstance(op, ModelInfo):
+                continue
+            if isinstance(op, ModelInfo):
                 info = self.model_info()
                 if op.data.get(TOKENIZER) is True:  # the `tokenizer` extension: hand it out
                     info[TOKENIZER] = tokenizer_to_wire(self.tokenizer)
                 work.sink(InfoEvent(op.stream_id, info))
-            elif isinstance(op, Score):
-                (scores if op.after is None else later).append((op, handle))
+                continue
+            item = (op, handle) if isinstance(op, Score) else _GenerateStream(op, work.sink, handle)
+            if op.after is None and isinstance(item, tuple):
+                scores.append(item)
+            elif op.after is None:
+                self._streams.append(item)
+            elif (leader := generates.get(op.after)) is not None:
+                leader.then.append(item)
             else:
-                stream = _GenerateStream(op, work.sink, handle)
-                self._streams.append(stream)
-                generates[op.stream_id] = stream
-        for op, handle in later:
-            stream = generates.get(op.after)
-            if stream is None:
-                error = f"SCORE after={op.after!r} names no GENERATE sent in the same message"
-                work.sink(ErrorEvent(op.stream_id, error))
-            else:
-                stream.then.append((op, handle))
+                error = f"{_kind(op)} after={op.after!r} names no GENERATE sent before it"
+                self._refuse(item, work.sink, error)
+                continue
+            if isinstance(item, _GenerateStream):
+                generates[op.stream_id] = item
         if scores:
             self._run_scores(scores, work.sink)
+
+    def _refuse(self, follower: tuple[Score, StreamHandle] | _GenerateStream, sink: Sink, why: str):
+        """Answer a follower (and whatever follows it) with an error instead of running it."""
+        if isinstance(follower, _GenerateStream):
+            sink(ErrorEvent(follower.op.stream_id, why))
+            for then in follower.then:
+                self._refuse(then, sink, "the GENERATE it follows did not run")
+        else:
+            sink(ErrorEvent(follower[0].stream_id, why))
 
     def _invalid(self, op: Op) -> str | None:
         """Why the model cannot run `op`, said plainly (the model would raise a bare
@@ -448,18 +458,27 @@ class Engine:
             self.cache.release(stream.entry)
             stream.entry = None
         if stream.then:
-            self._score_after(stream)
+            self._release_followers(stream)
 
-    def _score_after(self, stream: _GenerateStream) -> None:
-        """The SCOREs that wait for `stream`: scored after its prompt and tokens (the cache
-        entry it just settled serves them), or failed when it did not end."""
+    def _release_followers(self, stream: _GenerateStream) -> None:
+        """What waits for `stream` runs after its prompt and tokens (the cache entry it just
+        settled serves them): SCOREs now, GENERATEs from the next step; or is refused when
+        `stream` did not end."""
         if not stream.ended:
-            for op, _ in stream.then:
-                stream.sink(ErrorEvent(op.stream_id, "the GENERATE this SCORE follows did not end"))
+            for follower in stream.then:
+                self._refuse(follower, stream.sink, "the GENERATE it follows did not end")
             return
         prefix = stream.op.prompt + stream.tokens
-        ops = [(replace(op, prompt=prefix + op.prompt, after=None), h) for op, h in stream.then]
-        self._run_scores(ops, stream.sink)
+        scores = []
+        for follower in stream.then:
+            if isinstance(follower, _GenerateStream):
+                follower.op = replace(follower.op, prompt=prefix + follower.op.prompt, after=None)
+                self._streams.append(follower)
+            else:
+                op, handle = follower
+                scores.append((replace(op, prompt=prefix + op.prompt, after=None), handle))
+        if scores:
+            self._run_scores(scores, stream.sink)
 
     def _start_together(self, new: list[_GenerateStream]) -> None:
         """Streams that arrived together get their prompts prefilled in one pass (a stream
@@ -560,6 +579,10 @@ class Engine:
             fed.append(token)
         s.feed = fed
         return False
+
+
+def _kind(op: Op) -> str:
+    return type(op).__name__.upper().replace("MODELINFO", "MODEL_INFO")
 
 
 def _installed(dist: str) -> bool:

@@ -7,8 +7,10 @@ duplicates are ignored, as LMQL servers send some), and turns error events into 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .cost import current_cost
@@ -50,6 +52,54 @@ class ScoreAfter:
     def settle(self, value: list[list[float]] | None) -> None:
         if not self.result.done():
             self.result.set_result(value)
+
+
+class GenerateAfter:
+    """A GENERATE sent in another GENERATE's message, to start when the GENERATE before it in
+    the chain ends, on that one's prompt and tokens and then `op.prompt` (the `after`
+    extension): a hole generated ahead, in the same Replicate prediction. `sent` says whether
+    the server took it; `events()` reads it once the caller gets there."""
+
+    def __init__(self, op: Generate) -> None:
+        self.op = op
+        self.sent = False
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._handle: Cancellable | None = None
+        self._cost = current_cost()
+
+    def _deliver(self, event: Event) -> None:
+        if isinstance(event, TokenEvent) and self._cost is not None:
+            self._cost.tokens_received += 1
+        self._queue.put_nowait(event)
+
+    async def events(self) -> AsyncIterator[TokenEvent]:
+        """Its tokens, as `LMTPClient.generate` gives them; stopping early cancels it."""
+        cost = current_cost()
+        finished = False
+        try:
+            while True:
+                event = await self._queue.get()
+                if isinstance(event, ErrorEvent):
+                    finished = True
+                    raise LMTPError(event.error)
+                if isinstance(event, TokenEvent):
+                    if cost is not None:
+                        cost.tokens_used += 1
+                    yield event
+                if is_terminal(event):
+                    finished = True
+                    return
+        finally:
+            if not finished:
+                self.cancel()
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+Followup = GenerateAfter | ScoreAfter
 
 
 class _Gathered:
@@ -100,6 +150,9 @@ class LMTPClient:
         # set by whoever learns them another way (a Replicate version's schema), sparing the
         # MODEL_INFO request that would ask for them
         self.known_capabilities: frozenset[str] | None = None
+        # whether a query should send holes ahead (runtime/ahead.py): where round trips cost
+        # more than a wrong guess's compute (Replicate)
+        self.speculate = False
         self._ids = itertools.count(1)
         self._info: dict[str, Any] | None = None
         self._emulator: Emulator | None = None
@@ -130,15 +183,18 @@ class LMTPClient:
         return self.known_capabilities
 
     async def generate(
-        self, op: Generate, then: ScoreAfter | None = None
+        self, op: Generate, then: Sequence[Followup] = ()
     ) -> AsyncIterator[TokenEvent]:
         """Stream the tokens of one GENERATE; cancels it server-side if the caller stops early.
         Extensions the server does not advertise are emulated with plain LMTP requests.
-        `then` is scored in the same message where the server has the `after` extension."""
+        `then` goes in the same message where the server has the `after` extension, each
+        followup after the GENERATE before it (`op`, or a GenerateAfter)."""
         missing = await self._missing_extensions(op)
-        if then is not None and (missing or not await self._has(AFTER)):
-            then.settle(None)
-            then = None
+        if then and (missing or not await self._has(AFTER)):
+            for followup in then:
+                if isinstance(followup, ScoreAfter):
+                    followup.settle(None)
+            then = ()
         events = self._emulation(missing).generate(op) if missing else self._generate(op, then)
         cost = current_cost()
         try:
@@ -177,7 +233,7 @@ class LMTPClient:
         return self._emulator
 
     async def _generate(
-        self, op: Generate, then: ScoreAfter | None = None
+        self, op: Generate, then: Sequence[Followup] = ()
     ) -> AsyncIterator[TokenEvent]:
         op.stream_id = next(self._ids)
         op.model = op.model or self.model
@@ -185,18 +241,19 @@ class LMTPClient:
         if cost is not None:
             cost.prompt_tokens += len(op.prompt)
         queue: asyncio.Queue[Event] = asyncio.Queue()
-        later = self._scores(then.suffix, then.options, after=op.stream_id) if then else []
-        gathered = _Gathered(later)
+        routes: dict[Any, Callable[[Event], None]] = {op.stream_id: queue.put_nowait}
+        ops = [op, *self._chain(op.stream_id, then, routes)]
 
         def on_event(event: Event) -> None:
-            if event.stream_id == op.stream_id:
-                queue.put_nowait(event)
-            else:
-                gathered.add(event)
+            route = routes.get(event.stream_id)
+            if route is not None:
+                route(event)
 
-        handle, *handles = self.transport.send([op, *later], on_event)
-        if then is not None:
-            gathered.done.add_done_callback(lambda _: then.settle(_logprobs_or_none(gathered)))
+        handle, *handles = self.transport.send(ops, on_event)
+        ahead = {f.op.stream_id: f for f in then if isinstance(f, GenerateAfter)}
+        for sent, h in zip(ops[1:], handles, strict=True):
+            if sent.stream_id in ahead:
+                ahead[sent.stream_id]._handle = h
         finished = False
         try:
             while True:
@@ -215,8 +272,35 @@ class LMTPClient:
             if not finished:
                 for h in (handle, *handles):  # what follows a cut GENERATE is not wanted
                     h.cancel()
-                if then is not None:
-                    then.settle(None)
+                for followup in then:
+                    if isinstance(followup, ScoreAfter):
+                        followup.settle(None)
+
+    def _chain(
+        self, first: Any, then: Sequence[Followup], routes: dict[Any, Callable[[Event], None]]
+    ) -> list[Op]:
+        """The wire ops of the followups, each `after` the GENERATE before it; their events
+        are routed to them."""
+        ops: list[Op] = []
+        before = first
+        for followup in then:
+            if isinstance(followup, GenerateAfter):
+                sent = replace(followup.op, stream_id=next(self._ids), after=before)
+                sent.model = sent.model or self.model
+                if (cost := current_cost()) is not None:
+                    cost.prompt_tokens += len(sent.prompt)
+                followup.op, followup.sent = sent, True
+                routes[sent.stream_id] = followup._deliver
+                ops.append(sent)
+                before = sent.stream_id
+                continue
+            scores = self._scores(followup.suffix, followup.options, after=before)
+            gathered = _Gathered(scores)
+            for score in scores:
+                routes[score.stream_id] = gathered.add
+            gathered.done.add_done_callback(functools.partial(_settle_from, followup, gathered))
+            ops.extend(scores)
+        return ops
 
     async def score(self, prompt: list[int], options: list[list[int]]) -> list[list[float]]:
         """Log-probs of each option's tokens after `prompt`, all options in one message."""
@@ -245,8 +329,8 @@ class LMTPClient:
         await self.transport.close()
 
 
-def _logprobs_or_none(gathered: _Gathered) -> list[list[float]] | None:
+def _settle_from(followup: ScoreAfter, gathered: _Gathered, _: object) -> None:
     try:
-        return gathered.logprobs()
+        followup.settle(gathered.logprobs())
     except LMTPError:
-        return None
+        followup.settle(None)

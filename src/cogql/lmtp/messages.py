@@ -2,7 +2,7 @@
 
 Byte compatibility with LMQL 0.7 rests on key order and Python's default `json.dumps`
 formatting, so payloads are built field by field here and nowhere else. cogql's extensions
-(`grammar`, `stop`, `seed`, `min_tokens`, a SCORE's `after`) are only written when set, so an LMQL server never
+(`grammar`, `stop`, `seed`, `min_tokens`, `after`) are only written when set, so an LMQL server never
 sees them unless the client chose to use them.
 """
 
@@ -41,6 +41,7 @@ class Generate:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     min_tokens: int = 0
+    after: Any = None  # the `after` extension, as for SCORE: it starts when that GENERATE ends
 
 
 @dataclass
@@ -123,6 +124,8 @@ def _generate_payload(op: Generate) -> dict[str, Any]:
         p["seed"] = op.seed
     if op.min_tokens:
         p["min_tokens"] = op.min_tokens
+    if op.after is not None:
+        p["after"] = op.after
     p.update(model=op.model, prompt=op.prompt, stream_id=op.stream_id)
     return p
 
@@ -173,15 +176,12 @@ def op_from_wire(kind: str, payload: Any) -> Op:
         data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
         return ModelInfo(payload["stream_id"], model, data)
     if kind == SCORE:
-        after = payload.get("after")
-        if isinstance(after, (list, dict)):
-            raise ProtocolError("field 'after' must be a stream id", payload["stream_id"])
         return Score(
             payload["stream_id"],
             model,
             _token_ids(payload, "prompt"),
             _token_ids(payload, "scored"),
-            after,
+            _after(payload),
         )
     return _generate_from_wire(payload, model)
 
@@ -204,14 +204,22 @@ def _generate_from_wire(payload: dict[str, Any], model: str) -> Generate:
         stop=list(_optional(payload, "stop", list, [])),
         seed=_optional(payload, "seed", int, None),
         min_tokens=int(_optional(payload, "min_tokens", int, 0)),
+        after=_after(payload),
     )
     if not all(isinstance(s, str) and s for s in op.stop):
         raise ProtocolError("field 'stop' must be a list of non-empty strings", sid)
     if op.max_tokens < 0 or op.top_logprobs < 0:
         raise ProtocolError("max_tokens and top_logprobs must not be negative", sid)
-    skip = _GENERATE_KEYS | set(EXTENSIONS) | {"stream_id"}
+    skip = _GENERATE_KEYS | set(EXTENSIONS) | {"stream_id", AFTER}
     op.extra = {k: v for k, v in payload.items() if k not in skip}
     return op
+
+
+def _after(payload: dict[str, Any]) -> Any:
+    after = payload.get("after")
+    if isinstance(after, (list, dict)):
+        raise ProtocolError("field 'after' must be a stream id", payload["stream_id"])
+    return after
 
 
 def _optional(payload: dict[str, Any], key: str, kind: Any, default: Any) -> Any:
@@ -348,8 +356,8 @@ def split_batch(body: Any, max_ops: int | None = None) -> list[tuple[str, Any]]:
 
 def renumbered(ops: list[Op], new_id: Callable[[], Any]) -> list[Op]:
     """Copies of `ops` under new stream ids (hosts and transports number streams their own
-    way). A SCORE's `after` follows the GENERATE it names among `ops`; one that names none gets
-    an id no stream has, which the engine answers with an error."""
+    way). An op's `after` follows the GENERATE it names among `ops`; one that names none gets an
+    id no stream has, which the engine answers with an error."""
     renamed: dict[Any, Any] = {}
     out: list[Op] = []
     for op in ops:
@@ -358,7 +366,7 @@ def renumbered(ops: list[Op], new_id: Callable[[], Any]) -> list[Op]:
             renamed[op.stream_id] = copy.stream_id
         out.append(copy)
     for op in out:
-        if isinstance(op, Score) and op.after is not None:
+        if isinstance(op, Generate | Score) and op.after is not None:
             op.after = (
                 renamed[op.after] if _hashable(op.after) and op.after in renamed else new_id()
             )

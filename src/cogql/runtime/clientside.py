@@ -228,7 +228,7 @@ class _SlowPath:
         self.calls += 1
         run, d = self.run, self.run.decoding
         extra = {k: v for k, v in (("top_k", d.top_k), ("top_p", d.top_p)) if v is not None}
-        seed = run._seed()
+        seed = run.hole_seed()
         op = Generate(
             stream_id=None,
             model="",

@@ -29,9 +29,10 @@ from ..language.compiler import (
 )
 from ..language.errors import QueryCompileError
 from ..language.qstrings import Hole, Interpolation, Tag, Text
-from ..lmtp.client import ScoreAfter
+from ..lmtp.client import Followup, GenerateAfter
 from ..lmtp.messages import Generate
 from . import clientside
+from .ahead import Ahead, Plan, plan_after
 from .chat import open_message, text_tag
 from .events import ModelCall, OnEvent, QueryEvent, TextAppended, VariableFinished
 from .hooks import HoleHooks
@@ -70,17 +71,6 @@ class _Pending:
     values: ast.expr
 
 
-@dataclass
-class _ScoredAhead:
-    """The distribution's options, scored in the message of the last hole's GENERATE. The
-    scores hold if the final prompt is `ids`, i.e. the hole's value was its tokens as generated
-    (not cut back) and only the expected text came after it."""
-
-    ids: list[int]
-    options: list[list[int]]
-    request: ScoreAfter
-
-
 Until = Callable[[list[int], str], bool]  # (tokens so far, their text) -> stop now?
 
 HoleSource = Callable[["QueryRun", str, HoleSpec, int], Awaitable[tuple[list[int], str]]]
@@ -109,8 +99,8 @@ class QueryRun:
     hole_ends: list[int] = field(default_factory=list)  # len(ids) after each filled hole
     chat_role: str | None = None  # role of the chat message the last {:role} tag opened
     shown: str = ""  # the text of the hole being generated that events have already reported
-    ahead: ScoreAfter | None = None  # for the next GENERATE: options to score after it
-    scored_ahead: _ScoredAhead | None = None
+    ahead: Ahead = field(default_factory=Ahead)  # requests sent ahead of the run (ahead.py)
+    plan: tuple[PromptStatement, Plan, dict[str, Any]] | None = None  # for the hole being filled
     _holes_done: int = 0
 
     def __post_init__(self) -> None:
@@ -124,7 +114,10 @@ class QueryRun:
     async def run_program(self) -> Any:
         """Run the program to its end; its return value (DEFAULT when it returns nothing)."""
         fn = types.FunctionType(self._function_code(), self._globals())
-        return await fn()
+        try:
+            return await fn()
+        finally:
+            self.ahead.drop()
 
     async def finish(self, value: Any) -> Any:
         """The query's result for a program that returned `value` (distribution included)."""
@@ -176,14 +169,14 @@ class QueryRun:
 
     # ---- holes ----------------------------------------------------------------------------
     async def fill(
-        self, stmt: PromptStatement, hole: Hole, scope: dict[str, Any], tail: str | None = None
+        self, stmt: PromptStatement, hole: Hole, scope: dict[str, Any], plan: Plan = ()
     ) -> None:
-        """Fill `hole`; `tail`, when given, is the text between it and the distribution
-        variable, which lets the options be scored in the hole's own GENERATE message."""
+        """Fill `hole`; `plan` is what follows it in its statement, which may be sent ahead
+        in its GENERATE's message (ahead.py)."""
         hooks = HoleHooks.of(self, hole, scope)  # [@decorator X], [X: nested_query]
         if hooks is not None and await hooks.before():
             return
-        spec = self._spec(stmt, hole, scope)
+        spec = self.hole_spec(stmt, hole, scope)
         self._flush()
         budget = self.decoding.max_len - len(self.ids)
         if budget <= 0:
@@ -192,15 +185,14 @@ class QueryRun:
             self.hole_ends.append(len(self.ids))
             return
         self.shown = ""
-        if tail is not None:
-            self.score_ahead(tail, scope)
+        self.plan = (stmt, list(plan), scope) if plan and self.source is None else None
         try:
             if self.source is None:
                 tokens, reason = await clientside.generate(self, hole.name, spec, budget)
             else:
                 tokens, reason = await self.source(self, hole.name, spec, budget)
         finally:
-            self.ahead = None
+            self.plan = None
         raw = self.conn.tokenizer.decode(tokens)
         inactive = tokens[: spec.min_tokens - 1] if spec.stops and spec.min_tokens > 1 else []
         value, prompt_text = spec.finish(raw, len(self.conn.tokenizer.decode(inactive)))
@@ -232,7 +224,7 @@ class QueryRun:
             )
         self.truncated = True
 
-    def _spec(self, stmt: PromptStatement, hole: Hole, scope: dict[str, Any]) -> HoleSpec:
+    def hole_spec(self, stmt: PromptStatement, hole: Hole, scope: dict[str, Any]) -> HoleSpec:
         env = {**self.scope, **self.variables, **scope}
         clauses = [stmt.where, self.query.where, *self._type_clause(stmt, hole, env)]
         encode = self.conn.tokenizer.encode
@@ -267,37 +259,46 @@ class QueryRun:
             sub.col_offset, sub.end_col_offset = col, col  # type: ignore[attr-defined]
         return [node]
 
-    def _seed(self) -> int | None:
+    def hole_seed(self, ahead: int = 0) -> int | None:
+        """The sampling seed of the hole `ahead` holes from now (None: greedy, or unseeded)."""
         if self.decoding.temperature <= 0:
             return None
         base = self.decoding.seed
         if base is None:
             return None
-        return (base * 1_000_003 + self.index * 7919 + self._holes_done) % (2**31)
+        return (base * 1_000_003 + self.index * 7919 + self._holes_done + ahead) % (2**31)
 
     async def _generate(
         self, name: str, spec: HoleSpec, budget: int, until: Until | None = None
     ) -> tuple[list[int], str]:
         max_tokens = budget if spec.max_tokens is None else min(spec.max_tokens, budget)
+        op = self.hole_op(spec, max_tokens, list(self.ids), self.hole_seed())
+        sent_ahead = self.ahead.take(op)
+        then = (
+            []
+            if sent_ahead is not None or self.plan is None
+            else self.ahead.followups(self, *self.plan)
+        )
+        return await self._stream(name, op, until, spec.streamed_hold(), then, sent_ahead)
+
+    def hole_op(
+        self, spec: HoleSpec, max_tokens: int, prompt: list[int], seed: int | None
+    ) -> Generate:
+        """The GENERATE of a hole: its whole grammar, stop phrases and token limit."""
         d = self.decoding
         extra = {k: v for k, v in (("top_k", d.top_k), ("top_p", d.top_p)) if v is not None}
-        op = Generate(
+        return Generate(
             stream_id=None,
             model="",
-            prompt=list(self.ids),
+            prompt=prompt,
             max_tokens=max_tokens,
             temperature=d.temperature,
             extra=extra,
             grammar=spec.grammar(),
             stop=spec.server_stops(),
-            seed=self._seed(),
+            seed=seed,
             min_tokens=spec.min_tokens,
         )
-        then, self.ahead = self.ahead, None
-        tokens, reason = await self._stream(name, op, until, spec.streamed_hold(), then)
-        if then is not None:
-            self.scored_ahead = _ScoredAhead(op.prompt + tokens + then.suffix, then.options, then)
-        return tokens, reason
 
     async def _stream(
         self,
@@ -305,23 +306,29 @@ class QueryRun:
         op: Generate,
         until: Until | None = None,
         hold: int | None = 0,
-        then: ScoreAfter | None = None,
+        then: list[Followup] | None = None,
+        sent_ahead: GenerateAfter | None = None,
     ) -> tuple[list[int], str]:
-        """Run `op`, reporting its text as it arrives but the last `hold` characters (None:
+        """Run `op` (or read `sent_ahead`, the same request sent ahead), with `then` in its
+        message, reporting its text as it arrives but the last `hold` characters (None:
         nothing), which `fill` reports once the value is known; `until(tokens, text)` may end
         it early (the stream is then cancelled server-side)."""
         tokenizer = self.conn.tokenizer
         eos = {tokenizer.eos_token_id}
         tokens: list[int] = []
         reason = "stop"
+        ended = False
         started = time.perf_counter()
         if self.on_event is None:
             hold = None  # nobody listens: no text to work out per token
-        async with aclosing(self.conn.client.generate(op, then)) as events:
+        then = then or []
+        source = sent_ahead.events() if sent_ahead else self.conn.client.generate(op, then)
+        async with aclosing(source) as events:
             async for event in events:
                 if event.token not in eos or event.finish_reason is None:
                     tokens.append(event.token)
                 reason = event.finish_reason or reason
+                ended = event.finish_reason is not None
                 self.logprob += event.logprob
                 watched = until is not None and event.token not in eos
                 text = tokenizer.decode(tokens) if watched or hold is not None else ""
@@ -330,6 +337,7 @@ class QueryRun:
                     break
                 if event.finish_reason is None and hold is not None:
                     self._show_settled(name, text, hold)
+        self.ahead.read(op, tokens, ended, then)
         self.calls += 1
         elapsed = time.perf_counter() - started
         self.emit(ModelCall("GENERATE", len(op.prompt), len(tokens), elapsed, self.index))
@@ -350,28 +358,12 @@ class QueryRun:
 
     # ---- distribution ---------------------------------------------------------------------
     async def _result(self) -> LMQLResult:
+        self.ahead.drop()
         self._flush()
         result = LMQLResult(self.text, dict(self.variables), logprob=self.logprob)
         if self.distribution is not None:
             await self._distribution(result, self.distribution)
         return result
-
-    async def _scored_ahead(self, options: list[list[int]]) -> list[list[float]] | None:
-        ahead, self.scored_ahead = self.scored_ahead, None
-        if ahead is None or ahead.ids != self.ids or ahead.options != options:
-            return None
-        return await ahead.request.result
-
-    def score_ahead(self, suffix: str, scope: dict[str, Any]) -> None:
-        """Ask for the distribution's options to be scored with the next hole's GENERATE,
-        after its tokens and `suffix`, when the options are known already."""
-        dist = self.query.distribution
-        if dist is None or self.source is not None:
-            return
-        options = _known_values(dist.values, {**self.scope, **self.variables, **scope})
-        if options:
-            encode = self.conn.tokenizer.encode
-            self.ahead = ScoreAfter(encode(suffix), [encode(o) for o in options])
 
     async def _distribution(self, result: LMQLResult, pending: _Pending) -> None:
         env = {**self.scope, **self.variables, **pending.scope}
@@ -382,7 +374,7 @@ class QueryRun:
         encode = self.conn.tokenizer.encode
         option_ids = [encode(o) for o in options]
         started = time.perf_counter()
-        scores = await self._scored_ahead(option_ids)
+        scores = await self.ahead.scored(self.ids, option_ids)
         if scores is None:
             scores = await self.conn.client.score(self.ids, option_ids)
         self.calls += 1
@@ -406,19 +398,6 @@ class QueryRun:
         self.emit(VariableFinished(var, options[best], self.index))
 
 
-def _known_values(values: ast.expr, env: dict[str, Any]) -> list[str] | None:
-    """The distribution's options if they can be known before its hole (no calls, nothing
-    that is not defined yet)."""
-    if any(isinstance(node, ast.Call) for node in ast.walk(values)):
-        return None
-    try:
-        found = eval(compile(ast.Expression(values), "<distribution>", "eval"), {}, env)
-        options = [str(v) for v in found]
-    except Exception:
-        return None
-    return options if all(options) else None
-
-
 def _type_value(expr: str, env: dict[str, Any]) -> Any:
     """The value of a hole's type expression; None when it cannot be evaluated here."""
     text = expr.strip()
@@ -428,23 +407,6 @@ def _type_value(expr: str, env: dict[str, Any]) -> Any:
         return eval(text, {"__builtins__": builtins, **env})
     except Exception:
         return None
-
-
-def _text_before(segments: list[Any], variable: str | None, values: list[Any]) -> str | None:
-    """The text between a hole and `variable`, when only text comes between them and the
-    variable ends the prompt statement; None otherwise."""
-    if not segments or not isinstance(segments[-1], Hole) or segments[-1].name != variable:
-        return None
-    parts = []
-    pending = iter(values)
-    for seg in segments[:-1]:
-        if isinstance(seg, Text):
-            parts.append(seg.text)
-        elif isinstance(seg, Interpolation):
-            parts.append(str(next(pending)))
-        else:
-            return None
-    return "".join(parts)
 
 
 class QueryContext:
@@ -474,8 +436,8 @@ class QueryContext:
             elif seg.name == dist_var and run.query.distribution is not None:
                 run.distribution = _Pending(seg.name, dict(scope), run.query.distribution.values)
             else:
-                tail = _text_before(stmt.segments[position + 1 :], dist_var, values[used:])
-                await run.fill(stmt, seg, scope, tail)
+                plan = plan_after(stmt.segments[position + 1 :], dist_var, values[used:])
+                await run.fill(stmt, seg, scope, plan)
             chat = False
 
     def value(self, name: str) -> Any:

@@ -45,6 +45,7 @@ async def open_replicate(
         raise ModelConfigError(str(e)) from None
     await transport.open()
     client = LMTPClient(transport, model=name or target.ref)
+    client.speculate = True  # every round trip is a prediction
     caps = transport.advertised
     if caps is None:
         caps = await server_capabilities(client, transport.url, poll=LOAD_POLL_S)
