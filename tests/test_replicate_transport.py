@@ -28,7 +28,7 @@ from click.testing import CliRunner
 
 import cogql
 from cogql.cli import main
-from cogql.lmtp.client import LMTPClient, LMTPError, ScoreAfter
+from cogql.lmtp.client import GenerateAfter, LMTPClient, LMTPError, ScoreAfter
 from cogql.lmtp.cost import Cost, PredictionCost, current_cost, track_cost
 from cogql.lmtp.messages import ENGINE_CAPABILITIES, Generate, TokenEvent
 from cogql.lmtp.sse import SSEDecoder
@@ -344,6 +344,19 @@ def test_a_hole_sent_ahead_is_dropped_when_the_one_before_was_cut(
     assert remote.cost is not None
     ops = [p.ops for p in remote.cost.predictions]
     assert ops == [("GENERATE", "GENERATE", "SCORE", "SCORE"), ("GENERATE", "SCORE", "SCORE")]
+
+
+async def test_a_generate_after_a_generate_shares_its_prediction(
+    emulator: Emulator, reference: LMTPClient
+) -> None:
+    client = await client_for(emulator, max_ops=1)
+    b = GenerateAfter(Generate(None, "", [42], 3))
+    with track_cost() as cost:
+        a = [e.token async for e in client.generate(gen(4), [b])]
+        got_b = [e.token async for e in b.events()]
+        await cost.settle()
+    assert got_b == await tokens(reference, Generate(None, "", PROMPT + a + [42], 3))
+    assert [p.ops for p in cost.predictions][-1] == ("GENERATE", "GENERATE")
 
 
 async def test_generate_and_score_match_in_process(

@@ -78,7 +78,9 @@ class Ahead:
     last: _Read | None = None
     scores: _ScoresAhead | None = None
 
-    def followups(self, run: QueryRun, stmt: PromptStatement, plan: Plan, scope: dict) -> list:
+    def followups(
+        self, run: QueryRun, stmt: PromptStatement, plan: Plan, scope: dict[str, Any]
+    ) -> list[Followup]:
         """The requests to send with the hole about to be generated, as far as they can be
         known now."""
         out: list[Followup] = []

@@ -657,7 +657,7 @@ class _Session:
         cost = current_cost()
         states = []
         sent = renumbered(ops, _wire_ids.__next__)
-        together = any(isinstance(op, Score) and op.after is not None for op in sent)
+        together = any(isinstance(op, Generate | Score) and op.after is not None for op in sent)
         group = next(_wire_ids) if together else None
         for op, wire_op in zip(ops, sent, strict=True):
             state = _OpState(wire_op, op.stream_id, on_event, cost, group=group)
