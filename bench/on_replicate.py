@@ -11,8 +11,9 @@ predictions made, tokens generated after the stop, wall time. Targets on the sen
 <= 2 predictions (LMQL: 4 plus a lookup), 0 tokens after the stop, wall time <= 0.5x LMQL's
 pattern.
 
-A second query whose hole really ends at a stop phrase (the seed query's ANALYSIS usually ends
-at EOS on this model) shows what a server-side stop saves.
+A second query whose hole really ends at a stop phrase (the seed query's ANALYSIS ends at EOS
+on this model) shows what a server-side stop saves; a third, with two holes and the
+distribution in one prompt statement, what sending them ahead saves (one prediction).
 
 Usage: python bench/on_replicate.py [--latency 0.5] [--repeats 3]
 """
@@ -36,6 +37,11 @@ SENTIMENT = (ROOT / "examples" / "sentiment.lmql").read_text()
 STOPPING = """argmax
     "Colours:\\n1. Red\\n2. Blue\\n3.[THIRD]"
 where STOPS_AT(THIRD, "\\n") and len(TOKENS(THIRD)) < 64
+"""
+STATEMENT = """argmax
+    "Q: What is the capital of France?\\nA:[A]\\nQ: And of Italy?\\nA:[B]\\nQ: Both in Europe?\\nA:[C]"
+where len(TOKENS(A)) < 12 and len(TOKENS(B)) < 12 and STOPS_AT(A, ".") and STOPS_AT(B, ".")
+distribution C in [" yes", " no"]
 """
 MODES = {"cogql": {}, "LMQL pattern": {"extensions": False, "max_ops": 1, "cancel": False}}
 
@@ -87,6 +93,7 @@ def main() -> None:
                   "as LMQL needs)")  # fmt: skip
             report("sentiment query (examples/sentiment.lmql)", SENTIMENT, args.repeats)
             report("a hole that ends at its stop phrase", STOPPING, args.repeats)
+            report("two holes and the distribution in one statement", STATEMENT, args.repeats)
     print(
         "targets (sentiment): <= 2 predictions + lookup, 0 tokens after the stop, "
         "wall time <= 0.5x LMQL's pattern"
