@@ -39,12 +39,14 @@ class LMTPError(RuntimeError):
 
 class ScoreAfter:
     """Options to score after a GENERATE's tokens and then `suffix`, sent in the GENERATE's
-    message (the `after` extension): over Replicate, no prediction of their own. `result` gets
-    each option's log-probs, or None when they were not sent or did not come back."""
+    message (the `after` extension): over Replicate, no prediction of their own. `sent` says
+    whether they went; `result` gets each option's log-probs, or None when they were not sent
+    or did not come back."""
 
     def __init__(self, suffix: list[int], options: list[list[int]]) -> None:
         self.suffix = list(suffix)
         self.options = [list(o) for o in options]
+        self.sent = False
         self.result: asyncio.Future[list[list[float]] | None] = (
             asyncio.get_running_loop().create_future()
         )
@@ -295,6 +297,7 @@ class LMTPClient:
                 before = sent.stream_id
                 continue
             scores = self._scores(followup.suffix, followup.options, after=before)
+            followup.sent = True
             gathered = _Gathered(scores)
             for score in scores:
                 routes[score.stream_id] = gathered.add

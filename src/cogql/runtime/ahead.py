@@ -116,13 +116,12 @@ class Ahead:
         self.last = _Read(list(op.prompt), list(tokens), ended)
         if sent:
             self.drop()
-            self.chain = [f for f in sent if not isinstance(f, GenerateAfter) or f.sent]
-        if self.chain and isinstance(self.chain[0], ScoreAfter):
-            request = self.chain.pop(0)
-            assert isinstance(request, ScoreAfter)
+            self.chain = list(sent) if all(f.sent for f in sent) else []
+        head = self.chain[0] if self.chain else None
+        if isinstance(head, ScoreAfter):
+            self.chain.pop(0)
             if ended:
-                self.scores = _ScoresAhead(self.last.prompt + self.last.tokens + request.suffix,
-                                           request)  # fmt: skip
+                self.scores = _ScoresAhead(op.prompt + tokens + head.suffix, head)
 
     async def scored(self, ids: list[int], options: list[list[int]]) -> list[list[float]] | None:
         """The options' scores sent ahead, if they were scored after `ids`."""
