@@ -10,6 +10,7 @@ import asyncio
 import functools
 import itertools
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -74,26 +75,15 @@ class GenerateAfter:
             self._cost.tokens_received += 1
         self._queue.put_nowait(event)
 
-    async def events(self) -> AsyncIterator[TokenEvent]:
+    def events(self) -> AsyncIterator[TokenEvent]:
         """Its tokens, as `LMTPClient.generate` gives them; stopping early cancels it."""
         cost = current_cost()
-        finished = False
-        try:
-            while True:
-                event = await self._queue.get()
-                if isinstance(event, ErrorEvent):
-                    finished = True
-                    raise LMTPError(event.error)
-                if isinstance(event, TokenEvent):
-                    if cost is not None:
-                        cost.tokens_used += 1
-                    yield event
-                if is_terminal(event):
-                    finished = True
-                    return
-        finally:
-            if not finished:
-                self.cancel()
+
+        def used() -> None:
+            if cost is not None:
+                cost.tokens_used += 1
+
+        return _read(self._queue, used, self.cancel)
 
     def cancel(self) -> None:
         if self._handle is not None:
@@ -256,27 +246,21 @@ class LMTPClient:
         for sent, h in zip(ops[1:], handles, strict=True):
             if sent.stream_id in ahead:
                 ahead[sent.stream_id]._handle = h
-        finished = False
-        try:
-            while True:
-                event = await queue.get()
-                if isinstance(event, ErrorEvent):
-                    finished = True
-                    raise LMTPError(event.error)
-                if isinstance(event, TokenEvent):
-                    if cost is not None:
-                        cost.tokens_received += 1
-                    yield event
-                if is_terminal(event):
-                    finished = True
-                    return
-        finally:
-            if not finished:
-                for h in (handle, *handles):  # what follows a cut GENERATE is not wanted
-                    h.cancel()
-                for followup in then:
-                    if isinstance(followup, ScoreAfter):
-                        followup.settle(None)
+
+        def received() -> None:
+            if cost is not None:
+                cost.tokens_received += 1
+
+        def cut() -> None:
+            for h in (handle, *handles):  # what follows a cut GENERATE is not wanted
+                h.cancel()
+            for followup in then:
+                if isinstance(followup, ScoreAfter):
+                    followup.settle(None)
+
+        async with aclosing(_read(queue, received, cut)) as events:
+            async for event in events:
+                yield event
 
     def _chain(
         self, first: Any, then: Sequence[Followup], routes: dict[Any, Callable[[Event], None]]
@@ -330,6 +314,29 @@ class LMTPClient:
 
     async def close(self) -> None:
         await self.transport.close()
+
+
+async def _read(
+    queue: asyncio.Queue[Event], count: Callable[[], None], cut: Callable[[], None]
+) -> AsyncIterator[TokenEvent]:
+    """One stream's TOKEN events until its end (an error event raises LMTPError); `cut` runs
+    when the reader stops before the end."""
+    finished = False
+    try:
+        while True:
+            event = await queue.get()
+            if isinstance(event, ErrorEvent):
+                finished = True
+                raise LMTPError(event.error)
+            if isinstance(event, TokenEvent):
+                count()
+                yield event
+            if is_terminal(event):
+                finished = True
+                return
+    finally:
+        if not finished:
+            cut()
 
 
 def _settle_from(followup: ScoreAfter, gathered: _Gathered, _: object) -> None:
