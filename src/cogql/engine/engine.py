@@ -28,7 +28,6 @@ from ..lmtp.messages import (
     ENGINE_CAPABILITIES,
     TOKENIZER,
     ErrorEvent,
-    Event,
     Generate,
     InfoEvent,
     ModelInfo,
@@ -42,10 +41,9 @@ from .kvcache import CacheEntry, PrefixCache, common_prefix, left_padded
 from .masks import GrammarCompiler, GrammarError, GrammarMatcher
 from .models import LoadedModel
 from .sampling import apply_bias, choose
+from .sink import Sink
 
 log = logging.getLogger("cogql.engine")
-
-Sink = Callable[[Event], None]
 
 
 class StreamHandle:

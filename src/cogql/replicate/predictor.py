@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 from cog import BaseRunner
 
 from ..engine.engine import Engine
+from ..engine.sink import LoopSink
 from ..lmtp.messages import (
     Event,
     Generate,
@@ -173,13 +174,8 @@ class BatchRunner:
             yield line
         if not demux.ops:
             return
-        loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
-
-        def sink(event: Event) -> None:
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(events.put_nowait, event)
-
+        sink = LoopSink(asyncio.get_running_loop(), events.put_nowait)
         handles = self.engine.submit(demux.ops, sink)
         try:
             while demux.open:

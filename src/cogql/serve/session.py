@@ -13,7 +13,6 @@ Errors that belong to no stream (malformed frames) and to MODEL_INFO go out as M
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from websockets.exceptions import ConnectionClosed
 
+from ..engine.sink import LoopSink
 from ..lmtp.messages import (
     BATCH,
     CANCEL,
@@ -79,6 +79,7 @@ class Session:
         self.limits = limits
         self.stats = stats
         self.loop = asyncio.get_running_loop()
+        self._sink = LoopSink(self.loop, self._on_event)  # the engine's events, on this loop
         addr = ws.remote_address
         self.peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
         self._ids = itertools.count(1)
@@ -238,11 +239,6 @@ class Session:
         live = [st for st in streams if self._streams.get(st.op.stream_id) is st]
         if live:
             self._start(live)
-
-    def _sink(self, event: Event) -> None:
-        """Called on the engine's thread: hand the event to the loop, never raise there."""
-        with contextlib.suppress(RuntimeError):  # loop closed: the server is gone
-            self.loop.call_soon_threadsafe(self._on_event, event)
 
     def _on_event(self, event: Event) -> None:
         st = self._streams.get(event.stream_id)

@@ -6,7 +6,8 @@ import asyncio
 import threading
 
 from ...engine.models import collector_paused, load_model
-from ..messages import Event, Op
+from ...engine.sink import LoopSink
+from ..messages import Op
 from .base import Cancellable, EventCallback
 
 with collector_paused():  # the engine brings in torch and transformers
@@ -35,12 +36,7 @@ class InProcessTransport:
         return None
 
     def send(self, ops: list[Op], on_event: EventCallback) -> list[Cancellable]:
-        loop = asyncio.get_running_loop()
-
-        def sink(event: Event) -> None:
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(on_event, event)
-
+        sink = LoopSink(asyncio.get_running_loop(), on_event)
         return list(self.engine.submit(ops, sink))
 
     async def close(self) -> None:
