@@ -34,6 +34,7 @@ from ..lmtp.messages import (
     Op,
     Score,
     TokenEvent,
+    op_kind,
     tokenizer_to_wire,
 )
 from .batch import DecodeBatch
@@ -365,7 +366,7 @@ class Engine:
             elif (leader := generates.get(op.after)) is not None:
                 leader.then.append(item)
             else:
-                error = f"{_kind(op)} after={op.after!r} names no GENERATE sent before it"
+                error = f"{op_kind(op)} after={op.after!r} names no GENERATE sent before it"
                 self._refuse(item, work.sink, error)
                 continue
             if isinstance(item, _GenerateStream):
@@ -577,10 +578,6 @@ class Engine:
             fed.append(token)
         s.feed = fed
         return False
-
-
-def _kind(op: Op) -> str:
-    return type(op).__name__.upper().replace("MODELINFO", "MODEL_INFO")
 
 
 def _installed(dist: str) -> bool:

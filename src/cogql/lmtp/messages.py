@@ -2,8 +2,8 @@
 
 Byte compatibility with LMQL 0.7 rests on key order and Python's default `json.dumps`
 formatting, so payloads are built field by field here and nowhere else. cogql's extensions
-(`grammar`, `stop`, `seed`, `min_tokens`, `after`) are only written when set, so an LMQL server never
-sees them unless the client chose to use them.
+(`grammar`, `stop`, `seed`, `min_tokens`, `after`) are only written when set, so an LMQL server
+never sees them unless the client chose to use them.
 """
 
 from __future__ import annotations
@@ -96,6 +96,13 @@ def is_terminal(event: Event) -> bool:
 
 
 # ---- ops -> wire ---------------------------------------------------------------------------
+
+
+def op_kind(op: Op) -> str:
+    """The op's TYPE on the wire: GENERATE, SCORE or MODEL_INFO."""
+    if isinstance(op, Generate):
+        return GENERATE
+    return SCORE if isinstance(op, Score) else MODEL_INFO
 
 
 def op_to_wire(op: Op) -> tuple[str, dict[str, Any]]:

@@ -16,6 +16,7 @@ batched SCORE) and are sent wherever the server has the extension.
 from __future__ import annotations
 
 import ast
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -91,10 +92,11 @@ class Ahead:
                 if options:
                     out.append(ScoreAfter(encode(text), [encode(o) for o in options]))
                 break
-            op = _hole_ahead(run, stmt, hole, scope, k) if run.conn.client.speculate else None
+            if not run.conn.client.speculate:
+                break
+            op = _hole_ahead(run, stmt, hole, scope, k, encode(text))
             if op is None:
                 break
-            op.prompt = encode(text)
             out.append(GenerateAfter(op))
         return out
 
@@ -111,7 +113,7 @@ class Ahead:
         self.drop()
         return None
 
-    def read(self, op: Generate, tokens: list[int], ended: bool, sent: list[Followup]) -> None:
+    def read(self, op: Generate, tokens: list[int], ended: bool, sent: Sequence[Followup]) -> None:
         """`op`'s stream was read (to its end or not); `sent` went with it."""
         self.last = _Read(list(op.prompt), list(tokens), ended)
         if sent:
@@ -146,9 +148,10 @@ def _request(op: Generate) -> Generate:
 
 
 def _hole_ahead(
-    run: QueryRun, stmt: PromptStatement, hole: Hole, scope: dict, k: int
+    run: QueryRun, stmt: PromptStatement, hole: Hole, scope: dict, k: int, prompt: list[int]
 ) -> Generate | None:
-    """The GENERATE the run will send for `hole`, k holes from now, if it can be known."""
+    """The GENERATE the run will send for `hole`, k holes from now, with `prompt` (the text
+    before it) to follow the hole before, if it can be known."""
     if hole.decorators or hole.type_expr not in (None, "int", "str"):
         return None  # a decorator or a nested query may fill it some other way
     try:
@@ -157,7 +160,7 @@ def _hole_ahead(
         return None
     if spec.check is not None or spec.max_tokens is None:
         return None  # the slow path, or a limit that depends on the prompt's final length
-    return run.hole_op(spec, spec.max_tokens, [], run.hole_seed(k))
+    return run.hole_op(spec, spec.max_tokens, prompt, run.hole_seed(k))
 
 
 def _known_values(run: QueryRun, scope: dict[str, Any]) -> list[str] | None:

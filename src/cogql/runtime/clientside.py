@@ -227,7 +227,6 @@ class _SlowPath:
             raise self._unsatisfied()
         self.calls += 1
         run, d = self.run, self.run.decoding
-        extra = {k: v for k, v in (("top_k", d.top_k), ("top_p", d.top_p)) if v is not None}
         seed = run.hole_seed()
         op = Generate(
             stream_id=None,
@@ -237,7 +236,7 @@ class _SlowPath:
             temperature=d.temperature,
             logit_bias=mask_bias(allowed),
             top_logprobs=TOP_CANDIDATES,
-            extra=extra,
+            extra=d.extra(),
             seed=None if seed is None else (seed + 7919 * len(tokens)) % (2**31),
         )
         started = time.perf_counter()

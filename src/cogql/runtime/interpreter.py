@@ -13,7 +13,7 @@ import logging
 import math
 import time
 import types
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +60,10 @@ class Decoding:
     max_len: int = 2048
     top_k: int | None = None
     top_p: float | None = None
+
+    def extra(self) -> dict[str, Any]:
+        """The GENERATE fields beyond temperature that are set (top_k, top_p)."""
+        return {k: v for k, v in (("top_k", self.top_k), ("top_p", self.top_p)) if v is not None}
 
 
 @dataclass
@@ -285,15 +289,13 @@ class QueryRun:
         self, spec: HoleSpec, max_tokens: int, prompt: list[int], seed: int | None
     ) -> Generate:
         """The GENERATE of a hole: its whole grammar, stop phrases and token limit."""
-        d = self.decoding
-        extra = {k: v for k, v in (("top_k", d.top_k), ("top_p", d.top_p)) if v is not None}
         return Generate(
             stream_id=None,
             model="",
             prompt=prompt,
             max_tokens=max_tokens,
-            temperature=d.temperature,
-            extra=extra,
+            temperature=self.decoding.temperature,
+            extra=self.decoding.extra(),
             grammar=spec.grammar(),
             stop=spec.server_stops(),
             seed=seed,
@@ -306,7 +308,7 @@ class QueryRun:
         op: Generate,
         until: Until | None = None,
         hold: int | None = 0,
-        then: list[Followup] | None = None,
+        then: Sequence[Followup] = (),
         sent_ahead: GenerateAfter | None = None,
     ) -> tuple[list[int], str]:
         """Run `op` (or read `sent_ahead`, the same request sent ahead), with `then` in its
@@ -321,7 +323,6 @@ class QueryRun:
         started = time.perf_counter()
         if self.on_event is None:
             hold = None  # nobody listens: no text to work out per token
-        then = then or []
         source = sent_ahead.events() if sent_ahead else self.conn.client.generate(op, then)
         async with aclosing(source) as events:
             async for event in events:

@@ -47,8 +47,6 @@ from ...locations import cache_dir
 from ..cost import Cost, PredictionCost, current_cost
 from ..messages import (
     GENERATE,
-    MODEL_INFO,
-    SCORE,
     ErrorEvent,
     Event,
     Generate,
@@ -60,6 +58,7 @@ from ..messages import (
     TokenEvent,
     dumps,
     is_terminal,
+    op_kind,
     op_to_wire,
     parse_server_message,
     renumbered,
@@ -89,7 +88,6 @@ POLL_INTERVAL_S = 0.5
 FINAL_POLLS = 20  # GETs (POLL_INTERVAL_S apart) waiting for a canceled prediction's metrics
 CANCEL_GRACE_S = 5.0  # a canceled prediction's stream normally ends at once; else stop reading
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
-_KINDS = {Generate: GENERATE, Score: SCORE, ModelInfo: MODEL_INFO}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 __all__ = [
@@ -237,7 +235,7 @@ class _OpState:
 
     @property
     def kind(self) -> str:
-        return _KINDS[type(self.op)]
+        return op_kind(self.op)
 
     @property
     def settled(self) -> bool:
