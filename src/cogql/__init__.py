@@ -8,21 +8,33 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from . import algorithms
 from .language.errors import QueryCompileError, QuerySyntaxError
 from .runtime import decorators
 from .runtime.events import ModelCall, QueryEvent, QueryFinished, TextAppended, VariableFinished
 from .runtime.functions import F, generate, generate_sync, main
-from .runtime.model import Model, model
+from .runtime.lmql_tokenizer import LMQLTokenizer, tokenizer
+from .runtime.model import (
+    Model,
+    get_default_model,
+    get_default_scoring_model,
+    model,
+    set_default_model,
+)
 from .runtime.query import QueryFunction, query_from_function, query_from_string, run_blocking
 from .runtime.result import LMQLResult
 from .runtime.scoring import ScoringResult, score, score_sync
 from .runtime.streaming import QueryStream, stream
+from .runtime.tracing import InferenceCertificate, Tracer, certificate, traced
 from .runtime.writers import headless, printing, silent
 
 __all__ = [
     "LLM",
     "F",
+    "InferenceCertificate",
+    "LMQLQueryFunction",
     "LMQLResult",
+    "LMQLTokenizer",
     "Model",
     "ModelCall",
     "QueryCompileError",
@@ -33,24 +45,36 @@ __all__ = [
     "QuerySyntaxError",
     "ScoringResult",
     "TextAppended",
+    "Tracer",
     "VariableFinished",
+    "algorithms",
+    "certificate",
     "decorators",
     "generate",
     "generate_sync",
+    "get_default_model",
+    "get_default_scoring_model",
     "headless",
     "main",
     "model",
     "printing",
     "query",
+    "query_from_string",
     "run",
+    "run_file",
+    "run_in_loop",
     "run_sync",
     "score",
     "score_sync",
+    "set_default_model",
     "silent",
     "stream",
+    "tokenizer",
+    "traced",
 ]
 
 LLM = Model
+LMQLQueryFunction = QueryFunction
 
 
 def query(fn_or_source: Callable[..., Any] | str | None = None, **defaults: Any) -> Any:
@@ -70,3 +94,22 @@ async def run(source: str, *args: Any, **kwargs: Any) -> Any:
 def run_sync(source: str, *args: Any, **kwargs: Any) -> Any:
     """`run`, blocking; not callable from inside a running event loop."""
     return run_blocking(run(source, *args, **kwargs))
+
+
+async def run_file(
+    filepath: str, *args: Any, output_writer: Any = None, force_model: Any = None, **kwargs: Any
+) -> Any:
+    """LMQL's `lmql.run_file`: run the query in a .lmql file; `force_model` overrides its
+    `from` clause (LMQL 0.7.3 accepts it and ignores it)."""
+    with open(filepath, encoding="utf-8") as f:
+        source = f.read()
+    if output_writer is not None:
+        kwargs["output_writer"] = output_writer
+    if force_model is not None:
+        kwargs["model"] = force_model
+    return await query_from_string(source).run(*args, **kwargs)
+
+
+def run_in_loop(coro: Any) -> Any:
+    """LMQL's `lmql.run_in_loop`: run a coroutine to completion from synchronous code."""
+    return run_blocking(coro)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +47,7 @@ class Model:
 
     @property
     def model_identifier(self) -> str:
-        return self.name or "local:SmolLM2-135M-Instruct"
+        return self.name or EMBEDDED_IDENTIFIER
 
     async def connect(self) -> Connection:
         if self._connection is None:
@@ -74,6 +75,28 @@ class Model:
         from .functions import generate_sync
 
         return generate_sync(prompt, max_tokens, model=self, **kwargs)
+
+    @classmethod
+    def from_descriptor(cls, model_identifier: str | Model | None, **kwargs: Any) -> Model:
+        """LMQL's `LLM.from_descriptor`: `model(name, **kwargs)`; a Model is returned as is."""
+        if isinstance(model_identifier, Model) or (model_identifier is None and not kwargs):
+            return as_model(model_identifier)
+        return model(model_identifier, **kwargs)
+
+    @property
+    def configuration(self) -> dict[str, Any]:
+        """The keyword arguments the model was made with (LMQL's `LLM.configuration`)."""
+        extra = {"endpoint": self.endpoint, "tokenizer": self.tokenizer}
+        return {**{k: v for k, v in extra.items() if v is not None}, **self.options}
+
+    def get_tokenizer(self) -> Any:
+        """LMQL's `LLM.get_tokenizer()`: the model's tokenizer as an `lmql.tokenizer` object
+        (the connected one, else loaded by `tokenizer=` or the model's name)."""
+        from .lmql_tokenizer import tokenizer, wrap
+
+        if self._connection is not None:
+            return wrap(self._connection.tokenizer, self.model_identifier)
+        return tokenizer(self.tokenizer or self.name or EMBEDDED_IDENTIFIER)
 
     async def _open(self) -> Connection:
         endpoint = self.endpoint or ""
@@ -109,7 +132,10 @@ def model(name: str | None = None, *, endpoint: str | None = None,
 
 
 def as_model(value: Any) -> Model:
-    """Accept what LMQL accepts in `from` / `model=`: a Model or a name string."""
+    """Accept what LMQL accepts in `from` / `model=`: a Model or a name string; none (or
+    LMQL's "<dynamic>") is the default model."""
+    if value is None or value in ("", "<dynamic>"):
+        value = _default_model
     if isinstance(value, Model):
         return value
     if value is None or isinstance(value, str):
@@ -126,6 +152,37 @@ def _shared(name: str | None) -> Model:
     if name not in _models:
         _models[name] = model(name)
     return _models[name]
+
+
+# --------------------------------------------------------------------------- default model
+
+EMBEDDED_IDENTIFIER = "local:SmolLM2-135M-Instruct"
+
+# LMQL reads LMQL_DEFAULT_MODEL too; unset, cogql's default is the embedded model
+_default_model: str | Model | None = os.environ.get("LMQL_DEFAULT_MODEL") or None
+
+
+def set_default_model(model: str | Model | None) -> None:
+    """LMQL's `lmql.set_default_model`: the model of queries without a `from` clause or
+    `model=`, and of `generate`/`score` without `model=`, process-wide. None restores the
+    embedded model."""
+    global _default_model
+    if model is not None and not isinstance(model, str | Model):
+        raise ModelConfigError(
+            f"set_default_model() takes a model name or cogql.model(...), got {model!r}"
+        )
+    _default_model = model or None
+
+
+def get_default_model() -> str | Model:
+    """The model set by `set_default_model` (or LMQL_DEFAULT_MODEL), else the embedded one's
+    identifier."""
+    return EMBEDDED_IDENTIFIER if _default_model is None else _default_model
+
+
+def get_default_scoring_model() -> str | Model:
+    """LMQL has a separate one only because of an OpenAI restriction; here it is the same."""
+    return get_default_model()
 
 
 # --------------------------------------------------------------------------- remote LMTP

@@ -19,7 +19,9 @@ from .decoders import DECODER_ARGS, check_decoder, decode
 from .decoders import DecoderError as DecoderError  # raised by query calls; imported from here
 from .events import OnEvent
 from .model import Model, as_model
+from .query_attributes import LMQLQueryAttributes
 from .result import attach_cost
+from .tracing import query_trace
 
 RUNTIME_ARGS = frozenset({"model", "decoder", "output"}) | DECODER_ARGS
 
@@ -29,7 +31,7 @@ class InputError(TypeError):
 
 
 @dataclass
-class QueryFunction:
+class QueryFunction(LMQLQueryAttributes):
     """A compiled query with its defaults; call it (awaitable) or use `run_sync`."""
 
     compiled: CompiledQuery
@@ -58,7 +60,7 @@ class QueryFunction:
         inputs = {k: v for k, v in kwargs.items() if not is_runtime[k]}
         scope = self._scope(self._bind(args, inputs))
         with track_cost() as cost:  # predictions and tokens of this run (and nested queries)
-            result = await _execute(self.compiled, scope, runtime)
+            result = await _execute(self.compiled, scope, runtime, self.name)
         return attach_cost(result, await cost.settle())
 
     def _bind(self, args: tuple[Any, ...], inputs: dict[str, Any]) -> dict[str, Any]:
@@ -189,11 +191,18 @@ def _model(query: CompiledQuery, scope: dict[str, Any], runtime: dict[str, Any])
     return as_model(None)
 
 
-async def _execute(query: CompiledQuery, scope: dict[str, Any], runtime: dict[str, Any]) -> Any:
+async def _execute(
+    query: CompiledQuery, scope: dict[str, Any], runtime: dict[str, Any], label: str = "query"
+) -> Any:
     name, args = _checked_decoder(query, scope, runtime)
-    conn = await _model(query, scope, runtime).connect()
+    model = _model(query, scope, runtime)
+    conn = await model.connect()
     on_event = _output(runtime)
-    return await decode(name, args, query, conn, scope, on_event)
+    wanted = args.get("certificate")
+    with query_trace(label, wanted, model.model_identifier, conn.tokenizer.name) as trace:
+        if trace is None:
+            return await decode(name, args, query, conn, scope, on_event)
+        return trace.finish(await decode(name, args, query, conn, scope, trace.listen(on_event)))
 
 
 @dataclass(frozen=True)
@@ -208,6 +217,12 @@ class BoundQuery:
 
     async def run(self, *args: Any, **kwargs: Any) -> Any:
         return await self.function.run(self.instance, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        """The query function's other attributes (`lmql_code`, `is_async`, ...)."""
+        if (name.startswith("__") and name != "__lmql_query_function__") or name == "function":
+            raise AttributeError(name)
+        return getattr(self.function, name)
 
 
 def _output(runtime: dict[str, Any]) -> OnEvent | None:

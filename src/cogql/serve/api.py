@@ -1,0 +1,41 @@
+"""`lmql.serve(...)`: `cogql serve-model` from Python, with LMQL's signature."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from .command import IGNORED_FLAGS, IGNORED_VALUED, engine_factory, resolve_args
+from .server import LMTPServer, serve_until_signalled
+
+log = logging.getLogger("cogql.serve")
+
+
+def serve(
+    model_name: str | None = None,
+    host: str = "localhost",
+    port: int = 8080,
+    cuda: bool = False,
+    dtype: str | None = None,
+    static: bool = False,
+    **kwargs: Any,
+) -> None:
+    """Serve a model over LMTP on ws://HOST:PORT/ until SIGINT/SIGTERM (blocking, as LMQL's).
+
+    `model_name` is what `cogql serve-model` takes (None, "auto" or "default": the embedded
+    model); `device=` picks a torch device; other keywords go to `from_pretrained`. LMQL's
+    scheduler options (`static`, `single_thread`, `loader`, ...) are accepted and ignored:
+    cogql always serves the one model it was started with."""
+    del static
+    device = kwargs.pop("device", None)
+    args = resolve_args(model_name, dtype=dtype or "auto", device=device, cuda=cuda, extra=[])
+    for name, value in kwargs.items():
+        if name in IGNORED_FLAGS or name in IGNORED_VALUED:
+            args.ignored.append(name)
+        else:
+            args.model_kwargs[name] = value
+    if args.ignored:
+        log.info("ignoring LMQL options that do not apply to cogql: %s", ", ".join(args.ignored))
+    server = LMTPServer(engine_factory(args), host=host, port=port)
+    asyncio.run(serve_until_signalled(server))
