@@ -77,7 +77,7 @@ def test_compat_has_every_lmql_name() -> None:
 
 
 def test_cogql_has_the_names_that_do_not_clash() -> None:
-    clashing = {"stream", "serve", "inspect", "version", "version_info"}
+    clashing = {"stream", "serve", "tokenizer", "inspect", "version", "version_info"}
     missing = [n for n in LMQL_NAMES if n not in clashing and not hasattr(cogql, n)]
     assert missing == []
 

@@ -13,7 +13,7 @@ from .language.errors import QueryCompileError, QuerySyntaxError
 from .runtime import decorators
 from .runtime.events import ModelCall, QueryEvent, QueryFinished, TextAppended, VariableFinished
 from .runtime.functions import F, generate, generate_sync, main
-from .runtime.lmql_tokenizer import LMQLTokenizer, tokenizer
+from .runtime.lmql_tokenizer import LMQLTokenizer
 from .runtime.model import (
     Model,
     get_default_model,
@@ -69,7 +69,6 @@ __all__ = [
     "set_default_model",
     "silent",
     "stream",
-    "tokenizer",
     "traced",
 ]
 

@@ -1,9 +1,10 @@
 """LMQL's module surface: `import cogql.compat as lmql` runs code written for `import lmql`.
 
-`import cogql as lmql` works too for everything but two names, which cogql uses otherwise:
+`import cogql as lmql` works too for everything but the names cogql uses otherwise:
 `cogql.stream(query, ...)` iterates a query's events, while LMQL's `lmql.stream("VAR")` is an
-output writer that prints a variable as it is generated; and `cogql.serve` is the package of
-the LMTP server, while LMQL's `lmql.serve(model)` serves a model. Here both are LMQL's.
+output writer that prints a variable as it is generated; `cogql.serve` and `cogql.tokenizer`
+are modules (the LMTP server, the tokenizer loader), while LMQL's `lmql.serve(model)` serves a
+model and `lmql.tokenizer(name)` loads a tokenizer. Here all are LMQL's.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ from . import (
     score_sync,
     set_default_model,
     silent,
-    tokenizer,
     traced,
 )
+from .runtime.lmql_tokenizer import tokenizer
 from .runtime.query_attributes import getsource, is_query
 from .runtime.writers import stream
 
