@@ -369,6 +369,21 @@ async def test_a_stop_phrase_that_straddles_two_tokens() -> None:
     assert cut["X"] == free[: end - 1]
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_lmqls_client_side_method_gives_the_same_values(seed: int) -> None:
+    """Without the extensions the client masks with logit_bias and stops on its side (LMQL's
+    method); logits that depend only on the sequence must lead to the same values."""
+    query = (
+        '"Name:[NAME]\\nAge:[AGE]\\nMood:[MOOD]" where len(TOKENS(NAME)) < 6 and '
+        'STOPS_AT(NAME, "e") and INT(AGE) and len(TOKENS(AGE)) < 4 and '
+        'MOOD in [" happy", " sad", " so-so"]'
+    )
+    served = cogql.run_sync(query, model=cogql.model("random", seed=seed))
+    emulated = cogql.run_sync(query, model=cogql.model("random", seed=seed, extensions=False))
+    assert served.variables == emulated.variables
+    assert isinstance(served["AGE"], int) and served["MOOD"] in [" happy", " sad", " so-so"]
+
+
 def test_a_query_from_lmql_model_random() -> None:
     @lmql.query
     def greet(name):
