@@ -406,6 +406,8 @@ def test_a_query_from_lmql_model_random() -> None:
     )
     assert text == same["REPLY"] and text
     by_name = cogql.run_sync('argmax "Hi [X]" from "random" where len(TOKENS(X)) < 4')
+    as_argument = cogql.run_sync('"Hi [X]" where len(TOKENS(X)) < 4', model="random")
+    assert as_argument["X"] == by_name["X"]
     assert (
         by_name["X"]
         == cogql.run_sync('"Hi [X]" where len(TOKENS(X)) < 4', model=cogql.model("random", seed=0))[
