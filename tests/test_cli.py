@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 import cogql
@@ -99,3 +100,15 @@ def test_sentiment_example() -> None:
     probs = result.variables["P(CLASSIFICATION)"]
     assert math.isclose(sum(p for _, p in probs), 1.0, abs_tol=1e-9)
     assert result.prompt.endswith("A:" + result["CLASSIFICATION"])
+
+
+def test_run_on_the_random_model(tmp_path: Path) -> None:
+    """`--model random` needs no weights; its values are the in-process random model's."""
+    query = tmp_path / "apples.lmql"
+    query.write_text(APPLES, encoding="utf-8")
+    proc = cogql_run(str(query), "--json", "--model", "random", "--set", "name=Ada", "--set", "n=3")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    here = cogql.run_sync(APPLES, name="Ada", n=3, model=cogql.model("random"))
+    assert result["variables"]["ANSWER"] == here["ANSWER"]
+    assert dict(result["variables"]["P(ANSWER)"]) == pytest.approx(dict(here["P(ANSWER)"]))

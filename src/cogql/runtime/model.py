@@ -112,7 +112,9 @@ class Model:
         local_name = name.removeprefix("local:") or None
         dtype = str(self.options.get("dtype", "auto"))
         device = str(self.options.get("device", "cpu"))
-        engine = await asyncio.to_thread(local_engine, local_name, dtype=dtype, device=device)
+        engine = await asyncio.to_thread(
+            local_engine, local_name, dtype=dtype, device=device, **self._model_kwargs()
+        )
         tok = load_tokenizer(self.tokenizer) if self.tokenizer else engine.tokenizer
         # extensions=False makes the client use LMQL's method, as against an LMQL server
         use_ext = bool(self.options.get("extensions", True))
@@ -122,12 +124,33 @@ class Model:
         caps = await client.capabilities()
         return Connection(client, tok, caps, tok.bos_token_id)
 
+    def _model_kwargs(self) -> dict[str, Any]:
+        """What the in-process engine's model is made of beyond its name: for `random`, its
+        seed and tokenizer (the same tokenizer then serves the client)."""
+        if self.name not in (RANDOM, f"local:{RANDOM}"):
+            return {}
+        kwargs = {"seed": self.options.get("seed"), "tokenizer": self.tokenizer}
+        kwargs["verbose"] = bool(self.options.get("verbose", False)) or None
+        return {k: v for k, v in kwargs.items() if v is not None}
+
+
+RANDOM = "random"  # LMQL's weightless test model (engine/random_model.py)
+
 
 def model(name: str | None = None, *, endpoint: str | None = None,
           tokenizer: str | None = None, **options: Any) -> Model:  # fmt: skip
-    """A model reference for `from` clauses and `model=` arguments (loaded lazily)."""
+    """A model reference for `from` clauses and `model=` arguments (loaded lazily). For
+    `random`, LMQL's `vocab=` is another name for `tokenizer=`."""
     if name is not None and not isinstance(name, str):
         raise ModelConfigError(f"model name must be a string, got {type(name).__name__}")
+    if name in (RANDOM, f"local:{RANDOM}") and "vocab" in options:
+        vocab = options.pop("vocab")
+        if tokenizer is not None and vocab is not None and vocab != tokenizer:
+            raise ModelConfigError(
+                f"tokenizer={tokenizer!r} and vocab={vocab!r} disagree (vocab is LMQL's name "
+                "for the random model's tokenizer): give one of them"
+            )
+        tokenizer = tokenizer if tokenizer is not None else vocab
     return Model(name, endpoint, tokenizer, dict(options))
 
 
