@@ -457,6 +457,10 @@ def _body(
     return body, transformer
 
 
+class DistributionPlacementError(QueryCompileError, AssertionError):
+    """The distribution hole is not the end of the prompt (LMQL fails an assertion)."""
+
+
 def _check_distribution(query: CompiledQuery) -> None:
     dist = query.distribution
     if dist is None:
@@ -464,7 +468,7 @@ def _check_distribution(query: CompiledQuery) -> None:
     last = query.statements[-1] if query.statements else None
     tail = last.segments[-1] if last and last.segments else None
     if not (isinstance(tail, Hole) and tail.name == dist.variable):
-        raise QueryCompileError(
+        raise DistributionPlacementError(
             f"the distribution variable {dist.variable} must be the last hole of the prompt, "
             "with nothing after it",
             source=query.source,
@@ -475,7 +479,7 @@ def _check_distribution(query: CompiledQuery) -> None:
         for n in ast.walk(query.where):
             if isinstance(n, ast.Name) and n.id == dist.variable:
                 raise QueryCompileError(
-                    f"distribution variable {dist.variable} cannot be used in the where clause",
+                    f"Distribution variable {dist.variable} cannot be used in where clause.",
                     source=query.source,
                     lineno=n.lineno,
                     col=n.col_offset,

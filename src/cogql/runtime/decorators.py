@@ -109,7 +109,7 @@ def wrap(obj: Any, expr: str = "") -> LMQLDecorator:
     if callable(obj):
         return _Post(obj)
     label = expr or repr(obj)
-    raise DecoratorError(f"@{label} is not a decorator: {obj!r} is not callable")
+    raise DecoratorError(f"Not a valid decorator expression: {obj!r} (@{label} is not callable)")
 
 
 def _as_pair(out: Any, value: Any, prompt_value: str) -> tuple[Any, str]:

@@ -252,8 +252,11 @@ class QueryRun:
         elif isinstance(kind, str):
             node = ast.parse(f"REGEX({hole.name}, {kind!r})", mode="eval").body
         else:
-            raise QueryCompileError(
-                f"unsupported type [{hole.name}: {hole.type_expr}]: use int, str or a regex string",
+            shown = hole.type_expr.strip() if kind is None else str(kind)
+            raise HoleTypeError(
+                f"Not a valid type expression or tactic annotation {shown!r} for variable "
+                f"{hole.name!r}: [{hole.name}: {hole.type_expr}] needs int, str, a regex string "
+                "or a query function",
                 source=self.query.source,
                 lineno=lineno,
                 col=col,
@@ -397,6 +400,10 @@ class QueryRun:
         result.distribution_variable = var
         result.distribution_values = options
         self.emit(VariableFinished(var, options[best], self.index))
+
+
+class HoleTypeError(QueryCompileError, TypeError):
+    """A hole type (`[X: t]`) that is no type cogql knows: a TypeError, as in LMQL."""
 
 
 def _type_value(expr: str, env: dict[str, Any]) -> Any:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..constraints.compile import unknown_function_error
+from ..constraints.values import UnresolvedNameError, unresolved_message
 from ..language.compiler import CompiledQuery, compile_query
 from ..language.errors import QueryCompileError
 from ..lmtp.cost import track_cost
@@ -90,21 +91,24 @@ class QueryFunction:
 
 
 def _unresolved(query: CompiledQuery, names: list[str]) -> Exception:
+    """LMQL's TypeError for names nothing provides; pointing into the where clause when it is
+    one of them there (a hole name that no prompt fills, or an unknown function)."""
     where_names = {n for node in query.where_clauses for n in _names_in(node)}
-    for name in names:
+    message = unresolved_message(names)
+    for name in sorted(names):
         if name in where_names:
             lineno, col = _first_use(query, name)
-            if _called_in_where(query, name):
+            if len(names) == 1 and _called_in_where(query, name):
                 return unknown_function_error(name, (), query.source, lineno, col)
-            return QueryCompileError(
-                f"the where clause names {name}, which no [{name}] hole in the prompt fills "
-                "and no input provides",
+            return UnresolvedNameError(
+                f"{message} The where clause names {name}, which no [{name}] hole in the "
+                "prompt fills and no input provides",
                 source=query.source,
                 lineno=lineno,
                 col=col,
             )
-    quoted = ", ".join(repr(n) for n in names)
-    return InputError(f"Failed to resolve variable(s) in query: {quoted} (pass them as inputs)")
+    them = "it" if len(names) == 1 else "them"
+    return InputError(f"{message} Pass {them} as inputs, or define {them} where the query is.")
 
 
 def _called_in_where(query: CompiledQuery, name: str) -> bool:
@@ -231,7 +235,7 @@ def run_blocking(coro: Any) -> Any:
         return asyncio.run(coro)
     coro.close()
     raise RuntimeError(
-        "cogql queries cannot be called synchronously from within an async context; "
+        "LMQL queries cannot be called synchronously from within an async context: "
         "await the query (or cogql.run) instead"
     )
 
