@@ -34,11 +34,13 @@ from ..lmtp.messages import Generate
 from . import clientside
 from .ahead import Ahead, Plan, plan_after
 from .chat import open_message, text_tag
+from .context import PromptContext
 from .events import ModelCall, OnEvent, QueryEvent, TextAppended, VariableFinished
 from .hooks import HoleHooks
 from .model import Connection
 from .nested import call_in_query
 from .result import LMQLResult
+from .scope import as_scope
 
 log = logging.getLogger("cogql.runtime")
 
@@ -116,10 +118,12 @@ class QueryRun:
         return await self.finish(await self.run_program())
 
     async def run_program(self) -> Any:
-        """Run the program to its end; its return value (DEFAULT when it returns nothing)."""
-        fn = types.FunctionType(self._function_code(), self._globals())
+        """Run the program to its end; its return value (DEFAULT when it returns nothing).
+        Its globals are the call's (shared with the prologue), its inputs its parameters."""
+        scope = as_scope(self.query, self.scope)
+        fn = types.FunctionType(self._function_code(), scope.globals)
         try:
-            return await fn()
+            return await fn(QueryContext(self), **scope.params)
         finally:
             self.ahead.drop()
 
@@ -134,9 +138,6 @@ class QueryRun:
             if isinstance(const, types.CodeType) and const.co_name == QUERY_FUNCTION:
                 return const
         raise RuntimeError("compiled query has no query function")
-
-    def _globals(self) -> dict[str, Any]:
-        return {**self.scope, RUNTIME_NAME: QueryContext(self)}
 
     def emit(self, event: QueryEvent) -> None:
         if self.on_event is not None:
@@ -450,6 +451,16 @@ class QueryContext:
 
     def value(self, name: str) -> Any:
         return self._run.variables[name]
+
+    @property
+    def context(self) -> PromptContext:
+        """What `context` is in the query's code."""
+        return PromptContext(self._run)
+
+    @staticmethod
+    def program_locals(names: dict[str, Any]) -> dict[str, Any]:
+        """`locals()` in the query's code: its variables, less this object."""
+        return {k: v for k, v in names.items() if k != RUNTIME_NAME}
 
     async def call(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
         """Every call in the prompt section: a query function runs and gives its value."""

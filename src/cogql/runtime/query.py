@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import builtins
 import inspect
 import re
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from .decoders import DecoderError as DecoderError  # raised by query calls; imp
 from .events import OnEvent
 from .model import Model, as_model
 from .result import attach_cost
+from .scope import QueryScope, module_globals, query_globals
 
 RUNTIME_ARGS = frozenset({"model", "decoder", "output"}) | DECODER_ARGS
 
@@ -39,6 +39,7 @@ class QueryFunction:
     defaults: dict[str, Any] = field(default_factory=dict)
     is_async: bool = True
     name: str = "query"
+    _globals: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.is_async:
@@ -80,14 +81,16 @@ class QueryFunction:
             )
         return {**inputs, **dict(zip(free, args, strict=True))}
 
-    def _scope(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        import cogql
-
-        scope = {"__builtins__": builtins, "cogql": cogql, "lmql": cogql, **self.scope, **inputs}
-        missing = [v for v in self.compiled.free_variables if v not in scope]
+    def _scope(self, inputs: dict[str, Any]) -> QueryScope:
+        """The names of one call (runtime/scope.py): the captured ones are globals, the
+        inputs locals; every free variable must be one or the other."""
+        visible = query_globals(self.scope).keys() | inputs.keys()
+        missing = [v for v in self.compiled.free_variables if v not in visible]
         if missing:
             raise _unresolved(self.compiled, missing)
-        return scope
+        if self._globals is None:
+            self._globals = module_globals(self.compiled, self.scope)
+        return QueryScope(self._globals, inputs, self.compiled.free_variables)
 
 
 def _unresolved(query: CompiledQuery, names: list[str]) -> Exception:
