@@ -147,6 +147,11 @@ class HoleDecorators:
                 return _as_pair(out, None, "") if out is not None else (None, "None")
         return None
 
+    @property
+    def streams(self) -> bool:
+        """Whether any of them hooks the stream (the others' `stream` changes nothing)."""
+        return any(type(d).stream is not LMQLDecorator.stream for d in self.decorators)
+
     def stream(self, value: str, context: DecoratorContext) -> None:
         for d in reversed(self.decorators):
             value = d.stream(value, context)

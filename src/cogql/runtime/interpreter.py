@@ -107,6 +107,7 @@ class QueryRun:
     shown: str = ""  # the text of the hole being generated that events have already reported
     ahead: Ahead = field(default_factory=Ahead)  # requests sent ahead of the run (ahead.py)
     plan: tuple[PromptStatement, Plan, dict[str, Any]] | None = None  # for the hole being filled
+    on_tokens: Callable[[list[int]], None] | None = None  # the hole's tokens, as each arrives
     _holes_done: int = 0
 
     def __post_init__(self) -> None:
@@ -204,7 +205,7 @@ class QueryRun:
         if self.source is None and prompt_text.startswith(self.shown):
             self._report(hole.name, prompt_text[len(self.shown) :])
         if hooks is not None:
-            value, prompt_text = hooks.after(value, prompt_text)
+            value, prompt_text = hooks.after(tokens, value, prompt_text)
         if reason == "length" and (spec.max_tokens is None or len(tokens) < spec.max_tokens):
             self._truncate(stmt, hole.name)
         self.ids.extend(tokens if prompt_text == raw else self.conn.tokenizer.encode(prompt_text))
@@ -332,6 +333,8 @@ class QueryRun:
             async for event in events:
                 if event.token not in eos or event.finish_reason is None:
                     tokens.append(event.token)
+                    if self.on_tokens is not None:
+                        self.on_tokens(tokens)
                 reason = event.finish_reason or reason
                 ended = event.finish_reason is not None
                 self.logprob += event.logprob
