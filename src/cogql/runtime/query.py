@@ -97,7 +97,7 @@ def _unresolved(query: CompiledQuery, names: list[str]) -> Exception:
     """LMQL's TypeError for names nothing provides; pointing into the where clause when it is
     one of them there (a hole name that no prompt fills, or an unknown function)."""
     where_names = {n for node in query.where_clauses for n in _names_in(node)}
-    message = unresolved_message(names)
+    message = unresolved_message(names).rstrip(".") + "."
     for name in sorted(names):
         if name in where_names:
             lineno, col = _first_use(query, name)
