@@ -153,6 +153,23 @@ async def test_the_prologue_runs_once_per_query_function(tiny_model: cogql.Model
     assert runs == [1]
 
 
+async def test_a_parameterless_query_function_takes_free_variables_by_keyword(
+    tiny_model: cogql.Model,
+) -> None:
+    """LMQL's `def q():` whose query reads `s` is called as `q(s=...)`."""
+
+    @lmql.query(model=tiny_model)
+    async def q():
+        """lmql
+        argmax
+            return s * 2
+        """
+
+    assert await q(s=21) == 42
+    with pytest.raises(TypeError, match="unexpected keyword argument 't'"):
+        await q(s=1, t=2)
+
+
 # ---------------------------------------------------------------------------------- result[0]
 
 

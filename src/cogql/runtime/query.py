@@ -64,6 +64,13 @@ class QueryFunction:
         return attach_cost(result, await cost.settle())
 
     def _bind(self, args: tuple[Any, ...], inputs: dict[str, Any]) -> dict[str, Any]:
+        if self.signature is not None and not self.signature.parameters and not args:
+            # LMQL: a query function declared without parameters takes its free variables by
+            # keyword (`def q():` whose query reads `s`, called as `q(s=...)`)
+            unknown = [k for k in inputs if k not in self.compiled.free_variables]
+            if unknown:
+                raise InputError(f"{self.name}() got an unexpected keyword argument {unknown[0]!r}")
+            return inputs
         if self.signature is not None:
             try:
                 bound = self.signature.bind(*args, **inputs)
