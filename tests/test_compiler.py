@@ -295,7 +295,7 @@ def test_distribution_variable_cannot_be_constrained() -> None:
         'argmax\n    "Q: [CLS]"\nwhere len(CLS) < 3\ndistribution CLS in [" a", " b"]',
         QueryCompileError,
     )
-    assert "CLS cannot be used in the where clause" in e.message
+    assert "CLS cannot be used in where clause" in e.message
     assert (e.lineno, e.offset) == (3, len("where len(") + 1)
 
 

@@ -108,14 +108,14 @@ def test_temperature_as_a_runtime_argument_selects_sampling() -> None:
     ("decoder", "message"),
     [
         ("beam_var(n=2)", "decoder 'beam_var' is not supported"),
-        ("beam(temperature=0.5)", "Unknown decoder argument for beam: temperature"),
-        ("best_k(n=2, kappa=1)", "Unknown decoder argument for best_k: kappa"),
+        ("beam(temperature=0.5)", "Unknown decoder argument: temperature"),
+        ("best_k(n=2, kappa=1)", "Unknown decoder argument: kappa"),
         ("beam(n=0)", "n for beam must be a positive integer, got 0"),
         ("best_k(budget=2.5)", "budget for best_k must be a positive integer"),
         ("sample(temperature=-1)", "temperature for sample must be a number >= 0"),
-        ("argmax(foo=1)", "Unknown decoder argument for argmax: foo"),
-        ("sample(bogus=0.5)", "Unknown decoder argument for sample: bogus"),
-        ("argmax(temperature=0.5)", "Unknown decoder argument for argmax: temperature"),
+        ("argmax(foo=1)", "Unknown decoder argument: foo"),
+        ("sample(bogus=0.5)", "Unknown decoder argument: bogus"),
+        ("argmax(temperature=0.5)", "Unknown decoder argument: temperature"),
     ],
 )
 def test_bad_decoder_or_argument(decoder: str, message: str) -> None:

@@ -158,7 +158,9 @@ async def test_a_post_decorator_on_a_nested_query_sees_its_value(tiny_model: cog
 
 
 async def test_a_decorator_that_is_not_callable_is_an_error(tiny_model: cogql.Model) -> None:
-    with pytest.raises(DecoratorError, match="@nothing is not a decorator"):
+    with pytest.raises(
+        DecoratorError, match=r"Not a valid decorator expression: 42 \(@nothing is not callable"
+    ):
         await cogql.run('"Q:[@nothing X]"', nothing=42, model=tiny_model)
     with pytest.raises(DecoratorError, match=r"@broken\(\) of \[X\]"):
         await cogql.run('"Q:[@broken() X]"', broken=None, model=tiny_model)

@@ -63,9 +63,9 @@ def test_unknown_decoder_given_at_call_time() -> None:
 @pytest.mark.parametrize(
     ("clause", "message", "column"),
     [
-        ("argmax(n=2, bogus=0.5)", "Unknown decoder argument for argmax: bogus", 13),
+        ("argmax(n=2, bogus=0.5)", "Unknown decoder argument: bogus", 13),
         ("sample(n=1, temperature=-1)", "temperature", 13),
-        ("argmax(temperature=0.5)", "Unknown decoder argument for argmax: temperature", 8),
+        ("argmax(temperature=0.5)", "Unknown decoder argument: temperature", 8),
     ],
 )
 def test_bad_decoder_argument(clause: str, message: str, column: int) -> None:
@@ -125,7 +125,9 @@ def test_where_calls_an_unknown_function() -> None:
 
 def test_where_names_a_variable_no_hole_fills() -> None:
     e = run_error('argmax\n    "A:[X]"\nwhere len(TOKENS(X)) < 3 and Y in ["a"]', QueryCompileError)
-    assert "the where clause names Y, which no [Y] hole in the prompt fills" in e.message
+    assert "The where clause names Y, which no [Y] hole in the prompt fills" in e.message
+    assert "Failed to resolve variable 'Y' in LMQL query." in e.message
+    assert isinstance(e, TypeError)  # LMQL raises a TypeError
     assert at(e) == (3, len("where len(TOKENS(X)) < 3 and ") + 1)
 
 
@@ -155,13 +157,15 @@ def test_a_failing_user_function_names_the_expression() -> None:
 
 def test_unsupported_hole_type() -> None:
     e = run_error('argmax\n    "Hello [X: float]"', QueryCompileError)
-    assert "unsupported type [X: float]: use int, str or a regex string" in e.message
+    assert "Not a valid type expression or tactic annotation \"<class 'float'>\"" in e.message
+    assert "[X: float] needs int, str, a regex string or a query function" in e.message
+    assert isinstance(e, TypeError)  # LMQL raises a TypeError
     assert at(e) == (2, 12)
 
 
 def test_the_error_points_at_the_hole_not_one_whose_name_it_begins() -> None:
     e = run_error('argmax\n    "Hi [XY] and [X: float]"', QueryCompileError)
-    assert "unsupported type [X: float]" in e.message
+    assert "[X: float] needs int" in e.message
     assert at(e) == (2, len('    "Hi [XY] and ') + 1)
 
 

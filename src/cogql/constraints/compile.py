@@ -27,7 +27,10 @@ from .values import (
     Evaluator,
     HoleText,
     Predicate,
+    UnresolvedNameError,
+    UnsupportedConstraintError,
     node_error,
+    unresolved_message,
     value_builtins,
 )
 
@@ -85,8 +88,9 @@ def unknown_function_error(
     """`where FOO(X)` with no FOO anywhere: name the function and suggest a close one."""
     close = difflib.get_close_matches(name, sorted(set(known) | BUILTIN_CONSTRAINTS), n=1)
     hint = f"; did you mean {close[0]}?" if close else ""
-    return ConstraintError(
-        f"unknown function {name}() in the where clause: it is neither a constraint "
+    return UnresolvedNameError(
+        f"{unresolved_message([name])} It is an unknown function {name}() in the where "
+        "clause: neither a constraint "
         f"(STOPS_AT, INT, REGEX, ...) nor defined where the query runs{hint}",
         source=source,
         lineno=lineno,
@@ -184,8 +188,10 @@ class _HoleCompiler:
         self.opaque: list[ast.expr] = []
         self._parts: dict[int, _Part] = {}
 
-    def error(self, node: ast.AST, message: str) -> ConstraintError:
-        return node_error(node, message, self.source)
+    def error(
+        self, node: ast.AST, message: str, kind: type[ConstraintError] = ConstraintError
+    ) -> ConstraintError:
+        return node_error(node, message, self.source, kind)
 
     def value(self, node: ast.expr) -> Any:
         """A Python value that does not depend on the hole (_UNKNOWN if it names a hole that
@@ -325,13 +331,18 @@ class _HoleCompiler:
     # -- comparisons ---------------------------------------------------------------------------
     def _compare(self, node: ast.Compare) -> _Part:
         if len(node.ops) != 1:
-            raise self.error(node, "chained comparisons are not supported in where clauses")
+            raise self.error(
+                node,
+                "chained comparisons are not supported in where clauses",
+                UnsupportedConstraintError,
+            )
         left, op, right = node.left, node.ops[0], node.comparators[0]
         if isinstance(op, (ast.NotEq, ast.Is, ast.IsNot)):
             raise self.error(
                 node,
                 f"operator {type(op).__name__} is not supported in where clauses; "
                 "write not (x == y) or not x in y",
+                UnsupportedConstraintError,
             )
         if type(op) in _FLIP and mentions(right, self.var) and not mentions(left, self.var):
             left, right, op = right, left, _FLIP[type(op)]()
@@ -391,7 +402,9 @@ class _HoleCompiler:
             raise self.error(node, f"a length can only be compared with a number, got {n!r}")
         low, high = _bounds(op, n)
         if low is None and high is None:
-            raise self.error(node, f"unsupported comparison `{ast.unparse(node)}`")
+            raise self.error(
+                node, f"unsupported comparison `{ast.unparse(node)}`", UnsupportedConstraintError
+            )
         if kind == "tokens":
             return _Tokens(low or 0, high)
         regex = _chars_regex(low, high) if kind == "chars" else _words_regex(low, high)

@@ -76,7 +76,13 @@ class HoleSpec:
     def stop_cut(self, text: str, new_from: int, tokens: tuple[int, ...] = ()) -> int | None:
         """Where an active stop phrase that ends after `new_from` (inside the newest token, so
         phrases straddling token boundaries count) cuts `text`; the earliest wins. None when
-        no stop fires."""
+        no stop fires.
+
+        A stop is active when its guard holds on the text it would leave; or, once a value
+        that `==` / `in` forces is complete, on that whole value: LMQL then cuts the forced
+        value at a stop phrase its last token holds (`X == 'abc",'` with
+        `STOPS_BEFORE(X, '"')` is `abc`)."""
+        forced = self._forced_complete(text, tokens)
         best: tuple[int, int] | None = None
         for stop in self.stops:
             at = text.find(stop.phrase, max(new_from - len(stop.phrase) + 1, 0))
@@ -85,8 +91,18 @@ class HoleSpec:
                 if stop.guard is None or stop.guard.allows(HoleText(text[:cut], tokens)):
                     best = (at, cut)
                     break
+                if forced is not None and stop.guard.allows(forced):
+                    best = (at, cut)
+                    break
                 at = text.find(stop.phrase, at + 1)
         return None if best is None else best[1]
+
+    def _forced_complete(self, text: str, tokens: tuple[int, ...]) -> HoleText | None:
+        """The hole's text as a final value when it is one of the options `==` / `in`
+        force (and so cannot grow); None otherwise."""
+        if self.token_options is None or list(tokens) not in self.token_options:
+            return None
+        return HoleText(text, tokens, final=True)
 
     def final_text(self, raw: str, stops_from: int = 0) -> str:
         """The hole's text once its stop phrases cut it (and an INT lost the character that

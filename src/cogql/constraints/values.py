@@ -33,8 +33,26 @@ class ConstraintError(QueryCompileError):
     user function that raised), with the position of the offending expression."""
 
 
-def node_error(node: ast.AST, message: str, source: str) -> ConstraintError:
-    return ConstraintError(
+class UnresolvedNameError(ConstraintError, TypeError):
+    """A name in the where clause that nothing defines: a TypeError, as LMQL raises for it."""
+
+
+class UnsupportedConstraintError(ConstraintError, AssertionError):
+    """A where-clause form cogql does not run (a chained comparison, `!=`, `is`): LMQL's
+    compiler fails an assertion on these."""
+
+
+def unresolved_message(names: list[str]) -> str:
+    """LMQL's text for names a query reads that no input, hole or definition provides."""
+    if len(names) == 1:
+        return f"Failed to resolve variable {names[0]!r} in LMQL query."
+    return "Failed to resolve variables in LMQL query: " + ", ".join(repr(n) for n in sorted(names))
+
+
+def node_error(
+    node: ast.AST, message: str, source: str, kind: type[ConstraintError] = ConstraintError
+) -> ConstraintError:
+    return kind(
         message,
         source=source,
         lineno=getattr(node, "lineno", 1),

@@ -1,9 +1,14 @@
 """Compile LMQL source into an async Python function plus the query's static clauses.
 
-The prompt section becomes the body of `async def __cogql_query__()`: every prompt string turns
-into `await __cogql__.prompt(i, [interpolated values], locals())`, followed by one assignment per
-hole, so Python control flow (loops, ifs, returns) runs as written. The runtime supplies
-`__cogql__`; this module knows nothing of models.
+The prompt section becomes the body of `async def __cogql_query__(__cogql__, <inputs>)`: every
+prompt string turns into `await __cogql__.prompt(i, [interpolated values], locals())`, followed
+by one assignment per hole, so Python control flow (loops, ifs, returns) runs as written. The
+runtime supplies `__cogql__`; this module knows nothing of models.
+
+Scoping is LMQL's: the query's inputs (its free variables, sorted) are the function's
+parameters, so they are locals; the prologue (the code before the decoder keyword) is module
+code run in the query's globals, so the names it defines are globals. `context` in the prompt
+section is the runtime's view of the prompt (`__cogql__.context`).
 """
 
 from __future__ import annotations
@@ -82,6 +87,7 @@ class DecoderClause:
 class CompiledQuery:
     source: str
     code: CodeType
+    prologue: CodeType | None
     statements: list[PromptStatement]
     decoder: DecoderClause | None
     model: ast.expr | None
@@ -275,6 +281,9 @@ class _PromptTransformer(ast.NodeTransformer):
         """`f(x)` becomes `await __cogql__.call(f, x)`, as LMQL compiles calls in the prompt
         section, so that a query function called from a query returns its value."""
         self.generic_visit(node)
+        if _is_locals_call(node):  # the program's locals, less the runtime's parameter
+            call = ast.Call(_runtime_attr("program_locals", node), [node], [])
+            return ast.copy_location(call, node)
         if isinstance(node.func, ast.Name) and node.func.id in _PLAIN_CALLS:
             return node
         call = ast.Call(_runtime_attr("call", node), [node.func, *node.args], node.keywords)
@@ -334,6 +343,40 @@ class _PromptTransformer(ast.NodeTransformer):
             ast.copy_location(new, node)
             ast.fix_missing_locations(new)
         return out
+
+
+def _is_locals_call(node: ast.Call) -> bool:
+    return (
+        isinstance(node.func, ast.Name)
+        and node.func.id in ("locals", "vars")
+        and not node.args
+        and not node.keywords
+    )
+
+
+class _ContextName(ast.NodeTransformer):
+    """`context` read in the prompt section (also from a function defined there) is the
+    runtime's context object, as LMQL compiles it; a function whose own parameter or local is
+    named `context` keeps it."""
+
+    def visit_Name(self, node: ast.Name) -> ast.expr:
+        if node.id == "context" and isinstance(node.ctx, ast.Load):
+            return ast.copy_location(_runtime_attr("context", node), node)
+        return node
+
+    def visit_FunctionDef(self, node: ast.AST) -> ast.AST:
+        return node if _binds_context(node) else self.generic_visit(node)
+
+    visit_AsyncFunctionDef = visit_Lambda = visit_FunctionDef
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> ast.ClassDef:
+        return node  # a class body is its own namespace
+
+
+def _binds_context(fn: ast.AST) -> bool:
+    _, stored = _names([fn])
+    own = {a.arg for a in ast.walk(fn.args) if isinstance(a, ast.arg)}  # type: ignore[attr-defined]
+    return "context" in own or "context" in stored - {getattr(fn, "name", "")}
 
 
 def locate(source: str, lineno: int, col: int, needle: str | None) -> tuple[int, int]:
@@ -437,15 +480,20 @@ def _names(nodes: list[ast.AST]) -> tuple[set[str], set[str]]:
     return loaded, stored
 
 
+def _prologue(clauses: Clauses, source: str) -> list[ast.stmt]:
+    """The statements before the decoder keyword: plain Python, run as module code."""
+    if clauses.prologue is None or not clauses.text(clauses.prologue).strip():
+        return []
+    region = _Region(source, clauses.prologue, dedent=True)
+    tree = _parse(region, clauses.source, "exec", "prologue")
+    assert isinstance(tree, ast.Module)
+    return tree.body
+
+
 def _body(
     clauses: Clauses, source: str, dist_var: str | None
 ) -> tuple[list[ast.stmt], _PromptTransformer]:
     body: list[ast.stmt] = []
-    if clauses.prologue is not None and clauses.text(clauses.prologue).strip():
-        region = _Region(source, clauses.prologue, dedent=True)
-        tree = _parse(region, clauses.source, "exec", "prologue")
-        assert isinstance(tree, ast.Module)
-        body.extend(tree.body)
     transformer = _PromptTransformer(clauses.source, dist_var)
     if clauses.prompt is not None and clauses.text(clauses.prompt).strip():
         region = _Region(source, clauses.prompt, dedent=True)
@@ -457,6 +505,10 @@ def _body(
     return body, transformer
 
 
+class DistributionPlacementError(QueryCompileError, AssertionError):
+    """The distribution hole is not the end of the prompt (LMQL fails an assertion)."""
+
+
 def _check_distribution(query: CompiledQuery) -> None:
     dist = query.distribution
     if dist is None:
@@ -464,7 +516,7 @@ def _check_distribution(query: CompiledQuery) -> None:
     last = query.statements[-1] if query.statements else None
     tail = last.segments[-1] if last and last.segments else None
     if not (isinstance(tail, Hole) and tail.name == dist.variable):
-        raise QueryCompileError(
+        raise DistributionPlacementError(
             f"the distribution variable {dist.variable} must be the last hole of the prompt, "
             "with nothing after it",
             source=query.source,
@@ -475,7 +527,7 @@ def _check_distribution(query: CompiledQuery) -> None:
         for n in ast.walk(query.where):
             if isinstance(n, ast.Name) and n.id == dist.variable:
                 raise QueryCompileError(
-                    f"distribution variable {dist.variable} cannot be used in the where clause",
+                    f"Distribution variable {dist.variable} cannot be used in where clause.",
                     source=query.source,
                     lineno=n.lineno,
                     col=n.col_offset,
@@ -483,9 +535,12 @@ def _check_distribution(query: CompiledQuery) -> None:
 
 
 def _free_variables(
-    body: list[ast.stmt], exprs: list[ast.AST | None], holes: set[str]
+    body: list[ast.stmt], exprs: list[ast.AST | None], holes: set[str], prologue: list[ast.stmt]
 ) -> tuple[str, ...]:
+    """The names the query reads that it does not define: its inputs. What the prologue reads
+    is not among them (it runs as module code, before any input is bound), as in LMQL."""
     loaded, stored = _names([*body, *(e for e in exprs if e is not None)])
+    stored |= _names(prologue)[1]
     known = stored | holes | set(dir(builtins)) | _RESERVED
     return tuple(sorted(n for n in loaded - known if not n.startswith("__")))
 
@@ -508,41 +563,63 @@ def compile_query(source: str) -> CompiledQuery:
     blanked = _blank(source, clauses)
     where = _expression(clauses, clauses.where, "where clause")
     dist = _distribution(_expression(clauses, clauses.distribution, "distribution"), source)
+    prologue = _prologue(clauses, blanked)
     body, transformer = _body(clauses, blanked, dist.variable if dist else None)
     statements = transformer.statements
     if dist is None:
         dist = next((s.distribution for s in statements if s.distribution), None)
-    body.append(ast.Return(_runtime_attr("DEFAULT", ast.Pass(lineno=1, col_offset=0))))
-    fn = ast.AsyncFunctionDef(
-        name=QUERY_FUNCTION,
-        args=ast.arguments([], [], None, [], [], None, []),
-        body=body,
-        decorator_list=[],
-        returns=None,
-        type_params=[],
-    )
-    module = ast.Module([fn], [])
-    ast.fix_missing_locations(module)
     holes = {h.name for s in statements for h in s.holes}
     decoder = _decoder(clauses)
     model = _expression(clauses, clauses.model, "from clause")
     inline = [s.where for s in statements] + [d.values for d in [dist] if d is not None]
     dec_args = list(decoder.args.values()) if decoder else []
+    exprs = [where, model, *inline, *dec_args, *_hole_expressions(statements)]
+    free = _free_variables(body, exprs, holes, prologue)
+    filename = _register_source(source)
     query = CompiledQuery(
         source=source,
-        code=compile(module, _register_source(source), "exec"),
+        code=compile(_program(body, free), filename, "exec"),
+        prologue=compile(_module(prologue), filename, "exec") if prologue else None,
         statements=statements,
         decoder=decoder,
         model=model,
         where=where,
         distribution=dist,
         hole_names=frozenset(holes),
-        free_variables=_free_variables(
-            body, [where, model, *inline, *dec_args, *_hole_expressions(statements)], holes
-        ),
+        free_variables=free,
     )
     _check_distribution(query)
     return query
+
+
+def _program(body: list[ast.stmt], inputs: tuple[str, ...]) -> ast.Module:
+    """`async def __cogql_query__(__cogql__, *, <inputs>=None)` holding the prompt section."""
+    body = [_ContextName().visit(stmt) for stmt in body]
+    body.append(ast.Return(_runtime_attr("DEFAULT", ast.Pass(lineno=1, col_offset=0))))
+    params = ast.arguments(
+        posonlyargs=[ast.arg(RUNTIME_NAME)],
+        args=[],
+        vararg=None,
+        kwonlyargs=[ast.arg(name) for name in inputs],
+        kw_defaults=[ast.Constant(None) for _ in inputs],
+        kwarg=None,
+        defaults=[],
+    )
+    fn = ast.AsyncFunctionDef(
+        name=QUERY_FUNCTION,
+        args=params,
+        body=body,
+        decorator_list=[],
+        returns=None,
+        type_params=[],
+    )
+    return _module([fn])
+
+
+def _module(body: list[ast.stmt]) -> ast.Module:
+    module = ast.Module(body, [])
+    ast.fix_missing_locations(module)
+    return module
 
 
 def _register_source(source: str) -> str:

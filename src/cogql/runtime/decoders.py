@@ -70,7 +70,8 @@ def check_decoder(name: str, args: dict[str, Any]) -> None:
     if name == "argmax" and args.get("temperature") == 0:
         unknown.discard("temperature")  # greedy already; only a real temperature conflicts
     if unknown:
-        raise DecoderError(f"Unknown decoder argument for {name}: {', '.join(sorted(unknown))}")
+        names = ", ".join(sorted(unknown))
+        raise DecoderError(f"Unknown decoder argument: {names} (not an argument of {name})")
     for key in ("n", "k", "num_beams", "budget", "max_len", "max_length", "step_budget"):
         if key in args:
             _positive_int(name, key, args[key])

@@ -109,7 +109,7 @@ def wrap(obj: Any, expr: str = "") -> LMQLDecorator:
     if callable(obj):
         return _Post(obj)
     label = expr or repr(obj)
-    raise DecoratorError(f"@{label} is not a decorator: {obj!r} is not callable")
+    raise DecoratorError(f"Not a valid decorator expression: {obj!r} (@{label} is not callable)")
 
 
 def _as_pair(out: Any, value: Any, prompt_value: str) -> tuple[Any, str]:
@@ -146,6 +146,11 @@ class HoleDecorators:
             if out is not variable:
                 return _as_pair(out, None, "") if out is not None else (None, "None")
         return None
+
+    @property
+    def streams(self) -> bool:
+        """Whether any of them hooks the stream (the others' `stream` changes nothing)."""
+        return any(type(d).stream is not LMQLDecorator.stream for d in self.decorators)
 
     def stream(self, value: str, context: DecoratorContext) -> None:
         for d in reversed(self.decorators):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .decorators import DecoratorContext, HoleDecorators, TemplateVariable
-from .events import OnEvent, QueryEvent, TextAppended, VariableFinished
+from .events import TextAppended, VariableFinished
 from .nested import Tactic, run_tactic, tactic_of
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ class HoleHooks:
         self.env = env
         self.decorators = decorators
         self.tactic = tactic
-        self._on_event: OnEvent | None = None
+        self._streamed = 0  # tokens the streaming decorators have seen
 
     @classmethod
     def of(cls, run: QueryRun, hole: Hole, scope: dict[str, Any]) -> HoleHooks | None:
@@ -65,21 +65,21 @@ class HoleHooks:
             run.emit(TextAppended(prompt_text, name, run.index))
             self._finish(value)
             return True
-        self._stream_to_decorators()
         if self.tactic is None:
+            self._start_stream()
             return False
         value = await run_tactic(self.run, self.hole, self.tactic, self.env)
         if self.decorators is not None:  # post decorators see the nested query's value
-            self.run.on_event = self._on_event
             value = self._post_tactic(value)
         self._finish(value)
         return True
 
-    def after(self, value: Any, prompt_text: str) -> tuple[Any, str]:
-        """The value and prompt text of a generated hole, after its post decorators."""
+    def after(self, tokens: list[int], value: Any, prompt_text: str) -> tuple[Any, str]:
+        """The value and prompt text of a generated hole (its `tokens`), after its post
+        decorators; the streaming decorators see the last of its text first."""
         if self.decorators is None:
             return value, prompt_text
-        self.run.on_event = self._on_event
+        self._end_stream(tokens)
         return self.decorators.post(value, prompt_text, self.context())
 
     def _post_tactic(self, value: Any) -> Any:
@@ -95,19 +95,29 @@ class HoleHooks:
         run.variables[self.hole.name] = value
         run.emit(VariableFinished(self.hole.name, value, run.index))
 
-    def _stream_to_decorators(self) -> None:
-        """Route the hole's text events through the streaming decorators while it is generated
-        (`after` puts the run's own callback back)."""
-        if self.decorators is None:
+    # LMQL calls a streaming decorator once per decoding step with the hole's text so far (the
+    # raw text: a stop phrase that will be cut included): twice with "" as the hole starts,
+    # once per token, and once more with the whole text when the hole ends.
+    def _start_stream(self) -> None:
+        if self.decorators is None or not self.decorators.streams:
             return
-        self._on_event = outer = self.run.on_event
-        decorators, name, partial = self.decorators, self.hole.name, [""]
+        for _ in range(2):
+            self.decorators.stream("", self.context())
+        self.run.on_tokens = self._stream_tokens
 
-        def on_event(event: QueryEvent) -> None:
-            if isinstance(event, TextAppended) and event.variable == name:
-                partial[0] += event.text
-                decorators.stream(partial[0], self.context())
-            if outer is not None:
-                outer(event)
+    def _stream_tokens(self, tokens: list[int]) -> None:
+        assert self.decorators is not None
+        decode = self.run.conn.tokenizer.decode
+        for k in range(self._streamed + 1, len(tokens) + 1):
+            self.decorators.stream(decode(tokens[:k]), self.context())
+        self._streamed = max(self._streamed, len(tokens))
 
-        self.run.on_event = on_event
+    def _end_stream(self, tokens: list[int]) -> None:
+        """The calls the hole's generation did not make itself (a decoder that replays
+        tokens, or the slow path), then the final one."""
+        if self.run.on_tokens is None:
+            return
+        self.run.on_tokens = None
+        self._stream_tokens(tokens)
+        assert self.decorators is not None
+        self.decorators.stream(self.run.conn.tokenizer.decode(tokens), self.context())

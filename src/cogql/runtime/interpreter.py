@@ -34,11 +34,13 @@ from ..lmtp.messages import Generate
 from . import clientside
 from .ahead import Ahead, Plan, plan_after
 from .chat import open_message, text_tag
+from .context import PromptContext
 from .events import ModelCall, OnEvent, QueryEvent, TextAppended, VariableFinished
 from .hooks import HoleHooks
 from .model import Connection
 from .nested import call_in_query
 from .result import LMQLResult
+from .scope import as_scope
 
 log = logging.getLogger("cogql.runtime")
 
@@ -105,6 +107,7 @@ class QueryRun:
     shown: str = ""  # the text of the hole being generated that events have already reported
     ahead: Ahead = field(default_factory=Ahead)  # requests sent ahead of the run (ahead.py)
     plan: tuple[PromptStatement, Plan, dict[str, Any]] | None = None  # for the hole being filled
+    on_tokens: Callable[[list[int]], None] | None = None  # the hole's tokens, as each arrives
     _holes_done: int = 0
 
     def __post_init__(self) -> None:
@@ -116,10 +119,12 @@ class QueryRun:
         return await self.finish(await self.run_program())
 
     async def run_program(self) -> Any:
-        """Run the program to its end; its return value (DEFAULT when it returns nothing)."""
-        fn = types.FunctionType(self._function_code(), self._globals())
+        """Run the program to its end; its return value (DEFAULT when it returns nothing).
+        Its globals are the call's (shared with the prologue), its inputs its parameters."""
+        scope = as_scope(self.query, self.scope)
+        fn = types.FunctionType(self._function_code(), scope.globals)
         try:
-            return await fn()
+            return await fn(QueryContext(self), **scope.params)
         finally:
             self.ahead.drop()
 
@@ -134,9 +139,6 @@ class QueryRun:
             if isinstance(const, types.CodeType) and const.co_name == QUERY_FUNCTION:
                 return const
         raise RuntimeError("compiled query has no query function")
-
-    def _globals(self) -> dict[str, Any]:
-        return {**self.scope, RUNTIME_NAME: QueryContext(self)}
 
     def emit(self, event: QueryEvent) -> None:
         if self.on_event is not None:
@@ -203,7 +205,7 @@ class QueryRun:
         if self.source is None and prompt_text.startswith(self.shown):
             self._report(hole.name, prompt_text[len(self.shown) :])
         if hooks is not None:
-            value, prompt_text = hooks.after(value, prompt_text)
+            value, prompt_text = hooks.after(tokens, value, prompt_text)
         if reason == "length" and (spec.max_tokens is None or len(tokens) < spec.max_tokens):
             self._truncate(stmt, hole.name)
         self.ids.extend(tokens if prompt_text == raw else self.conn.tokenizer.encode(prompt_text))
@@ -252,8 +254,11 @@ class QueryRun:
         elif isinstance(kind, str):
             node = ast.parse(f"REGEX({hole.name}, {kind!r})", mode="eval").body
         else:
-            raise QueryCompileError(
-                f"unsupported type [{hole.name}: {hole.type_expr}]: use int, str or a regex string",
+            shown = hole.type_expr.strip() if kind is None else str(kind)
+            raise HoleTypeError(
+                f"Not a valid type expression or tactic annotation {shown!r} for variable "
+                f"{hole.name!r}: [{hole.name}: {hole.type_expr}] needs int, str, a regex string "
+                "or a query function",
                 source=self.query.source,
                 lineno=lineno,
                 col=col,
@@ -328,6 +333,8 @@ class QueryRun:
             async for event in events:
                 if event.token not in eos or event.finish_reason is None:
                     tokens.append(event.token)
+                    if self.on_tokens is not None:
+                        self.on_tokens(tokens)
                 reason = event.finish_reason or reason
                 ended = event.finish_reason is not None
                 self.logprob += event.logprob
@@ -399,6 +406,10 @@ class QueryRun:
         self.emit(VariableFinished(var, options[best], self.index))
 
 
+class HoleTypeError(QueryCompileError, TypeError):
+    """A hole type (`[X: t]`) that is no type cogql knows: a TypeError, as in LMQL."""
+
+
 def _type_value(expr: str, env: dict[str, Any]) -> Any:
     """The value of a hole's type expression; None when it cannot be evaluated here."""
     text = expr.strip()
@@ -443,6 +454,16 @@ class QueryContext:
 
     def value(self, name: str) -> Any:
         return self._run.variables[name]
+
+    @property
+    def context(self) -> PromptContext:
+        """What `context` is in the query's code."""
+        return PromptContext(self._run)
+
+    @staticmethod
+    def program_locals(names: dict[str, Any]) -> dict[str, Any]:
+        """`locals()` in the query's code: its variables, less this object."""
+        return {k: v for k, v in names.items() if k != RUNTIME_NAME}
 
     async def call(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
         """Every call in the prompt section: a query function runs and gives its value."""

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ..language.compiler import hole_position
 from ..language.errors import QueryCompileError
 from ..language.qstrings import Hole
+from .context import PromptContext
 from .events import OnEvent, QueryEvent, TextAppended, VariableFinished
 
 if TYPE_CHECKING:
@@ -140,6 +141,8 @@ async def call_in_query(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) 
 
     if isinstance(fn, QueryFunction | BoundQuery):
         return await fn.run(*args, **kwargs)
+    if isinstance(getattr(fn, "__self__", None), PromptContext):
+        return await fn(*args, **kwargs)  # `context.score(...)` with or without `await`
     return fn(*args, **kwargs)
 
 

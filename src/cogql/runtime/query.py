@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import builtins
 import inspect
 import re
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..constraints.compile import unknown_function_error
+from ..constraints.values import UnresolvedNameError, unresolved_message
 from ..language.compiler import CompiledQuery, compile_query
 from ..language.errors import QueryCompileError
 from ..lmtp.cost import track_cost
@@ -21,6 +21,7 @@ from .events import OnEvent
 from .model import Model, as_model
 from .query_attributes import LMQLQueryAttributes
 from .result import attach_cost
+from .scope import QueryScope, module_globals, query_globals
 from .tracing import query_trace
 
 RUNTIME_ARGS = frozenset({"model", "decoder", "output"}) | DECODER_ARGS
@@ -40,6 +41,7 @@ class QueryFunction(LMQLQueryAttributes):
     defaults: dict[str, Any] = field(default_factory=dict)
     is_async: bool = True
     name: str = "query"
+    _globals: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.is_async:
@@ -64,6 +66,13 @@ class QueryFunction(LMQLQueryAttributes):
         return attach_cost(result, await cost.settle())
 
     def _bind(self, args: tuple[Any, ...], inputs: dict[str, Any]) -> dict[str, Any]:
+        if self.signature is not None and not self.signature.parameters and not args:
+            # LMQL: a query function declared without parameters takes its free variables by
+            # keyword (`def q():` whose query reads `s`, called as `q(s=...)`)
+            unknown = [k for k in inputs if k not in self.compiled.free_variables]
+            if unknown:
+                raise InputError(f"{self.name}() got an unexpected keyword argument {unknown[0]!r}")
+            return inputs
         if self.signature is not None:
             try:
                 bound = self.signature.bind(*args, **inputs)
@@ -81,32 +90,37 @@ class QueryFunction(LMQLQueryAttributes):
             )
         return {**inputs, **dict(zip(free, args, strict=True))}
 
-    def _scope(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        import cogql
-
-        scope = {"__builtins__": builtins, "cogql": cogql, "lmql": cogql, **self.scope, **inputs}
-        missing = [v for v in self.compiled.free_variables if v not in scope]
+    def _scope(self, inputs: dict[str, Any]) -> QueryScope:
+        """The names of one call (runtime/scope.py): the captured ones are globals, the
+        inputs locals; every free variable must be one or the other."""
+        visible = query_globals(self.scope).keys() | inputs.keys()
+        missing = [v for v in self.compiled.free_variables if v not in visible]
         if missing:
             raise _unresolved(self.compiled, missing)
-        return scope
+        if self._globals is None:
+            self._globals = module_globals(self.compiled, self.scope)
+        return QueryScope(self._globals, inputs, self.compiled.free_variables)
 
 
 def _unresolved(query: CompiledQuery, names: list[str]) -> Exception:
+    """LMQL's TypeError for names nothing provides; pointing into the where clause when it is
+    one of them there (a hole name that no prompt fills, or an unknown function)."""
     where_names = {n for node in query.where_clauses for n in _names_in(node)}
-    for name in names:
+    message = unresolved_message(names).rstrip(".") + "."
+    for name in sorted(names):
         if name in where_names:
             lineno, col = _first_use(query, name)
-            if _called_in_where(query, name):
+            if len(names) == 1 and _called_in_where(query, name):
                 return unknown_function_error(name, (), query.source, lineno, col)
-            return QueryCompileError(
-                f"the where clause names {name}, which no [{name}] hole in the prompt fills "
-                "and no input provides",
+            return UnresolvedNameError(
+                f"{message} The where clause names {name}, which no [{name}] hole in the "
+                "prompt fills and no input provides",
                 source=query.source,
                 lineno=lineno,
                 col=col,
             )
-    quoted = ", ".join(repr(n) for n in names)
-    return InputError(f"Failed to resolve variable(s) in query: {quoted} (pass them as inputs)")
+    them = "it" if len(names) == 1 else "them"
+    return InputError(f"{message} Pass {them} as inputs, or define {them} where the query is.")
 
 
 def _called_in_where(query: CompiledQuery, name: str) -> bool:
@@ -246,7 +260,7 @@ def run_blocking(coro: Any) -> Any:
         return asyncio.run(coro)
     coro.close()
     raise RuntimeError(
-        "cogql queries cannot be called synchronously from within an async context; "
+        "LMQL queries cannot be called synchronously from within an async context: "
         "await the query (or cogql.run) instead"
     )
 

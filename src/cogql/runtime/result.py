@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +21,13 @@ class LMQLResult:
     # count the program text after each hole, as they rank by it (LMQL's scoring)
     logprob: float | None = field(default=None, compare=False)
 
-    def __getitem__(self, key: str) -> Any:
-        return self.variables[key]
+    def __getitem__(self, key: str | int) -> Any:
+        """`result["X"]` is a variable's value; `result[0]` is the result itself, as in LMQL
+        0.7, whose argmax queries returned a one-element list before 0.7 (old code indexes it)."""
+        if key == 0 and not isinstance(key, bool):
+            warnings.warn(_INDEX_ZERO, DeprecationWarning, stacklevel=2)
+            return self
+        return self.variables[key]  # type: ignore[index]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -30,6 +36,14 @@ class LMQLResult:
             "distribution_variable": self.distribution_variable,
             "distribution_values": self.distribution_values,
         }
+
+
+_INDEX_ZERO = (
+    "Deprecated result[0] access on a query result detected. Since 0.7, an argmax/sample query "
+    "function with a single result returns a LMQLResult object instead of a list of a single "
+    "element. Please use the results directly and not via result[0]. In the future, this will "
+    "raise an error."
+)
 
 
 def _plain(value: Any) -> Any:

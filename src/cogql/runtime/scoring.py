@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .model import Model, as_model
+from .model import Connection, Model, as_model
 
 AGGREGATIONS = ("sum", "mean", "normalized")
 
@@ -89,14 +89,16 @@ async def score(
     prompt: str, values: str | list[str], model: Model | str | None = None
 ) -> ScoringResult:
     """Score every value as a continuation of `prompt`; `model` as in a query's `from`."""
-    options = [values] if isinstance(values, str) else list(values)
-    if not options:
-        raise ScoringError("score() needs at least one value")
-    bad = [v for v in options if not isinstance(v, str) or not v]
-    if bad:
-        raise ScoringError(f"values must be non-empty strings, got {bad[0]!r}")
+    options = _options(values)  # checked before the model is loaded
     m = as_model(model)
-    conn = await m.connect()
+    return await score_on(await m.connect(), prompt, options, m.model_identifier)
+
+
+async def score_on(
+    conn: Connection, prompt: str, values: str | list[str], model_identifier: str
+) -> ScoringResult:
+    """`score` on an open connection (a query's `context.score` uses the query's)."""
+    options = _options(values)
     encode = conn.tokenizer.encode
     prompt_ids = encode(prompt)
     value_ids = [encode(v) for v in options]
@@ -107,7 +109,17 @@ async def score(
         ScoredSequence(v, np.array(prompt_ids + ids), np.array([0.0] * len(unscored) + lps))
         for v, ids, lps in zip(options, value_ids, logprobs, strict=True)
     ]
-    return ScoringResult(prompt, seqs, len(prompt_ids), m.model_identifier)
+    return ScoringResult(prompt, seqs, len(prompt_ids), model_identifier)
+
+
+def _options(values: str | list[str]) -> list[str]:
+    options = [values] if isinstance(values, str) else list(values)
+    if not options:
+        raise ScoringError("score() needs at least one value")
+    bad = [v for v in options if not isinstance(v, str) or not v]
+    if bad:
+        raise ScoringError(f"values must be non-empty strings, got {bad[0]!r}")
+    return options
 
 
 def _start(bos: int | None, prompt_ids: list[int]) -> tuple[list[int], list[int]]:
