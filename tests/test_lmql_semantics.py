@@ -291,3 +291,16 @@ async def test_streaming_decorators_follow_lmqls_call_pattern(tiny_model: cogql.
     assert all(b.startswith(a) for a, b in itertools.pairwise(partials[2:-1]))
     assert partials[-1] == partials[-2]
     assert partials[-1].startswith(result.variables["X"])
+
+
+async def test_lmql_in_query_code_is_the_compat_surface(tiny_model: cogql.Model) -> None:
+    """Query code's `lmql` is LMQL's whole API (cogql.compat), `lmql.tokenizer` included, even
+    when the query was defined where `lmql` is not imported."""
+    result = await cogql.run(
+        """
+        argmax
+            return lmql.tokenizer is cogql.compat.tokenizer, lmql.F is cogql.compat.F
+        """,
+        model=tiny_model,
+    )
+    assert result == (True, True)

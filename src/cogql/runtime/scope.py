@@ -32,12 +32,13 @@ class QueryScope(dict[str, Any]):
 
 
 def query_globals(captured: dict[str, Any]) -> dict[str, Any]:
-    """The global namespace of a query run: builtins, `lmql` and `cogql` (both this package,
-    as in LMQL's compiled module, which imports lmql), and the names captured where the query
-    was defined."""
+    """The global namespace of a query run: builtins, `cogql`, `lmql` (cogql.compat, LMQL's
+    whole surface, as LMQL's compiled module imports lmql), and the names captured where the
+    query was defined."""
     import cogql
+    import cogql.compat
 
-    return {"__builtins__": builtins, "cogql": cogql, "lmql": cogql, **captured}
+    return {"__builtins__": builtins, "cogql": cogql, "lmql": cogql.compat, **captured}
 
 
 def module_globals(query: CompiledQuery, captured: dict[str, Any]) -> dict[str, Any]:
