@@ -98,7 +98,7 @@ async def score(
     m = as_model(model)
     conn = await m.connect()
     encode = conn.tokenizer.encode
-    prompt_ids = encode(prompt)
+    prompt_ids = encode(prompt, start=True)
     value_ids = [encode(v) for v in options]
     start, unscored = _start(conn.bos_token_id, prompt_ids)
     rows = [prompt_ids[len(unscored) :] + ids for ids in value_ids]
