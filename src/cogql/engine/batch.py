@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from .kvcache import CacheEntry, left_padded
+from .kvcache import CacheEntry, full_cache, left_padded
 
 
 class PrecisionTuner:
@@ -55,10 +55,12 @@ class PrecisionTuner:
 
 
 class DecodeBatch:
-    def __init__(self, candidates: list[Callable[[], torch.nn.Module]]) -> None:
+    def __init__(self, candidates: list[Callable[[], torch.nn.Module]], tokens: int) -> None:
         """`candidates` give the same weights in the precisions worth trying (distinct dtypes);
-        each is asked for its model only when the tuner first tries it."""
+        each is asked for its model only when the tuner first tries it. Logits are kept for
+        the first `tokens` ids (the ones the tokenizer has)."""
         self.candidates = candidates
+        self.tokens = tokens
         self.model = candidates[0]()
         self.tuner = PrecisionTuner(len(candidates))
         self.steps = self.rows = self.rebuilds = 0  # counters, for tests and benchmarks
@@ -92,7 +94,7 @@ class DecodeBatch:
         self.steps += 1
         self.rows += len(entries)
         self._width = width + 1
-        logits = out.logits[:, -1].float()
+        logits = out.logits[:, -1, : self.tokens].float()
         assert self._cache is not None
         layers = [(layer.keys, layer.values) for layer in self._cache.layers]
         self._rows = [self._row(layers, i, n + 1) for i, n in enumerate(lengths)]
@@ -115,7 +117,7 @@ class DecodeBatch:
             entry.cast(self.model.dtype)
         width = max(len(e.ids) for e in entries)
         layers = left_padded(entries, width)
-        self._cache = DynamicCache(ddp_cache_data=layers, config=self.model.config)
+        self._cache = full_cache(self.model.config, layers)
         self._entries = list(entries)
         self._width = width
         self.rebuilds += 1
@@ -126,6 +128,6 @@ class DecodeBatch:
 
         def cut() -> DynamicCache:
             kv = [(k[i : i + 1, :, start:], v[i : i + 1, :, start:]) for k, v in layers]
-            return DynamicCache(ddp_cache_data=kv, config=config)
+            return full_cache(config, kv)
 
         return cut

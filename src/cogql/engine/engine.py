@@ -38,7 +38,14 @@ from ..lmtp.messages import (
     tokenizer_to_wire,
 )
 from .batch import DecodeBatch
-from .kvcache import CacheEntry, PrefixCache, common_prefix, left_padded
+from .kvcache import (
+    CacheEntry,
+    PrefixCache,
+    common_prefix,
+    full_cache,
+    has_sliding_layers,
+    left_padded,
+)
 from .masks import GrammarCompiler, GrammarError, GrammarMatcher
 from .models import LoadedModel
 from .sampling import apply_bias, choose
@@ -78,8 +85,9 @@ class _ModelRunner:
         self.decode_model = loaded.decode_model
         self.device = loaded.device
         self.cache = cache
+        self.tokens = usable_tokens(loaded)
         copies = [functools.partial(loaded.decode_copy, d) for d in loaded.decode_dtypes]
-        self.batch = DecodeBatch([*copies, lambda: loaded.model])
+        self.batch = DecodeBatch([*copies, lambda: loaded.model], self.tokens)
 
     def feed(self, entries: list[CacheEntry], tokens: list[list[int]]) -> None:
         """Advance every entry by its tokens: one-token steps share one batched pass."""
@@ -96,18 +104,16 @@ class _ModelRunner:
         """Feed `new_ids` after `entry.ids`; returns logits of the last `keep` positions.
         Only decode steps (`decoding`, one token) may use the faster, less exact decode copy:
         a prompt's logits must not depend on whether its last token was cached."""
-        from transformers import DynamicCache
-
         fast = decoding and len(new_ids) == 1 and self.decode_model is not None
         model = self.decode_model if fast else self.model
         if entry.past is None:
-            entry.past = DynamicCache(config=model.config)
+            entry.past = full_cache(model.config)
         else:
             entry.cast(model.dtype)
         ids = torch.tensor([new_ids], dtype=torch.long, device=self.device)
         out = model(input_ids=ids, cache=entry.past, use_cache=True, logits_to_keep=keep)
         entry.ids.extend(new_ids)
-        logits = out.logits[0].float()
+        logits = out.logits[0, :, : self.tokens].float()
         entry.logits = logits[-1]
         return logits
 
@@ -143,8 +149,11 @@ class _ModelRunner:
         entries = [reused[i] for i in range(len(prompts))]
         tails = [p[len(e.ids) :] for p, e in zip(prompts, entries, strict=True)]
         todo = [i for i, tail in enumerate(tails) if tail]
-        if len(todo) == 1:
-            self.forward(entries[todo[0]], tails[todo[0]])
+        if len(todo) == 1 or (has_sliding_layers(self.model.config) and _ragged(tails, todo)):
+            # a padded pass puts pads between a short tail and its entry, and a sliding
+            # window counts them as positions: such models extend each entry on its own
+            for i in todo:
+                self.forward(entries[i], tails[i])
         elif todo:
             self._extend_together([entries[i] for i in todo], [tails[i] for i in todo])
         return entries
@@ -152,8 +161,6 @@ class _ModelRunner:
     def _extend_together(self, entries: list[CacheEntry], tails: list[list[int]]) -> None:
         """Feed each entry its tail in one pass: row i is [pad, entry i's keys/values, pad,
         tail i], so every tail ends in the last column and its logits are the last ones."""
-        from transformers import DynamicCache
-
         for entry in entries:
             entry.cast(self.model.dtype)
         width, k = max(len(e.ids) for e in entries), max(len(t) for t in tails)
@@ -167,7 +174,7 @@ class _ModelRunner:
             mask[i, width + k - len(tail) :] = 1
             ids[i, k - len(tail) :] = torch.tensor(tail)
             positions[i, k - len(tail) :] = torch.arange(held, held + len(tail))
-        past = DynamicCache(config=self.model.config, ddp_cache_data=left_padded(entries, width))
+        past = full_cache(self.model.config, left_padded(entries, width))
         out = self.model(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
@@ -176,12 +183,12 @@ class _ModelRunner:
             use_cache=True,
             logits_to_keep=1,
         )
-        logits = out.logits[:, -1].float()
+        logits = out.logits[:, -1, : self.tokens].float()
         keeps = mask.bool().to(self.device)
         for i, (entry, tail) in enumerate(zip(entries, tails, strict=True)):
             keep = keeps[i]
             kv = [(x.keys[i : i + 1, :, keep], x.values[i : i + 1, :, keep]) for x in past.layers]
-            entry.past = DynamicCache(ddp_cache_data=kv, config=self.model.config)
+            entry.past = full_cache(self.model.config, kv)
             entry.ids.extend(tail)
             entry.logits = logits[i]
 
@@ -199,8 +206,6 @@ class _ModelRunner:
             self.cache.release(entry)
 
     def _score_tails(self, entry: CacheEntry, options: list[list[int]], out: list[list[float]]):
-        from transformers import DynamicCache
-
         width = max(len(o) - 1 for o in options)
         rows = torch.tensor([o[:-1] + [0] * (width - len(o) + 1) for o in options])
         entry.cast(self.model.dtype)
@@ -208,9 +213,9 @@ class _ModelRunner:
         rows_kv = [
             (_repeat(layer.keys, n), _repeat(layer.values, n)) for layer in entry.past.layers
         ]
-        past = DynamicCache(ddp_cache_data=rows_kv, config=self.model.config)
+        past = full_cache(self.model.config, rows_kv)
         logits = self.model(input_ids=rows.to(self.device), cache=past, use_cache=True)
-        logprobs = torch.log_softmax(logits.logits.float(), -1)
+        logprobs = torch.log_softmax(logits.logits[..., : self.tokens].float(), -1)
         for r, opt in enumerate(options):
             for j, tok in enumerate(opt[1:]):
                 out[r].append(float(logprobs[r, j, tok]))
@@ -261,9 +266,10 @@ class Engine:
         self.grammars = GrammarCompiler(loaded.tokenizer)
         self.eos_ids = self._eos_ids()
         self._token_bytes = loaded.tokenizer.all_token_bytes()
-        config = getattr(loaded.model, "config", None)
-        self.vocab_size: int = getattr(config, "vocab_size", None) or self.tokenizer.vocab_size
-        self.context_length: int | None = getattr(config, "max_position_embeddings", None)
+        self.vocab_size = usable_tokens(loaded)
+        self.context_length: int | None = getattr(
+            getattr(loaded.model, "config", None), "max_position_embeddings", None
+        )
 
     def _eos_ids(self) -> frozenset[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -579,6 +585,19 @@ class Engine:
             fed.append(token)
         s.feed = fed
         return False
+
+
+def _ragged(tails: list[list[int]], todo: list[int]) -> bool:
+    return len({len(tails[i]) for i in todo}) > 1
+
+
+def usable_tokens(loaded: LoadedModel) -> int:
+    """How many ids the engine may choose: those both the model and its tokenizer have. Models
+    pad their embeddings past the tokenizer (Gemma 3: 262,208 rows for 262,145 tokens, Qwen 3:
+    151,936 for 151,669); those rows have no text, so they must never be generated."""
+    config = getattr(loaded.model, "config", None)
+    rows = getattr(config, "vocab_size", None) or loaded.tokenizer.vocab_size
+    return min(rows, loaded.tokenizer.vocab_size)
 
 
 def _installed(dist: str) -> bool:

@@ -14,6 +14,36 @@ if TYPE_CHECKING:
     import torch
 
 
+def full_cache(config: Any, layers: list[Any] | None = None) -> Any:
+    """A transformers DynamicCache for `config`'s model (filled with `layers`' keys/values)
+    that keeps every position of every layer.
+
+    For a model with sliding-window layers (Mistral, Gemma 2/3, gpt-oss) transformers builds
+    layers that drop the positions older than the window, but a prefix-cache entry is cropped
+    to a shared prefix and left-padded into batches, which both need every position. The model
+    applies the window in its attention mask itself, so full layers give the same logits, at
+    the cost of keeping all positions of those layers."""
+    from transformers import DynamicCache
+
+    if has_sliding_layers(config):
+        return DynamicCache(ddp_cache_data=layers) if layers is not None else DynamicCache()
+    return DynamicCache(ddp_cache_data=layers, config=config)
+
+
+def has_sliding_layers(config: Any) -> bool:
+    """Whether transformers gives some of the model's layers a sliding-window cache."""
+    key = id(config)
+    if key not in _sliding:
+        from transformers import DynamicCache
+
+        probe = DynamicCache(config=config)
+        _sliding[key] = (config, any(getattr(x, "is_sliding", False) for x in probe.layers))
+    return _sliding[key][1]
+
+
+_sliding: dict[int, tuple[Any, bool]] = {}  # id(config) -> (config, kept alive for the id)
+
+
 def common_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:
     """Length of the shared start of two token lists (or strings)."""
     n = min(len(a), len(b))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..tokenizer import Tokenizer
@@ -45,6 +45,9 @@ class ChatFormat:
     suffix: dict[str, str]  # after a message's content, per role
     answer: str  # the generation prompt: opens the assistant message the model writes
     bos_text: str | None  # the BOS token's text (a template may write it itself)
+    # openings that differ after one particular role: Gemma writes the system prompt at the
+    # start of the first user turn, so a user message after it opens with nothing
+    follows: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def opening(
         self, role: str, previous: str | None, at_start: bool, *, answer: bool = True
@@ -58,7 +61,7 @@ class ChatFormat:
         close = self.suffix.get(previous, "") if previous is not None else ""
         if role == "assistant" and answer:
             return close + self.answer
-        return close + self.prefix[role]
+        return close + self.follows.get((previous or "", role), self.prefix[role])
 
 
 def text_tag(role: str, at_start: bool) -> str:
@@ -98,8 +101,35 @@ class _Renderer:
         self.hf = tokenizer.to_hf()
         bos = tokenizer.bos_token_id
         self.bos_text = tokenizer.backend.id_to_token(bos) if bos is not None else None
+        self.trailer = ""
+        self.trailer = self._trailer()
+
+    def _trailer(self) -> str:
+        """Text a template writes after every conversation, asked for a generation prompt or
+        not (Llama 3 base's opens an assistant turn either way): it is the generation prompt,
+        so renders without one leave it out."""
+        one = [("user", _SENTINELS[1])]
+        if self(one) != self(one, generation=True):
+            return ""
+        renders = [self(one), self([*one, ("assistant", _SENTINELS[2])])]
+        contents = _SENTINELS[1:3]
+        after_content = [
+            len(r) - r.rfind(c) - len(c) for r, c in zip(renders, contents, strict=True)
+        ]
+        tail = renders[0][len(renders[0]) - min(after_content) :]
+        while tail and not all(r.endswith(tail) for r in renders):
+            tail = tail[1:]
+        return tail
 
     def __call__(self, messages: list[tuple[str, str]], generation: bool = False) -> str:
+        out = self._render(messages, generation)
+        if self.trailer and not generation:
+            if not out.endswith(self.trailer):
+                raise ChatTemplateError("the template's closing text is not always the same")
+            out = out[: -len(self.trailer)]
+        return out
+
+    def _render(self, messages: list[tuple[str, str]], generation: bool) -> str:
         convo = [{"role": r, "content": c} for r, c in messages]
         try:
             out: Any = self.hf.apply_chat_template(
@@ -162,8 +192,31 @@ def derive(render: _Renderer) -> ChatFormat:
     if "system" in prefix and not _renders(render, [("system", "a"), ("user", "b")]):
         del prefix["system"], first["system"]  # it may not open a conversation
     fmt = ChatFormat(first, prefix, suffix, _answer(render), render.bos_text)
-    _check(render, fmt)
+    try:
+        _check(render, fmt)
+    except ChatTemplateError:
+        if "system" not in prefix:
+            raise
+        fmt = _system_in_first_turn(render, fmt)
+        _check(render, fmt)
     return fmt
+
+
+def _system_in_first_turn(render: _Renderer, fmt: ChatFormat) -> ChatFormat:
+    """The format of a template that writes the system prompt inside the first user turn
+    (Gemma's): the system message opens that turn, and the user message after it adds only
+    the text between the two contents."""
+    text = render([("system", _SENTINELS[0]), ("user", _SENTINELS[1])])
+    opening, rest = _split(text, _SENTINELS[0])
+    between, _ = _split(rest, _SENTINELS[1])
+    return ChatFormat(
+        {**fmt.first, "system": opening},
+        fmt.prefix,
+        {**fmt.suffix, "system": between},
+        fmt.answer,
+        fmt.bos_text,
+        {("system", "user"): ""},
+    )
 
 
 def _renders(render: _Renderer, messages: list[tuple[str, str]]) -> bool:

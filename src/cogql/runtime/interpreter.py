@@ -153,7 +153,8 @@ class QueryRun:
 
     def _flush(self) -> None:
         if self.pending_text:
-            self.ids.extend(self.conn.tokenizer.encode(self.pending_text))
+            start = all(t == self.conn.bos_token_id for t in self.ids)  # the prompt's first text
+            self.ids.extend(self.conn.tokenizer.encode(self.pending_text, start=start))
             self.pending_text = ""
 
     def prompt_ids(self) -> list[int]:

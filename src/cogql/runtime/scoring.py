@@ -100,7 +100,7 @@ async def score_on(
     """`score` on an open connection (a query's `context.score` uses the query's)."""
     options = _options(values)
     encode = conn.tokenizer.encode
-    prompt_ids = encode(prompt)
+    prompt_ids = encode(prompt, start=True)
     value_ids = [encode(v) for v in options]
     start, unscored = _start(conn.bos_token_id, prompt_ids)
     rows = [prompt_ids[len(unscored) :] + ids for ids in value_ids]
