@@ -254,7 +254,13 @@ def test_stop_cut_straddles_tokens_and_respects_guards(tokenizer: Tokenizer) -> 
     assert s.stop_cut("Hello world", new_from=len("Hello world")) is None  # already seen
     assert s.stop_cut("a! o w", new_from=0) == 1  # the earliest phrase wins
     guarded = spec(tokenizer, 'STOPS_AT(X, ",") and len(X) > 4')
-    assert guarded.stop_cut("ab, cd,", new_from=0) == len("ab, cd,")  # "ab," is too short
+    assert guarded.stop_cut("ab,", new_from=0) is None  # "ab," is too short
+    assert guarded.stop_cut("ab, cd,", new_from=3) == len("ab, cd,")
+    assert guarded.stop_cut("ab, cd,", new_from=0) == len("ab, cd,")  # lengths: on the cut
+    # a REGEX (or == / in) sibling holds on the text so far, as LMQL checks it
+    formed = spec(tokenizer, 'STOPS_BEFORE(X, " end") and REGEX(X, r"[a-z]+ end.?")')
+    assert formed.stop_cut("ab end", new_from=3) == len("ab")
+    assert formed.stop_cut("ab endless", new_from=3) is None
 
 
 @pytest.mark.parametrize(

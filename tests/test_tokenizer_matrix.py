@@ -291,11 +291,6 @@ def test_stops_before_a_phrase_across_tokens(case: Case) -> None:
     assert r.prompt == "Hello" + r["A"] + " done"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 2: a value whose grammar forces a STOPS_BEFORE phrase keeps the "
-    "phrase (on every tokenizer, SmolLM2's too); LMQL cuts it",
-)
 def test_stops_before_a_phrase_the_grammar_forces(case: Case) -> None:
     q = f'argmax "Say:[A] done" where REGEX(A, r"{PHRASE_REGEX}") and STOPS_BEFORE(A, " {PHRASE}")'
     r = case.run(q)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import builtins
 import difflib
+import functools
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
@@ -439,7 +440,12 @@ class _HoleCompiler:
                 raise self.error(node, f"{fn} needs a non-empty string stop phrase")
             keep = fn.upper() == "STOPS_AT"
             guard = tuple(g for g in guards if mentions(g, self.var))
-            self.spec.stops.append(Stop(p, keep, Predicate(self.evaluator, guard)))
+            form = tuple(g for g in guard if _about_form(g, self.var))
+            rest = tuple(g for g in guard if g not in form)
+            predicate = functools.partial(Predicate, self.evaluator)
+            self.spec.stops.append(
+                Stop(p, keep, predicate(guard), predicate(form), predicate(rest))
+            )
 
     def _guard_is_server_side(self, guard: Predicate) -> bool:
         """True when the engine's own rule (stops active from min_tokens on) is exactly this
@@ -487,6 +493,17 @@ class _HoleCompiler:
     def _final_check(self, option: str) -> bool:
         hole = HoleText(option, tuple(self.encode(option)), final=True)
         return Predicate(self.evaluator, tuple(self.opaque)).allows(hole)
+
+
+def _about_form(node: ast.expr, var: str) -> bool:
+    """REGEX(X, ...), X == ..., X in [...]: a sibling about what the value reads, not its size."""
+    if _call_name(node) == "REGEX":
+        return True
+    if isinstance(node, ast.Compare) and len(node.ops) == 1:
+        sides = (node.left, node.comparators[0])
+        is_var = any(isinstance(n, ast.Name) and n.id == var for n in sides)
+        return is_var and isinstance(node.ops[0], (ast.Eq, ast.In))
+    return False
 
 
 def _pure_stop(node: ast.expr) -> bool:

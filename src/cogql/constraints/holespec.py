@@ -25,6 +25,20 @@ class Stop:
     keep: bool  # STOPS_AT keeps the phrase, STOPS_BEFORE drops it
     # the stop is active only while this holds (its `and` siblings, §6.5); None: always
     guard: Predicate | None = field(default=None, compare=False, repr=False)
+    # the siblings about the value's form (REGEX, ==, in) among them, and the others
+    form: Predicate | None = field(default=None, compare=False, repr=False)
+    rest: Predicate | None = field(default=None, compare=False, repr=False)
+
+    def active(self, left: HoleText, whole: HoleText) -> bool:
+        """Whether the stop may cut, leaving `left` of the text so far, `whole`. Its siblings
+        hold on what it leaves; or, as LMQL checks them, form siblings hold on the text so far
+        (a REGEX that requires the phrase) while the others (lengths, functions) hold on what
+        the cut leaves, so a value is never shorter than asked for (LMQL's can be)."""
+        if self.guard is None or self.guard.allows(left):
+            return True
+        if self.form is None or not self.form.nodes:
+            return False
+        return (self.rest is None or self.rest.allows(left)) and self.form.allows(whole)
 
 
 @dataclass
@@ -78,20 +92,17 @@ class HoleSpec:
         phrases straddling token boundaries count) cuts `text`; the earliest wins. None when
         no stop fires.
 
-        A stop is active when its guard holds on the text it would leave; or, once a value
-        that `==` / `in` forces is complete, on that whole value: LMQL then cuts the forced
-        value at a stop phrase its last token holds (`X == 'abc",'` with
-        `STOPS_BEFORE(X, '"')` is `abc`)."""
-        forced = self._forced_complete(text, tokens)
+        Whether a stop is active is `Stop.active`'s rule; once a value that `==` / `in`
+        forces is complete, its form siblings see it as final: LMQL then cuts the forced
+        value at a stop phrase its last token holds (`X == 'abc",'` with `STOPS_BEFORE(X, '"')`
+        is `abc`)."""
+        whole = self._forced_complete(text, tokens) or HoleText(text, tokens)
         best: tuple[int, int] | None = None
         for stop in self.stops:
             at = text.find(stop.phrase, max(new_from - len(stop.phrase) + 1, 0))
             while at >= 0 and (best is None or at < best[0]):
                 cut = at + len(stop.phrase) if stop.keep else at
-                if stop.guard is None or stop.guard.allows(HoleText(text[:cut], tokens)):
-                    best = (at, cut)
-                    break
-                if forced is not None and stop.guard.allows(forced):
+                if stop.active(HoleText(text[:cut], tokens), whole):
                     best = (at, cut)
                     break
                 at = text.find(stop.phrase, at + 1)
