@@ -1,7 +1,7 @@
 """The tokenizer matrix: cogql on the real tokenizers of deployed models (Llama 2 / Mistral's
 SentencePiece BPE with byte fallback, Llama 3 and 3.1, Gemma 3, Qwen 3, DeepSeek V3, gpt-oss;
 fetched by `make tokenizers`), each under a model of some kind: a tiny random-weight model of a
-matching architecture built from a config. Its text is noise, so every constraint has to hold by
+matching architecture built from a config, and the weightless `random` model. Their text is noise, so every constraint has to hold by
 cogql's doing, on every tokenizer: stop phrases across token boundaries, INT, REGEX, `in` with
 leading spaces, token and character lengths, `distribution` against SCORE, BOS and chat
 templates against transformers, token bytes, round trips, and the tokenizer handed out over LMTP.
@@ -106,7 +106,13 @@ def tiny(arch: str) -> ModelFactory:
     return factory
 
 
+def random_model(tokenizer_folder: Path, scratch: Path) -> cogql.Model:
+    """The `random` model over the tokenizer: no weights, so every tokenizer runs in seconds."""
+    return cogql.model("random", seed=11, tokenizer=str(tokenizer_folder))
+
+
 MODEL_KINDS: dict[str, ModelFactory] = {f"tiny-{arch}": tiny(arch) for arch in ARCHITECTURES}
+MODEL_KINDS["random"] = random_model
 
 CASES: list[tuple[str, str]] = [
     ("llama2", "tiny-llama"),
@@ -117,6 +123,7 @@ CASES: list[tuple[str, str]] = [
     ("qwen3", "tiny-qwen3"),
     ("deepseek_v3", "tiny-llama"),
     ("gptoss", "tiny-gpt2"),
+    *((name, "random") for name in REAL_TOKENIZERS),
 ]
 assert {t for t, _ in CASES} == set(REAL_TOKENIZERS)
 
