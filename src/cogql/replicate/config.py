@@ -142,10 +142,12 @@ def slug(name: str) -> str:
 
 def name_problem(name: str, what: str = "model") -> str | None:
     """Why `name` cannot name a Replicate model (or owner); None when it can."""
+    a = "an" if what[0] in "aeiou" else "a"
     if "/" in name:
-        return f"a {what} name cannot contain '/' (it names a folder and a Replicate {what})"
+        why = " (it names a folder and a Replicate model)" if what == "model" else ""
+        return f"{a} {what} name cannot contain '/'{why}"
     if name.startswith("."):
-        return f"a {what} name cannot start with '.' (it would be a hidden folder)"
+        return f"{a} {what} name cannot start with '.' (it would be a hidden folder)"
     if len(name) > IMAGE_NAME_MAX:
         return (
             f"{len(name)} characters is too long: the whole image name (r8.im/OWNER/NAME) "
@@ -302,7 +304,8 @@ def _check_model(name: str, table: Any, base: Path) -> tuple[Model | None, list[
             ConfigIssue(prefix, "both huggingface and local are set", "keep only one of them")
         )
     repo = hf.get("repo") if isinstance(hf, dict) else None
-    if isinstance(repo, str) and not REPO_RE.match(repo):
+    # a string with control characters has its issue from the schema check: one per key
+    if isinstance(repo, str) and not control_character(repo) and not REPO_RE.match(repo):
         issues.append(
             ConfigIssue(
                 f"{prefix}.huggingface.repo",
@@ -312,7 +315,7 @@ def _check_model(name: str, table: Any, base: Path) -> tuple[Model | None, list[
         )
     raw_path = local.get("path") if isinstance(local, dict) else None
     local_path = None
-    if isinstance(raw_path, str):
+    if isinstance(raw_path, str) and not control_character(raw_path):
         local_path = (base / Path(raw_path).expanduser()).absolute()
         if not local_path.exists():
             issues.append(
