@@ -96,6 +96,8 @@ class Manifest:
 
     @classmethod
     def read(cls, root: Path) -> Manifest:
+        if (root / MANIFEST).is_symlink():
+            raise ProjectConflict([f"{root / MANIFEST}: a link, not the file cogql made"])
         try:
             data = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
         except FileNotFoundError:

@@ -148,7 +148,7 @@ def allowed_roots(folder: Path) -> tuple[Path, ...]:
     if real.parent.name == "snapshots" and repo.name.startswith("models--"):
         blobs = repo / "blobs"
         if blobs.is_dir():
-            return real, blobs
+            return real, blobs.resolve()
     return (real,)
 
 
