@@ -112,3 +112,45 @@ def test_run_on_the_random_model(tmp_path: Path) -> None:
     here = cogql.run_sync(APPLES, name="Ada", n=3, model=cogql.model("random"))
     assert result["variables"]["ANSWER"] == here["ANSWER"]
     assert dict(result["variables"]["P(ANSWER)"]) == pytest.approx(dict(here["P(ANSWER)"]))
+
+
+def test_every_command_prints_errors_plainly(tmp_path: Path) -> None:
+    """`error: MESSAGE`, never rich markup printed raw (the old build and push errors began
+    with a literal `[red]error:[/]`); brackets in messages stay as they are."""
+    odd = tmp_path / "[bold]odd[dim]"
+    odd.mkdir()
+    (odd / "config.toml").write_text('[models.m]\nhuggingface.repo = "a/b"\n')
+    (odd / "file").write_text("")
+    runner = CliRunner()
+    cases = [
+        (["replicate", "build", "--config", str(odd / "missing.toml")], 2),
+        (
+            [
+                "replicate",
+                "build",
+                "--config",
+                str(odd / "config.toml"),
+                "--out",
+                str(odd / "file"),
+            ],
+            1,
+        ),
+        (["replicate", "push", "nope", "--out", str(odd)], 1),
+        (["replicate", "init", "--config", str(odd / "c.toml"), "--owner", "Bad"], 2),
+        (["replicate", "serve", str(odd), "--port", "0"], 1),
+    ]
+    for args, code in cases:
+        result = runner.invoke(main, args)
+        assert result.exit_code == code, (args, result.output)
+        assert result.stderr.startswith("error: "), (args, result.stderr)
+        assert "[red]error" not in result.stderr and "\x1b[" not in result.stderr
+    assert "[bold]odd[dim]" in runner.invoke(main, cases[0][0]).stderr  # not read as markup
+    proc = subprocess.run(
+        [*COMMAND, "replicate", "push", "../../x", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: '../../x' is not a model name"), proc.stderr

@@ -447,3 +447,254 @@ def test_cli_build_and_push(
     monkeypatch.setenv("PATH", str(config.parent))
     result = runner.invoke(main, ["replicate", "push", "tiny", "--out", str(out)])
     assert result.exit_code == 1 and "cog push --separate-weights r8.im/alice/tiny" in result.output
+
+
+# ---- hostile model folders, links and names -----------------------------------------------------
+
+
+def cli_build(config: Path, out: Path, *names: str):
+    args = ["replicate", "build", "--config", str(config), "--out", str(out), *names]
+    return CliRunner().invoke(main, args)
+
+
+def tree(folder: Path) -> set[str]:
+    """Every path below `folder` (links not followed)."""
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize(
+    "shard",
+    [
+        "../../../../target.txt",
+        "ABSOLUTE",
+        "..\\..\\..\\..\\target.txt",
+        "model\x00.safetensors",
+        "x" * 300 + ".safetensors",
+    ],
+)
+def test_a_shard_name_from_an_index_is_checked_like_user_input(
+    tmp_path: Path, tiny_model_path: Path, shard: str
+) -> None:
+    """A model folder whose index names a shard outside the folder: on the old code the shard
+    was linked in (`../` read box/target.txt, and wrote its link outside --out)."""
+    box = tmp_path / "box"
+    model = box / "a" / "b" / "c" / "model"
+    shutil.copytree(tiny_model_path, model)
+    (box / "target.txt").write_text("secret of the machine")
+    shard = str(box / "target.txt") if shard == "ABSOLUTE" else shard
+    index = {"weight_map": {"a": "model.safetensors", "b": shard}}
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    config = write_config(tmp_path, f'[models.tiny]\nlocal.path = "{model}"\ngpu = false\n')
+    out = tmp_path / "out" / "p" / "q" / "work"  # checkpoints/../../../.. is out/p
+    before = tree(tmp_path)
+    result = cli_build(config, out)
+    assert result.exit_code == 1, result.output
+    assert "model.safetensors.index.json names the shard" in result.stderr
+    assert repr(shard)[:60] in result.stderr and "built tiny" not in result.stderr
+    assert tree(tmp_path) == before  # nothing written, anywhere
+    assert (box / "target.txt").read_text() == "secret of the machine"
+
+
+@pytest.mark.parametrize("link", ["README.md", "tokenizer.json", "model.safetensors"])
+def test_a_link_out_of_the_model_folder_is_refused(
+    tmp_path: Path, tiny_model_path: Path, link: str
+) -> None:
+    """On the old code any file of the machine, linked into the folder, went into checkpoints/."""
+    model = local_model(tmp_path, tiny_model_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the machine's file")
+    (model / link).unlink(missing_ok=True)
+    (model / link).symlink_to(secret)
+    config = write_config(tmp_path, f'[models.tiny]\nlocal.path = "{model.name}"\ngpu = false\n')
+    with pytest.raises(BuildError, match=rf"{link} leads to .*secret\.txt, outside the model"):
+        run_build(config)
+    assert not (tmp_path / "work").exists()
+
+
+def test_links_inside_the_model_folder_are_fine(tmp_path: Path, tiny_model_path: Path) -> None:
+    model = local_model(tmp_path, tiny_model_path)
+    (model / "real-weights").mkdir()
+    os.replace(model / "model.safetensors", model / "real-weights" / "w.safetensors")
+    (model / "model.safetensors").symlink_to("real-weights/w.safetensors")
+    config = write_config(tmp_path, f'[models.tiny]\nlocal.path = "{model.name}"\ngpu = false\n')
+    [result] = run_build(config)
+    linked = result.folder / "checkpoints" / "model.safetensors"
+    assert linked.stat().st_ino == (model / "real-weights" / "w.safetensors").stat().st_ino
+
+
+def test_a_hub_snapshot_may_link_to_its_blobs_and_nowhere_else(
+    tmp_path: Path, hub: Path, tiny_model_path: Path
+) -> None:
+    files = {p.name: p for p in tiny_model_path.iterdir()}
+    base = fake_hub_cache(hub, "acme/tiny", files)
+    secret = tmp_path / "secret.md"
+    secret.write_text("not the repo's")
+    (base / "snapshots" / ("a" * 40) / "README.md").symlink_to(secret)
+    config = write_config(tmp_path, '[models.tiny]\nhuggingface.repo = "acme/tiny"\n')
+    with pytest.raises(BuildError, match=r"README\.md leads to .*secret\.md, outside the snap"):
+        run_build(config)
+    assert not (tmp_path / "work").exists()
+
+
+def test_a_symlinked_project_folder_is_refused(tiny_project: tuple[Path, Path]) -> None:
+    """On the old code the project was written into the link's target."""
+    config, _ = tiny_project
+    elsewhere = config.parent / "elsewhere"
+    elsewhere.mkdir()
+    (config.parent / "work").mkdir()
+    (config.parent / "work" / "tiny").symlink_to(elsewhere)
+    result = cli_build(config, config.parent / "work")
+    assert result.exit_code == 1
+    assert "the project folder is a symbolic link" in result.stderr
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_manifest_naming_paths_outside_the_project_is_refused(
+    tiny_project: tuple[Path, Path],
+) -> None:
+    """On the old code a rebuild deleted a file outside the project that an edited manifest
+    listed as stale."""
+    config, _ = tiny_project
+    [first] = run_build(config)
+    victim = config.parent / "victim.txt"
+    victim.write_text("keep me")
+    manifest = json.loads((first.folder / MANIFEST).read_text())
+    manifest["files"]["../../victim.txt"] = {
+        "size": victim.stat().st_size,
+        "sha256": hashlib.sha256(victim.read_bytes()).hexdigest(),
+    }
+    (first.folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ProjectConflict, match=r"'\.\./\.\./victim\.txt' climbs out"):
+        run_build(config)
+    assert victim.read_text() == "keep me"
+
+
+def test_out_holding_a_file_named_like_a_model_fails_before_building(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    model = local_model(tmp_path, tiny_model_path)
+    body = "".join(
+        f'[models.{n}]\nlocal.path = "{model.name}"\ngpu = false\n' for n in ("first", "second")
+    )
+    config = write_config(tmp_path, body)
+    out = tmp_path / "work"
+    out.mkdir()
+    (out / "second").write_text("a file of mine")
+    result = cli_build(config, out)
+    assert result.exit_code == 1 and not isinstance(result.exception, FileExistsError)
+    assert "Traceback" not in result.output
+    assert f"{out / 'second'}: a file is where the project folder goes" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["second"]  # "first" was not built
+    assert (out / "second").read_text() == "a file of mine"
+
+
+@pytest.mark.parametrize("below", [False, True])
+def test_out_that_is_a_file_is_a_clear_error(tiny_project: tuple[Path, Path], below: bool) -> None:
+    config, _ = tiny_project
+    file = config.parent / "not-a-folder"
+    file.write_text("x")
+    out = file / "work" if below else file
+    result = cli_build(config, out)
+    assert result.exit_code == 1 and not isinstance(result.exception, OSError)
+    assert result.stderr.startswith("error: ")
+    assert "is a file, not a folder; nothing was written" in result.stderr
+    assert file.read_text() == "x"
+
+
+def test_cog_yaml_quotes_every_value(tiny_project: tuple[Path, Path]) -> None:
+    """Even a source with line breaks (were validation to miss one) stays in its comment: on the
+    old code it added an `image:` key of the attacker's to cog.yaml."""
+    from cogql.replicate.build import _cog_yaml
+    from cogql.replicate.sources import ModelFiles
+
+    config, _ = tiny_project
+    model = load_config(config).models["tiny"]
+    evil = "/models/x\nimage: r8.im/attacker/x\nbuild:\n  gpu: true\u2028run: evil.py"
+    text = _cog_yaml(model, ModelFiles(evil, (), True), None)
+    cog = yaml.safe_load(text)
+    assert set(cog) == {"build", "environment", "run"} and cog["run"] == "predict.py:Predictor"
+    assert cog["build"]["gpu"] is False
+    assert len(text.splitlines()) == 12  # the template's lines, no more
+
+
+def test_a_newline_in_local_path_is_refused(tmp_path: Path, tiny_model_path: Path) -> None:
+    """A real folder whose name holds a line break: on the old code its name reached cog.yaml
+    raw and added an `image:` key."""
+    model = tmp_path / "m\nimage: attacker"
+    shutil.copytree(tiny_model_path, model)
+    config = write_config(
+        tmp_path, f"[models.tiny]\nlocal.path = {json.dumps(model.name)}\ngpu = false\n", None
+    )
+    result = cli_build(config, tmp_path / "work")
+    assert result.exit_code == 2
+    assert "models.tiny.local.path: contains the control character U+000A" in result.stderr
+    assert not (tmp_path / "work").exists()
+
+
+# ---- push: checked before anything runs -------------------------------------------------------
+
+
+@pytest.fixture
+def fake_cog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A PATH with a `cog` that records its arguments and a `docker` whose daemon answers, so
+    the push script really runs."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "cog-calls.txt"
+    (bin_dir / "cog").write_text(f'#!/bin/sh\necho "$@" >> "{log}"\n')
+    (bin_dir / "docker").write_text("#!/bin/sh\nexit 0\n")
+    for tool in ("cog", "docker"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    return log
+
+
+def test_push_runs_the_script_with_the_recorded_destination(
+    tiny_project: tuple[Path, Path], fake_cog: Path
+) -> None:
+    config, _ = tiny_project
+    [result] = run_build(config)
+    assert push(result.folder, ["--debug"]) == 0
+    assert fake_cog.read_text() == "push --separate-weights r8.im/alice/tiny --debug\n"
+
+
+def test_push_refuses_a_path_for_a_name(tmp_path: Path, fake_cog: Path) -> None:
+    """On the old code `push ../../x` ran x/push, a project found outside --out."""
+    outside = tmp_path / "x"
+    outside.mkdir()
+    marker = tmp_path / "ran.txt"
+    (outside / "push").write_text(f'#!/bin/sh\necho ran > "{marker}"\n')
+    (outside / "push").chmod(0o755)
+    (outside / MANIFEST).write_text(json.dumps({"format": 1, "info": {"image": "r8.im/a/x"}}))
+    out = tmp_path / "o" / "work"
+    out.mkdir(parents=True)
+    result = CliRunner().invoke(main, ["replicate", "push", "../../x", "--out", str(out)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: '../../x' is not a model name")
+    assert not marker.exists() and not fake_cog.exists()
+
+
+@pytest.mark.parametrize(
+    "image", ["r8.im/alice/other", "r8.im/alice/tiny; rm -rf ~", "tiny", "r8.im/Alice/tiny", 7]
+)
+def test_push_refuses_a_destination_that_is_not_owner_name_for_the_model(
+    tiny_project: tuple[Path, Path], fake_cog: Path, image: object
+) -> None:
+    config, _ = tiny_project
+    [result] = run_build(config)
+    manifest = json.loads((result.folder / MANIFEST).read_text())
+    manifest["info"]["image"] = image
+    (result.folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(PushError, match="the recorded destination"):
+        push(result.folder)
+    assert not fake_cog.exists()
+
+
+def test_push_refuses_a_symlinked_project(tiny_project: tuple[Path, Path], fake_cog: Path) -> None:
+    config, _ = tiny_project
+    [result] = run_build(config)
+    link = result.folder.parent / "linked"
+    link.symlink_to(result.folder)
+    with pytest.raises(PushError, match="is a symbolic link"):
+        push(link)
+    assert not fake_cog.exists()

@@ -164,3 +164,64 @@ def test_cli_reports_config_errors_and_writes_nothing(tmp_path: Path) -> None:
     assert not out.exists()
     result = CliRunner().invoke(main, ["replicate", "init", "--config", str(tmp_path / "c.toml")])
     assert result.exit_code == 0 and (tmp_path / "c.toml").is_file()
+
+
+# ---- Replicate's naming rule, and strings that must stay on one line ----------------------------
+
+
+def test_a_long_name_is_judged_by_the_real_limit() -> None:
+    """Replicate names follow Docker's image-name rule: no 100-character limit, but the whole
+    image name (registry included) may have at most 255 characters. The old code rejected a
+    101-character name, saying its characters were wrong."""
+    name = "m" * 101
+    config = parse_config(f'dest_prefix = "r8.im/alice"\n[models.{name}]\n{GOOD[14:]}', Path("/x"))
+    assert config.image(name) == f"r8.im/alice/{name}"
+    room = 255 - len("r8.im/alice/")
+    found = issues(f'dest_prefix = "r8.im/alice"\n[models.{"m" * (room + 1)}]\n{GOOD[14:]}')
+    [text] = found.values()
+    assert "would be 256 characters" in text and "at most 255" in text
+    assert f"at most {room} characters" in text
+    [text] = issues(f"[models.{'m' * 256}]\n{GOOD[14:]}").values()
+    assert "256 characters is too long" in text and "at most 255" in text
+
+
+@pytest.mark.parametrize(
+    ("name", "suggestion"), [("a..b", "a-b"), ("a___b", "a-b"), ("a_-b", "a-b"), ("-x-", "x")]
+)
+def test_separators_follow_dockers_rule(name: str, suggestion: str) -> None:
+    [text] = issues(f'[models."{name}"]\nhuggingface.repo = "a/b"\n').values()
+    assert "joined by single separators" in text and "Docker's image-name rule" in text
+    assert f"[models.{suggestion}]" in text
+    for ok in ("a.b", "a_b", "a__b", "a---b", "llama-2-13b-hf--lmtp-8bit"):
+        parse_config(f'[models."{ok}"]\nhuggingface.repo = "a/b"\n', Path("/x/c.toml"))
+
+
+@pytest.mark.parametrize(
+    ("key", "line"),
+    [
+        ("huggingface.repo", 'huggingface.repo = "a/b\\nimage: r8.im/evil/x"'),
+        ("huggingface.version", 'huggingface.repo = "a/b"\nhuggingface.version = "main\\r"'),
+        ("tokenizer", 'huggingface.repo = "a/b"\ntokenizer = "a/b\\u2028run: x"'),
+        ("local.path", 'local.path = "m\\u0000"'),
+    ],
+)
+def test_config_strings_may_not_hold_control_characters(key: str, line: str) -> None:
+    found = issues(f"[models.m]\n{line}\n")
+    assert "contains the control character U+" in found[f"models.m.{key}"]
+    assert "on one line" in found[f"models.m.{key}"]
+
+
+def test_init_refuses_an_owner_that_is_not_a_replicate_name(tmp_path: Path) -> None:
+    """On the old code the owner was pasted into config.toml, quotes and line breaks included."""
+    path = tmp_path / "config.toml"
+    owner = 'alice/"\n[models.evil]\nlocal.path = "/etc'
+    result = CliRunner().invoke(
+        main, ["replicate", "init", "--config", str(path), "--owner", owner]
+    )
+    assert result.exit_code == 2 and result.stderr.startswith("error: ")
+    assert "--owner: an owner name cannot contain '/'" in result.stderr
+    assert not path.exists()
+    result = CliRunner().invoke(
+        main, ["replicate", "init", "--config", str(path), "--owner", "Alice"]
+    )
+    assert result.exit_code == 2 and "Replicate owner names are lowercase" in result.stderr

@@ -7,17 +7,29 @@ import asyncio
 import gc
 import json
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from .language.errors import QuerySyntaxError
 from .runtime.events import ModelCall, QueryEvent, TextAppended
 from .runtime.result import LMQLResult
 
 err = Console(stderr=True, soft_wrap=True)  # never hard-wrap paths in messages
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Every command's error: `error: MESSAGE` on stderr (red on a terminal), then exit.
+    The message is plain text, never read as markup: errors quote paths and [holes]."""
+    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
+    sys.exit(code)
+
+
+def note(message: str) -> None:
+    """A plain progress line on stderr (paths in it are not markup)."""
+    err.print(message, markup=False, highlight=False)
 
 
 def _parse_sets(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -122,12 +134,10 @@ def run(file: Any, model_name: str | None, sets: tuple[str, ...], as_json: bool,
         kwargs["model"] = cogql.model(model_name)
     try:
         result = asyncio.run(cogql.run(source, **inputs, **kwargs))
-    except QuerySyntaxError as e:  # messages hold [holes]: no rich markup in them
-        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
-        sys.exit(2)
+    except QuerySyntaxError as e:
+        fail(str(e), 2)
     except Exception as e:
-        err.print(f"[red]error:[/] {type(e).__name__}: {escape(str(e))}", highlight=False)
-        sys.exit(1)
+        fail(f"{type(e).__name__}: {e}")
     if as_json:
         click.echo(json.dumps(_to_json(result), indent=2))
     else:
@@ -199,8 +209,7 @@ def _serve_model(extra: list[str], model_name: str, host: str, port: int, dtype:
     try:
         asyncio.run(serve_until_signalled(server))
     except OSError as e:  # e.g. the port is taken
-        err.print(f"[red]error:[/] cannot listen on {host}:{port}: {e}", highlight=False)
-        sys.exit(1)
+        fail(f"cannot listen on {host}:{port}: {e}")
 
 
 # ---- cogql replicate: deploy models to Replicate as Cog projects ---------------------------
@@ -222,13 +231,15 @@ def replicate_init(config_path: str, owner: str | None, force: bool) -> None:
     from pathlib import Path
 
     from .replicate.build import init_config
+    from .replicate.config import ConfigError
 
     try:
         path = init_config(Path(config_path), owner=owner, force=force)
-    except FileExistsError as e:
-        err.print(f"[red]error:[/] {e}", highlight=False)
-        sys.exit(1)
-    err.print(f"wrote {path}; edit it, then run: cogql replicate build", highlight=False)
+    except (FileExistsError, ConfigError) as e:
+        fail(str(e), 2 if isinstance(e, ConfigError) else 1)
+    except OSError as e:
+        fail(f"cannot write {config_path}: {e}")
+    note(f"wrote {path}; edit it, then run: cogql replicate build")
 
 
 @replicate.command("build")
@@ -256,25 +267,25 @@ def replicate_build(
         config = load_config(config_path)
         results = build(config, Path(out).absolute(), models, force=force, check=check)
     except (ConfigError, BuildError, ProjectConflict, RequirementsError) as e:
-        err.print(f"[red]error:[/] {e}", highlight=False, markup=False)
-        sys.exit(2 if isinstance(e, ConfigError) else 1)
+        fail(str(e), 2 if isinstance(e, ConfigError) else 1)
+    except OSError as e:  # the disk, not the input: full, read-only, permissions
+        fail(f"the build stopped: {e}")
     for r in results:
         b = r.checkpoint_bytes
         size = f"{b / 1e9:.2f} GB" if b >= 1e9 else f"{b / 1e6:.1f} MB"
         if check:
-            err.print(f"ok  {r.name}: {r.origin} ({size}) → {r.folder}", highlight=False)
+            note(f"ok  {r.name}: {r.origin} ({size}) → {r.folder}")
             continue
         c = r.counts
-        err.print(
+        note(
             f"built {r.name} in {r.folder} from {r.origin} ({size}): {c['written']} written, "
             f"{c['linked']} linked, {c['copied']} copied, {c['kept']} unchanged, "
-            f"{c['removed']} removed",
-            highlight=False,
+            f"{c['removed']} removed"
         )
         if r.image:
-            err.print(f"  push: cogql replicate push {r.name}  (→ {r.image})", highlight=False)
+            note(f"  push: cogql replicate push {r.name}  (→ {r.image})")
         else:
-            err.print("  no dest_prefix in the config: no push script", highlight=False)
+            note("  no dest_prefix in the config: no push script")
 
 
 @replicate.command("serve")
@@ -301,10 +312,9 @@ def replicate_serve(
     emu = Emulator([Path(w) for w in workdirs], token=token, latency=latency, host=host,
                    port=port, wait_ready=False)  # fmt: skip
     try:
-        serve(emu, click.echo, lambda line: err.print(line, markup=False, highlight=False))
+        serve(emu, click.echo, note)
     except EmulatorError as e:
-        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
-        sys.exit(1)
+        fail(str(e))
 
 
 @replicate.command("push", context_settings={"ignore_unknown_options": True})
@@ -315,11 +325,10 @@ def replicate_push(name: str, cog_args: tuple[str, ...], out: str) -> None:
     """Push the built project OUT/NAME to Replicate (runs its push script)."""
     from pathlib import Path
 
-    from .replicate.push import PushError, push
+    from .replicate.push import PushError, project_folder, push
 
     try:
-        code = push(Path(out).absolute() / name, list(cog_args))
+        code = push(project_folder(Path(out).absolute(), name), list(cog_args))
     except PushError as e:
-        err.print(f"[red]error:[/] {e}", highlight=False, markup=False)
-        sys.exit(1)
+        fail(str(e))
     sys.exit(code)

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from string import Template
 from typing import Any
 
 from . import requirements, schema
-from .config import BuildConfig, Model, select
+from .config import BuildConfig, ConfigError, ConfigIssue, Model, name_problem, select
 from .layout import BUILD_INFO, CHECKPOINTS, MODEL_ARGS, PUSH_SCRIPT, VENDOR_DIR
 from .modelargs import is_quantized
 from .project import Link, Output, Plan, ProjectConflict, Text, apply, plan
@@ -66,6 +67,12 @@ def cogql_version() -> str:
 
 def _template(template: str, **values: Any) -> str:
     return Template((TEMPLATES / template).read_text(encoding="utf-8")).substitute(values)
+
+
+def _quoted(value: str) -> str:
+    """A double-quoted scalar that is valid JSON, YAML and TOML, and always one line: control
+    characters (and all non-ASCII) are escaped, so no value can add a key or a line."""
+    return json.dumps(value, ensure_ascii=True)
 
 
 def vendored_files() -> list[Text]:
@@ -104,23 +111,24 @@ def _predict_py(model: Model) -> str:
     return _template(
         "predict.py.tmpl",
         cogql_version=cogql_version(),
-        name=model.name,
+        name=_quoted(model.name),
         cog_imports=imports,
         run_method=method.rstrip("\n"),
     )
 
 
 def _cog_yaml(model: Model, files: ModelFiles, image: str | None) -> str:
+    """Every value is pasted as a quoted one-line scalar (comments included), never raw."""
     return (
         _template(
             "cog.yaml.tmpl",
             cogql_version=cogql_version(),
-            name=model.name,
-            source=files.origin,
+            name=_quoted(model.name),
+            source=_quoted(files.origin),
             gpu="true" if model.spec.gpu else "false",
-            python_version=model.spec.python_version,
-            cog_version=requirements.COG_VERSION,
-            image_line=f'image: "{image}"' if image else "",
+            python_version=_quoted(model.spec.python_version),
+            cog_version=_quoted(requirements.COG_VERSION),
+            image_line=f"image: {_quoted(image)}" if image else "",
         ).rstrip("\n")
         + "\n"
     )
@@ -161,7 +169,7 @@ def render(
         *(Link(f"{CHECKPOINTS}/{f.name}", f.source, f.size) for f in files.files),
     ]
     if image:
-        push = _template("push.tmpl", cogql_version=version_, image=image)
+        push = _template("push.tmpl", cogql_version=version_, image=shlex.quote(image))
         outputs.append(Text(PUSH_SCRIPT, push.encode(), executable=True))
     return outputs
 
@@ -217,6 +225,21 @@ def _collect_all(models: list[Model], base: Path) -> dict[str, ModelFiles]:
     return found
 
 
+def _check_out(out: Path) -> None:
+    """--out must be a folder, or a path whose nearest existing ancestor is one."""
+    existing = out
+    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_dir():
+        return
+    what = "a broken link" if existing.is_symlink() else "a file"
+    place = f"--out {out}" if existing == out else f"{existing} (above --out {out})"
+    raise BuildError(
+        f"{place} is {what}, not a folder; nothing was written. Pass --out a folder (it is "
+        "created if missing)"
+    )
+
+
 def build(
     config: BuildConfig,
     out: Path,
@@ -227,6 +250,7 @@ def build(
     progress: bool | None = None,
 ) -> list[BuildResult]:
     """Build the named models (all when none are named); with `check`, stop before writing."""
+    _check_out(out)
     models = select(config, names)
     files = _collect_all(models, config.path.parent)
     vendor = vendored_files()
@@ -272,7 +296,11 @@ def init_config(path: Path, *, owner: str | None = None, force: bool = False) ->
     """Write the commented example config.toml; never over an existing file unless forced."""
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists; pass --force to replace it")
+    problem = name_problem(owner, "owner") if owner is not None else None
+    if problem:
+        raise ConfigError(path, [ConfigIssue("--owner", problem, "pass your Replicate username")])
     prefix = f"r8.im/{owner}/" if owner else "r8.im/YOURACCOUNT/"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_template("config.toml.tmpl", dest_prefix=prefix), encoding="utf-8")
+    text = _template("config.toml.tmpl", dest_prefix=_quoted(prefix))
+    path.write_text(text, encoding="utf-8")
     return path

@@ -15,6 +15,12 @@ Schema (one table per model; relative paths are relative to the config file, not
     python_version = "3.11"                 # 3.11, 3.12 or 3.13
     max_concurrency = 1                     # >1 makes the predictor async (see README)
     config.torch_dtype = "float16"          # model arguments (config.json)
+
+Model and owner names follow Replicate's rule, which is Docker's rule for image names (Replicate
+validates owner and model names with it): lowercase letters and digits, joined by single
+separators ('.', '_', '__' or a run of '-'), no separator first or last, and the whole image
+name REGISTRY/OWNER/NAME at most 255 characters. No string may hold a control character: they
+reach cog.yaml, predict.py and the push script.
 """
 
 from __future__ import annotations
@@ -24,16 +30,24 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from .modelargs import check_model_args
+from .untrusted import control_character
 
 EXAMPLE_OWNER = "YOURACCOUNT"
-NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]*[a-z0-9])?$")
+_COMPONENT = r"[a-z0-9]+(?:(?:\.|__?|-+)[a-z0-9]+)*"  # Docker's image name component
+_HOST = r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[0-9]+)?"
+NAME_RE = re.compile(rf"^{_COMPONENT}$")
 REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-PREFIX_RE = re.compile(r"^[a-z0-9.-]+(?::[0-9]+)?(?:/[a-z0-9._-]+)+$")
+PREFIX_RE = re.compile(rf"^{_HOST}(?:/{_COMPONENT})+$")
+IMAGE_NAME_MAX = 255  # Docker's limit on a whole image name, registry included
+NAME_RULE = (
+    "lowercase letters and digits, joined by single separators ('.', '_', '__' or dashes), "
+    "with no separator first or last (Docker's image-name rule, which Replicate follows)"
+)
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
 
 
@@ -61,13 +75,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+def _one_line(value: str) -> str:
+    char = control_character(value)
+    if char:
+        raise ValueError(f"contains the control character {char} (a line break, tab or the like)")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_one_line)]  # config strings: no control characters
+
+
 class HuggingFace(_Strict):
-    repo: str
-    version: str | None = None
+    repo: Text
+    version: Text | None = None
 
 
 class Local(_Strict):
-    path: str
+    path: Text
 
 
 class ModelSpec(_Strict):
@@ -75,7 +99,7 @@ class ModelSpec(_Strict):
 
     huggingface: HuggingFace | None = None
     local: Local | None = None
-    tokenizer: str | None = None
+    tokenizer: Text | None = None
     gpu: bool = True
     python_version: Literal["3.11", "3.12", "3.13"] = "3.11"
     max_concurrency: int = Field(default=1, ge=1, le=64)
@@ -111,21 +135,67 @@ class BuildConfig:
 
 def slug(name: str) -> str:
     """A suggestion for a valid model name: lowercase, other characters become dashes."""
-    s = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-._")
-    return s or "my-model"
+    s = re.sub(r"[^a-z0-9._-]+", "-", name.lower())
+    s = re.sub(r"[._-]{2,}", lambda m: m[0] if re.fullmatch(r"__|-+", m[0]) else "-", s)
+    return s[:IMAGE_NAME_MAX].strip("-._") or "my-model"
+
+
+def name_problem(name: str, what: str = "model") -> str | None:
+    """Why `name` cannot name a Replicate model (or owner); None when it can."""
+    a = "an" if what[0] in "aeiou" else "a"
+    if "/" in name:
+        why = " (it names a folder and a Replicate model)" if what == "model" else ""
+        return f"{a} {what} name cannot contain '/'{why}"
+    if name.startswith("."):
+        return f"{a} {what} name cannot start with '.' (it would be a hidden folder)"
+    if len(name) > IMAGE_NAME_MAX:
+        return (
+            f"{len(name)} characters is too long: the whole image name (r8.im/OWNER/NAME) "
+            f"may have at most {IMAGE_NAME_MAX} characters (Docker's limit, which Replicate "
+            "follows)"
+        )
+    if not NAME_RE.match(name):
+        return f"Replicate {what} names are {NAME_RULE}"
+    return None
+
+
+def image_problem(image: object, name: str) -> str | None:
+    """Why `image` is not a push destination REGISTRY/OWNER/NAME for the model `name`."""
+    if not isinstance(image, str):
+        return f"{image!r} is not an image name"
+    if not PREFIX_RE.match(image) or image.count("/") < 2:
+        return f"{image!r} is not REGISTRY/OWNER/NAME ({NAME_RULE})"
+    if image.rsplit("/", 1)[1] != name:
+        return f"{image!r} is not an image for the model {name!r}"
+    if len(image) > IMAGE_NAME_MAX:
+        return f"{image!r} is longer than {IMAGE_NAME_MAX} characters"
+    return None
 
 
 def _check_name(name: str) -> list[ConfigIssue]:
-    key = _table_key(name)
-    if NAME_RE.match(name) and len(name) <= 100:
+    problem = name_problem(name)
+    if problem is None:
         return []
-    if "/" in name:
-        problem = "a model name cannot contain '/' (it names a folder and a Replicate model)"
-    elif name.startswith("."):
-        problem = "a model name cannot start with '.' (it would be a hidden folder)"
-    else:
-        problem = "Replicate model names use lowercase letters, digits, '-', '_' and '.'"
-    return [ConfigIssue(key, problem, f"rename the table to [models.{slug(name)}]")]
+    return [ConfigIssue(_table_key(name), problem, f"rename the table to [models.{slug(name)}]")]
+
+
+def _check_image_lengths(prefix: str | None, names: list[str]) -> list[ConfigIssue]:
+    if prefix is None:
+        return []
+    issues = []
+    for name in names:
+        image = f"{prefix}/{name}"
+        if len(image) > IMAGE_NAME_MAX and len(name) <= IMAGE_NAME_MAX:
+            room = IMAGE_NAME_MAX - len(prefix) - 1
+            issues.append(
+                ConfigIssue(
+                    _table_key(name),
+                    f"the image name {prefix}/NAME would be {len(image)} characters; Docker "
+                    f"(and so Replicate) allows at most {IMAGE_NAME_MAX}",
+                    f"shorten the model name to at most {room} characters",
+                )
+            )
+    return issues
 
 
 def _check_prefix(value: Any) -> tuple[str | None, list[ConfigIssue]]:
@@ -182,6 +252,12 @@ def _pydantic_issue(prefix: str, err: dict[str, Any]) -> ConfigIssue:
         else:
             problem = f"unsupported Python {value!r} (cogql needs 3.11+, Cog supports up to 3.13)"
         return ConfigIssue(key, problem, f"use one of {versions}, in quotes")
+    if kind == "value_error":
+        return ConfigIssue(
+            key,
+            str(err.get("ctx", {}).get("error", err["msg"])),
+            "write the value on one line, without control characters",
+        )
     if kind in _TYPE_WORDS:
         want = _TYPE_WORDS[kind]
         return ConfigIssue(key, f"must be {want}, not {value!r}", f"write {loc[-1]} as {want}")
@@ -228,7 +304,8 @@ def _check_model(name: str, table: Any, base: Path) -> tuple[Model | None, list[
             ConfigIssue(prefix, "both huggingface and local are set", "keep only one of them")
         )
     repo = hf.get("repo") if isinstance(hf, dict) else None
-    if isinstance(repo, str) and not REPO_RE.match(repo):
+    # a string with control characters has its issue from the schema check: one per key
+    if isinstance(repo, str) and not control_character(repo) and not REPO_RE.match(repo):
         issues.append(
             ConfigIssue(
                 f"{prefix}.huggingface.repo",
@@ -238,7 +315,7 @@ def _check_model(name: str, table: Any, base: Path) -> tuple[Model | None, list[
         )
     raw_path = local.get("path") if isinstance(local, dict) else None
     local_path = None
-    if isinstance(raw_path, str):
+    if isinstance(raw_path, str) and not control_character(raw_path):
         local_path = (base / Path(raw_path).expanduser()).absolute()
         if not local_path.exists():
             issues.append(
@@ -293,6 +370,8 @@ def parse_config(text: str, path: Path) -> BuildConfig:
             issues += model_issues
             if model is not None:
                 models[name] = model
+    if isinstance(tables, dict):
+        issues += _check_image_lengths(prefix, [str(n) for n in tables])
     if issues:
         raise ConfigError(path, issues)
     return BuildConfig(path=path, dest_prefix=prefix, models=models)

@@ -7,6 +7,10 @@ no I/O beyond hashing the small generated files. Weights are hardlinked from the
 (instant, no extra disk), copied when linking is impossible (another filesystem), and relinked
 when the source changes. The manifest is saved after every operation, so an interrupted build
 leaves a folder the next build can finish.
+
+Nothing is written through a symbolic link: a project folder that is a link, or a link where a
+parent folder should be, stops the build; every path, the manifest's included, must be a plain
+relative path, so no write or removal lands outside the project folder.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .untrusted import relative_name_problem
 
 MANIFEST = ".cogql-manifest.json"
 FORMAT = 1
@@ -90,6 +96,8 @@ class Manifest:
 
     @classmethod
     def read(cls, root: Path) -> Manifest:
+        if (root / MANIFEST).is_symlink():
+            raise ProjectConflict([f"{root / MANIFEST}: a link, not the file cogql made"])
         try:
             data = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -98,7 +106,15 @@ class Manifest:
             raise ProjectConflict([f"{root / MANIFEST}: unreadable ({e}); delete it"]) from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ProjectConflict([f"{root / MANIFEST}: unknown format; delete it"])
-        return cls(dict(data.get("files", {})), dict(data.get("info", {})))
+        files, info = data.get("files", {}), data.get("info", {})
+        if not isinstance(files, dict) or not isinstance(info, dict):
+            raise ProjectConflict([f"{root / MANIFEST}: unknown format; delete it"])
+        for path, record in files.items():
+            problem = relative_name_problem(path)
+            if problem or not isinstance(record, dict):
+                why = f"the path {path!r} {problem}" if problem else f"{path!r} has no record"
+                raise ProjectConflict([f"{root / MANIFEST}: {why}; delete the manifest"])
+        return cls(dict(files), dict(info))
 
     def write(self, root: Path) -> None:
         data = {"format": FORMAT, "info": self.info, "files": dict(sorted(self.files.items()))}
@@ -174,14 +190,31 @@ def _matches(path: Path, out: Output, record: dict[str, Any] | None) -> bool:
     return same_source and _unchanged(path, record)
 
 
+def _root_problem(root: Path) -> str | None:
+    if root.is_symlink():
+        return (
+            f"{root}: the project folder is a symbolic link; cogql never writes through links. "
+            "Remove the link (or build into another --out)"
+        )
+    if root.exists() and not root.is_dir():
+        return f"{root}: a file is where the project folder goes"
+    return None
+
+
 def plan(root: Path, outputs: list[Output], *, force: bool = False) -> Plan:
+    problem = _root_problem(root)
+    if problem:
+        return Plan(root, Manifest(), conflicts=[problem])
     manifest = Manifest.read(root) if root.is_dir() else Manifest()
     p = Plan(root, manifest)
     wanted = {o.path for o in outputs}
     for out in outputs:
         dest = root / out.path
         record = manifest.files.get(out.path)
-        if _blocked_by_parent(root, out.path):
+        unsafe = relative_name_problem(out.path)
+        if unsafe:
+            p.conflicts.append(f"{dest}: cogql writes only inside {root}, and this path {unsafe}")
+        elif _blocked_by_parent(root, out.path):
             p.conflicts.append(f"{dest}: a parent folder is a file or link cogql did not make")
         elif dest.is_dir() and not dest.is_symlink():
             p.conflicts.append(f"{dest}: a folder is where cogql writes a file")
@@ -199,7 +232,9 @@ def plan(root: Path, outputs: list[Output], *, force: bool = False) -> Plan:
         if path in wanted:
             continue
         dest = root / path
-        if dest.is_dir() and not dest.is_symlink():
+        if _blocked_by_parent(root, path):
+            p.conflicts.append(f"{dest}: a parent folder is a file or link cogql did not make")
+        elif dest.is_dir() and not dest.is_symlink():
             p.conflicts.append(f"{dest}: a folder is where cogql had made a file")
         elif force or _unchanged(dest, record):
             p.remove.append(path)
@@ -231,7 +266,8 @@ def _link_or_copy(source: Path, dest: Path, progress: Callable[[int], None]) -> 
             raise
         method = "copy"
         try:
-            with source.open("rb") as src, tmp.open("wb") as dst:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            with source.open("rb") as src, os.fdopen(os.open(tmp, flags, 0o644), "wb") as dst:
                 for block in iter(lambda: src.read(8 << 20), b""):
                     dst.write(block)
                     progress(len(block))
@@ -246,9 +282,12 @@ def _link_or_copy(source: Path, dest: Path, progress: Callable[[int], None]) -> 
 
 def apply(p: Plan, progress: Callable[[int], None] = lambda n: None) -> dict[str, int]:
     """Carry out a plan with no conflicts; returns counts by operation."""
+    root, manifest = p.root, p.manifest
+    problem = _root_problem(root)  # again: the folder may have changed since the plan
+    if problem:
+        p.conflicts.append(problem)
     if p.conflicts:
         raise ProjectConflict(p.conflicts)
-    root, manifest = p.root, p.manifest
     root.mkdir(parents=True, exist_ok=True)
     counts = {"written": 0, "linked": 0, "copied": 0, "kept": len(p.keep), "removed": 0}
     for out in p.adopt:

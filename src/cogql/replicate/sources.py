@@ -6,6 +6,11 @@ cache lacks, never when HF_HUB_OFFLINE is set, and both downloads are pinned to 
 (LMQL re-listed a different snapshot after its second download). Exactly one weight format is
 picked: safetensors when present (a single model.safetensors counts: LMQL missed that case),
 with index files honoured, else PyTorch .bin files.
+
+Nothing is read from outside the model folder: every file must resolve inside it (for a Hugging
+Face snapshot, inside the snapshot or its repo's blobs, where the snapshot's links point), and
+shard names in index files are checked like user input. A folder of links to elsewhere would
+otherwise put any readable file of the machine into checkpoints/ (and into the pushed image).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 from ..engine.models import ModelNotFound, resolve_model_path
 from ..locations import hf_hub_cache
 from .config import Model
+from .untrusted import inside, relative_name_problem
 
 # files that describe a model or its tokenizer (copied whatever the weight format)
 META_PATTERNS = (
@@ -58,6 +64,10 @@ class SourceError(Exception):
     """A model's files cannot be found or are incomplete; the message says what to do."""
 
 
+class UnsafeSource(SourceError):
+    """A model folder names or links to a file outside itself; nothing of it is used."""
+
+
 @dataclass(frozen=True)
 class CheckpointFile:
     name: str  # path inside checkpoints/ (posix)
@@ -89,11 +99,21 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _index_shards(index: Path) -> list[str]:
+def _index_shards(index: Path, origin: str) -> list[str]:
     weight_map = _read_json(index).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise SourceError(f"{index} has no weight_map; the download may be incomplete")
-    return sorted(set(map(str, weight_map.values())))
+    shards = set()
+    for name in weight_map.values():
+        problem = relative_name_problem(name)
+        if problem:
+            raise UnsafeSource(
+                f"{origin}: {index} names the shard {name!r}, which {problem}; shard names "
+                "must be relative file names inside the model folder (no '..', no absolute "
+                "paths, no backslashes or control characters)"
+            )
+        shards.add(name)
+    return sorted(shards)
 
 
 def weight_files(names: set[str], use_safetensors: bool | None) -> tuple[list[str], bool]:
@@ -120,6 +140,33 @@ def _top_level(folder: Path) -> set[str]:
     return {p.name for p in folder.iterdir() if p.is_file()}
 
 
+def allowed_roots(folder: Path) -> tuple[Path, ...]:
+    """Where the files of `folder` may resolve to: the folder itself and, for a Hugging Face
+    snapshot (models--ORG--NAME/snapshots/COMMIT), its repo's blobs folder and nothing else."""
+    real = folder.resolve()
+    repo = real.parent.parent
+    if real.parent.name == "snapshots" and repo.name.startswith("models--"):
+        blobs = repo / "blobs"
+        if blobs.is_dir():
+            return real, blobs.resolve()
+    return (real,)
+
+
+def _resolve_inside(folder: Path, name: str, roots: tuple[Path, ...], origin: str) -> Path:
+    """The real file behind `folder/name`, which must stay inside `roots`."""
+    problem = relative_name_problem(name)
+    if problem:
+        raise UnsafeSource(f"{origin}: the file name {name!r} in {folder} {problem}")
+    real = (folder / name).resolve()
+    if not inside(real, roots):
+        where = "the snapshot and its cache blobs" if len(roots) > 1 else "the model folder"
+        raise UnsafeSource(
+            f"{origin}: {folder / name} leads to {real}, outside {where}; cogql reads nothing "
+            f"from outside it. Put the file itself into {folder} (not a link to elsewhere)"
+        )
+    return real
+
+
 def plan_folder(folder: Path, args: dict[str, Any], origin: str) -> tuple[list[str], bool]:
     """File names (relative to `folder`) to link, with index shards expanded; checks that every
     one of them is there."""
@@ -134,7 +181,8 @@ def plan_folder(folder: Path, args: dict[str, Any], origin: str) -> tuple[list[s
             f"{SAFETENSORS_INDEX}, pytorch_model.bin, {BIN_INDEX})"
         )
     if weights[0].endswith(".index.json"):
-        weights += _index_shards(folder / weights[0])
+        index = _resolve_inside(folder, weights[0], allowed_roots(folder), origin)
+        weights += _index_shards(index, origin)
     wanted = sorted(set(_meta_names(names, args.get("trust_remote_code") is True)) | set(weights))
     missing = [n for n in wanted if not (folder / n).is_file()]
     if missing:
@@ -142,10 +190,11 @@ def plan_folder(folder: Path, args: dict[str, Any], origin: str) -> tuple[list[s
     return wanted, safetensors
 
 
-def _files(folder: Path, names: list[str]) -> list[CheckpointFile]:
+def _files(folder: Path, names: list[str], origin: str) -> list[CheckpointFile]:
+    roots = allowed_roots(folder)
     out = []
     for name in names:
-        real = (folder / name).resolve()
+        real = _resolve_inside(folder, name, roots, origin)
         out.append(CheckpointFile(name, real, real.stat().st_size))
     return out
 
@@ -184,7 +233,8 @@ def _hub_download(repo: str, revision: str | None, origin: str) -> Path:
         top = {n for n in listing if "/" not in n}
         weights, _ = weight_files(top, None)
         if weights and weights[0].endswith(".index.json"):
-            weights += _index_shards(first / weights[0])
+            index = _resolve_inside(first, weights[0], allowed_roots(first), origin)
+            weights += _index_shards(index, origin)
         folder = Path(
             snapshot_download(
                 repo, revision=commit, cache_dir=hf_hub_cache(), allow_patterns=weights or meta
@@ -210,6 +260,8 @@ def _hub_folder(model: Model, args: dict[str, Any]) -> tuple[Path, list[str], bo
         try:
             names, safetensors = plan_folder(cached, args, origin)
             return cached, names, safetensors
+        except UnsafeSource:
+            raise
         except SourceError as e:
             if hub_offline():
                 raise SourceError(
@@ -234,6 +286,9 @@ def _local_folder(model: Model, args: dict[str, Any]) -> tuple[Path, list[str], 
     path = model.local_path
     assert path is not None
     origin = f"models.{model.name}: {path}"
+    if path.is_dir() and not (path / "config.json").is_file():  # a folder with a .gguf
+        for gguf in path.glob("*.gguf"):
+            _resolve_inside(path, gguf.name, (path.resolve(),), origin)
     try:
         folder = resolve_model_path(path)  # converts a GGUF once, into cogql's cache
     except ModelNotFound as e:
@@ -286,11 +341,12 @@ def collect(model: Model, base: Path) -> ModelFiles:
         hf = model.spec.huggingface
         assert hf is not None
         origin = f"{hf.repo}@{folder.name}"  # the snapshot folder is named by its commit
-    files = _files(folder, names)
+    files = _files(folder, names, f"models.{model.name}: {origin}")
     if model.spec.tokenizer:
         tok_folder = _tokenizer_folder(model.spec.tokenizer, base, model.name)
         present = [n for n in TOKENIZER_FILES if (tok_folder / n).is_file()]
-        files = [f for f in files if f.name not in TOKENIZER_FILES] + _files(tok_folder, present)
+        tok_files = _files(tok_folder, present, f"models.{model.name}.tokenizer")
+        files = [f for f in files if f.name not in TOKENIZER_FILES] + tok_files
     if not any(f.name == "tokenizer.json" for f in files):
         raise SourceError(
             f"models.{model.name}: {origin} has no tokenizer.json (a fast tokenizer); cogql's "
