@@ -151,6 +151,8 @@ class CogServer:
     def start(self) -> CogServer:
         with self._lock:
             self._closed = False
+            if self.socket_path is not None and not self.socket_path.parent.exists():
+                self.socket_path.parent.mkdir(mode=0o700)  # started again after stop()
             self._launch()
         return self
 
