@@ -13,7 +13,11 @@ import asyncio
 import contextlib
 import json
 import os
+import re
+import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import time
@@ -28,9 +32,10 @@ from replicate.exceptions import ModelError, ReplicateError
 
 from cogql.lmtp.messages import TokenEvent, parse_server_message
 from cogql.replicate.build import build
-from cogql.replicate.cogserver import free_port
+from cogql.replicate.cogserver import can_isolate, free_port
 from cogql.replicate.config import load_config
-from cogql.replicate.emulator import Emulator, EmulatorError, catalog, sse, store
+from cogql.replicate.emulator import Emulator, EmulatorError, body, catalog, sse, store
+from cogql.replicate.emulator.backend import BACKOFF_FIRST_S, BACKOFF_MAX_S, Backoff
 from cogql.replicate.emulator.errors import InvalidInput
 from cogql.replicate.emulator.routes import prefer_wait
 from cogql.replicate.emulator.validate import validate_input
@@ -304,11 +309,54 @@ def test_sse_heartbeats_ids_and_replay(emu: Emulator) -> None:
     assert replayed == events[2:]
 
 
+def sse_blocks(
+    http: httpx.Client, url: str, headers: dict[str, str] | None = None, most: int = 40
+) -> list[str]:
+    """A 200 stream's blocks (events and comments), at most `most`: a stream that never ends
+    fails the test (`len == most`) instead of hanging it."""
+    blocks: list[str] = []
+    with http.stream("GET", url, headers=headers or {}) as answer:
+        assert answer.status_code == 200, answer.read()
+        for block in answer.iter_text():
+            blocks += [b for b in block.split("\n\n") if b]
+            if len(blocks) >= most:
+                break
+    return blocks
+
+
+def test_sse_last_event_id_must_name_an_event_this_stream_sent(emu: Emulator) -> None:
+    with raw(emu) as http:
+        made = http.post(
+            f"/v1/models/{MODEL}/predictions", json={"input": ops(2)}, headers={"Prefer": "wait"}
+        ).json()
+        assert made["status"] == "succeeded"
+        url = made["urls"]["stream"]
+        events = sse_blocks(http, url)
+        assert [e.splitlines()[0] for e in events] == ["event: output"] * 2 + ["event: done"]
+        ids = [e.splitlines()[1].removeprefix("id: ") for e in events]
+        stamp, last = ids[0].rpartition(":")[0], len(ids) - 1
+        for bad, reason in [
+            ("garbage", "not an event of this stream"),
+            (f"{int(stamp) + 1}:0", "not an event of this stream"),
+            (f"{stamp}:x", "not an event of this stream"),
+            (f"{stamp}:-1", "negative sequence number"),  # used to skip outputs silently
+            (f"{stamp}:{last + 1}", "past the last event sent"),  # used to heartbeat forever
+        ]:
+            with http.stream("GET", url, headers={"Last-Event-ID": bad}) as answer:
+                assert answer.status_code == 400, bad
+                assert answer.headers["content-type"] == "application/problem+json"
+                problem = json.loads(answer.read())
+            assert (
+                reason in problem["detail"] and f"{stamp}:0 to {stamp}:{last}" in problem["detail"]
+            )
+        # resuming after an output replays the rest; after `done`, `done` again, then the end
+        assert sse_blocks(http, url, {"Last-Event-ID": ids[0]}) == events[1:]
+        assert sse_blocks(http, url, {"Last-Event-ID": ids[-1]}) == events[-1:]
+
+
 def test_sse_format_keeps_leading_spaces_and_line_breaks() -> None:
     event = store.StreamEvent(3, "9:3", "output", " two\nlines\r\n")
     assert sse.format_event(event) == b"event: output\nid: 9:3\ndata:  two\ndata: lines\ndata: \n\n"
-    assert sse.last_seq("1690212292:4") == 4
-    assert sse.last_seq(None) == sse.last_seq("garbage") == -1
 
 
 def test_a_failing_prediction(emu: Emulator, client: replicate.Client) -> None:
@@ -379,6 +427,84 @@ def test_invalid_input_is_422_before_any_prediction(emu: Emulator, client: repli
     assert prediction.input == ops(1)
 
 
+MALFORMED = [
+    (b"[" * 100_000, "nested too deeply"),
+    (b'{"input": ' + b"[" * 200 + b"]" * 200 + b"}", "nested too deeply"),
+    (b'{"input": {"ops_batch_json": NaN}}', "NaN is not a JSON number"),
+    (b'{"input": {"ops_batch_json": 1e999}}', "too large for a 64-bit float"),
+    (b'{"input": ' + b"9" * 5000 + b"}", "not valid JSON"),
+    (b'{"input": {"ops_batch_json": "\\ud800"}}', "unpaired surrogate"),
+    (b'{"input": ', "not valid JSON"),
+    (b"\xff\xfe\x00", "not valid JSON"),
+    (b"[1, 2]", "must be a JSON object"),
+]
+
+
+@pytest.mark.parametrize(("payload", "reason"), MALFORMED)
+def test_malformed_bodies_are_400_problem_json(emu: Emulator, payload: bytes, reason: str):
+    before = len(emu.predictions())
+    with raw(emu) as http:
+        for url in (f"/v1/models/{MODEL}/predictions", "/v1/predictions"):
+            answer = http.post(url, content=payload, headers={"Content-Type": "application/json"})
+            assert answer.status_code == 400, answer.text
+            assert answer.headers["content-type"] == "application/problem+json"
+            problem = answer.json()
+            assert problem["status"] == 400 and problem["title"] == "Bad request"
+            assert reason in problem["detail"]
+    assert len(emu.predictions()) == before
+
+
+def test_oversized_bodies_are_413_without_reading_them_whole(emu: Emulator) -> None:
+    limit = body.MAX_BODY_BYTES
+    with raw(emu) as http:
+        answer = http.post(
+            f"/v1/models/{MODEL}/predictions",
+            content=b" " * (limit + 1),
+            headers={"Content-Type": "application/json"},
+        )
+    assert answer.status_code == 413
+    assert answer.headers["content-type"] == "application/problem+json"
+    problem = answer.json()
+    assert problem["status"] == 413 and f"larger than {limit} bytes" in problem["detail"]
+    # a chunked body (no length) is refused once past the limit, before it even ends
+    request = (
+        f"POST /v1/models/{MODEL}/predictions HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {emu.token}\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    chunk = b" " * 65536
+    with socket.create_connection(("127.0.0.1", emu.port), timeout=30) as conn:
+        conn.sendall(request)
+        for _ in range(limit // len(chunk) + 2):
+            conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.recv(4096)  # the old emulator waited for the end: a timeout here
+    assert head.startswith(b"HTTP/1.1 413")
+    # and it goes on serving
+    assert (
+        len(replicate.Client(api_token=emu.token, base_url=emu.base_url).run(MODEL, input=ops(1)))
+        == 1
+    )
+
+
+def test_store_forgets_finished_predictions_past_its_limits(project: Path) -> None:
+    entry = catalog.load_entry(project)
+    kept = store.Store(max_kept=2, keep_s=3600)
+    finished = [kept.add(entry, {"n": i}, None) for i in range(3)]
+    running = kept.add(entry, {}, None)
+    for prediction in finished:
+        prediction.finish("succeeded", output=["x" * 1000])
+    newest = kept.add(entry, {}, None)  # each create drops what is past the limits
+    assert [p.id for p in kept.all()] == [finished[1].id, finished[2].id, running.id, newest.id]
+    assert kept.get(finished[0].id) is None
+    expiring = store.Store(max_kept=10, keep_s=0)
+    done = expiring.add(entry, {}, None)
+    done.finish("failed", error="x")
+    later = expiring.add(entry, {}, None)
+    assert expiring.all() == [later]
+
+
 def test_throttled_creates_are_429_with_retry_after(emu: Emulator, client: replicate.Client):
     emu.faults.throttle_creates(2, retry_after=3)
     for _ in range(2):
@@ -424,21 +550,143 @@ def test_dropped_stream_ends_without_done(emu: Emulator, client: replicate.Clien
 # ---- a Cog server that dies; the CLI -----------------------------------------------------------
 
 
-def test_a_dead_cog_server_fails_predictions_clearly(other_project: Path) -> None:
-    with Emulator([other_project], ready_timeout=300) as emu:
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, parents first (from /proc)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                parents.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(0), [])
+        found += children
+        todo += children
+    return found
+
+
+def cog_worker(emu: Emulator, ref: str) -> int:
+    """The pid of the Cog server's worker: the process that runs the predictor."""
+    server = emu.cog_server(ref)
+    for pid in descendants(server.process.pid):  # type: ignore[union-attr]
+        if "_run_worker" in Path(f"/proc/{pid}/cmdline").read_text():
+            return pid
+    raise AssertionError(f"no Cog worker under {server.process}")
+
+
+def settle(client: replicate.Client, prediction_id: str, seconds: float = 240) -> Any:
+    """The prediction once it has ended; fails (never hangs) if it has not within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while (prediction := client.predictions.get(prediction_id)).status not in store.TERMINAL:
+        assert time.monotonic() < deadline, f"{prediction_id} still {prediction.status}"
+        time.sleep(0.1)
+    return prediction
+
+
+def test_a_killed_worker_fails_its_prediction_and_the_server_restarts(other_project: Path):
+    with Emulator([other_project], ready_timeout=300, max_kept=1) as emu:
+        client = replicate.Client(api_token=emu.token, base_url=emu.base_url)
+        killed = client.predictions.create(model="local/tiny", input=ops(1500), stream=True)
+        next(iter(killed.stream()))  # generating
+        os.kill(cog_worker(emu, "local/tiny"), signal.SIGKILL)
+        # made while the server is down: one waits for the restart, one is cancelled meanwhile
+        waiting = client.predictions.create(model="local/tiny", input=ops(2))
+        canceled = client.predictions.create(model="local/tiny", input=ops(2))
+        assert client.predictions.cancel(canceled.id).status == "canceled"
+        assert settle(client, waiting.id).status == "succeeded"  # it used to stay `starting`
+        assert settle(client, canceled.id).status == "canceled"
+        failed = settle(client, killed.id)
+        assert failed.status == "failed"
+        assert "the Cog server of local/tiny lost its worker during the prediction" in failed.error
+        assert "restarted" in failed.error
+        assert str(emu.cog_server("local/tiny").log_path) in failed.error
+        log = emu.cog_server("local/tiny").logs()
+        assert log.count("---- cogql: restarting the Cog server") == 1
+        # max_kept=1: the finished predictions but the newest are forgotten at the next create
+        assert len(client.run("local/tiny", input=ops(2))) == 2  # the restarted server serves
+        with pytest.raises(ReplicateError) as gone:
+            client.predictions.get(killed.id)
+        assert gone.value.status == 404
+
+
+def test_a_cog_server_that_cannot_restart_fails_every_prediction_clearly(
+    other_project: Path, tmp_path: Path
+) -> None:
+    project = shutil.copytree(other_project, tmp_path / "tiny")
+    with Emulator([project], ready_timeout=300) as emu:
         assert emu.models == ["local/tiny"]
         client = replicate.Client(api_token=emu.token, base_url=emu.base_url)
         client.poll_interval = 0.05
         prediction = client.predictions.create(model="local/tiny", input=ops(1500), stream=True)
         next(iter(prediction.stream()))  # generating
+        (project / "checkpoints").rename(project / "gone")  # the restart's setup will fail
         server = emu.cog_server("local/tiny")
         os.killpg(server.process.pid, signal.SIGKILL)  # type: ignore[union-attr]
         prediction.wait()
         assert prediction.status == "failed"
-        assert "the Cog server of local/tiny" in prediction.error
+        assert "the Cog server of local/tiny exited with code -9 during the prediction" in (
+            prediction.error
+        )
         assert str(server.log_path) in prediction.error
-        with pytest.raises(ModelError, match="exited with code -9"):
-            client.run("local/tiny", input=ops(1))
+        for _ in range(2):  # every later one fails at once, saying why
+            with pytest.raises(ModelError, match="restarting it failed") as failed:
+                client.run("local/tiny", input=ops(1))
+            assert "SETUP_FAILED" in str(failed.value) or "exited" in str(failed.value)
+
+
+def connect_as(uid: int, path: Path) -> str:
+    """Try to open the Unix socket `path` as user `uid`, in a forked child (root only)."""
+    pid = os.fork()
+    if pid == 0:  # the child: no Python-level cleanup, just the exit status
+        code = 2
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(path))
+            code = 0
+        except PermissionError:
+            code = 13
+        finally:
+            os._exit(code)
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return {0: "connected", 13: "refused"}.get(code, f"failed ({code})")
+
+
+def test_the_cog_server_is_reachable_only_through_the_emulator(emu: Emulator) -> None:
+    if not can_isolate():
+        pytest.skip("this machine does not let users make network namespaces (unshare)")
+    server = emu.cog_server(MODEL)
+    assert emu.isolate and server.socket_path is not None
+    # its TCP port exists in its own network namespace only: nothing listens on it here
+    port = re.search(r"Starting coglet server on 127\.0\.0\.1:(\d+)", server.logs())
+    assert port is not None
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port.group(1)}/health-check")
+    cog_net = os.readlink(f"/proc/{server.process.pid}/ns/net")  # type: ignore[union-attr]
+    assert cog_net != os.readlink("/proc/self/ns/net")
+    # the way in is a socket file only this user can open
+    folder = server.socket_path.parent
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and folder.stat().st_uid == os.getuid()
+    assert stat.S_IMODE(server.socket_path.stat().st_mode) == 0o600
+    if os.geteuid() == 0:  # root can be someone else: another user cannot connect
+        assert connect_as(65534, server.socket_path) == "refused"
+    # the emulator itself gets through
+    assert (
+        len(replicate.Client(api_token=emu.token, base_url=emu.base_url).run(MODEL, input=ops(1)))
+        == 1
+    )
+
+
+def test_backoff_doubles_up_to_its_cap() -> None:
+    backoff = Backoff()
+    delays = [backoff.delay() for _ in range(12)]
+    assert delays[0] == BACKOFF_FIRST_S and delays[1] == 2 * BACKOFF_FIRST_S
+    assert max(delays) == BACKOFF_MAX_S == delays[-1]
+    backoff.reset()
+    assert backoff.delay() == BACKOFF_FIRST_S
 
 
 def test_missing_project_is_a_clear_error(tmp_path: Path) -> None:

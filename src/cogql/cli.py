@@ -295,8 +295,19 @@ def replicate_build(
 @click.option("--token", help="The API token clients must send (default: a new random one).")
 @click.option("--latency", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds each prediction stays starting (Replicate's queue and network).")  # fmt: skip
+@click.option("--max-body-mb", default=8.0, show_default=True, type=click.FloatRange(min=0.001),
+              help="Largest request body accepted (MiB); larger ones get a 413.")  # fmt: skip
+@click.option("--keep", default=1000, show_default=True, type=click.IntRange(min=0),
+              help="Finished predictions kept (with inputs, outputs, events); older ones are "
+                   "forgotten, as are any finished over an hour ago.")  # fmt: skip
 def replicate_serve(
-    workdirs: tuple[str, ...], host: str, port: int, token: str | None, latency: float
+    workdirs: tuple[str, ...],
+    host: str,
+    port: int,
+    token: str | None,
+    latency: float,
+    max_body_mb: float,
+    keep: int,
 ) -> None:
     """Serve Replicate's HTTP API on HOST:PORT in front of the built projects WORKDIR...
 
@@ -310,7 +321,8 @@ def replicate_serve(
     from .replicate.emulator.command import serve
 
     emu = Emulator([Path(w) for w in workdirs], token=token, latency=latency, host=host,
-                   port=port, wait_ready=False)  # fmt: skip
+                   port=port, wait_ready=False, max_body_bytes=int(max_body_mb * 1024 * 1024),
+                   max_kept=keep)  # fmt: skip
     try:
         serve(emu, click.echo, note)
     except EmulatorError as e:

@@ -3,7 +3,8 @@
 `Emulator` (server.py) is the entry point; `cogql replicate serve` runs one until interrupted.
 Modules: catalog (projects → models, versions, deployments), validate (inputs against the
 schema), store (predictions and their event logs), sse (Replicate's event stream), backend (the
-Cog server adapter), routes (the HTTP API), auth and errors (tokens, problem JSON), faults.
+Cog server adapter: health, restarts, retries), body (request bodies: size cap, JSON checks),
+routes (the HTTP API), auth and errors (tokens, problem JSON), faults.
 """
 
 from .errors import APIError

@@ -26,7 +26,7 @@ def _report_ready(emu: Emulator, err: Echo) -> None:
         except CogServerError as e:
             err(f"{ref}: the Cog server is not usable; its predictions will fail:\n{e}")
             continue
-        err(f"{ref}: ready in {seconds:.1f} s (Cog server {server.url}, log {server.log_path})")
+        err(f"{ref}: ready in {seconds:.1f} s (Cog server {server.address}, log {server.log_path})")
 
 
 def serve(emu: Emulator, out: Echo, err: Echo) -> None:
@@ -40,6 +40,8 @@ def serve(emu: Emulator, out: Echo, err: Echo) -> None:
         for entry in emu.entries:
             err(f"model {entry.ref}  version {entry.version_id}  ({entry.project})")
         err(f"Replicate's API on {emu.base_url}/v1 (latency {emu.latency:g} s); Ctrl-C stops")
+        if not emu.isolate:
+            err("warning: the Cog servers listen on loopback ports any local user can reach")
         threading.Thread(target=_report_ready, args=(emu, err), daemon=True).start()
         stop.wait()
         err("stopping")

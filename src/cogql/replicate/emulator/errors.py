@@ -47,6 +47,13 @@ class NotFound(APIError):
     title = "Not found"
 
 
+class PayloadTooLarge(APIError):
+    """The request body is over the emulator's size limit."""
+
+    status = 413
+    title = "Payload too large"
+
+
 class InvalidInput(APIError):
     """The input does not match the version's Input schema (or names no version)."""
 

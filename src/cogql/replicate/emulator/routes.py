@@ -1,8 +1,8 @@
 """Replicate's HTTP API (the predictions subset, replicate-api-and-cog.md §1 and §5) as a
 Starlette app over the models in a catalog and their Cog backends.
 
-Every route but the 404 fallback checks the token first; every error is problem JSON; every URL
-in an answer is absolute and built from the request's Host, so clients can follow `urls.*` and
+Every route but the 404 fallback checks the token first; every error is problem JSON (a bug
+too: a 500 with its cause, never a plain-text page); every URL in an answer is absolute and built from the request's Host, so clients can follow `urls.*` and
 `next` verbatim whichever address they used.
 """
 
@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -25,6 +24,7 @@ from starlette.routing import Route
 from ..cogserver import CogServer
 from . import auth, sse
 from .backend import CogBackend
+from .body import MAX_BODY_BYTES, parse_object, read_body
 from .catalog import ModelEntry
 from .errors import (
     APIError,
@@ -36,12 +36,13 @@ from .errors import (
     problem,
 )
 from .faults import Faults
-from .store import Prediction, Store
+from .store import KEEP_S, MAX_KEPT, Prediction, Store
 from .validate import validate_input
 
 MAX_WAIT_S = 60
 CANCEL_WAIT_S = 5.0
 Handler = Callable[[Request], Awaitable[Response]]
+log = logging.getLogger("cogql.replicate.emulator")
 
 
 class API:
@@ -56,6 +57,9 @@ class API:
         latency: float = 0.0,
         heartbeat_s: float = 15.0,
         faults: Faults | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        max_kept: int = MAX_KEPT,
+        keep_s: float = KEEP_S,
     ) -> None:
         self.entries = {e.ref: e for e in entries}
         self.by_version = {e.version_id: e for e in entries}
@@ -64,17 +68,16 @@ class API:
         self.latency = latency
         self.heartbeat_s = heartbeat_s
         self.faults = faults or Faults()
-        self.store = Store()
+        self.max_body_bytes = max_body_bytes
+        self.store = Store(max_kept, keep_s)
         self.backends: dict[str, CogBackend] = {}
         self.tasks: set[asyncio.Task[None]] = set()
-        self.http: httpx.AsyncClient | None = None
 
     # ---- lifecycle (on the event loop) -----------------------------------------------------
 
     async def startup(self) -> None:
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(30.0))
         for ref, entry in self.entries.items():
-            self.backends[ref] = CogBackend(entry, self.servers[ref], self.http, self.latency)
+            self.backends[ref] = CogBackend(entry, self.servers[ref], self.latency)
 
     async def finish_all(self) -> None:
         """End every prediction still running (at Cog too), so streams and waits return."""
@@ -88,8 +91,8 @@ class API:
             task.cancel()
         with contextlib.suppress(Exception):
             await asyncio.gather(*self.tasks, return_exceptions=True)
-        if self.http is not None:
-            await self.http.aclose()
+        for backend in self.backends.values():
+            await backend.close()
 
     def set_latency(self, seconds: float) -> None:
         self.latency = seconds
@@ -124,11 +127,16 @@ class API:
 
     # ---- predictions ----------------------------------------------------------------------
 
-    async def create(self, request: Request, entry: ModelEntry, deployment: str | None) -> Response:
+    async def body(self, request: Request) -> dict[str, Any]:
+        """The request's JSON object, read once, within the size limit."""
+        return parse_object(await read_body(request, self.max_body_bytes))
+
+    async def create(
+        self, request: Request, entry: ModelEntry, deployment: str | None, body: dict[str, Any]
+    ) -> Response:
         retry_after = self.faults.take_throttle()
         if retry_after is not None:
             raise Throttled(retry_after)
-        body = await json_body(request)
         inputs = validate_input(body.get("input"), entry.schema)
         wait = prefer_wait(request.headers.get("prefer"))
         failure = self.faults.take_failure()
@@ -163,19 +171,6 @@ class API:
 
 def base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
-
-
-async def json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError as e:
-        raise BadRequest(f"the request body is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
-    return body
 
 
 def prefer_wait(header: str | None) -> int | None:
@@ -223,6 +218,9 @@ def build_app(api: API) -> Starlette:
                 result = await handler(request)
             except APIError as e:
                 return e.response()
+            except Exception as e:  # a bug: still problem JSON, with its cause
+                log.exception("emulator error on %s %s", request.method, request.url.path)
+                return problem(500, "Internal server error", f"{type(e).__name__}: {e}")
             return result if isinstance(result, Response) else JSONResponse(result)
 
         return endpoint
@@ -246,16 +244,16 @@ def build_app(api: API) -> Starlette:
         return entry.version_json()
 
     async def create_prediction(request: Request) -> Any:
-        body = await json_body(request)
-        return await api.create(request, api.version(body.get("version")), None)
+        body = await api.body(request)
+        return await api.create(request, api.version(body.get("version")), None, body)
 
     async def create_model_prediction(request: Request) -> Any:
         entry = api.model(path(request, "owner"), path(request, "name"))
-        return await api.create(request, entry, None)
+        return await api.create(request, entry, None, await api.body(request))
 
     async def create_deployment_prediction(request: Request) -> Any:
         entry = api.model(path(request, "owner"), path(request, "name"), "deployment")
-        return await api.create(request, entry, entry.ref)
+        return await api.create(request, entry, entry.ref, await api.body(request))
 
     async def get_deployment(request: Request) -> Any:
         entry = api.model(path(request, "owner"), path(request, "name"), "deployment")
@@ -289,10 +287,11 @@ def build_app(api: API) -> Starlette:
         prediction = api.prediction(path(request, "id"))
         if not prediction.entry.streams:
             raise NotFound(f"{prediction.entry.ref} does not support streaming")
+        after = sse.resume_after(prediction, request.headers.get("last-event-id"))
         cut = api.faults.take_drop()
         events = sse.follow(
             prediction,
-            sse.last_seq(request.headers.get("last-event-id")),
+            after,
             api.heartbeat_s,
             (lambda sent: sent >= cut) if cut is not None else (lambda sent: False),
         )

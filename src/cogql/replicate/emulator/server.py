@@ -13,12 +13,14 @@ from typing import Any
 
 import uvicorn
 
-from ..cogserver import CogServer, CogServerError
+from ..cogserver import CogServer, CogServerError, can_isolate
 from .auth import new_token
+from .body import MAX_BODY_BYTES
 from .catalog import ModelEntry, ProjectError, check_unique, find_projects, load_entry
 from .catalog import max_concurrency as project_concurrency
 from .faults import Faults
 from .routes import API, build_app
+from .store import KEEP_S, MAX_KEPT
 
 STARTUP_TIMEOUT_S = 30.0
 
@@ -49,7 +51,13 @@ class Emulator:
     is ready, as on a cold boot). Exiting ends unfinished predictions as failed, stops the app,
     then the Cog servers. `latency` seconds are added to every prediction while it is
     `starting` (Replicate's queueing and network; `emu.latency = s` changes it while
-    running). `heartbeat_s` is the SSE keep-alive period.
+    running). `heartbeat_s` is the SSE keep-alive period. Request bodies over `max_body_bytes`
+    are refused (413); finished predictions are forgotten past `max_kept` of them or `keep_s`
+    seconds after they ended. With `isolate` (the default wherever the kernel allows it,
+    `cogql.replicate.cogserver.can_isolate()`), each Cog server runs in a network namespace of
+    its own, reachable only through a Unix socket that only this user can open; `isolate=False`
+    puts it on a loopback port, where any local user can reach it; `isolate=True` where it is
+    not possible is an EmulatorError.
 
     For robustness tests: `faults.throttle_creates(n, retry_after)` (429s),
     `faults.fail_creates(n, status, after_create=...)` (5xx, with or without the prediction
@@ -69,6 +77,10 @@ class Emulator:
         heartbeat_s: float = 15.0,
         wait_ready: bool = True,
         ready_timeout: float = 600.0,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        max_kept: int = MAX_KEPT,
+        keep_s: float = KEEP_S,
+        isolate: bool | None = None,
     ) -> None:
         self.workdirs = [Path(w) for w in workdirs]
         self.token = token or new_token()
@@ -78,6 +90,10 @@ class Emulator:
         self.heartbeat_s = heartbeat_s
         self.wait_ready = wait_ready
         self.ready_timeout = ready_timeout
+        self.max_body_bytes = max_body_bytes
+        self.max_kept = max_kept
+        self.keep_s = keep_s
+        self.isolate = isolate
         self.faults = Faults()
         self.entries: list[ModelEntry] = []
         self.servers: dict[str, CogServer] = {}
@@ -143,8 +159,16 @@ class Emulator:
     def start(self) -> Emulator:
         try:
             projects = find_projects(self.workdirs)
+            if self.isolate is None:
+                self.isolate = can_isolate()
+            elif self.isolate and not can_isolate():
+                raise EmulatorError(
+                    "cannot isolate the Cog servers: this machine does not let this user make a "
+                    "network namespace (`unshare --user --net` fails); pass isolate=False"
+                )
             servers = self._booting = [
-                CogServer(p, max_concurrency=project_concurrency(p)).start() for p in projects
+                CogServer(p, max_concurrency=project_concurrency(p), private=self.isolate).start()
+                for p in projects
             ]
             with ThreadPoolExecutor(4) as pool:  # hashing weights while the servers boot
                 self.entries = list(pool.map(load_entry, projects))
@@ -173,6 +197,9 @@ class Emulator:
             latency=self.latency,
             heartbeat_s=self.heartbeat_s,
             faults=self.faults,
+            max_body_bytes=self.max_body_bytes,
+            max_kept=self.max_kept,
+            keep_s=self.keep_s,
         )
         config = uvicorn.Config(
             build_app(self._api),

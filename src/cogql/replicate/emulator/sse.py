@@ -8,6 +8,11 @@ are sent, and a `: keep-alive` comment goes out whenever nothing else has for `h
 line each, with exactly one space after the colon, so the client's join restores it byte for
 byte (LMTP lines end in a newline: the empty last piece carries it). A stream opened late or
 reopened with Last-Event-ID replays the events it missed, then follows; it ends after `done`.
+
+A Last-Event-ID must be an id this stream sent: anything else (not `<stamp>:<seq>`, another
+prediction's stamp, a negative seq, a seq past the last event sent so far) is a 400 before the
+stream starts, so a confused client learns it instead of heartbeating forever or skipping
+output. Resuming after the last event of a finished prediction sends its `done` again and ends.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 
+from .errors import BadRequest
 from .store import Prediction, StreamEvent
 
 HEARTBEAT = b": keep-alive\n\n"
@@ -28,14 +34,25 @@ def format_event(event: StreamEvent) -> bytes:
     return ("\n".join(lines) + "\n\n").encode()
 
 
-def last_seq(last_event_id: str | None) -> int:
-    """The sequence number a Last-Event-ID names; -1 (replay everything) when absent or foreign."""
-    if not last_event_id:
+def resume_after(prediction: Prediction, last_event_id: str | None) -> int:
+    """The seq a stream (re)opened with `last_event_id` starts after: -1 (from the start)
+    without one; BadRequest for an id this stream never sent."""
+    if last_event_id is None or not last_event_id.strip():
         return -1
-    try:
-        return int(last_event_id.rpartition(":")[2])
-    except ValueError:
-        return -1
+    given = last_event_id.strip()
+    stamp, _, seq = given.rpartition(":")
+    expected = str(int(prediction.created))
+    last = len(prediction.events) - 1
+    sent = f"{expected}:0 to {expected}:{last} so far" if last >= 0 else "none sent yet"
+    hint = f"send the id of the last event received ({sent}), or none to replay from the start"
+    shown = repr(given[:80])
+    if stamp != expected or not re.fullmatch(r"-?[0-9]{1,18}", seq):
+        raise BadRequest(f"Last-Event-ID {shown} is not an event of this stream; {hint}")
+    if int(seq) < 0:
+        raise BadRequest(f"Last-Event-ID {shown} has a negative sequence number; {hint}")
+    if int(seq) > last:
+        raise BadRequest(f"Last-Event-ID {shown} is past the last event sent; {hint}")
+    return int(seq)
 
 
 async def follow(
@@ -46,6 +63,10 @@ async def follow(
 ) -> AsyncIterator[bytes]:
     """The stream's bytes; `should_drop(events sent)` cuts it short (injected faults)."""
     seq, sent, last_write = after, 0, time.monotonic()
+    if prediction.terminal and after >= len(prediction.events) - 1:
+        if not should_drop(sent):  # resumed after the end: the client learns it is over
+            yield format_event(prediction.events[-1])
+        return
     while True:
         for event in prediction.events_after(seq):
             if should_drop(sent):

@@ -5,6 +5,10 @@ cancel) wait for the next change rather than poll. A prediction keeps its whole 
 stream opened late, or reopened with Last-Event-ID, replays what it missed, then follows.
 States follow Replicate's machine: starting → processing → succeeded | failed | canceled;
 `started_at` is set on processing, `completed_at` and `metrics` when terminal.
+
+Finished predictions are forgotten (a 404 afterwards, their input, output and events freed)
+once more than `max_kept` have finished, oldest first, or `keep_s` seconds after they finished
+(Replicate removes an API prediction's data after an hour); running ones are always kept.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from .catalog import ModelEntry, iso
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 PAGE_SIZE = 100
+MAX_KEPT = 1000
+KEEP_S = 3600.0
 
 
 def new_id() -> str:
@@ -171,15 +177,29 @@ class Prediction:
 
 
 class Store:
-    """Every prediction of this emulator, newest last; ids are unique across models."""
+    """The predictions of this emulator still kept, newest last; ids are unique across models."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_kept: int = MAX_KEPT, keep_s: float = KEEP_S) -> None:
         self._by_id: dict[str, Prediction] = {}
+        self.max_kept = max_kept
+        self.keep_s = keep_s
 
     def add(self, entry: ModelEntry, inputs: dict[str, Any], deployment: str | None) -> Prediction:
+        self.forget_old()
         prediction = Prediction(new_id(), entry, inputs, deployment)
         self._by_id[prediction.id] = prediction
         return prediction
+
+    def forget_old(self) -> None:
+        """Drop finished predictions past `keep_s`, then the oldest past `max_kept`."""
+        now = time.time()
+        finished = sorted(
+            (p for p in self._by_id.values() if p.completed is not None), key=lambda p: p.completed
+        )
+        expired = [p for p in finished if now - p.completed >= self.keep_s]  # type: ignore[operator]
+        kept = finished[len(expired) :]
+        for prediction in expired + kept[: max(len(kept) - self.max_kept, 0)]:
+            del self._by_id[prediction.id]
 
     def get(self, prediction_id: str) -> Prediction | None:
         return self._by_id.get(prediction_id)
