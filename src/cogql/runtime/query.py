@@ -18,6 +18,7 @@ from ..lmtp.cost import track_cost
 from .decoders import DECODER_ARGS, check_decoder, decode
 from .decoders import DecoderError as DecoderError  # raised by query calls; imported from here
 from .events import OnEvent
+from .missing_inputs import missing_in_interpolation, unknown_hole_type
 from .model import Model, as_model
 from .query_attributes import LMQLQueryAttributes
 from .result import attach_cost
@@ -119,6 +120,9 @@ def _unresolved(query: CompiledQuery, names: list[str]) -> Exception:
                 lineno=lineno,
                 col=col,
             )
+    located = unknown_hole_type(query, names) or missing_in_interpolation(query, names, message)
+    if located is not None:
+        return located
     them = "it" if len(names) == 1 else "them"
     return InputError(f"{message} Pass {them} as inputs, or define {them} where the query is.")
 

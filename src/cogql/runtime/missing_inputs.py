@@ -1,0 +1,64 @@
+"""Where a query reads a name that nothing provides, for errors that point there.
+
+A name the query reads but does not define is an input; when no input gives it, the error is
+clearer at the place that reads it: a hole type (`[X: floaty]`, most likely a misspelt type)
+or a prompt string's `{expr}`.
+"""
+
+from __future__ import annotations
+
+import ast
+
+from ..language.compiler import CompiledQuery, InterpolationAt, hole_position
+from ..language.errors import HoleTypeError, QueryCompileError
+
+KNOWN_HOLE_TYPES = "int, str, a regex string or a name holding one, a query function"
+
+
+class MissingInputError(QueryCompileError, TypeError):
+    """A name a prompt string's `{expr}` reads that no input provides (a TypeError, as
+    LMQL's missing-input error)."""
+
+
+def unknown_hole_type(query: CompiledQuery, names: list[str]) -> HoleTypeError | None:
+    """The error for the first hole whose type is one of the unprovided `names`."""
+    for stmt in query.statements:
+        for hole in stmt.holes:
+            name = (hole.type_expr or "").strip()
+            if name not in names:
+                continue
+            lineno, col = hole_position(query.source, stmt, hole.name)
+            return HoleTypeError(
+                f"unknown type {name!r} for hole {hole.name} (known: {KNOWN_HOLE_TYPES}); "
+                f"if {name} is meant to be an input, pass it",
+                source=query.source,
+                lineno=lineno,
+                col=col,
+            )
+    return None
+
+
+def missing_in_interpolation(
+    query: CompiledQuery, names: list[str], message: str
+) -> MissingInputError | None:
+    """`message` at the first `{expr}` that reads one of the unprovided `names`."""
+    for stmt in query.statements:
+        for at in stmt.interpolations:
+            read = _names_read(at)
+            for name in sorted(set(names) & read):
+                return MissingInputError(
+                    f"{message} {{{at.expr}}} reads {name}: pass it as an input, or define it "
+                    "where the query is",
+                    source=query.source,
+                    lineno=at.lineno,
+                    col=at.col,
+                )
+    return None
+
+
+def _names_read(at: InterpolationAt) -> set[str]:
+    try:
+        tree = ast.parse("f" + repr("{" + at.expr + "}"), mode="eval")
+    except SyntaxError:
+        return set()
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
