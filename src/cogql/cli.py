@@ -45,10 +45,10 @@ class _Printer:
 
     def __call__(self, event: QueryEvent) -> None:
         if isinstance(event, TextAppended) and self.stream and event.run == 0:
+            if event.text:  # before writing: a Ctrl-C may land right after the write
+                self.mid_line = not event.text.endswith("\n")
             sys.stdout.write(event.text)
             sys.stdout.flush()
-            if event.text:
-                self.mid_line = not event.text.endswith("\n")
         elif isinstance(event, ModelCall) and self.trace:
             err.print(
                 f"[dim]model call[/] {event.kind} run={event.run} prompt={event.prompt_tokens} "
