@@ -17,8 +17,7 @@ from cogql.constraints.compile import ConstraintError
 from cogql.language.compiler import compile_query
 from cogql.language.errors import HoleTypeError, QueryCompileError, QuerySyntaxError
 from cogql.runtime.interpolations import InterpolationError
-from cogql.runtime.missing_inputs import MissingInputError
-from cogql.runtime.query import DecoderError
+from cogql.runtime.query import DecoderError, InputError, MissingInputError
 from cogql.tokenizer import Tokenizer
 
 
@@ -160,7 +159,7 @@ def test_a_missing_input_read_by_an_interpolation() -> None:
     e = run_error('argmax "Hello {undefined_name} [X]"', MissingInputError)
     assert "Failed to resolve variable 'undefined_name' in LMQL query." in e.message
     assert "{undefined_name} reads undefined_name: pass it as an input" in e.message
-    assert isinstance(e, TypeError) and at(e) == (1, len('argmax "Hello {') + 1)
+    assert isinstance(e, InputError) and at(e) == (1, len('argmax "Hello {') + 1)
 
 
 def test_errors_outside_interpolations_are_left_as_they_are() -> None:

@@ -10,14 +10,9 @@ from __future__ import annotations
 import ast
 
 from ..language.compiler import CompiledQuery, InterpolationAt, hole_position
-from ..language.errors import HoleTypeError, QueryCompileError
+from ..language.errors import HoleTypeError
 
 KNOWN_HOLE_TYPES = "int, str, a regex string or a name holding one, a query function"
-
-
-class MissingInputError(QueryCompileError, TypeError):
-    """A name a prompt string's `{expr}` reads that no input provides (a TypeError, as
-    LMQL's missing-input error)."""
 
 
 def unknown_hole_type(query: CompiledQuery, names: list[str]) -> HoleTypeError | None:
@@ -38,21 +33,15 @@ def unknown_hole_type(query: CompiledQuery, names: list[str]) -> HoleTypeError |
     return None
 
 
-def missing_in_interpolation(
-    query: CompiledQuery, names: list[str], message: str
-) -> MissingInputError | None:
-    """`message` at the first `{expr}` that reads one of the unprovided `names`."""
+def interpolation_reading(
+    query: CompiledQuery, names: list[str]
+) -> tuple[InterpolationAt, str] | None:
+    """The first `{expr}` that reads one of the unprovided `names`, and that name."""
     for stmt in query.statements:
         for at in stmt.interpolations:
-            read = _names_read(at)
-            for name in sorted(set(names) & read):
-                return MissingInputError(
-                    f"{message} {{{at.expr}}} reads {name}: pass it as an input, or define it "
-                    "where the query is",
-                    source=query.source,
-                    lineno=at.lineno,
-                    col=at.col,
-                )
+            read = sorted(set(names) & _names_read(at))
+            if read:
+                return at, read[0]
     return None
 
 
