@@ -234,6 +234,7 @@ def test_an_unknown_hole_type_is_named_before_any_model_call() -> None:
     assert e.message.startswith("unknown type 'floaty' for hole X (known: int, str, ")
     assert at(e) == (3, len('    "Hello ') + 1)
     assert model._connection is None  # the model was not even loaded
+    assert isinstance(e, InputError)  # what an unknown tactic name has always raised
 
 
 def test_a_hole_type_given_as_input_is_still_a_type() -> None:

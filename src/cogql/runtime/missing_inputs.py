@@ -10,12 +10,24 @@ from __future__ import annotations
 import ast
 
 from ..language.compiler import CompiledQuery, InterpolationAt, hole_position
-from ..language.errors import HoleTypeError
+from ..language.errors import HoleTypeError, QueryCompileError
 
 KNOWN_HOLE_TYPES = "int, str, a regex string or a name holding one, a query function"
 
 
-def unknown_hole_type(query: CompiledQuery, names: list[str]) -> HoleTypeError | None:
+class InputError(TypeError):
+    """A query input that is missing or cannot be bound."""
+
+
+class MissingInputError(QueryCompileError, InputError):
+    """A missing input that a prompt string's `{expr}` reads, pointing there."""
+
+
+class UnknownHoleTypeError(HoleTypeError, InputError):
+    """A hole type naming nothing: an unknown type, or an input not given (LMQL's error)."""
+
+
+def unknown_hole_type(query: CompiledQuery, names: list[str]) -> UnknownHoleTypeError | None:
     """The error for the first hole whose type is one of the unprovided `names`."""
     for stmt in query.statements:
         for hole in stmt.holes:
@@ -23,7 +35,7 @@ def unknown_hole_type(query: CompiledQuery, names: list[str]) -> HoleTypeError |
             if name not in names:
                 continue
             lineno, col = hole_position(query.source, stmt, hole.name)
-            return HoleTypeError(
+            return UnknownHoleTypeError(
                 f"unknown type {name!r} for hole {hole.name} (known: {KNOWN_HOLE_TYPES}); "
                 f"if {name} is meant to be an input, pass it",
                 source=query.source,
@@ -34,14 +46,20 @@ def unknown_hole_type(query: CompiledQuery, names: list[str]) -> HoleTypeError |
 
 
 def interpolation_reading(
-    query: CompiledQuery, names: list[str]
-) -> tuple[InterpolationAt, str] | None:
-    """The first `{expr}` that reads one of the unprovided `names`, and that name."""
+    query: CompiledQuery, names: list[str], message: str
+) -> MissingInputError | None:
+    """`message` (that the names are missing) at the first `{expr}` that reads one of them."""
     for stmt in query.statements:
         for at in stmt.interpolations:
             read = sorted(set(names) & _names_read(at))
             if read:
-                return at, read[0]
+                return MissingInputError(
+                    f"{message} {{{at.expr}}} reads {read[0]}: pass it as an input, or define "
+                    "it where the query is",
+                    source=query.source,
+                    lineno=at.lineno,
+                    col=at.col,
+                )
     return None
 
 
