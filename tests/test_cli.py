@@ -2,14 +2,21 @@
 loading one) `--json` prints JSON only, `--set` inputs, syntax errors and bad arguments exit
 non-zero with line and column; in-process (click's runner) `-` reads stdin, streams the prompt
 and prints variables and the distribution, and a missing model is a clear error. Also the seed
-query examples/sentiment.lmql, run in-process."""
+query examples/sentiment.lmql, run in-process; query files that are not UTF-8 or too large, an
+error after streamed text on its own line, and one SIGINT ending a run (busy in Python, or
+waiting on a model call, which it cancels)."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import selectors
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +24,7 @@ from click.testing import CliRunner
 
 import cogql
 from cogql.cli import main
+from cogql.language.source_file import MAX_QUERY_BYTES
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SCRIPT = Path(sys.executable).with_name("cogql")
@@ -154,3 +162,127 @@ def test_every_command_prints_errors_plainly(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: '../../x' is not a model name"), proc.stderr
+
+
+# --------------------------------------------------------------------------- query files
+
+
+@pytest.mark.parametrize(
+    ("data", "byte", "offset"),
+    [(b"\xff\xfe\x00binary", "0xff", 0), ('"caf\u00e9 [X]"\n'.encode("latin-1"), "0xe9", 4)],
+)
+def test_a_query_file_that_is_not_utf8(tmp_path: Path, data: bytes, byte: str, offset: int):
+    query = tmp_path / "query.lmql"
+    query.write_bytes(data)
+    result = CliRunner().invoke(main, ["run", str(query)])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)  # no traceback
+    assert f"error: {query} is not UTF-8 text: byte {byte} at offset {offset}" in result.stderr
+
+
+def test_a_query_file_over_the_size_limit(tmp_path: Path) -> None:
+    query = tmp_path / "huge.lmql"
+    query.write_bytes(b'"' + b"a" * MAX_QUERY_BYTES + b'"')
+    result = CliRunner().invoke(main, ["run", str(query)])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert f"error: {query} is larger than {MAX_QUERY_BYTES:,} bytes" in result.stderr
+
+
+def test_a_missing_query_file(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "nope.lmql")])
+    assert result.exit_code == 2 and "No such file or directory" in result.stderr
+
+
+# --------------------------------------------------------------------------- errors and Ctrl-C
+
+
+def test_an_error_after_streamed_text_starts_its_own_line() -> None:
+    query = 'argmax "Hello [A]" where len(TOKENS(A)) < 2 and A.count("z") > 5\n'
+    result = CliRunner().invoke(main, ["run", "-", "--model", "random"], query)
+    assert result.exit_code == 2
+    assert result.stdout.startswith("Hello") and result.stdout.endswith("\n")
+    assert "\nerror: the model produced no value of A" in result.output
+
+
+def start(command: list[str]) -> subprocess.Popen[bytes]:
+    """A process with SIGINT as a terminal gives it (a shell may start us ignoring it)."""
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def read_until(proc: subprocess.Popen[bytes], done: Callable[[str], bool]) -> str:
+    """stdout until `done` holds for it, the process ends, or 120 seconds pass."""
+    assert proc.stdout is not None
+    seen = b""
+    deadline = time.monotonic() + 120
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while not done(seen.decode(errors="replace")) and time.monotonic() < deadline:
+            if not sel.select(timeout=1):
+                continue
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            seen += chunk
+    return seen.decode(errors="replace")
+
+
+def interrupt(proc: subprocess.Popen[bytes], ready: Callable[[str], bool]) -> tuple[str, str]:
+    """One SIGINT once stdout is `ready`; (stdout, stderr) once the process has ended."""
+    try:
+        before = read_until(proc, ready)
+        assert ready(before), before
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)  # no second SIGINT is ever sent
+    finally:
+        proc.kill()
+        proc.wait()
+    return before + out.decode(errors="replace"), err.decode(errors="replace")
+
+
+def test_one_ctrl_c_stops_a_query_busy_in_python(tmp_path: Path) -> None:
+    query = tmp_path / "loop.lmql"
+    query.write_text('argmax\n    "started"\n    while True:\n        pass\n', encoding="utf-8")
+    proc = start([*COMMAND, "run", str(query), "--model", "random"])
+    out, err = interrupt(proc, lambda out: "started" in out)
+    assert proc.returncode == 130
+    assert err.strip() == "interrupted"  # one line, no traceback
+    assert out == "started\n"  # the streamed text's line is ended
+
+
+def test_one_ctrl_c_stops_a_query_waiting_on_the_model(tmp_path: Path) -> None:
+    query = tmp_path / "long.lmql"
+    query.write_text('argmax "Go:[X]" where len(TOKENS(X)) < 1500\n', encoding="utf-8")
+    proc = start([*COMMAND, "run", str(query), "--model", "random"])
+    out, err = interrupt(proc, lambda out: len(out) > len("Go:"))  # X is being generated
+    assert proc.returncode == 130 and err.strip() == "interrupted"
+    assert out.startswith("Go:") and out.endswith("\n")
+
+
+INTERRUPTED_GENERATE = """
+import cogql
+from cogql.lmtp.transports.inprocess import _engines
+from cogql.runtime.interrupt import run_interruptible
+
+def show(event):
+    if getattr(event, "variable", None) == "X":
+        print("generating", flush=True)
+
+query = 'argmax "Go:[X]" where len(TOKENS(X)) < 1500'
+try:
+    run_interruptible(cogql.run(query, model=cogql.model("random", seed=1), output=show))
+except KeyboardInterrupt:
+    (engine,) = _engines.values()
+    running = engine.call(lambda: [s for s in engine._streams if not s.handle.cancelled])
+    print("interrupted; streams still running:", len(running.result(30)), flush=True)
+"""
+
+
+def test_ctrl_c_cancels_the_model_call_in_flight() -> None:
+    proc = start([sys.executable, "-c", INTERRUPTED_GENERATE])
+    out, err = interrupt(proc, lambda out: "generating" in out)
+    assert proc.returncode == 0, err
+    assert out.rstrip().endswith("interrupted; streams still running: 0"), out[-300:]

@@ -1,7 +1,9 @@
 """User mistakes get a specific message that points at the query's line and column: unknown
-decoders, bad decoder arguments, malformed holes, unterminated strings, where clauses that call
-unknown functions or name variables no hole fills, constraints cogql rejects, and `max_len`
-(a warning and a truncated result, where LMQL fails an assertion)."""
+decoders (also on the prompt's line), bad decoder arguments, malformed holes, unterminated
+strings, `{expr}` interpolations that raise or read a missing input, unknown hole types (before
+any model call), where clauses that call unknown functions or name variables no hole fills,
+constraints cogql rejects, and `max_len` (a warning and a truncated result, where LMQL fails an
+assertion)."""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ import pytest
 import cogql
 from cogql.constraints.compile import ConstraintError
 from cogql.language.compiler import compile_query
-from cogql.language.errors import QueryCompileError, QuerySyntaxError
-from cogql.runtime.query import DecoderError
+from cogql.language.errors import HoleTypeError, QueryCompileError, QuerySyntaxError
+from cogql.runtime.interpolations import InterpolationError
+from cogql.runtime.query import DecoderError, InputError, MissingInputError
 from cogql.tokenizer import Tokenizer
 
 
@@ -46,6 +49,17 @@ def test_unknown_decoder_name() -> None:
     assert at(e) == (1, 1)
     e = compile_error('  samlpe(n=2)\n      "Hello [X]"')  # a typo gets a suggestion
     assert "did you mean sample?" in e.message and at(e) == (1, 1)
+
+
+def test_unknown_decoder_on_the_prompt_line() -> None:
+    e = compile_error('argmx "Hello [X]"')
+    assert "unknown decoder 'argmx'" in e.message and "did you mean argmax?" in e.message
+    assert at(e) == (1, 1)
+    e = compile_error('import re\nsampel(n=2) "Hello [X]" where len(TOKENS(X)) < 3')
+    assert "unknown decoder 'sampel'" in e.message and "did you mean sample?" in e.message
+    assert at(e) == (2, 1)
+    e = compile_error('argmax\n    x = 1\n    foo "Hello [X]"')  # in the body: no decoder
+    assert "decoder" not in e.message and at(e) == (3, 9)
 
 
 def test_decoder_cogql_does_not_run() -> None:
@@ -108,6 +122,51 @@ def test_unterminated_string(source: str, position: tuple[int, int]) -> None:
     assert at(e) == position
 
 
+# --------------------------------------------------------------------------- interpolations
+
+
+def random_model() -> cogql.Model:
+    return cogql.model("random", seed=1)
+
+
+def test_an_interpolation_that_raises_names_its_position() -> None:
+    e = run_error('argmax "Hello {1/0} [X]"', InterpolationError, model=random_model())
+    assert e.message == "evaluating {1/0} raised ZeroDivisionError: division by zero"
+    assert isinstance(e.__cause__, ZeroDivisionError)
+    assert at(e) == (1, len('argmax "Hello {') + 1)
+
+
+def test_the_failing_interpolation_among_several_is_named() -> None:
+    source = 'argmax\n    "{x} and {x}"\n    "then {x} and {  1 / x }[X]"'
+    e = run_error(source, InterpolationError, x=0, model=random_model())
+    assert "evaluating {  1 / x } raised ZeroDivisionError" in e.message
+    assert at(e) == (3, len('    "then {x} and {  ') + 1)
+
+
+def test_an_error_inside_a_function_an_interpolation_calls() -> None:
+    source = 'def half(n):\n    return {}[n]\nargmax\n    "A {half(3)} [X]"'
+    e = run_error(source, InterpolationError, model=random_model())
+    assert "evaluating {half(3)} raised KeyError: 3" in e.message
+    assert at(e) == (4, len('    "A {') + 1)
+
+
+def test_a_local_read_before_it_is_set() -> None:
+    e = run_error('argmax\n    "A {y} [X]"\n    y = 1', InterpolationError, model=random_model())
+    assert "evaluating {y} raised UnboundLocalError" in e.message and at(e) == (2, 9)
+
+
+def test_a_missing_input_read_by_an_interpolation() -> None:
+    e = run_error('argmax "Hello {undefined_name} [X]"', MissingInputError)
+    assert "Failed to resolve variable 'undefined_name' in LMQL query." in e.message
+    assert "{undefined_name} reads undefined_name: pass it as an input" in e.message
+    assert isinstance(e, InputError) and at(e) == (1, len('argmax "Hello {') + 1)
+
+
+def test_errors_outside_interpolations_are_left_as_they_are() -> None:
+    with pytest.raises(ZeroDivisionError):
+        cogql.run_sync('argmax\n    x = 1 / 0\n    "A {x} [X]"', model=random_model())
+
+
 # --------------------------------------------------------------------------- where clauses
 
 
@@ -161,6 +220,28 @@ def test_unsupported_hole_type() -> None:
     assert "[X: float] needs int, str, a regex string or a query function" in e.message
     assert isinstance(e, TypeError)  # LMQL raises a TypeError
     assert at(e) == (2, 12)
+
+
+def test_a_builtin_that_is_no_hole_type_fails_at_compile_time() -> None:
+    e = compile_error('argmax\n    "Hello [X: float]"')
+    assert isinstance(e, HoleTypeError) and at(e) == (2, 12)
+    compile_query('argmax\n    float = r"[0-9]+"\n    "Hello [X: float]"')  # redefined: a regex
+
+
+def test_an_unknown_hole_type_is_named_before_any_model_call() -> None:
+    model = random_model()
+    e = run_error('argmax\n    "Hi [A]\\n"\n    "Hello [X: floaty]"', HoleTypeError, model=model)
+    assert e.message.startswith("unknown type 'floaty' for hole X (known: int, str, ")
+    assert at(e) == (3, len('    "Hello ') + 1)
+    assert model._connection is None  # the model was not even loaded
+    assert isinstance(e, InputError)  # what an unknown tactic name has always raised
+
+
+def test_a_hole_type_given_as_input_is_still_a_type() -> None:
+    result = cogql.run_sync(
+        '"A:[X: pattern]" where len(TOKENS(X)) < 4', pattern="[a-z]+", model=random_model()
+    )
+    assert result["X"].isalpha() and result["X"].islower()
 
 
 def test_the_error_points_at_the_hole_not_one_whose_name_it_begins() -> None:

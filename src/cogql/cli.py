@@ -14,7 +14,9 @@ from rich.console import Console
 from rich.text import Text
 
 from .language.errors import QuerySyntaxError
+from .language.source_file import QueryFileError, read_query_source
 from .runtime.events import ModelCall, QueryEvent, TextAppended
+from .runtime.interrupt import run_interruptible
 from .runtime.result import LMQLResult
 
 err = Console(stderr=True, soft_wrap=True)  # never hard-wrap paths in messages
@@ -51,9 +53,12 @@ class _Printer:
     def __init__(self, stream: bool, trace: bool) -> None:
         self.stream = stream
         self.trace = trace
+        self.mid_line = False  # the streamed text so far does not end with a newline
 
     def __call__(self, event: QueryEvent) -> None:
         if isinstance(event, TextAppended) and self.stream and event.run == 0:
+            if event.text:  # before writing: a Ctrl-C may land right after the write
+                self.mid_line = not event.text.endswith("\n")
             sys.stdout.write(event.text)
             sys.stdout.flush()
         elif isinstance(event, ModelCall) and self.trace:
@@ -61,6 +66,13 @@ class _Printer:
                 f"[dim]model call[/] {event.kind} run={event.run} prompt={event.prompt_tokens} "
                 f"tokens={event.tokens} {event.seconds * 1000:.0f} ms"
             )
+
+    def end_line(self) -> None:
+        """End the streamed text's line, so that what is printed next starts its own."""
+        if self.mid_line:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            self.mid_line = False
 
 
 def _print_cost(result: Any) -> None:
@@ -113,8 +125,21 @@ def main() -> None:
     """Run LMQL queries on models you host."""
 
 
+def _read_query(path: str) -> str:
+    """The query in the file at `path` (`-`: standard input), or exit with a clear error."""
+    name = "standard input" if path == "-" else click.format_filename(path)
+    try:
+        with click.open_file(path, "rb") as stream:
+            return read_query_source(stream, name)
+    except OSError as e:  # opening it: missing, a folder, not allowed
+        message = f"cannot read {name}: {e.strerror or e}"
+    except QueryFileError as e:
+        message = str(e)
+    fail(message, 2)
+
+
 @main.command()
-@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.argument("file", type=click.Path(allow_dash=True))
 @click.option("--model", "model_name", help="Model to use instead of the query's from clause.")
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="A query input.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON only.")
@@ -123,20 +148,30 @@ def main() -> None:
     is_flag=True,
     help="Print each model call, then the cost: predictions (ids, predict_time) and tokens.",
 )
-def run(file: Any, model_name: str | None, sets: tuple[str, ...], as_json: bool, trace: bool):
-    """Run the query in FILE (use - for standard input)."""
+def run(file: str, model_name: str | None, sets: tuple[str, ...], as_json: bool, trace: bool):
+    """Run the query in FILE (use - for standard input; at most 1 MiB of UTF-8 text).
+
+    One Ctrl-C stops the run, cancelling its model calls, and exits with status 130.
+    """
     import cogql
 
-    source = file.read()
+    source = _read_query(file)
     inputs = _parse_sets(sets)
-    kwargs: dict[str, Any] = {"output": _Printer(not as_json, trace)}
+    printer = _Printer(not as_json, trace)
+    kwargs: dict[str, Any] = {"output": printer}
     if model_name:
         kwargs["model"] = cogql.model(model_name)
     try:
-        result = asyncio.run(cogql.run(source, **inputs, **kwargs))
+        result = run_interruptible(cogql.run(source, **inputs, **kwargs))
+    except KeyboardInterrupt:
+        printer.end_line()
+        note("interrupted")
+        sys.exit(130)
     except QuerySyntaxError as e:
+        printer.end_line()
         fail(str(e), 2)
     except Exception as e:
+        printer.end_line()
         fail(f"{type(e).__name__}: {e}")
     if as_json:
         click.echo(json.dumps(_to_json(result), indent=2))

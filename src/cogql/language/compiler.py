@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from types import CodeType
 
 from .clauses import DECODER_NAMES, Clauses, Span, split_clauses
-from .errors import QueryCompileError, QuerySyntaxError
+from .errors import HoleTypeError, QueryCompileError, QuerySyntaxError
 from .qstrings import Hole, Interpolation, QStringError, Segment, parse_qstring
 
 QUERY_FUNCTION = "__cogql_query__"
@@ -60,10 +60,21 @@ class PromptStatement:
     col: int
     where: ast.expr | None = None
     distribution: DistributionClause | None = None
+    interpolations: list[InterpolationAt] = field(default_factory=list)
 
     @property
     def holes(self) -> list[Hole]:
         return [s for s in self.segments if isinstance(s, Hole)]
+
+
+@dataclass(frozen=True)
+class InterpolationAt:
+    """Where a `{expr}` of a prompt string is written: the compiled code evaluating it carries
+    this position, so that an error it raises can be reported there."""
+
+    expr: str
+    lineno: int
+    col: int
 
 
 @dataclass
@@ -149,6 +160,8 @@ def _parse(region: _Region, source: str, mode: str, clause: str) -> ast.AST:
             msg = "the expression ends early, more was expected here"
         if e.msg == "unexpected indent":
             _unknown_decoder(source, lineno)
+        if e.msg == "invalid syntax":
+            _unknown_inline_decoder(source, lineno, col)
         raise QuerySyntaxError(
             f"invalid {clause}: {msg}", source=source, lineno=lineno, col=col
         ) from None
@@ -169,16 +182,38 @@ def _unknown_decoder(source: str, lineno: int) -> None:
     while k > 0 and not lines[k - 1].strip():
         k -= 1
     above = lines[k - 1] if k > 0 else ""
-    m = re.fullmatch(r"(\s*)([A-Za-z_]\w*)\s*(\(.*\))?\s*", above)
-    if m is None or keyword.iskeyword(m.group(2)) or m.group(2).lower() in DECODER_NAMES:
+    m = _DECODER_LIKE.fullmatch(above)
+    if m is not None:
+        _raise_unknown_decoder(m, source, k, "the line before an indented prompt")
+
+
+# a name, or a call, alone before a prompt: where a decoder clause goes
+_DECODER_LIKE = re.compile(r"(\s*)([A-Za-z_]\w*)\s*(\(.*\))?\s*")
+_STRING_START = re.compile(r"[rRbBuUfF]{0,2}[\"']")
+
+
+def _unknown_inline_decoder(source: str, lineno: int, col: int) -> None:
+    """`argmx "Hello [X]"`: Python sees a name followed by a string, where the user wrote a
+    decoder clause with a decoder cogql does not know (at the top level: a name before a
+    string inside the prompt's body is some other mistake)."""
+    lines = source.split("\n")
+    line = lines[lineno - 1] if 0 < lineno <= len(lines) else ""
+    m = _DECODER_LIKE.fullmatch(line[:col])
+    if m is not None and not m.group(1) and _STRING_START.match(line, col):
+        _raise_unknown_decoder(m, source, lineno, "a name before a prompt string")
+
+
+def _raise_unknown_decoder(m: re.Match[str], source: str, lineno: int, where: str) -> None:
+    name = m.group(2)
+    if keyword.iskeyword(name) or name.lower() in DECODER_NAMES:
         return
-    close = difflib.get_close_matches(m.group(2).lower(), sorted(DECODER_NAMES), n=1)
+    close = difflib.get_close_matches(name.lower(), sorted(DECODER_NAMES), n=1)
     hint = f"did you mean {close[0]}? " if close else ""
     raise QuerySyntaxError(
-        f"unknown decoder {m.group(2)!r}: {hint}the line before an indented prompt is the "
-        f"decoder clause, one of {', '.join(sorted(DECODER_NAMES))}",
+        f"unknown decoder {name!r}: {hint}{where} is the decoder clause, one of "
+        f"{', '.join(sorted(DECODER_NAMES))}",
         source=source,
-        lineno=k,
+        lineno=lineno,
         col=len(m.group(1)),
     )
 
@@ -318,11 +353,20 @@ class _PromptTransformer(ast.NodeTransformer):
         )
 
     def _emit(self, index: int, stmt: PromptStatement, node: ast.Expr) -> list[ast.stmt]:
-        values = [
-            _interpolation(seg.expr, self.source, node)
-            for seg in stmt.segments
-            if isinstance(seg, Interpolation)
-        ]
+        values: list[ast.expr] = []
+        after = _offset(self.source, node.lineno, node.col_offset)
+        for seg in stmt.segments:
+            if not isinstance(seg, Interpolation):
+                continue
+            at = self.source.find("{" + seg.expr, after)
+            if at < 0:  # written with escapes: the source text differs from the value
+                where = InterpolationAt(seg.expr, node.lineno, node.col_offset + 1)
+            else:
+                after = at + len(seg.expr) + 1
+                lead = len(seg.expr) - len(seg.expr.lstrip())
+                where = InterpolationAt(seg.expr, *_line_col(self.source, at + 1 + lead))
+            stmt.interpolations.append(where)
+            values.append(_interpolation(seg.expr, self.source, where))
         call = ast.Call(
             func=_runtime_attr("prompt", node),
             args=[
@@ -448,19 +492,20 @@ def _inline_or(value: ast.expr) -> tuple[str, ast.expr, None] | None:
     return head.value, clause, None
 
 
-def _interpolation(expr: str, source: str, node: ast.AST) -> ast.expr:
+def _interpolation(expr: str, source: str, where: InterpolationAt) -> ast.expr:
     try:
         tree = ast.parse("f" + repr("{" + expr + "}"), mode="eval")
     except SyntaxError as e:
         raise QuerySyntaxError(
             f"invalid interpolation {{{expr}}}: {e.msg}",
             source=source,
-            lineno=node.lineno,
-            col=node.col_offset,
+            lineno=where.lineno,
+            col=where.col,
         ) from None
     value = tree.body
     for sub in ast.walk(value):
-        ast.copy_location(sub, node)
+        sub.lineno = sub.end_lineno = where.lineno  # type: ignore[attr-defined]
+        sub.col_offset = sub.end_col_offset = where.col  # type: ignore[attr-defined]
     return value
 
 
@@ -589,7 +634,36 @@ def compile_query(source: str) -> CompiledQuery:
         free_variables=free,
     )
     _check_distribution(query)
+    _check_hole_types(statements, _names([*body, *prologue])[1], source)
     return query
+
+
+def invalid_hole_type(hole: Hole, shown: str) -> str:
+    """LMQL's message for a hole type that is no type, with what would be one."""
+    return (
+        f"Not a valid type expression or tactic annotation {shown!r} for variable "
+        f"{hole.name!r}: [{hole.name}: {hole.type_expr}] needs int, str, a regex string "
+        "or a query function"
+    )
+
+
+def _check_hole_types(statements: list[PromptStatement], defined: set[str], source: str) -> None:
+    """`[X: float]`, a builtin other than int and str that the query does not redefine, is
+    never a hole type: reported now rather than when the hole is reached, after model calls."""
+    for stmt in statements:
+        for hole in stmt.holes:
+            name = (hole.type_expr or "").strip()
+            if name in ("int", "str") or name in defined or not _is_builtin(name):
+                continue
+            lineno, col = hole_position(source, stmt, hole.name)
+            shown = str(getattr(builtins, name))
+            raise HoleTypeError(
+                invalid_hole_type(hole, shown), source=source, lineno=lineno, col=col
+            )
+
+
+def _is_builtin(name: str) -> bool:
+    return name.isidentifier() and not name.startswith("_") and hasattr(builtins, name)
 
 
 def _program(body: list[ast.stmt], inputs: tuple[str, ...]) -> ast.Module:

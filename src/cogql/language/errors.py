@@ -27,3 +27,7 @@ class QuerySyntaxError(SyntaxError):
 
 class QueryCompileError(QuerySyntaxError):
     """A well-formed query that cogql cannot run as written (e.g. an unsupported operator)."""
+
+
+class HoleTypeError(QueryCompileError, TypeError):
+    """A hole type (`[X: t]`) that is no type cogql knows: a TypeError, as in LMQL."""

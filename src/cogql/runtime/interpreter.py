@@ -26,8 +26,9 @@ from ..language.compiler import (
     CompiledQuery,
     PromptStatement,
     hole_position,
+    invalid_hole_type,
 )
-from ..language.errors import QueryCompileError
+from ..language.errors import HoleTypeError, QueryCompileError, QuerySyntaxError
 from ..language.qstrings import Hole, Interpolation, Tag, Text
 from ..lmtp.client import Followup, GenerateAfter
 from ..lmtp.messages import Generate
@@ -37,6 +38,7 @@ from .chat import open_message, text_tag
 from .context import PromptContext
 from .events import ModelCall, OnEvent, QueryEvent, TextAppended, VariableFinished
 from .hooks import HoleHooks
+from .interpolations import interpolation_error
 from .model import Connection
 from .nested import call_in_query
 from .result import LMQLResult
@@ -122,9 +124,17 @@ class QueryRun:
         """Run the program to its end; its return value (DEFAULT when it returns nothing).
         Its globals are the call's (shared with the prologue), its inputs its parameters."""
         scope = as_scope(self.query, self.scope)
-        fn = types.FunctionType(self._function_code(), scope.globals)
+        code = self._function_code()
+        fn = types.FunctionType(code, scope.globals)
         try:
             return await fn(QueryContext(self), **scope.params)
+        except QuerySyntaxError:
+            raise
+        except Exception as e:
+            located = interpolation_error(self.query, code, e)
+            if located is None:
+                raise
+            raise located from e
         finally:
             self.ahead.drop()
 
@@ -257,12 +267,7 @@ class QueryRun:
         else:
             shown = hole.type_expr.strip() if kind is None else str(kind)
             raise HoleTypeError(
-                f"Not a valid type expression or tactic annotation {shown!r} for variable "
-                f"{hole.name!r}: [{hole.name}: {hole.type_expr}] needs int, str, a regex string "
-                "or a query function",
-                source=self.query.source,
-                lineno=lineno,
-                col=col,
+                invalid_hole_type(hole, shown), source=self.query.source, lineno=lineno, col=col
             )
         for sub in ast.walk(node):
             sub.lineno, sub.end_lineno = lineno, lineno  # type: ignore[attr-defined]
@@ -405,10 +410,6 @@ class QueryRun:
         result.distribution_variable = var
         result.distribution_values = options
         self.emit(VariableFinished(var, options[best], self.index))
-
-
-class HoleTypeError(QueryCompileError, TypeError):
-    """A hole type (`[X: t]`) that is no type cogql knows: a TypeError, as in LMQL."""
 
 
 def _type_value(expr: str, env: dict[str, Any]) -> Any:

@@ -18,6 +18,9 @@ from ..lmtp.cost import track_cost
 from .decoders import DECODER_ARGS, check_decoder, decode
 from .decoders import DecoderError as DecoderError  # raised by query calls; imported from here
 from .events import OnEvent
+from .missing_inputs import InputError as InputError  # raised by query calls; imported from here
+from .missing_inputs import MissingInputError as MissingInputError
+from .missing_inputs import interpolation_reading, unknown_hole_type
 from .model import Model, as_model
 from .query_attributes import LMQLQueryAttributes
 from .result import attach_cost
@@ -25,10 +28,6 @@ from .scope import QueryScope, module_globals, query_globals
 from .tracing import query_trace
 
 RUNTIME_ARGS = frozenset({"model", "decoder", "output"}) | DECODER_ARGS
-
-
-class InputError(TypeError):
-    """A query input that is missing or cannot be bound."""
 
 
 @dataclass
@@ -119,6 +118,9 @@ def _unresolved(query: CompiledQuery, names: list[str]) -> Exception:
                 lineno=lineno,
                 col=col,
             )
+    located = unknown_hole_type(query, names) or interpolation_reading(query, names, message)
+    if located is not None:
+        return located
     them = "it" if len(names) == 1 else "them"
     return InputError(f"{message} Pass {them} as inputs, or define {them} where the query is.")
 
