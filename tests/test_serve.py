@@ -14,9 +14,11 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -288,6 +290,8 @@ BAD_FRAMES = [  # frames that belong to no stream: a MSG with stream_id null
     ("BATCH {}", "list of [TYPE, {...}] pairs"),
     ("BATCH " + json.dumps([["SCORE", {}]] * 257), "at most 256"),
     ("CANCEL []", "CANCEL needs a stream_id"),
+    ("GENERATE " + "9" * 5000, "unreadable JSON"),  # json.loads raises ValueError, not its own
+    ("GENERATE " + "[" * 100_000, "nested too deeply"),  # RecursionError
 ]
 
 
@@ -558,19 +562,21 @@ class Cli:
     """`python -m cogql serve-model ...` with its log in a file (a pipe nobody reads would
     fill up and block the server's logging)."""
 
-    def __init__(self, tmp_path: Path, *args: str) -> None:
+    def __init__(self, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.log = tmp_path / "serve.log"
         cmd = [sys.executable, "-m", "cogql", "serve-model", *args, "--port", str(self.port)]
         with self.log.open("w") as log:
-            self.proc = subprocess.Popen(cmd, stderr=log, stdout=log)
+            self.proc = subprocess.Popen(
+                cmd, stderr=log, stdout=log, env={**os.environ, **(env or {})}
+            )
 
-    def connect(self) -> ClientConnection:
+    def connect(self, scheme: str = "ws", **kwargs: Any) -> ClientConnection:
         deadline = time.monotonic() + 60
         while True:
             assert self.proc.poll() is None, self.log.read_text()
             try:
-                return connect(f"ws://127.0.0.1:{self.port}", open_timeout=2)
+                return connect(f"{scheme}://127.0.0.1:{self.port}", open_timeout=2, **kwargs)
             except OSError:
                 assert time.monotonic() < deadline, self.log.read_text()
                 time.sleep(0.1)
@@ -654,8 +660,8 @@ async def guarded(tiny_engine: Engine) -> AsyncIterator[BackgroundServer]:
 
 
 def refused_status(url: str, **kwargs: Any) -> tuple[int, str]:
-    with pytest.raises(InvalidStatus) as refused:
-        connect(url, open_timeout=10, **kwargs).close()
+    with pytest.raises(InvalidStatus) as refused, connect(url, open_timeout=10, **kwargs):
+        pass
     response = refused.value.response
     return response.status_code, bytes(response.body or b"").decode()
 
@@ -1011,3 +1017,29 @@ def test_a_missing_stream_id_says_so(raw: Raw) -> None:
     item = raw.recv()[1]
     assert item["stream_id"] is None
     assert item["error"] == "GENERATE without a stream_id: every op needs one ('stream_id')"
+
+
+def test_cli_token_tls_and_limits(tmp_path: Path) -> None:
+    """`--token` from the environment, `--certfile/--keyfile`, `--max-top-logprobs`: a wss://
+    client with the token is served, one without gets 401, and the token is not in the log."""
+    cert, key = make_certificate(tmp_path)
+    flags = ["--certfile", str(cert), "--keyfile", str(key), "--max-top-logprobs", "3"]
+    cli = Cli(tmp_path, "random", *flags, env={"COGQL_SERVE_TOKEN": TOKEN})
+    trust = ssl.create_default_context(cafile=str(cert))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with cli.connect("wss", ssl=trust, additional_headers=auth) as ws:
+        cli.model_info(ws)
+        ws.send("GENERATE " + json.dumps({**generate(1, max_tokens=1), "top_logprobs": 4}))
+        assert "at most 3 per token (--max-top-logprobs)" in str(ws.recv(timeout=30))
+    assert refused_status(f"wss://127.0.0.1:{cli.port}", ssl=trust)[0] == 401
+    log = cli.stop(signal.SIGINT)
+    assert f"listening on wss://127.0.0.1:{cli.port}/" in log and TOKEN not in log
+    assert "reachable from other machines" not in log  # loopback: no warning
+
+
+def test_cli_refuses_a_key_without_a_certificate(tmp_path: Path) -> None:
+    key = tmp_path / "key.pem"
+    key.write_text("not a key")
+    cmd = [sys.executable, "-m", "cogql", "serve-model", "random", "--keyfile", str(key)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--keyfile needs --certfile" in done.stderr

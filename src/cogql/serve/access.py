@@ -38,8 +38,9 @@ class AccessPolicy:
     allowed_origins: frozenset[str] = frozenset()  # "*" allows every origin
 
     def __post_init__(self) -> None:
-        if self.token is not None and (not self.token or self.token != self.token.strip()):
-            raise AccessConfigError("the token must be non-empty, without surrounding spaces")
+        token = self.token
+        if token is not None and not (token.isascii() and token.isprintable() and " " not in token):
+            raise AccessConfigError("the token must be printable ASCII without spaces")
 
     @classmethod
     def build(cls, token: str | None, origins: Iterable[str] = ()) -> AccessPolicy:

@@ -393,10 +393,11 @@ class Session:
         st = self._streams.get(event.stream_id)
         if st is None:  # cancelled, or a duplicate after the end
             return
-        event = finite_event(event)
+        clean = finite_event(event)
+        if clean is not event and isinstance(clean, ErrorEvent) and st.handle is not None:
+            st.handle.cancel()  # a non-finite logprob ends the stream in the engine too
+        event = clean
         if isinstance(event, ErrorEvent):
-            if event.stream_id in self._streams and st.handle is not None:
-                st.handle.cancel()  # a non-finite logprob ends the stream in the engine too
             event = ErrorEvent(event.stream_id, event.error, as_msg=False)
         elif isinstance(event, TokenEvent):
             st.produced += 1

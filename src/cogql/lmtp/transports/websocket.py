@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import itertools
 import logging
 import os
@@ -215,6 +216,8 @@ class _Connection:
         if self._token:
             headers = {"Authorization": f"Bearer {self._token}"}
             redact_authorization(logging.getLogger("websockets.client"))
+            if self.url.startswith("ws://") and not _is_local(self.url):
+                log.warning("sending the token to %s unencrypted: prefer wss://", self.url)
         try:
             ws = await connect(
                 self.url,
@@ -316,6 +319,16 @@ class _Connection:
             with contextlib.suppress(Exception):
                 await ws.close()
         self._fail(list(self._routes), f"connection to LMTP server at {self.url} closed")
+
+
+def _is_local(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _reason(e: BaseException) -> str:
