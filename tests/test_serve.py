@@ -290,6 +290,8 @@ BAD_FRAMES = [  # frames that belong to no stream: a MSG with stream_id null
     ("BATCH {}", "list of [TYPE, {...}] pairs"),
     ("BATCH " + json.dumps([["SCORE", {}]] * 257), "at most 256"),
     ("CANCEL []", "CANCEL needs a stream_id"),
+    ('GENERATE {"stream_id": NaN, "prompt": [1]}', "NaN or Infinity"),  # it would be echoed
+    ('BATCH [["SCORE", {"stream_id": [Infinity]}]]', "NaN or Infinity"),
     ("GENERATE " + "9" * 5000, "unreadable JSON"),  # json.loads raises ValueError, not its own
     ("GENERATE " + "[" * 100_000, "nested too deeply"),  # RecursionError
 ]

@@ -141,13 +141,13 @@ def _generate_payload(op: Generate) -> dict[str, Any]:
 # ---- wire -> ops ---------------------------------------------------------------------------
 
 
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", list: "a list",
-               dict: "an object", bool: "true or false"}  # fmt: skip
+_JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+               list: "a list", dict: "an object", type(None): "null"}  # fmt: skip
 
 
 def _type_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    return "a number" if float in kinds else _TYPE_NAMES.get(kinds[0], kinds[0].__name__)
+    return "a number" if float in kinds else _JSON_TYPES.get(kinds[0], kinds[0].__name__)
 
 
 def _require(payload: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
@@ -157,16 +157,10 @@ def _require(payload: dict[str, Any], key: str, kind: type | tuple[type, ...]) -
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ProtocolError(
             f"field '{key}' has the wrong type (expected {_type_name(kind)}, got "
-            f"{_json_type(value)})",
+            f"{_JSON_TYPES.get(type(value), type(value).__name__)})",
             payload.get("stream_id"),
         )
     return value
-
-
-def _json_type(value: Any) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-             list: "a list", dict: "an object", type(None): "null"}  # fmt: skip
-    return names.get(type(value), type(value).__name__)
 
 
 def _token_ids(payload: dict[str, Any], key: str) -> list[int]:
@@ -208,11 +202,22 @@ def op_from_wire(kind: str, payload: Any) -> Op:
         raise ProtocolError(f"Unknown command: {kind}", payload.get("stream_id"))
     if "stream_id" not in payload:
         raise ProtocolError(f"{kind} without a stream_id: every op needs one ('stream_id')")
+    if not strict_json(payload["stream_id"]):  # it is echoed on every reply
+        raise ProtocolError(f"{kind} stream_id holds NaN or Infinity, which JSON cannot carry")
     try:
         return _op_from_wire(kind, payload)
     except ProtocolError as e:
         sid = payload["stream_id"]
         raise ProtocolError(f"{kind} stream_id={show_id(sid)}: {e}", sid) from None
+
+
+def strict_json(value: Any) -> bool:
+    """Whether `value` can be written as standard JSON (no NaN or Infinity inside)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        return False
+    return True
 
 
 def show_id(stream_id: Any, limit: int = 40) -> str:

@@ -53,6 +53,7 @@ from ..lmtp.messages import (
     show_id,
     split_batch,
     split_message,
+    strict_json,
     ws_frame,
 )
 from .host import EngineHost, ModelUnavailable, State
@@ -195,8 +196,9 @@ class Session:
         try:
             frame = ws_frame(kind, payload)
         except ValueError as e:  # NaN/inf somewhere: strict JSON refuses it
+            sid = payload.get("stream_id")
             error = f"the reply could not be written as JSON ({e})"
-            frame = ws_frame(kind, {"stream_id": payload.get("stream_id"), "error": error})
+            frame = ws_frame(kind, {"stream_id": sid if strict_json(sid) else None, "error": error})
         self._push(frame)
 
     # ---- inbound ------------------------------------------------------------------------
@@ -241,7 +243,11 @@ class Session:
                 )
             return op
         except ProtocolError as e:
-            has_id = isinstance(payload, dict) and "stream_id" in payload
+            has_id = (
+                isinstance(payload, dict)
+                and "stream_id" in payload
+                and strict_json(payload["stream_id"])  # one with NaN in it is not echoed
+            )
             sid = payload["stream_id"] if has_id else None
             if has_id and kind == GENERATE and not isinstance(sid, list | dict):
                 refused.add(sid)
