@@ -2,7 +2,9 @@
 loopback with real engines: LMQL's frame format byte for byte, per-stream errors for bad input
 while other streams keep running, back-pressure under a flood, cancellation on disconnect,
 model loading and load failure, the extensions, and the client's endpoint forms, shared
-connection, reconnect and timeouts.
+connection, reconnect and timeouts. Then the hardening: browser origins, the token, TLS, no
+local paths, escaped log lines; the admission limits (stream cap with a queue, reply backlog
+in bytes, connections, idle time, top_logprobs, max_tokens); strict numbers and JSON.
 
 Servers run on their own thread and event loop (BackgroundServer), one per module and limit
 set, sharing the process's engines; raw-protocol checks use websockets' synchronous client."""
@@ -757,6 +759,13 @@ async def test_tls_serves_wss_to_a_client_that_trusts_the_certificate(
     monkeypatch.delenv("SSL_CERT_FILE")
     with pytest.raises(AccessConfigError, match="cannot use the certificate"):
         tls_context(key, None)  # a key is not a certificate
+
+
+def test_tokens_are_printable_ascii() -> None:
+    assert AccessPolicy.build("").token is None  # an empty COGQL_SERVE_TOKEN: no token
+    for bad in ("two words", "t\u00f6ken", "line\nbreak"):
+        with pytest.raises(AccessConfigError, match="printable ASCII"):
+            AccessPolicy.build(bad)
 
 
 def test_listening_beyond_loopback_is_warned_about() -> None:
