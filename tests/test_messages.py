@@ -26,13 +26,16 @@ from cogql.lmtp.messages import (
     advertised,
     event_from_wire,
     event_to_wire,
+    finite_event,
     is_terminal,
+    misplaced_after,
     op_from_wire,
     op_to_wire,
     parse_server_message,
     renumbered,
     replicate_line,
     request_frame,
+    show_id,
     split_message,
     ws_frame,
 )
@@ -203,7 +206,7 @@ def generate(**fields: Any) -> dict[str, Any]:
     [
         ("GENERATE", [1, 2], "payload must be a JSON object", None),
         ("FOO", {"stream_id": 3}, "Unknown command: FOO", 3),
-        ("GENERATE", {"model": "m", "prompt": [1]}, "'stream_id'", None),
+        ("GENERATE", {"model": "m", "prompt": [1]}, "GENERATE without a stream_id", None),
         ("GENERATE", {"model": "m", "stream_id": 3}, "missing field 'prompt'", 3),
         ("GENERATE", generate(prompt="1 2"), "field 'prompt' has the wrong type", 3),
         ("GENERATE", generate(prompt=[1, -2]), "list of token ids", 3),
@@ -221,12 +224,78 @@ def generate(**fields: Any) -> dict[str, Any]:
         ("SCORE", {"stream_id": 3, "model": "m", "prompt": [1]}, "missing field 'scored'", 3),
         ("SCORE", {"stream_id": 3, "prompt": [1], "scored": ["a"]}, "list of token ids", 3),
         ("SCORE", {"stream_id": 3, "prompt": [], "scored": [1], "after": [2]}, "'after'", 3),
+        ("GENERATE", generate(temperature=math.nan), "'temperature' must be a finite", 3),
+        ("GENERATE", generate(temperature=-math.inf), "'temperature' must be a finite", 3),
+        ("GENERATE", generate(temperature=-0.5), r"'temperature' must be a finite number >= 0", 3),
+        ("GENERATE", generate(logit_bias={"5": math.nan}), "values finite numbers", 3),
+        ("GENERATE", generate(logit_bias={"5": True}), "values finite numbers", 3),
+        ("GENERATE", generate(logit_bias={"-5": 1}), r"keys must be token ids \(>= 0\)", 3),
+        ("GENERATE", generate(max_tokens=4.0), r"\(expected an integer, got a number\)", 3),
+        ("GENERATE", generate(top_logprobs=-1), "'top_logprobs' must not be negative", 3),
+        ("GENERATE", generate(min_tokens=-1), "'min_tokens' must not be negative", 3),
+        ("GENERATE", generate(seed=-(2**63) - 1), "'seed' must be between", 3),
+        ("GENERATE", generate(top_k="x"), "'top_k' must be an integer >= 0, got 'x'", 3),
+        ("GENERATE", generate(top_k=-1), "'top_k' must be an integer >= 0", 3),
+        ("GENERATE", generate(top_p=1.5), r"'top_p' must be a number in \(0, 1\]", 3),
+        ("GENERATE", generate(top_p=math.inf), r"'top_p' must be a number in \(0, 1\]", 3),
     ],
 )
 def test_bad_ops(kind: str, payload: Any, message: str, stream_id: Any) -> None:
     with pytest.raises(ProtocolError, match=message) as err:
         op_from_wire(kind, payload)
     assert err.value.stream_id == stream_id
+    if stream_id is not None and not str(err.value).startswith("Unknown command"):
+        assert str(err.value).startswith(f"{kind} stream_id={stream_id}: ")  # the client's id
+
+
+def test_sampling_extras_that_are_valid_pass() -> None:
+    op = op_from_wire("GENERATE", generate(top_k=0, top_p=1, seed=2**64 - 1, temperature=1e9))
+    assert isinstance(op, Generate) and op.extra == {"top_k": 0, "top_p": 1}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("GENERATE " + "1" * 5000, "unreadable JSON in GENERATE message: Exceeds the limit"),
+        ("GENERATE " + "[" * 100_000, "unreadable JSON in GENERATE message: nested too deeply"),
+    ],
+)
+def test_json_python_cannot_read_is_a_protocol_error(text: str, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        split_message(text)
+
+
+def test_stream_ids_in_messages_are_escaped_and_short() -> None:
+    assert show_id("a\nb\u2028") == '"a\\nb\\u2028"'
+    assert show_id("x" * 100) == '"' + "x" * 36 + "..."
+    assert show_id(7) == "7" and show_id(None) == "null"
+
+
+def test_server_frames_never_carry_nan_or_infinity() -> None:
+    event = TokenEvent(1, 5, -0.25, None, {5: -0.25, 6: -math.inf, 7: math.nan})
+    clean = finite_event(event)
+    assert clean == TokenEvent(1, 5, -0.25, None, {5: -0.25})
+    assert finite_event(clean) is clean
+    broken = finite_event(TokenEvent(1, 5, math.nan, None))
+    assert isinstance(broken, ErrorEvent) and "not a finite number" in broken.error
+    assert not broken.as_msg  # a stream's error goes out as TOKEN
+    with pytest.raises(ValueError):
+        ws_frame(*event_to_wire(event))
+
+
+def test_misplaced_after_names_the_clients_ids() -> None:
+    ops: list[Op] = [
+        Generate("g", "m", [1]),
+        Score("s", "m", [], [1], after="g"),
+        Score("t", "m", [], [1], after="h"),
+        Generate("x", "m", [1], after="r"),
+        Score("y", "m", [], [1], after="x"),
+    ]
+    assert misplaced_after(ops, {"r"}) == {
+        2: 'SCORE stream_id="t": after="h" names no GENERATE sent before it in the same message',
+        3: 'GENERATE stream_id="x": after="r" follows a GENERATE that cannot run',
+        4: 'SCORE stream_id="y": after="x" follows a GENERATE that cannot run',
+    }
 
 
 def test_unknown_generate_keys_pass_through_and_extension_defaults() -> None:

@@ -2,7 +2,9 @@
 loopback with real engines: LMQL's frame format byte for byte, per-stream errors for bad input
 while other streams keep running, back-pressure under a flood, cancellation on disconnect,
 model loading and load failure, the extensions, and the client's endpoint forms, shared
-connection, reconnect and timeouts.
+connection, reconnect and timeouts. Then the hardening: browser origins, the token, TLS, no
+local paths, escaped log lines; the admission limits (stream cap with a queue, reply backlog
+in bytes, connections, idle time, top_logprobs, max_tokens); strict numbers and JSON.
 
 Servers run on their own thread and event loop (BackgroundServer), one per module and limit
 set, sharing the process's engines; raw-protocol checks use websockets' synchronous client."""
@@ -13,8 +15,12 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
+import os
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -25,7 +31,7 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.server import serve
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 import cogql
@@ -40,7 +46,9 @@ from cogql.lmtp.transports.websocket import (
     close_connections,
     endpoint_url,
 )
-from cogql.serve import BackgroundServer, Limits
+from cogql.serve import AccessConfigError, AccessPolicy, BackgroundServer, Limits, tls_context
+from cogql.serve.access import exposure_warning
+from cogql.serve.logs import limit_repeats
 from cogql.tokenizer import Tokenizer
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -78,7 +86,11 @@ async def server(tiny_engine: Engine) -> AsyncIterator[BackgroundServer]:
 async def tight(tiny_engine: Engine) -> AsyncIterator[BackgroundServer]:
     """Small limits, so floods and oversized frames hit them quickly."""
     limits = Limits(
-        max_frame_bytes=64 * 1024, max_streams_per_connection=4, max_batch_ops=8, backlog_pause=64
+        max_frame_bytes=64 * 1024,
+        max_streams_per_connection=4,
+        max_queued_ops=16,
+        max_batch_ops=8,
+        max_backlog_bytes=2**20,
     )
     async with background(tiny_engine, limits=limits) as s:
         yield s
@@ -280,6 +292,10 @@ BAD_FRAMES = [  # frames that belong to no stream: a MSG with stream_id null
     ("BATCH {}", "list of [TYPE, {...}] pairs"),
     ("BATCH " + json.dumps([["SCORE", {}]] * 257), "at most 256"),
     ("CANCEL []", "CANCEL needs a stream_id"),
+    ('GENERATE {"stream_id": NaN, "prompt": [1]}', "NaN or Infinity"),  # it would be echoed
+    ('BATCH [["SCORE", {"stream_id": [Infinity]}]]', "NaN or Infinity"),
+    ("GENERATE " + "9" * 5000, "unreadable JSON"),  # json.loads raises ValueError, not its own
+    ("GENERATE " + "[" * 100_000, "nested too deeply"),  # RecursionError
 ]
 
 
@@ -355,24 +371,29 @@ def test_disconnect_mid_stream_cancels_its_streams(server: BackgroundServer) -> 
     stayer.close()
 
 
-def test_flood_is_served_with_bounded_streams_and_backlog(tight: BackgroundServer) -> None:
-    """120 GENERATEs sent at once: reading pauses at 4 streams in flight (the websocket and
-    TCP buffers then push back on the client), and every stream is still served."""
+def test_flood_is_served_with_bounded_streams_and_queue(tight: BackgroundServer) -> None:
+    """120 GENERATEs sent at once, 4 may run per connection and 16 wait: the rest are refused
+    with an error naming the limits, and every stream gets exactly one outcome."""
     flood = Raw(tight)
     n = 120
     sender = threading.Thread(
         target=lambda: [flood.send("GENERATE", generate(i, max_tokens=2)) for i in range(n)]
     )
     sender.start()
-    counts: dict[int, int] = {}
-    while len(counts) < n or any(c < 2 for c in counts.values()):
+    tokens: dict[int, int] = {}
+    refused: list[str] = []
+    while len(refused) + sum(1 for c in tokens.values() if c == 2) < n:
         _, item, _ = flood.recv()
-        counts[item["stream_id"]] = counts.get(item["stream_id"], 0) + 1
+        if "error" in item:
+            refused.append(item["error"])
+            assert item["stream_id"] not in tokens
+        else:
+            tokens[item["stream_id"]] = tokens.get(item["stream_id"], 0) + 1
     sender.join()
-    assert sorted(counts) == list(range(n)) and set(counts.values()) == {2}
+    assert len(tokens) >= 20 and set(tokens.values()) == {2}  # 4 running + 16 queued at least
+    assert all("server busy" in e and "4 running and 16 ops" in e for e in refused)
     stats = tight.server.stats
-    assert stats.streams_high <= 4 + 1  # the cap, plus the op read just as it was reached
-    assert stats.backlog_high < 64 + 8
+    assert stats.streams_high <= 4 and stats.queued_high <= 16
     flood.close()
 
 
@@ -416,9 +437,8 @@ def test_failed_load_is_an_error_for_every_op() -> None:
             3: "TOKEN",
         }
         for _, item in replies.values():
-            assert (
-                item["error"] == "model failed to load: FileNotFoundError: no weights in /nowhere"
-            )
+            # the client learns what failed, not where on the server's disk
+            assert item["error"] == "model failed to load: FileNotFoundError: no weights in nowhere"
         r.close()
 
 
@@ -546,19 +566,21 @@ class Cli:
     """`python -m cogql serve-model ...` with its log in a file (a pipe nobody reads would
     fill up and block the server's logging)."""
 
-    def __init__(self, tmp_path: Path, *args: str) -> None:
+    def __init__(self, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.log = tmp_path / "serve.log"
         cmd = [sys.executable, "-m", "cogql", "serve-model", *args, "--port", str(self.port)]
         with self.log.open("w") as log:
-            self.proc = subprocess.Popen(cmd, stderr=log, stdout=log)
+            self.proc = subprocess.Popen(
+                cmd, stderr=log, stdout=log, env={**os.environ, **(env or {})}
+            )
 
-    def connect(self) -> ClientConnection:
+    def connect(self, scheme: str = "ws", **kwargs: Any) -> ClientConnection:
         deadline = time.monotonic() + 60
         while True:
             assert self.proc.poll() is None, self.log.read_text()
             try:
-                return connect(f"ws://127.0.0.1:{self.port}", open_timeout=2)
+                return connect(f"{scheme}://127.0.0.1:{self.port}", open_timeout=2, **kwargs)
             except OSError:
                 assert time.monotonic() < deadline, self.log.read_text()
                 time.sleep(0.1)
@@ -626,3 +648,409 @@ def test_cli_serves_the_random_model_with_lmqls_flags(embedded_path: Path, tmp_p
         return [e.token async for e in client.generate(Generate(None, "", PROMPT, 5))]
 
     assert served == asyncio.run(in_process())
+
+
+# --------------------------------------------------------------------------- access
+
+TOKEN = "s3cret-token-for-tests"
+
+
+@pytest.fixture(scope="module")
+async def guarded(tiny_engine: Engine) -> AsyncIterator[BackgroundServer]:
+    """A server that needs a token and allows one browser origin."""
+    access = AccessPolicy.build(TOKEN, ["https://allowed.example"])
+    async with background(tiny_engine, access=access) as s:
+        yield s
+
+
+def refused_status(url: str, **kwargs: Any) -> tuple[int, str]:
+    with pytest.raises(InvalidStatus) as refused, connect(url, open_timeout=10, **kwargs):
+        pass
+    response = refused.value.response
+    return response.status_code, bytes(response.body or b"").decode()
+
+
+def test_browser_origins_are_refused_unless_allowed(server: BackgroundServer) -> None:
+    """A web page the user visits may open a websocket to localhost: its Origin gives it away."""
+    status, body = refused_status(server.url, origin="https://evil.example")
+    assert status == 403 and "--allow-origin" in body
+    with connect(server.url, open_timeout=10):  # no Origin: not a browser
+        pass
+    assert server.server.stats.refused[403] >= 1
+
+
+def test_an_allowed_origin_with_the_token_connects(guarded: BackgroundServer) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with connect(guarded.url, origin="https://allowed.example", additional_headers=auth) as ws:
+        ws.send("GENERATE " + json.dumps(generate(1, max_tokens=2)))
+        assert '"finish_reason": "length"' in str([ws.recv(timeout=30) for _ in "12"][-1])
+    assert (
+        refused_status(guarded.url, origin="https://other.example", additional_headers=auth)[0]
+        == 403
+    )
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong", f"Basic {TOKEN}", f"Bearer {TOKEN}x"])
+def test_a_missing_or_wrong_token_gets_401(guarded: BackgroundServer, header: str | None) -> None:
+    headers = {"Authorization": header} if header else None
+    status, body = refused_status(guarded.url, additional_headers=headers)
+    assert status == 401 and "Authorization: Bearer" in body
+    assert TOKEN not in body
+
+
+def test_the_status_page_needs_the_token_too(guarded: BackgroundServer) -> None:
+    import urllib.error
+    import urllib.request
+
+    url = f"http://{guarded.endpoint}/"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=10)
+    assert refused.value.code == 401
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        assert reply.read().decode().startswith("cogql LMTP server: model ready")
+
+
+async def test_cogql_client_sends_the_token(
+    guarded: BackgroundServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """token= or $COGQL_SERVE_TOKEN; the token never appears in a log line, even websockets'
+    DEBUG lines that print every handshake header."""
+    monkeypatch.delenv("COGQL_SERVE_TOKEN", raising=False)
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(LMTPConnectionError, match="refused the connection: HTTP 401: this LMTP"):
+        await cogql.model("m", endpoint=guarded.endpoint).connect()
+    model = cogql.model("m", endpoint=guarded.endpoint, token=TOKEN)
+    assert TOKEN not in repr(model) and "token" not in model.configuration
+    assert (await model.connect()).capabilities
+    monkeypatch.setenv("COGQL_SERVE_TOKEN", TOKEN)
+    client = LMTPClient(WebSocketTransport(guarded.endpoint))
+    assert [e.token async for e in client.generate(Generate(None, "", PROMPT, 2))]
+    assert any("Authorization" in r.getMessage() for r in caplog.records)  # headers were logged
+    assert not [r for r in caplog.records if TOKEN in r.getMessage()]
+
+
+def make_certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1, made with the openssl CLI."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed (needed to make a test certificate)")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_tls_serves_wss_to_a_client_that_trusts_the_certificate(
+    tiny_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = make_certificate(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the client's trust store: this cert
+    async with background(tiny_engine, ssl_context=tls_context(cert, key)) as s:
+        assert s.url.startswith("wss://")
+        model = cogql.model("m", endpoint=f"wss://localhost:{s.server.port}")
+        conn = await model.connect()
+        assert [e.token async for e in conn.client.generate(Generate(None, "", PROMPT, 2))]
+        with pytest.raises(LMTPConnectionError):  # plain ws:// to a TLS port
+            await cogql.model("m", endpoint=f"ws://localhost:{s.server.port}").connect()
+    monkeypatch.delenv("SSL_CERT_FILE")
+    with pytest.raises(AccessConfigError, match="cannot use the certificate"):
+        tls_context(key, None)  # a key is not a certificate
+
+
+def test_tokens_are_printable_ascii() -> None:
+    assert AccessPolicy.build("").token is None  # an empty COGQL_SERVE_TOKEN: no token
+    for bad in ("two words", "t\u00f6ken", "line\nbreak"):
+        with pytest.raises(AccessConfigError, match="printable ASCII"):
+            AccessPolicy.build(bad)
+
+
+def test_listening_beyond_loopback_is_warned_about() -> None:
+    assert exposure_warning(["127.0.0.1", "::1"], token=False, tls=False) is None
+    bare = exposure_warning(["0.0.0.0"], token=False, tls=False)
+    assert bare is not None and "NO token" in bare and "anyone" in bare
+    clear = exposure_warning(["::", "127.0.0.1"], token=True, tls=False)
+    assert clear is not None and "clear text" in clear and "NO token" not in clear
+    assert "NO token" not in str(exposure_warning(["10.1.2.3"], token=True, tls=True))
+
+
+def test_model_info_names_the_model_not_its_path(raw: Raw, tiny_model_path: Path) -> None:
+    raw.send("MODEL_INFO", {"stream_id": 1, "model": "m", "data": {"tokenizer": True}})
+    info = raw.recv()[1]["model_info"]
+    text = json.dumps(info)
+    assert str(tiny_model_path) not in text and str(Path.home()) not in text
+    assert info["model"] == tiny_model_path.name
+    assert info["constructor"] == f"AutoModelForCausalLM.from_pretrained({tiny_model_path.name!r})"
+
+
+def test_client_text_cannot_forge_log_lines(raw: Raw, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="cogql.serve")
+    forged = "x\nINFO forged\u2028line"
+    raw.send("GENERATE", generate(forged, max_tokens=1))
+    raw.send("SCORE", {"prompt": PROMPT, "scored": [], "stream_id": forged})  # an error
+    raw.ws.send("BAD\nTYPE {}")
+    raw.send("GENERATE", generate(1, max_tokens="x\ny"))
+    for _ in range(4):
+        raw.recv()
+    wait_for(lambda: sum("forged" in r.getMessage() for r in caplog.records) >= 2)
+    lines = [r.getMessage() for r in caplog.records if r.name == "cogql.serve"]
+    assert lines and all("\n" not in m and "\u2028" not in m for m in lines)
+    assert any('stream="x\\nINFO forged\\u2028line"' in m for m in lines)
+
+
+# --------------------------------------------------------------------------- admission
+
+
+def test_pings_are_answered_while_streams_are_at_the_cap(tiny_engine: Engine) -> None:
+    """A client that pipelines more GENERATEs than may run: the server keeps reading (pings
+    answered, CANCEL read) and every queued stream is served once there is room."""
+    limits = Limits(max_streams_per_connection=4, max_queued_ops=400)
+    with BackgroundServer(tiny_engine, limits=limits) as s:
+        r = Raw(s)
+        for i in range(4):
+            r.send("GENERATE", generate(f"long{i}", max_tokens=100_000))
+        for i in range(300):
+            r.send("GENERATE", generate(i, max_tokens=1))
+        assert r.ws.ping().wait(30), "no pong while the connection is at its stream cap"
+        for i in range(4):
+            r.send("CANCEL", {"stream_id": f"long{i}"})
+        done: set[int] = set()
+        while len(done) < 300:
+            _, item, _ = r.recv()
+            assert "error" not in item, item
+            if item["finish_reason"] is not None:
+                done.add(item["stream_id"])
+        assert s.server.stats.streams_high <= 4 and s.server.stats.queued_high <= 300
+        r.close()
+
+
+def test_cancel_reaches_queued_streams_and_their_followers(tiny_engine: Engine) -> None:
+    limits = Limits(max_streams_per_connection=1)
+    with BackgroundServer(tiny_engine, limits=limits) as s:
+        r = Raw(s)
+        r.send("GENERATE", generate("long", max_tokens=100_000))
+        lead = ["GENERATE", generate("lead", max_tokens=2)]
+        follow = ["SCORE", {"prompt": [], "scored": [5], "after": "lead", "stream_id": "f"}]
+        r.ws.send("BATCH " + json.dumps([lead, follow]))
+        r.send("GENERATE", generate("next", max_tokens=2))
+        wait_for(lambda: s.call(lambda: sum(x.queued_ops for x in s.server.stats.sessions)) == 3)
+        r.send("CANCEL", {"stream_id": "lead"})
+        r.send("CANCEL", {"stream_id": "long"})
+        got: dict[Any, list[dict]] = {}
+        while not got.get("next") or got["next"][-1].get("finish_reason") is None:
+            item = r.recv()[1]
+            got.setdefault(item["stream_id"], []).append(item)
+        assert "lead" not in got
+        assert got["f"] == [{"stream_id": "f", "error": got["f"][0]["error"]}]
+        assert "the GENERATE it follows was cancelled" in got["f"][0]["error"]
+        r.close()
+
+
+def test_a_client_that_does_not_read_is_closed_and_its_backlog_freed(
+    tight: BackgroundServer,
+) -> None:
+    """MODEL_INFO with the tokenizer is a 2 MB reply to a 70-byte request: a client that asks
+    for it again and again without reading is closed once 1 MB waits unsent."""
+    stats = tight.server.stats
+    before = stats.closed["backlog"]
+    with connect(tight.url, max_size=None, max_queue=1) as ws:
+        request = 'MODEL_INFO {"stream_id": 1, "model": "m", "data": {"tokenizer": true}}'
+        with contextlib.suppress(ConnectionClosed):
+            for _ in range(200):
+                ws.send(request)
+        wait_for(lambda: stats.closed["backlog"] == before + 1, timeout=60)  # before reading
+        with pytest.raises(ConnectionClosed) as closed:
+            for _ in range(400):
+                ws.recv(timeout=30)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    assert "1 MB of replies unsent" in closed.value.rcvd.reason
+    assert stats.backlog_high < 2**20 + 4 * 2**20  # the bound plus the reply that crossed it
+    wait_for(lambda: tight.call(lambda: sum(s.out_bytes for s in stats.sessions)) == 0)
+
+
+def test_top_logprobs_is_capped(raw: Raw) -> None:
+    raw.send("GENERATE", {**generate(1, max_tokens=1), "top_logprobs": 10**9})
+    error = raw.recv()[1]["error"]
+    assert "top_logprobs is 1000000000" in error and "at most 20" in error
+    raw.send("GENERATE", {**generate(2, max_tokens=1), "top_logprobs": 20})
+    assert len(raw.recv()[1]["top_logprobs"]) >= 20
+
+
+def test_connections_beyond_the_cap_get_503(tiny_engine: Engine) -> None:
+    with BackgroundServer(tiny_engine, limits=Limits(max_connections=2)) as s:
+        first, second = Raw(s), Raw(s)
+        status, body = refused_status(s.url)
+        assert status == 503 and "maximum of 2 connections" in body
+        first.close()
+        wait_for(lambda: len(s.call(lambda: list(s.server.stats.sessions))) < 2)
+        third = Raw(s)
+        third.send("GENERATE", generate(1, max_tokens=1))
+        assert third.recv()[1]["finish_reason"] == "length"
+        second.close()
+        third.close()
+
+
+def test_idle_connections_are_closed_but_busy_ones_are_not(tiny_engine: Engine) -> None:
+    with BackgroundServer(tiny_engine, limits=Limits(idle_timeout=0.3)) as s:
+        busy = Raw(s)
+        busy.send("GENERATE", generate(1, max_tokens=20))
+        tokens = 0
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                busy.recv()
+                tokens += 1
+        assert tokens == 20  # it ran to its end; the idle clock started after that
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+        assert "idle for 0.3 s" in closed.value.rcvd.reason
+        assert s.server.stats.closed["idle"] == 1
+
+
+def test_repeated_log_lines_are_limited_and_counted() -> None:
+    logger = logging.getLogger("cogql.test.repeats")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    repeat = limit_repeats(logger)
+    assert limit_repeats(logger) is repeat  # installed once
+    repeat.window = 3600
+    try:
+        for i in range(100):
+            logger.error("socket.accept() out of system resource %d", i)
+            logger.info("request %d done", i)  # an ordinary line: never dropped
+        assert sum("out of system" in m for m in seen) == repeat.burst
+        assert sum("done" in m for m in seen) == 100
+        repeat.window = 0  # the window has passed
+        logger.error("socket.accept() out of system resource %d", 100)
+        assert seen[-1].endswith(f"[{100 - repeat.burst} similar lines suppressed]")
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_oversized_frames_are_closed_with_the_limit_in_the_reason(
+    tight: BackgroundServer,
+) -> None:
+    victim = Raw(tight)
+    victim.send("GENERATE", generate(1, prompt=[1] * 40_000))
+    with pytest.raises(ConnectionClosed) as closed:
+        victim.recv()
+    assert closed.value.rcvd is not None and "exceeds limit of 65536 bytes" in (
+        closed.value.rcvd.reason
+    )
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("temperature", float("nan"), "'temperature' must be a finite number >= 0"),
+        ("temperature", float("inf"), "'temperature' must be a finite number >= 0"),
+        ("temperature", -1.0, "'temperature' must be a finite number >= 0"),
+        ("logit_bias", {"5": float("nan")}, "values finite numbers"),
+        ("logit_bias", {"5": float("-inf")}, "values finite numbers"),
+        ("max_tokens", 4.0, "'max_tokens' has the wrong type (expected an integer, got a number)"),
+        ("top_k", "x", "'top_k' must be an integer >= 0, got 'x'"),
+        ("top_p", float("nan"), "'top_p' must be a number in (0, 1]"),
+        ("seed", 2**70, "'seed' must be between"),
+    ],
+)
+def test_numeric_fields_are_checked(raw: Raw, field: str, value: Any, error: str) -> None:
+    raw.ws.send("GENERATE " + json.dumps({**generate("n1", max_tokens=2), field: value}))
+    _, item, _ = raw.recv()
+    assert item == {"stream_id": "n1", "error": item["error"]}
+    assert error in item["error"] and item["error"].startswith('GENERATE stream_id="n1": ')
+
+
+def test_max_tokens_is_capped_at_the_remaining_context(raw: Raw, tiny_engine: Engine) -> None:
+    context = tiny_engine.context_length
+    assert context is not None
+    raw.send("GENERATE", generate(1, prompt=[1] + [504] * (context - 4), max_tokens=2**70))
+    items = raw.stream()
+    assert len(items) == 3 and items[-1][1]["finish_reason"] == "length"
+
+
+def test_a_model_without_a_context_size_is_capped_by_the_limit() -> None:
+    engine = local_engine("random", seed=1)
+    with BackgroundServer(engine, limits=Limits(max_tokens_without_context=5)) as s:
+        r = Raw(s)
+        r.send("GENERATE", generate(1, max_tokens=2**70))
+        assert len(r.stream()) == 5
+        r.close()
+
+
+def test_no_infinity_reaches_the_wire(raw: Raw) -> None:
+    """top_k sampling leaves all but k tokens at -inf: those are left out of top_logprobs
+    (LMQL's server writes them as -Infinity, which strict JSON parsers refuse)."""
+    op = {**generate(1, max_tokens=3, temperature=1.0, seed=3, top_k=2), "top_logprobs": 5}
+    raw.send("GENERATE", op)
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} on the wire")
+
+    for _ in range(3):
+        frame = raw.recv()[2]
+        item = json.loads(frame.partition(" ")[2], parse_constant=refuse)[0]
+        assert len(item["top_logprobs"]) == 2, frame
+
+
+# --------------------------------------------------------------------------- error messages
+
+
+def test_after_errors_name_the_clients_stream_ids(raw: Raw) -> None:
+    ops = [
+        ["GENERATE", generate("g1", max_tokens=2)],
+        ["SCORE", {"prompt": [], "scored": [5], "after": "nope", "stream_id": "s1"}],
+        ["GENERATE", {**generate("g2", max_tokens=1), "after": "s1"}],
+        ["SCORE", {"prompt": [], "scored": [5], "after": "g2", "stream_id": "s2"}],
+    ]
+    raw.ws.send("BATCH " + json.dumps(ops))
+    errors = {}
+    while len(errors) < 3:
+        item = raw.recv()[1]
+        if "error" in item:
+            errors[item["stream_id"]] = item["error"]
+    assert errors["s1"] == (
+        'SCORE stream_id="s1": after="nope" names no GENERATE sent before it in the same message'
+    )
+    assert errors["g2"].startswith('GENERATE stream_id="g2": after="s1" names no GENERATE')
+    assert errors["s2"] == 'SCORE stream_id="s2": after="g2" follows a GENERATE that cannot run'
+
+
+def test_a_missing_stream_id_says_so(raw: Raw) -> None:
+    raw.send("GENERATE", {"prompt": [1], "model": "m"})
+    item = raw.recv()[1]
+    assert item["stream_id"] is None
+    assert item["error"] == "GENERATE without a stream_id: every op needs one ('stream_id')"
+
+
+def test_cli_token_tls_and_limits(tmp_path: Path) -> None:
+    """`--token` from the environment, `--certfile/--keyfile`, `--max-top-logprobs`: a wss://
+    client with the token is served, one without gets 401, and the token is not in the log."""
+    cert, key = make_certificate(tmp_path)
+    flags = ["--certfile", str(cert), "--keyfile", str(key), "--max-top-logprobs", "3"]
+    cli = Cli(tmp_path, "random", *flags, env={"COGQL_SERVE_TOKEN": TOKEN})
+    trust = ssl.create_default_context(cafile=str(cert))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with cli.connect("wss", ssl=trust, additional_headers=auth) as ws:
+        cli.model_info(ws)
+        ws.send("GENERATE " + json.dumps({**generate(1, max_tokens=1), "top_logprobs": 4}))
+        assert "at most 3 per token (--max-top-logprobs)" in str(ws.recv(timeout=30))
+    assert refused_status(f"wss://127.0.0.1:{cli.port}", ssl=trust)[0] == 401
+    log = cli.stop(signal.SIGINT)
+    assert f"listening on wss://127.0.0.1:{cli.port}/" in log and TOKEN not in log
+    assert "reachable from other machines" not in log  # loopback: no warning
+
+
+def test_cli_refuses_a_key_without_a_certificate(tmp_path: Path) -> None:
+    key = tmp_path / "key.pem"
+    key.write_text("not a key")
+    cmd = [sys.executable, "-m", "cogql", "serve-model", "random", "--keyfile", str(key)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--keyfile needs --certfile" in done.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import asyncio
 import gc
 import json
 import sys
@@ -205,13 +204,30 @@ def run(file: str, model_name: str | None, sets: tuple[str, ...], as_json: bool,
 )
 @click.option("--device", default=None, help="torch device: cpu (default), cuda, cuda:1, ...")
 @click.option("--cuda", is_flag=True, help="LMQL's flag: same as --device cuda.")
-@click.option("--max-frame-mb", default=8.0, show_default=True, type=float,
+@click.option("--token", envvar="COGQL_SERVE_TOKEN", default=None, show_envvar=True,
+              help="Require 'Authorization: Bearer TOKEN' at the handshake (HTTP 401 otherwise).")  # fmt: skip
+@click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN",
+              help="A browser origin (https://host:port) allowed to connect; repeatable, * for "
+                   "any. Browser requests from other origins get HTTP 403.")  # fmt: skip
+@click.option("--certfile", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PEM certificate: serve wss:// (TLS).")  # fmt: skip
+@click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PEM private key for --certfile (if not inside it).")  # fmt: skip
+@click.option("--max-connections", default=256, show_default=True, type=click.IntRange(1),
+              help="Open connections; beyond it handshakes get HTTP 503.")  # fmt: skip
+@click.option("--idle-timeout", default=600.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds a connection with no streams and no frames stays open (0: forever).")  # fmt: skip
+@click.option("--max-frame-mb", default=8.0, show_default=True, type=click.FloatRange(0.001, 1024),
               help="Largest incoming frame; a larger one closes its connection.")  # fmt: skip
+@click.option("--max-backlog-mb", default=16.0, show_default=True,
+              type=click.FloatRange(0.001, 4096),
+              help="Unsent replies per connection; beyond it the connection is closed.")  # fmt: skip
+@click.option("--max-top-logprobs", default=20, show_default=True, type=click.IntRange(1, 10**6),
+              help="Largest top_logprobs a GENERATE may ask for.")  # fmt: skip
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))  # fmt: skip
 @click.pass_context
-def serve_model(ctx: click.Context, model_name: str, host: str, port: int, dtype: str,
-                device: str | None, cuda: bool, max_frame_mb: float, log_level: str) -> None:  # fmt: skip
+def serve_model(ctx: click.Context, **options: Any) -> None:
     """Serve MODEL over LMTP (LMQL's token protocol) on ws://HOST:PORT/.
 
     MODEL is a folder with config.json, local:PATH, a .gguf file (or llama.cpp:FILE.gguf), a
@@ -219,32 +235,15 @@ def serve_model(ctx: click.Context, model_name: str, host: str, port: int, dtype
     model: --seed N, --tokenizer PATH). LMQL's `--key value` options go to from_pretrained;
     its scheduler flags (--static, --layout, ...) are accepted and ignored.
     """
-    _serve_model(ctx.args, model_name, host, port, dtype, device, cuda, max_frame_mb, log_level)
-
-
-def _serve_model(extra: list[str], model_name: str, host: str, port: int, dtype: str,
-                 device: str | None, cuda: bool, max_frame_mb: float, log_level: str) -> None:  # fmt: skip
-    import logging
-
-    from .serve import Limits, LMTPServer, serve_until_signalled
-    from .serve.command import ServeUsageError, engine_factory, resolve_args
+    from .serve.access import AccessConfigError
+    from .serve.command import ServeUsageError, run_server
 
     try:
-        args = resolve_args(model_name, dtype=dtype, device=device, cuda=cuda, extra=extra)
-    except ServeUsageError as e:
+        run_server(ctx.args, **options)
+    except (ServeUsageError, AccessConfigError) as e:
         raise click.UsageError(str(e)) from None
-    # cogql's own lines at the chosen level; libraries (websockets, torch) only warn
-    logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("cogql").setLevel(log_level.upper())
-    log = logging.getLogger("cogql.serve")
-    if args.ignored:
-        log.info("ignoring LMQL options that do not apply to cogql: %s", " ".join(args.ignored))
-    limits = Limits(max_frame_bytes=int(max_frame_mb * 2**20))
-    server = LMTPServer(engine_factory(args), host=host, port=port, limits=limits)
-    try:
-        asyncio.run(serve_until_signalled(server))
     except OSError as e:  # e.g. the port is taken
-        fail(f"cannot listen on {host}:{port}: {e}")
+        fail(f"cannot listen on {options['host']}:{options['port']}: {e}")
 
 
 # ---- cogql replicate: deploy models to Replicate as Cog projects ---------------------------

@@ -9,6 +9,7 @@ never sees them unless the client chose to use them.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -140,12 +141,25 @@ def _generate_payload(op: Generate) -> dict[str, Any]:
 # ---- wire -> ops ---------------------------------------------------------------------------
 
 
+_JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+               list: "a list", dict: "an object", type(None): "null"}  # fmt: skip
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return "a number" if float in kinds else _JSON_TYPES.get(kinds[0], kinds[0].__name__)
+
+
 def _require(payload: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     if key not in payload:
         raise ProtocolError(f"missing field '{key}'", payload.get("stream_id"))
     value = payload[key]
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise ProtocolError(f"field '{key}' has the wrong type", payload.get("stream_id"))
+        raise ProtocolError(
+            f"field '{key}' has the wrong type (expected {_type_name(kind)}, got "
+            f"{_JSON_TYPES.get(type(value), type(value).__name__)})",
+            payload.get("stream_id"),
+        )
     return value
 
 
@@ -161,21 +175,59 @@ def _logit_bias(payload: dict[str, Any]) -> dict[int, float]:
     if not isinstance(raw, dict):
         raise ProtocolError("field 'logit_bias' must be an object", payload["stream_id"])
     try:
-        return {int(k): float(v) for k, v in raw.items()}
+        bias = {int(k): _finite(v) for k, v in raw.items()}
     except (TypeError, ValueError):
         raise ProtocolError(
-            "logit_bias keys must be token ids and values numbers", payload["stream_id"]
+            "logit_bias keys must be token ids and values finite numbers", payload["stream_id"]
         ) from None
+    if any(k < 0 for k in bias):
+        raise ProtocolError("logit_bias keys must be token ids (>= 0)", payload["stream_id"])
+    return bias
+
+
+def _finite(value: Any) -> float:
+    """A JSON number that is finite: json.loads accepts NaN, Infinity and 1e999, which no
+    model field means and which must never be echoed back into JSON."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"not a finite number: {value!r}")
+    return float(value)
 
 
 def op_from_wire(kind: str, payload: Any) -> Op:
-    """Validate one incoming op; raises ProtocolError naming the stream when it can."""
+    """Validate one incoming op; raises ProtocolError naming the op and the client's stream id
+    when it can (the client may have many streams in flight)."""
     if not isinstance(payload, dict):
         raise ProtocolError(f"{kind} payload must be a JSON object")
     if kind not in (GENERATE, SCORE, MODEL_INFO):
         raise ProtocolError(f"Unknown command: {kind}", payload.get("stream_id"))
     if "stream_id" not in payload:
-        raise ProtocolError("'stream_id'")
+        raise ProtocolError(f"{kind} without a stream_id: every op needs one ('stream_id')")
+    if not strict_json(payload["stream_id"]):  # it is echoed on every reply
+        raise ProtocolError(f"{kind} stream_id holds NaN or Infinity, which JSON cannot carry")
+    try:
+        return _op_from_wire(kind, payload)
+    except ProtocolError as e:
+        sid = payload["stream_id"]
+        raise ProtocolError(f"{kind} stream_id={show_id(sid)}: {e}", sid) from None
+
+
+def strict_json(value: Any) -> bool:
+    """Whether `value` can be written as standard JSON (no NaN or Infinity inside)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        return False
+    return True
+
+
+def show_id(stream_id: Any, limit: int = 40) -> str:
+    """A client's stream id as JSON, for messages and logs: control characters escaped (a
+    newline in an id must not forge a log line), and cut short when long."""
+    text = json.dumps(stream_id, ensure_ascii=True, default=repr)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def _op_from_wire(kind: str, payload: dict[str, Any]) -> Op:
     model = payload.get("model", "")
     if not isinstance(model, str):
         raise ProtocolError("field 'model' has the wrong type", payload["stream_id"])
@@ -194,32 +246,72 @@ def op_from_wire(kind: str, payload: Any) -> Op:
 
 
 _GENERATE_KEYS = {"max_tokens", "temperature", "logit_bias", "top_logprobs", "model", "prompt"}
+SEED_RANGE = (-(2**63), 2**64)  # what torch.Generator.manual_seed takes
 
 
 def _generate_from_wire(payload: dict[str, Any], model: str) -> Generate:
     sid = payload["stream_id"]
-    number = (int, float)
     op = Generate(
         stream_id=sid,
         model=model,
         prompt=_token_ids(payload, "prompt"),
-        max_tokens=int(_optional(payload, "max_tokens", int, DEFAULT_MAX_TOKENS)),
-        temperature=float(_optional(payload, "temperature", number, 0.0)),
+        max_tokens=_count(payload, "max_tokens", DEFAULT_MAX_TOKENS),
+        temperature=_number(payload, "temperature", 0.0),
         logit_bias=_logit_bias(payload),
-        top_logprobs=int(_optional(payload, "top_logprobs", int, 1)),
+        top_logprobs=_count(payload, "top_logprobs", 1),
         grammar=_optional(payload, "grammar", str, None),
         stop=list(_optional(payload, "stop", list, [])),
         seed=_optional(payload, "seed", int, None),
-        min_tokens=int(_optional(payload, "min_tokens", int, 0)),
+        min_tokens=_count(payload, "min_tokens", 0),
         after=_after(payload),
     )
     if not all(isinstance(s, str) and s for s in op.stop):
         raise ProtocolError("field 'stop' must be a list of non-empty strings", sid)
-    if op.max_tokens < 0 or op.top_logprobs < 0:
-        raise ProtocolError("max_tokens and top_logprobs must not be negative", sid)
+    if op.seed is not None and not SEED_RANGE[0] <= op.seed < SEED_RANGE[1]:
+        raise ProtocolError("field 'seed' must be between -2**63 and 2**64 - 1", sid)
     skip = _GENERATE_KEYS | set(EXTENSIONS) | {"stream_id", AFTER}
     op.extra = {k: v for k, v in payload.items() if k not in skip}
+    _check_sampling_extras(op.extra, sid)
     return op
+
+
+def _count(payload: dict[str, Any], key: str, default: int) -> int:
+    """An integer field that must not be negative (a float such as 4.0 is refused: LMQL sends
+    ints, and a float here is a client bug worth hearing about)."""
+    value = int(_optional(payload, key, int, default))
+    if value < 0:
+        raise ProtocolError(
+            f"field '{key}' must not be negative, got {value}", payload["stream_id"]
+        )
+    return value
+
+
+def _number(payload: dict[str, Any], key: str, default: float) -> float:
+    """A finite, non-negative number."""
+    value = _optional(payload, key, (int, float), default)
+    if not math.isfinite(value) or value < 0:
+        raise ProtocolError(
+            f"field '{key}' must be a finite number >= 0, got {value!r}", payload["stream_id"]
+        )
+    return float(value)
+
+
+def _check_sampling_extras(extra: dict[str, Any], sid: Any) -> None:
+    """LMQL passes HF sampling options through; the engine reads top_k and top_p, so a wrong
+    one must fail here with its name, not as a comparison error inside the engine."""
+    top_k = extra.get("top_k")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+        raise ProtocolError(f"field 'top_k' must be an integer >= 0, got {top_k!r}"[:200], sid)
+    top_p = extra.get("top_p")
+    if top_p is not None:
+        try:
+            ok = 0 < _finite(top_p) <= 1
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ProtocolError(
+                f"field 'top_p' must be a number in (0, 1], got {top_p!r}"[:200], sid
+            )
 
 
 def _after(payload: dict[str, Any]) -> Any:
@@ -292,11 +384,36 @@ def split_message(text: str) -> tuple[str, Any]:
         return kind, json.loads(body)
     except json.JSONDecodeError as e:
         raise ProtocolError(f"malformed JSON in {kind} message: {e.msg}") from None
+    except (ValueError, RecursionError) as e:  # a 5,000-digit integer, arrays nested too deep
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+        raise ProtocolError(f"unreadable JSON in {kind} message: {reason}") from None
 
 
 def ws_frame(kind: str, payload: dict[str, Any]) -> str:
-    """Server → client over WebSocket: the payload is wrapped in a one-element array."""
-    return f"{kind} {dumps([payload])}"
+    """Server → client over WebSocket: the payload is wrapped in a one-element array. Strict
+    JSON: NaN and Infinity raise ValueError instead of reaching a client that cannot parse
+    them (`finite_event` drops them from events first)."""
+    return f"{kind} {json.dumps([payload], allow_nan=False)}"
+
+
+def finite_event(event: Event) -> Event:
+    """`event` with nothing JSON cannot carry: top_logprobs entries that are not finite (a
+    masked or filtered token, -inf) are left out, as they have no probability to report; a
+    token whose own logprob is not finite becomes an error (the model produced NaN or inf)."""
+    if not isinstance(event, TokenEvent):
+        return event
+    if not math.isfinite(event.logprob):
+        return ErrorEvent(
+            event.stream_id,
+            f"the model gave token {event.token} a logprob of {event.logprob} (not a finite "
+            "number); the stream cannot go on",
+            as_msg=False,
+        )
+    top = event.top_logprobs
+    if top is not None and not all(math.isfinite(v) for v in top.values()):
+        top = {k: v for k, v in top.items() if math.isfinite(v)}
+        return replace(event, top_logprobs=top)
+    return event
 
 
 def request_frame(kind: str, payload: dict[str, Any]) -> str:
@@ -378,6 +495,31 @@ def renumbered(ops: list[Op], new_id: Callable[[], Any]) -> list[Op]:
                 renamed[op.after] if _hashable(op.after) and op.after in renamed else new_id()
             )
     return out
+
+
+def misplaced_after(ops: list[Op], refused: set[Any] | None = None) -> dict[int, str]:
+    """Why ops (by index) cannot run `after` what they name, in the client's own ids: `after`
+    must name a GENERATE earlier in the same message. `refused` holds ids of GENERATEs of the
+    message that were refused before (what follows them, and what follows that, is refused)."""
+    seen: set[Any] = set()
+    refused = set(refused or ())
+    problems: dict[int, str] = {}
+    for i, op in enumerate(ops):
+        after = getattr(op, "after", None)
+        if after is not None and (not _hashable(after) or after not in seen):
+            what = (
+                "follows a GENERATE that cannot run"
+                if _hashable(after) and after in refused
+                else "names no GENERATE sent before it in the same message"
+            )
+            problems[i] = (
+                f"{op_kind(op)} stream_id={show_id(op.stream_id)}: after={show_id(after)} {what}"
+            )
+            if isinstance(op, Generate) and _hashable(op.stream_id):
+                refused.add(op.stream_id)
+        elif isinstance(op, Generate) and _hashable(op.stream_id):
+            seen.add(op.stream_id)
+    return problems
 
 
 def _hashable(value: Any) -> bool:

@@ -44,6 +44,7 @@ class Model:
     tokenizer: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     _connection: Connection | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)  # an LMTP server's bearer token
 
     @property
     def model_identifier(self) -> str:
@@ -106,7 +107,7 @@ class Model:
 
             return await open_replicate(name, endpoint, self.tokenizer, self.options)
         if endpoint and not endpoint.startswith("local:"):
-            return await _open_remote(name, endpoint, self.tokenizer, self.options)
+            return await _open_remote(name, endpoint, self.tokenizer, self.options, self.token)
         from ..lmtp.transports.inprocess import InProcessTransport, local_engine
 
         local_name = name.removeprefix("local:") or None
@@ -140,7 +141,8 @@ RANDOM = "random"  # LMQL's weightless test model (engine/random_model.py)
 def model(name: str | None = None, *, endpoint: str | None = None,
           tokenizer: str | None = None, **options: Any) -> Model:  # fmt: skip
     """A model reference for `from` clauses and `model=` arguments (loaded lazily). For
-    `random`, LMQL's `vocab=` is another name for `tokenizer=`."""
+    `random`, LMQL's `vocab=` is another name for `tokenizer=`; `token=` is the bearer token
+    of a `cogql serve-model --token` endpoint (default: $COGQL_SERVE_TOKEN)."""
     if name is not None and not isinstance(name, str):
         raise ModelConfigError(f"model name must be a string, got {type(name).__name__}")
     if name in (RANDOM, f"local:{RANDOM}") and "vocab" in options:
@@ -151,7 +153,8 @@ def model(name: str | None = None, *, endpoint: str | None = None,
                 "for the random model's tokenizer): give one of them"
             )
         tokenizer = tokenizer if tokenizer is not None else vocab
-    return Model(name, endpoint, tokenizer, dict(options))
+    token = options.pop("token", None)  # kept out of options: `configuration` shows those
+    return Model(name, endpoint, tokenizer, dict(options), token=token)
 
 
 def as_model(value: Any) -> Model:
@@ -214,14 +217,18 @@ LOAD_WAIT_S = 600.0  # how long to wait for a server that is still loading its m
 
 
 async def _open_remote(
-    name: str, endpoint: str, tokenizer: str | None, options: dict[str, Any]
+    name: str,
+    endpoint: str,
+    tokenizer: str | None,
+    options: dict[str, Any],
+    token: str | None = None,
 ) -> Connection:
     """A websocket LMTP server: wait for its model, learn its capabilities, get a tokenizer
     (which the client also needs to emulate extensions an LMQL server lacks)."""
     from ..lmtp.transports.websocket import EndpointError, WebSocketTransport
 
     try:
-        transport = WebSocketTransport(endpoint)
+        transport = WebSocketTransport(endpoint, token=token)
     except EndpointError as e:
         raise ModelConfigError(str(e)) from None
     await transport.open()

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from .access import AccessConfigError, AccessPolicy, tls_context
 from .host import EngineHost, ModelUnavailable
 from .server import BackgroundServer, Limits, LMTPServer, serve_until_signalled
 
 __all__ = [
+    "AccessConfigError",
+    "AccessPolicy",
     "BackgroundServer",
     "EngineHost",
     "LMTPServer",
     "Limits",
     "ModelUnavailable",
     "serve_until_signalled",
+    "tls_context",
 ]

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
+from .access import TOKEN_ENV, AccessPolicy, tls_context
 from .command import IGNORED_FLAGS, IGNORED_VALUED, engine_factory, resolve_args
+from .logs import limit_repeats
 from .server import LMTPServer, serve_until_signalled
 
 log = logging.getLogger("cogql.serve")
@@ -24,11 +27,16 @@ def serve(
     """Serve a model over LMTP on ws://HOST:PORT/ until SIGINT/SIGTERM (blocking, as LMQL's).
 
     `model_name` is what `cogql serve-model` takes (None, "auto" or "default": the embedded
-    model); `device=` picks a torch device; other keywords go to `from_pretrained`. LMQL's
-    scheduler options (`static`, `single_thread`, `loader`, ...) are accepted and ignored:
-    cogql always serves the one model it was started with."""
+    model); `device=` picks a torch device; `token=` (or COGQL_SERVE_TOKEN), `certfile=`,
+    `keyfile=` and `allow_origins=` are `cogql serve-model`'s access options; other keywords
+    go to `from_pretrained`. LMQL's scheduler options (`static`, `single_thread`, `loader`,
+    ...) are accepted and ignored: cogql always serves the one model it was started with."""
     del static
     device = kwargs.pop("device", None)
+    token = kwargs.pop("token", None) or os.environ.get(TOKEN_ENV)
+    access = AccessPolicy.build(token, kwargs.pop("allow_origins", ()))
+    certfile, keyfile = kwargs.pop("certfile", None), kwargs.pop("keyfile", None)
+    context = tls_context(certfile, keyfile) if certfile else None
     args = resolve_args(model_name, dtype=dtype or "auto", device=device, cuda=cuda, extra=[])
     for name, value in kwargs.items():
         if name in IGNORED_FLAGS or name in IGNORED_VALUED:
@@ -37,5 +45,8 @@ def serve(
             args.model_kwargs[name] = value
     if args.ignored:
         log.info("ignoring LMQL options that do not apply to cogql: %s", ", ".join(args.ignored))
-    server = LMTPServer(engine_factory(args), host=host, port=port)
+    limit_repeats()
+    server = LMTPServer(
+        engine_factory(args), host=host, port=port, access=access, ssl_context=context
+    )
     asyncio.run(serve_until_signalled(server))

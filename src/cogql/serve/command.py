@@ -98,3 +98,83 @@ def engine_factory(args: ServeArgs) -> Callable[[], Engine]:
         )
 
     return build
+
+
+def run_server(
+    extra: list[str],
+    *,
+    model_name: str | None,
+    host: str,
+    port: int,
+    dtype: str,
+    device: str | None,
+    cuda: bool,
+    token: str | None,
+    allow_origins: tuple[str, ...],
+    certfile: str | None,
+    keyfile: str | None,
+    max_connections: int,
+    idle_timeout: float,
+    max_frame_mb: float,
+    max_backlog_mb: float,
+    max_top_logprobs: int,
+    log_level: str,
+) -> None:
+    """`cogql serve-model`, after click: configure logging and limits, serve until a signal."""
+    import asyncio
+
+    from .access import AccessPolicy, tls_context
+    from .logs import limit_repeats
+    from .server import Limits, LMTPServer, serve_until_signalled
+
+    args = resolve_args(model_name, dtype=dtype, device=device, cuda=cuda, extra=extra)
+    if keyfile and not certfile:
+        raise ServeUsageError("--keyfile needs --certfile")
+    access = AccessPolicy.build(token, allow_origins)
+    context = tls_context(certfile, keyfile) if certfile else None
+    # cogql's own lines at the chosen level; libraries (websockets, torch) only warn
+    logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("cogql").setLevel(log_level.upper())
+    limit_repeats()
+    if args.ignored:
+        log.info("ignoring LMQL options that do not apply to cogql: %s", " ".join(args.ignored))
+    limits = Limits(
+        max_frame_bytes=int(max_frame_mb * 2**20),
+        max_connections=max_connections,
+        idle_timeout=idle_timeout,
+        max_backlog_bytes=int(max_backlog_mb * 2**20),
+        max_top_logprobs=max_top_logprobs,
+    )
+    ensure_file_limit(max_connections)
+    server = LMTPServer(
+        engine_factory(args), host=host, port=port, limits=limits, access=access,
+        ssl_context=context,
+    )  # fmt: skip
+    asyncio.run(serve_until_signalled(server))
+
+
+FILES_BESIDES_CONNECTIONS = 256  # model files, handshakes in progress, the log
+
+
+def ensure_file_limit(max_connections: int) -> None:
+    """Raise the soft limit on open files to what `max_connections` needs, when the hard
+    limit allows: past it, asyncio cannot even accept a connection to refuse it."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return
+    needed = max_connections + FILES_BESIDES_CONNECTIONS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            target = soft
+        if target < needed:
+            log.warning(
+                "only %d open files allowed (ulimit -n): --max-connections %d may not be "
+                "reached; lower it or raise the limit",
+                target,
+                max_connections,
+            )

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -48,7 +50,8 @@ class EngineHost:
         self._owns = owns_engine
         self.state = State.LOADING
         self.engine: Engine | None = None
-        self.error: str | None = None
+        self.error: str | None = None  # the whole reason, for the log
+        self.public_error: str | None = None  # the same without local paths, for clients
         self.info: dict[str, Any] | None = None
         self._tokenizer: dict[str, Any] | None = None
         self.settled: asyncio.Event | None = None
@@ -81,6 +84,7 @@ class EngineHost:
 
     def _fail(self, message: str) -> None:
         self.error = f"model failed to load: {message}"
+        self.public_error = without_paths(self.error)
         self.state = State.FAILED
         assert self.settled is not None
         self.settled.set()
@@ -88,7 +92,7 @@ class EngineHost:
     def model_info(self, *, with_tokenizer: bool = False) -> Any:
         """The model_info value: LMQL's placeholder while loading; the tokenizer only on request."""
         if self.state is State.FAILED:
-            raise ModelUnavailable(self.error)
+            raise ModelUnavailable(self.public_error)
         if self.info is None:
             return UNAVAILABLE
         if with_tokenizer and self._tokenizer is not None:
@@ -104,13 +108,50 @@ class EngineHost:
 def _describe(engine: Engine) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """What the server reads from the engine once: model_info (with the server's own
     capabilities added) and the tokenizer hand-out."""
-    info = dict(engine.model_info())
+    info = _public_info(engine)
     caps = list(info.get("capabilities", []))
     info["capabilities"] = caps + [c for c in SERVER_CAPABILITIES if c not in caps]
     tokenizer = tokenizer_to_wire(engine.tokenizer) if TOKENIZER in caps else None
     return info, tokenizer
 
 
+def _public_info(engine: Engine) -> dict[str, Any]:
+    """model_info naming the model, never a local path: the folder the weights came from is
+    shown as the model's name (a hub id stays a hub id, a folder becomes its own name)."""
+    info = dict(engine.model_info())
+    model = info.get("model")
+    if isinstance(model, str) and os.sep in model and os.path.exists(model):
+        info["model"] = os.path.basename(os.path.abspath(model))
+    info = without_paths(info)
+    constructor = info.get("constructor")
+    if isinstance(constructor, str) and isinstance(info.get("model"), str):
+        # from_pretrained names the folder (for a hub id, a snapshot's hash): name the model
+        named = f"from_pretrained({info['model']!r})"
+        info["constructor"] = re.sub(r"from_pretrained\('[^']*'\)", lambda _: named, constructor)
+    return info
+
+
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
     with contextlib.suppress(RuntimeError):  # the server stopped while the model loaded
         loop.call_soon_threadsafe(fn, *args)
+
+
+# an absolute path (POSIX, ~/..., or C:\...) not inside a URL; it ends at a quote or space
+_ABSOLUTE = re.compile(r"(?<![\w:/.~-])(?:~?/|[A-Za-z]:[\\/])[^\s'\"]+")
+
+
+def without_paths(value: Any) -> Any:
+    """`value` with every absolute local path replaced by its last part (a model folder by its
+    name): MODEL_INFO and errors go to remote clients, who have no business knowing the
+    server's file system."""
+    if isinstance(value, str):
+        return _ABSOLUTE.sub(_last_part, value)
+    if isinstance(value, dict):
+        return {k: without_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_paths(v) for v in value]
+    return value
+
+
+def _last_part(match: re.Match[str]) -> str:
+    return re.split(r"[\\/]", match.group().rstrip("/\\"))[-1] or "/"

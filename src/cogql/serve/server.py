@@ -3,9 +3,11 @@
 One engine serves every connection; the engine interleaves their streams token by token, so a
 long GENERATE never blocks another client's SCORE. The server listens before the model has
 loaded (MODEL_INFO answers `"<unavailable>"`, streams wait), and a failed load is answered as
-an error on every op rather than a hang. Limits keep a flood or a client that stops reading
-from growing memory: a frame-size cap, a cap on streams in flight per connection (reading
-pauses at the cap), and a cap on unsent replies.
+an error on every op rather than a hang.
+
+Access: browser origins are refused unless allowed, an optional bearer token is checked at
+the handshake, TLS is optional. Limits keep a flood, an idle crowd or a client that stops
+reading from growing memory or the log: see `Limits`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import http
 import logging
 import signal
+import ssl
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -24,7 +27,10 @@ from typing import TYPE_CHECKING, Any
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from ..lmtp.transports.websocket import redact_authorization
+from .access import AccessPolicy, Refusal, exposure_warning
 from .host import EngineHost
+from .logs import REPEATS
 from .session import Session
 
 if TYPE_CHECKING:
@@ -35,24 +41,43 @@ log = logging.getLogger("cogql.serve")
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-server bounds. A frame above `max_frame_bytes` closes its connection (code 1009):
-    it cannot be answered per stream without reading it whole."""
+    """Per-server bounds (README, "Serving a model over LMTP", lists them with their flags).
+
+    A frame above `max_frame_bytes` closes its connection (code 1009): it cannot be answered
+    per stream without reading it whole. Past `max_connections`, handshakes get HTTP 503. A
+    connection holds up to `max_streams_per_connection` streams running; more ops wait in a
+    queue of `max_queued_ops` ops / `max_queued_tokens` prompt tokens, and past that get an
+    error. Unsent replies past `max_backlog_bytes` close the connection (code 1008)."""
 
     max_frame_bytes: int = 8 * 2**20
+    max_connections: int = 256
+    idle_timeout: float = 600.0  # seconds without streams or frames; 0 disables
     max_streams_per_connection: int = 128
+    max_queued_ops: int = 1024
+    max_queued_tokens: int = 2**21
     max_batch_ops: int = 256
-    backlog_pause: int = 4096  # unsent reply frames at which a connection stops being read
-    backlog_close: int = 2**18  # ... at which it is closed: the client is not reading
+    max_backlog_bytes: int = 16 * 2**20
+    max_top_logprobs: int = 20
+    max_tokens_without_context: int = 2**16  # max_tokens cap for a model with no context size
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not isinstance(value, int | float) or value != value or value < 0:
+                raise ValueError(f"limit {name} must be a number >= 0, got {value!r}")
 
 
 @dataclass
 class Stats:
-    """High-water marks, so operators and tests can check that the bounds hold."""
+    """Counts and high-water marks, so operators and tests can check that the bounds hold."""
 
     connections: int = 0
     streams_high: int = 0
-    backlog_high: int = 0
+    queued_high: int = 0
+    backlog_high: int = 0  # bytes
+    busy: int = 0  # ops refused because the queue was full
     frames: Counter[str] = field(default_factory=Counter)  # received, by message type
+    refused: Counter[int] = field(default_factory=Counter)  # handshakes, by HTTP status
+    closed: Counter[str] = field(default_factory=Counter)  # connections closed by the server
     sessions: set[Session] = field(default_factory=set)
 
 
@@ -67,6 +92,8 @@ class LMTPServer:
         port: int = 8080,
         limits: Limits | None = None,
         owns_engine: bool | None = None,
+        access: AccessPolicy | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """`model` is a running engine (shared; not closed on stop unless `owns_engine`) or a
         factory that builds one (run in the background; closed on stop)."""
@@ -77,15 +104,19 @@ class LMTPServer:
         self.host = host
         self.port = port
         self.limits = limits or Limits()
+        self.access = access or AccessPolicy()
+        self.ssl_context = ssl_context
         self.stats = Stats()
         self._server: Server | None = None
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}/"
+        scheme = "wss" if self.ssl_context is not None else "ws"
+        return f"{scheme}://{host}:{self.port}/"
 
     async def start(self) -> None:
+        redact_authorization(logging.getLogger("websockets.server"))
         self.engine_host.start()
         self._server = await serve(
             self._serve_connection,
@@ -94,15 +125,21 @@ class LMTPServer:
             max_size=self.limits.max_frame_bytes,
             compression=None,  # token frames are ~150 bytes: deflate costs more than it saves
             close_timeout=2,  # on shutdown, a client that does not answer the close is dropped
-            # no keepalive pings: while a connection is at its stream cap the server stops
-            # reading it, pongs included, and a ping timeout would kill a healthy client
-            # (LMQL's server sends none either)
+            # the server sends no keepalive pings (LMQL's sends none either); it answers the
+            # client's, as it always reads
             ping_interval=None,
-            max_queue=8,  # frames read ahead per connection before TCP pushes back
-            process_request=self._plain_http,
+            max_queue=8,  # frames read ahead per connection
+            process_request=self._admit,
+            ssl=self.ssl_context,
         )
         if self.port == 0:
             self.port = self._server.sockets[0].getsockname()[1]
+        addresses = [sock.getsockname()[0] for sock in self._server.sockets]
+        warning = exposure_warning(
+            addresses, token=self.access.token is not None, tls=self.ssl_context is not None
+        )
+        if warning:
+            log.warning("%s", warning)
 
     async def _serve_connection(self, ws: ServerConnection) -> None:
         session = Session(ws, self.engine_host, self.limits, self.stats)
@@ -113,14 +150,35 @@ class LMTPServer:
         finally:
             self.stats.sessions.discard(session)
 
-    def _plain_http(self, connection: ServerConnection, request: Request) -> Response | None:
-        """A plain GET (no websocket upgrade) gets a one-line status: a cheap health check."""
-        if "upgrade" in request.headers.get("Connection", "").lower():
+    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Before the handshake: browser origins and the token, then the status page for a
+        plain GET (no websocket upgrade), then the connection cap."""
+        headers = request.headers
+        refusal = self.access.check(headers.get("Origin"), headers.get("Authorization"))
+        if refusal is None and "upgrade" not in headers.get("Connection", "").lower():
+            return connection.respond(http.HTTPStatus.OK, self._status())
+        if refusal is None and len(self.stats.sessions) >= self.limits.max_connections:
+            refusal = Refusal(
+                http.HTTPStatus.SERVICE_UNAVAILABLE,
+                f"this LMTP server holds its maximum of {self.limits.max_connections} "
+                "connections (--max-connections); try again later",
+            )
+        if refusal is None:
             return None
+        self.stats.refused[refusal.status] += 1
+        peer = connection.remote_address
+        log.info("refused %s: HTTP %d", peer[0] if peer else "?", refusal.status, extra=REPEATS)
+        response = connection.respond(refusal.status, refusal.text + "\n")
+        if refusal.status == http.HTTPStatus.UNAUTHORIZED:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="cogql"'
+        return response
+
+    def _status(self) -> str:
+        """A one-line status: a cheap health check (with no local paths in it)."""
         state = self.engine_host.state.value
-        if self.engine_host.error:
-            state += f" ({self.engine_host.error})"
-        return connection.respond(http.HTTPStatus.OK, f"cogql LMTP server: model {state}\n")
+        if self.engine_host.public_error:
+            state += f" ({self.engine_host.public_error})"
+        return f"cogql LMTP server: model {state}\n"
 
     async def stop(self) -> None:
         """Close every connection (code 1001), cancel their streams, then stop the engine."""

@@ -16,15 +16,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import itertools
 import logging
+import os
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from ..messages import (
     MODEL_INFO,
@@ -47,7 +49,24 @@ log = logging.getLogger("cogql.lmtp")
 DEFAULT_PORT = 8080  # LMQL's serve-model default
 CONNECT_TIMEOUT = 10.0
 INFO_TIMEOUT = 10.0  # LMQL waits 5 s; a busy 2-core server deserves a little more
+TOKEN_ENV = "COGQL_SERVE_TOKEN"  # the token `cogql serve-model --token` was started with
 MAX_REPLY_BYTES = 512 * 2**20  # a tokenizer hand-out can be tens of MB (Gemma: ~33 MB)
+
+
+class _RedactAuthorization(logging.Filter):
+    """websockets logs every handshake header at DEBUG level: never the bearer token."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 2 and str(args[0]).lower() == "authorization":
+            record.args = (args[0], "[redacted]")
+        return True
+
+
+def redact_authorization(logger: logging.Logger) -> None:
+    """Install the redaction on one of websockets' loggers (once)."""
+    if not any(isinstance(f, _RedactAuthorization) for f in logger.filters):
+        logger.addFilter(_RedactAuthorization())
 
 
 class EndpointError(ValueError):
@@ -95,8 +114,11 @@ class _Route:
 class _Connection:
     """The shared connection to one endpoint on one event loop."""
 
-    def __init__(self, url: str, *, connect_timeout: float, info_timeout: float) -> None:
+    def __init__(
+        self, url: str, *, connect_timeout: float, info_timeout: float, token: str | None = None
+    ) -> None:
         self.url = url
+        self._token = token
         self.loop = asyncio.get_running_loop()
         self.connect_timeout = connect_timeout
         self.info_timeout = info_timeout
@@ -190,9 +212,16 @@ class _Connection:
             return self._ws
 
     async def _open(self) -> ClientConnection:
+        headers = None
+        if self._token:
+            headers = {"Authorization": f"Bearer {self._token}"}
+            redact_authorization(logging.getLogger("websockets.client"))
+            if self.url.startswith("ws://") and not _is_local(self.url):
+                log.warning("sending the token to %s unencrypted: prefer wss://", self.url)
         try:
             ws = await connect(
                 self.url,
+                additional_headers=headers,
                 open_timeout=self.connect_timeout,
                 max_size=MAX_REPLY_BYTES,
                 compression=None,
@@ -201,6 +230,10 @@ class _Connection:
                 # a server at its stream cap stops reading (pongs included) on purpose
                 ping_timeout=None,
             )
+        except InvalidStatus as e:  # a server that answered, and refused: say why
+            raise LMTPConnectionError(
+                f"LMTP server at {self.url} refused the connection: {_refusal(e)}"
+            ) from None
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as e:
             raise LMTPConnectionError(f"no LMTP server at {self.url}: {_reason(e)}") from None
         self.capabilities = frozenset()
@@ -288,6 +321,16 @@ class _Connection:
         self._fail(list(self._routes), f"connection to LMTP server at {self.url} closed")
 
 
+def _is_local(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _reason(e: BaseException) -> str:
     if isinstance(e, ConnectionRefusedError):
         return "connection refused"
@@ -296,21 +339,32 @@ def _reason(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-_connections: dict[tuple[int, str], _Connection] = {}
+def _refusal(e: InvalidStatus) -> str:
+    response = e.response
+    body = bytes(response.body or b"").decode("utf-8", "replace").strip()
+    return f"HTTP {response.status_code}" + (f": {body[:300]}" if body else "")
+
+
+_connections: dict[tuple[int, str, str | None], _Connection] = {}
 # the last MODEL_INFO a client sent per URL, with the model name it chose: a new connection
 # (reconnect, or a new event loop) repeats it to learn the server's capabilities
 _last_info: dict[str, dict[str, Any]] = {}
 
 
-def _connection(url: str, *, connect_timeout: float, info_timeout: float) -> _Connection:
-    """The process's connection to `url` for the running loop; closed loops' are dropped."""
+def _connection(
+    url: str, *, connect_timeout: float, info_timeout: float, token: str | None
+) -> _Connection:
+    """The process's connection to `url` with `token` for the running loop; closed loops'
+    are dropped."""
     loop = asyncio.get_running_loop()
     for key in [k for k, c in _connections.items() if c.loop.is_closed()]:
         del _connections[key]
-    key = (id(loop), url)
+    key = (id(loop), url, token)
     conn = _connections.get(key)
     if conn is None or conn.loop is not loop:
-        conn = _Connection(url, connect_timeout=connect_timeout, info_timeout=info_timeout)
+        conn = _Connection(
+            url, connect_timeout=connect_timeout, info_timeout=info_timeout, token=token
+        )
         _connections[key] = conn
     return conn
 
@@ -331,14 +385,25 @@ class WebSocketTransport:
         *,
         connect_timeout: float = CONNECT_TIMEOUT,
         info_timeout: float = INFO_TIMEOUT,
+        token: str | None = None,
     ) -> None:
+        """`token` (default: $COGQL_SERVE_TOKEN) is sent as `Authorization: Bearer` to a
+        server started with one; wss:// endpoints verify the server's certificate against the
+        system's CAs (SSL_CERT_FILE names another bundle)."""
         self.url = endpoint_url(endpoint)
         self.connect_timeout = connect_timeout
         self.info_timeout = info_timeout
+        self._token = token or os.environ.get(TOKEN_ENV) or None
+
+    def __repr__(self) -> str:  # never the token
+        return f"WebSocketTransport({self.url!r})"
 
     def _conn(self) -> _Connection:
         return _connection(
-            self.url, connect_timeout=self.connect_timeout, info_timeout=self.info_timeout
+            self.url,
+            connect_timeout=self.connect_timeout,
+            info_timeout=self.info_timeout,
+            token=self._token,
         )
 
     async def open(self) -> None:
