@@ -168,6 +168,18 @@ def test_unknown_local_model_says_where_it_looked(tmp_path: Path) -> None:
     assert "Hugging Face cache" in message
 
 
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [("chatgpt", "'chatgpt' names 'openai/gpt-3.5-turbo'"), ("openai/gpt-4o", "names a model")],
+)
+def test_lmqls_openai_model_names_say_cogql_does_not_call_openai(name: str, says: str) -> None:
+    with pytest.raises(ModelNotFound) as err:
+        cogql.run_sync(tiny_query(f'from "{name}"'))
+    message = str(err.value)
+    assert f"model {name!r} not found" in message  # tried as a name first (openai/ on the hub)
+    assert says in message and "OpenAI's API, which cogql does not call" in message
+
+
 def test_model_name_must_be_a_string() -> None:
     with pytest.raises(ValueError, match="must be a string"):
         cogql.model(42)  # type: ignore[arg-type]

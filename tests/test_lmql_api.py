@@ -77,9 +77,30 @@ def test_compat_has_every_lmql_name() -> None:
 
 
 def test_cogql_has_the_names_that_do_not_clash() -> None:
-    clashing = {"stream", "serve", "tokenizer", "inspect", "version", "version_info"}
+    clashing = {"stream", "serve", "inspect", "version", "version_info"}
     missing = [n for n in LMQL_NAMES if n not in clashing and not hasattr(cogql, n)]
     assert missing == []
+
+
+def test_cogql_tokenizer_is_the_module_and_lmqls_function() -> None:
+    """`import cogql as lmql; lmql.tokenizer("name")` works as LMQL's call, in Python and in
+    query code that reads that `lmql`, while `cogql.tokenizer` stays the module that holds
+    `Tokenizer` and `load_tokenizer`."""
+    import cogql.tokenizer as module
+
+    assert module.load_tokenizer is cogql.tokenizer.load_tokenizer
+    lmql = cogql  # as code written `import cogql as lmql` has it
+    assert lmql.tokenizer("default") is cogql.compat.tokenizer("default")
+
+    @lmql.query(model=lmql.model("random", seed=2))
+    def q():
+        """lmql
+        "Hi[X]" where len(TOKENS(X)) < 3
+        return X, lmql.tokenizer("default").tokenize(X)
+        """
+
+    value, tokens = q()
+    assert tokens and tokens == cogql.compat.tokenizer("default").tokenize(value)
 
 
 # --------------------------------------------------------------------------- lmql.tokenizer

@@ -293,6 +293,55 @@ async def test_streaming_decorators_follow_lmqls_call_pattern(tiny_model: cogql.
     assert partials[-1].startswith(result.variables["X"])
 
 
+async def test_f_strings_in_query_code_are_pythons_own() -> None:
+    """An f-string in an expression (an assert message, an assignment) is evaluated by Python,
+    as in LMQL 0.7.3; only a plain string standing as a statement is a prompt (cogql also takes
+    an f-string standing as a statement as one, which LMQL evaluates and drops)."""
+    model = cogql.model("random", seed=4)
+    query = """
+        argmax
+            n = 7
+            label = f"n={n:03d}|{n!r}|{{n}}"
+            "Count {n}."
+            f"Then {n * 2}. [X]" where len(TOKENS(X)) < 2
+            try:
+                assert False, f"at {context.prompt[:6]!r} with {n}"
+            except AssertionError as e:
+                message = str(e)
+            return label, message, context.prompt.startswith("Count 7.Then 14. ")
+        """
+    label, message, prompted = await cogql.run(query, model=model)
+    assert label == "n=007|7|{n}"
+    assert message == "at 'Count ' with 7"
+    assert prompted
+
+
+async def test_names_bound_by_except_and_match_are_not_inputs() -> None:
+    """`except E as e`, `case {"k": v, **rest}` and `case [h, *t]` define names in query code,
+    as assignments do, so they are no inputs to resolve (LMQL 0.7.3 runs such code)."""
+    query = """
+        argmax
+            try:
+                int("x")
+            except ValueError as err:
+                kind = type(err).__name__
+            match {"k": 1, "j": 2}:
+                case {"k": v, **rest}:
+                    pass
+            match [1, 2, 3]:
+                case [h, *t]:
+                    pass
+            return kind, v, rest, h, t
+        """
+    assert await cogql.run(query, model=cogql.model("random", seed=1)) == (
+        "ValueError",
+        1,
+        {"j": 2},
+        1,
+        [2, 3],
+    )
+
+
 async def test_lmql_in_query_code_is_the_compat_surface(tiny_model: cogql.Model) -> None:
     """Query code's `lmql` is LMQL's whole API (cogql.compat), `lmql.tokenizer` included, even
     when the query was defined where `lmql` is not imported."""

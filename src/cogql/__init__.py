@@ -9,11 +9,12 @@ from collections.abc import Callable
 from typing import Any
 
 from . import algorithms
+from . import tokenizer as _tokenizer_module
 from .language.errors import QueryCompileError, QuerySyntaxError
 from .runtime import decorators
 from .runtime.events import ModelCall, QueryEvent, QueryFinished, TextAppended, VariableFinished
 from .runtime.functions import F, generate, generate_sync, main
-from .runtime.lmql_tokenizer import LMQLTokenizer
+from .runtime.lmql_tokenizer import LMQLTokenizer, TokenizerModule
 from .runtime.model import (
     Model,
     get_default_model,
@@ -74,6 +75,8 @@ __all__ = [
 
 LLM = Model
 LMQLQueryFunction = QueryFunction
+# `cogql.tokenizer` stays the tokenizer module; calling it is LMQL's `lmql.tokenizer(name)`
+_tokenizer_module.__class__ = TokenizerModule
 
 
 def query(fn_or_source: Callable[..., Any] | str | None = None, **defaults: Any) -> Any:

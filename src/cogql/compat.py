@@ -2,9 +2,9 @@
 
 `import cogql as lmql` works too for everything but the names cogql uses otherwise:
 `cogql.stream(query, ...)` iterates a query's events, while LMQL's `lmql.stream("VAR")` is an
-output writer that prints a variable as it is generated; `cogql.serve` and `cogql.tokenizer`
-are modules (the LMTP server, the tokenizer loader), while LMQL's `lmql.serve(model)` serves a
-model and `lmql.tokenizer(name)` loads a tokenizer. Here all are LMQL's.
+output writer that prints a variable as it is generated; `cogql.serve` is a module (the LMTP
+server), while LMQL's `lmql.serve(model)` serves a model. Here both are LMQL's.
+(`cogql.tokenizer` is the tokenizer module, and calling it is LMQL's `lmql.tokenizer(name)`.)
 """
 
 from __future__ import annotations

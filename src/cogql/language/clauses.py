@@ -17,6 +17,8 @@ DECODER_NAMES = frozenset(
 )
 _SKIP = {tokenize.NEWLINE, tokenize.NL, tokenize.INDENT, tokenize.DEDENT, tokenize.COMMENT}
 _CLAUSE_KEYWORDS = ("from", "where", "distribution")
+# the last token of a string literal (Python 3.12 tokenizes f-strings into pieces)
+_STRING_ENDS = {tokenize.STRING} | {getattr(tokenize, "FSTRING_END", tokenize.STRING)}
 
 
 @dataclass
@@ -36,8 +38,6 @@ class Clauses:
     distribution: Span | None = None
     # prompt-local keyword spans to rewrite: (span, replacement) for inline where/distribution
     inline_keywords: list[tuple[Span, str]] = field(default_factory=list)
-    # f-string prefix characters to blank (LMQL interpolates every prompt string itself)
-    fstring_prefixes: list[int] = field(default_factory=list)
 
     def text(self, span: Span | None) -> str:
         return "" if span is None else self.source[span.start : span.end]
@@ -96,10 +96,6 @@ def _keyword(tok: tokenize.TokenInfo) -> str | None:
     return None
 
 
-def _string_prefix(literal: str) -> str:
-    return literal[: min(i for i in (literal.find('"'), literal.find("'")) if i >= 0)].lower()
-
-
 def split_clauses(source: str) -> Clauses:
     """Assign the tokens of `source` to clauses, following LMQL's clause grammar."""
     tokens = _tokens(source)
@@ -135,11 +131,9 @@ def split_clauses(source: str) -> Clauses:
         elif state == "prompt":
             if "prompt" not in starts and tok.type not in _SKIP:
                 starts["prompt"] = off(tok.start)
-            if tok.type == tokenize.STRING and "f" in _string_prefix(tok.string):
-                out.fstring_prefixes.append(off(tok.start) + _string_prefix(tok.string).index("f"))
             if kw is not None:
                 prev = tokens[i - 1] if i > 0 else None
-                inline = prev is not None and prev.type == tokenize.STRING and kw != "from"
+                inline = prev is not None and prev.type in _STRING_ENDS and kw != "from"
                 if inline:
                     repl = "and" if kw == "where" else "or"
                     span = Span(off(tok.start), off(tok.end))

@@ -243,8 +243,6 @@ def _blank(source: str, clauses: Clauses) -> str:
     chars = list(source)
     for span, repl in clauses.inline_keywords:
         chars[span.start : span.end] = list(repl)
-    for pos in clauses.fstring_prefixes:
-        chars[pos] = " "
     return "".join(chars)
 
 
@@ -458,21 +456,48 @@ def _runtime_attr(name: str, node: ast.AST) -> ast.Attribute:
 
 
 def _prompt_parts(value: ast.expr) -> tuple[str, ast.expr | None, ast.expr | None] | None:
-    if isinstance(value, ast.Constant) and isinstance(value.value, str):
-        return value.value, None, None
+    text = _prompt_text(value)
+    if text is not None:
+        return text, None, None
     inline_or = _inline_or(value)
     if inline_or is not None:
         return inline_or
     if isinstance(value, ast.BoolOp) and value.values:
-        first = value.values[0]
-        if isinstance(first, ast.Constant) and isinstance(first.value, str):
+        first = _prompt_text(value.values[0])
+        if first is not None:
             rest = value.values[1:]
             clause = rest[0] if len(rest) == 1 else ast.BoolOp(ast.And(), rest)
             ast.copy_location(clause, rest[0])
             if isinstance(value.op, ast.And):
-                return first.value, clause, None
-            return first.value, None, clause
+                return first, clause, None
+            return first, None, clause
     return None
+
+
+def _prompt_text(value: ast.expr) -> str | None:
+    """The prompt string a statement's leading literal stands for: a plain string as written,
+    an f-string (`f"Hi {name}[X]"`) as the same text without its `f`, interpolated by the
+    runtime like any prompt string. f-strings anywhere else are Python's own."""
+    if isinstance(value, ast.Constant) and isinstance(value.value, str):
+        return value.value
+    if isinstance(value, ast.JoinedStr):
+        return _unparse_fstring(value)
+    return None
+
+
+def _unparse_fstring(node: ast.JoinedStr) -> str:
+    parts: list[str] = []
+    for piece in node.values:
+        if isinstance(piece, ast.FormattedValue):
+            field = ast.unparse(piece.value)
+            if piece.conversion != -1:
+                field += "!" + chr(piece.conversion)
+            if isinstance(piece.format_spec, ast.JoinedStr):
+                field += ":" + _unparse_fstring(piece.format_spec)
+            parts.append("{" + field + "}")
+        elif isinstance(piece, ast.Constant):
+            parts.append(str(piece.value).replace("{", "{{").replace("}", "}}"))
+    return "".join(parts)
 
 
 def _inline_or(value: ast.expr) -> tuple[str, ast.expr, None] | None:
@@ -483,13 +508,13 @@ def _inline_or(value: ast.expr) -> tuple[str, ast.expr, None] | None:
     first = value.values[0]
     if not (isinstance(first, ast.BoolOp) and isinstance(first.op, ast.And)):
         return None
-    head = first.values[0]
-    if not (isinstance(head, ast.Constant) and isinstance(head.value, str)):
+    head = _prompt_text(first.values[0])
+    if head is None:
         return None
     rest = first.values[1:]
     left = rest[0] if len(rest) == 1 else ast.copy_location(ast.BoolOp(ast.And(), rest), rest[0])
     clause = ast.copy_location(ast.BoolOp(ast.Or(), [left, *value.values[1:]]), left)
-    return head.value, clause, None
+    return head, clause, None
 
 
 def _interpolation(expr: str, source: str, where: InterpolationAt) -> ast.expr:
@@ -522,6 +547,10 @@ def _names(nodes: list[ast.AST]) -> tuple[set[str], set[str]]:
                 stored.add((n.asname or n.name).split(".")[0])
             elif isinstance(n, ast.arg):
                 stored.add(n.arg)
+            elif isinstance(n, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and n.name:
+                stored.add(n.name)  # `except E as e:`, `case [x, *rest]:`
+            elif isinstance(n, ast.MatchMapping) and n.rest:
+                stored.add(n.rest)
     return loaded, stored
 
 

@@ -8,6 +8,7 @@ LMQL code tokenizes text to count or budget tokens (`tokenize`, `__call__` givin
 from __future__ import annotations
 
 import weakref
+from types import ModuleType
 from typing import Any, overload
 
 from ..tokenizer import Tokenizer, TokenizerNotFound, load_tokenizer
@@ -163,3 +164,12 @@ def tokenizer(model_identifier: str, type: str = "auto", **kwargs: Any) -> LMQLT
         except ModelNotFound as as_model:
             raise TokenizerNotFound(f"{as_tokenizer} As a model name: {as_model}") from None
         return wrap(load_tokenizer(folder), model_identifier)
+
+
+class TokenizerModule(ModuleType):
+    """The class of the `cogql.tokenizer` module: called, it is LMQL's `lmql.tokenizer(name)`,
+    so code written `import cogql as lmql` can call `lmql.tokenizer("name")` as LMQL's does,
+    while `cogql.tokenizer.Tokenizer` and the module's other names stay where they are."""
+
+    def __call__(self, model_identifier: str, type: str = "auto", **kwargs: Any) -> LMQLTokenizer:
+        return tokenizer(model_identifier, type, **kwargs)

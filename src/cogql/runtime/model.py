@@ -108,14 +108,21 @@ class Model:
             return await open_replicate(name, endpoint, self.tokenizer, self.options)
         if endpoint and not endpoint.startswith("local:"):
             return await _open_remote(name, endpoint, self.tokenizer, self.options, self.token)
+        from ..engine.models import ModelNotFound
         from ..lmtp.transports.inprocess import InProcessTransport, local_engine
 
         local_name = name.removeprefix("local:") or None
         dtype = str(self.options.get("dtype", "auto"))
         device = str(self.options.get("device", "cpu"))
-        engine = await asyncio.to_thread(
-            local_engine, local_name, dtype=dtype, device=device, **self._model_kwargs()
-        )
+        try:
+            engine = await asyncio.to_thread(
+                local_engine, local_name, dtype=dtype, device=device, **self._model_kwargs()
+            )
+        except ModelNotFound as e:
+            hint = _openai_hint(name)
+            if hint is None:
+                raise
+            raise ModelNotFound(f"{e} {hint}") from None
         tok = load_tokenizer(self.tokenizer) if self.tokenizer else engine.tokenizer
         # extensions=False makes the client use LMQL's method, as against an LMQL server
         use_ext = bool(self.options.get("extensions", True))
@@ -136,6 +143,23 @@ class Model:
 
 
 RANDOM = "random"  # LMQL's weightless test model (engine/random_model.py)
+
+# LMQL's aliases for models on OpenAI's API; its `openai/<model>` names are the others
+_OPENAI_ALIASES = {"chatgpt": "openai/gpt-3.5-turbo", "gpt-4": "openai/gpt-4"}
+
+
+def _openai_hint(name: str) -> str | None:
+    """What to tell an LMQL user whose OpenAI model name is not a model here (`openai/...`
+    can also be a Hugging Face hub id, e.g. openai/gpt-oss-20b, so the name is tried first)."""
+    full = _OPENAI_ALIASES.get(name, name)
+    if not full.startswith("openai/"):
+        return None
+    what = f"names {full!r}" if full != name else "names a model"
+    return (
+        f"(In LMQL, {name!r} {what} on OpenAI's API, which cogql does not call: use a "
+        "model cogql runs, e.g. a local folder or .gguf file, 'random', an LMTP server "
+        "(endpoint=...) or a Replicate model.)"
+    )
 
 
 def model(name: str | None = None, *, endpoint: str | None = None,
