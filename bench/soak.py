@@ -15,9 +15,11 @@ import argparse
 import asyncio
 import collections
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -54,7 +56,9 @@ class Server:
         if model == "random":
             argv += ["--seed", "1"]
         self.url = f"ws://127.0.0.1:{port}"
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        fd, self.log = tempfile.mkstemp(prefix="cogql-soak-", suffix=".log")
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=fd)
+        os.close(fd)
         self.ps = psutil.Process(self.proc.pid)
         self.peak = 0
 
@@ -282,10 +286,10 @@ async def soak(args: argparse.Namespace) -> bool:
         final = await settle(server)
     finally:
         server.stop()
-    return report(tally, start, server.peak, final, args)
+    return report(tally, server, start, final, args)
 
 
-def report(tally: Tally, start: int, peak: int, final: int, args: argparse.Namespace) -> bool:
+def report(tally: Tally, server: Server, start: int, final: int, args: argparse.Namespace) -> bool:
     mb = 2**20
     print(f"soak: {args.seconds:.0f} s against serve-model {args.model}")
     print("served:", dict(tally.served))
@@ -295,8 +299,9 @@ def report(tally: Tally, start: int, peak: int, final: int, args: argparse.Names
         p = statistics.quantiles(tally.ttft, n=100)
         print(f"time to first token (short streams): p50 {p[49] * 1000:.0f} ms, "
               f"p99 {p[98] * 1000:.0f} ms")  # fmt: skip
-    print(f"RSS: start {start / mb:.0f} MB, peak {peak / mb:.0f} MB, final {final / mb:.0f} MB "
+    print(f"RSS: start {start / mb:.0f} MB, peak {server.peak / mb:.0f} MB, final {final / mb:.0f} MB "
           f"({final / start:.3f}x start)")  # fmt: skip
+    print(f"server log: {server.log}")
     for line in tally.failures:
         print("  ", line)
     ok = not tally.failed and final <= start * (1 + RSS_TOLERANCE)
