@@ -117,10 +117,9 @@ class LMTPServer:
         """A plain GET (no websocket upgrade) gets a one-line status: a cheap health check."""
         if "upgrade" in request.headers.get("Connection", "").lower():
             return None
-        state = self.engine_host.state.value
-        if self.engine_host.error:
-            state += f" ({self.engine_host.error})"
-        return connection.respond(http.HTTPStatus.OK, f"cogql LMTP server: model {state}\n")
+        healthy, state = self.engine_host.health()
+        status = http.HTTPStatus.OK if healthy else http.HTTPStatus.SERVICE_UNAVAILABLE
+        return connection.respond(status, f"cogql LMTP server: model {state}\n")
 
     async def stop(self) -> None:
         """Close every connection (code 1001), cancel their streams, then stop the engine."""
