@@ -105,6 +105,7 @@ class Engine:
         self._scores: list[ScoreJob] = []
         self._lock = threading.RLock()  # orders submit() against the thread's end
         self._stopped: str | None = None
+        self._taking: object = None  # the inbox item being accepted
         self._started: Future[None] = Future()
         self._thread = threading.Thread(
             target=self._run, args=(model, max_cache_entries), name="cogql-engine", daemon=True
@@ -225,7 +226,9 @@ class Engine:
             try:
                 item = self._inbox.get(**self._wait())
                 while item is not None:
+                    self._taking = item
                     self._take(item)
+                    self._taking = None
                     item = self._inbox.get_nowait()
                 return  # close() asked to stop
             except queue.Empty:
@@ -257,24 +260,38 @@ class Engine:
         with self._lock:
             self._stopped = why
             self.grammars.close()
-            for s in self._streams:
-                _tell(s.sink, ErrorEvent(s.op.stream_id, why))
-                for follower in s.then:
-                    self._refuse(follower, s.sink, why)
-            for job in self._scores:
-                for op, _ in job.ops:
-                    _tell(job.sink, ErrorEvent(op.stream_id, why))
-            self._streams, self._scores = [], []
+            answered = self._fail_held(why)
+            left = [self._taking] if self._taking is not None else []  # it died taking this
             while True:
                 try:
-                    item = self._inbox.get_nowait()
+                    left.append(self._inbox.get_nowait())
                 except queue.Empty:
-                    return
+                    break
+            for item in left:
                 if isinstance(item, _Work):
                     for op in item.ops:
-                        _tell(item.sink, ErrorEvent(op.stream_id, why))
+                        if id(op) not in answered:
+                            _tell(item.sink, ErrorEvent(op.stream_id, why))
                 elif isinstance(item, _Call) and item.future.set_running_or_notify_cancel():
                     item.future.set_exception(EngineStopped(why))
+
+    def _fail_held(self, why: str) -> set[int]:
+        """Answer the streams and scores the engine holds; returns the ids of their ops."""
+        answered: set[int] = set()
+        for s in self._streams:
+            answered.add(id(s.op))
+            _tell(s.sink, ErrorEvent(s.op.stream_id, why))
+            for follower in s.then:
+                self._refuse(follower, s.sink, why)
+                answered.add(
+                    id(follower.op if isinstance(follower, GenerateStream) else follower[0])
+                )
+        for job in self._scores:
+            for op, _ in job.ops:
+                answered.add(id(op))
+                _tell(job.sink, ErrorEvent(op.stream_id, why))
+        self._streams, self._scores = [], []
+        return answered
 
     # ---- accepting ops ------------------------------------------------------------------
 
