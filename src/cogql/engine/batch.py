@@ -90,7 +90,6 @@ class DecodeBatch:
         self.tokens = tokens
         self.tuner = PrecisionTuner(len(candidates))
         self.steps = self.rows = self.rebuilds = 0  # counters, for tests and benchmarks
-        self.shapes: list[tuple[int, int]] = []  # (rows, cached width) of recent steps
         self._slots: list[_Slot] = []
 
     def step(self, entries: list[CacheEntry], tokens: list[int]) -> None:
@@ -119,7 +118,6 @@ class DecodeBatch:
         self.tuner.record(len(entries), choice, time.perf_counter() - start)
         self.steps += 1
         self.rows += len(entries)
-        self.shapes = [*self.shapes[-63:], (len(entries), width)]
         slot.width = width + 1
         slot.used = True
         logits = out.logits[:, -1, : self.tokens].float()
