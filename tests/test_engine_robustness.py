@@ -339,7 +339,7 @@ def test_the_context_bounds_prompts_and_generations(small_context_path: Path) ->
             Generate(3, "", long_prompt(20), max_tokens=3),
         ]
         rec = run(engine, ops)
-        assert "leaves no room to generate in the model's context of 32 tokens" in rec.error(1)
+        assert "fills the model's context of 32 tokens, which leaves no room" in rec.error(1)
         capped = rec.events[2]
         assert len(capped) == 4 and capped[-1].finish_reason == "length"  # type: ignore[union-attr]
         assert len(rec.tokens(3)) == 3

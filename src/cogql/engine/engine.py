@@ -391,13 +391,13 @@ class Engine:
         limit = self.context_length
         if limit is None:
             return None
-        if isinstance(op, Score) and len(op.prompt) + len(op.scored) > limit:
-            n = len(op.prompt) + len(op.scored)
+        n = len(op.prompt) + (len(op.scored) if isinstance(op, Score) else 0)
+        if n > limit:
             return f"{n} tokens exceed the model's context of {limit} tokens"
-        if isinstance(op, Generate) and len(op.prompt) >= limit:
+        if isinstance(op, Generate) and n == limit:
             return (
-                f"the prompt has {len(op.prompt)} tokens, which leaves no room to generate in "
-                f"the model's context of {limit} tokens: shorten the prompt"
+                f"the prompt fills the model's context of {limit} tokens, which leaves no room "
+                "to generate: shorten the prompt"
             )
         return None
 
