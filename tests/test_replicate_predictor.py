@@ -29,7 +29,14 @@ from cogql.lmtp.transports.inprocess import local_engine
 from cogql.replicate.build import build
 from cogql.replicate.cogserver import CogServer, CogServerError
 from cogql.replicate.config import load_config
-from cogql.replicate.predictor import BatchError, PredictorSetupError, load_runner, parse_batch
+from cogql.replicate.predictor import (
+    BatchError,
+    EngineStopped,
+    LMTPPredictor,
+    PredictorSetupError,
+    load_runner,
+    parse_batch,
+)
 
 
 def build_project(tmp: Path, model_dir: Path, **keys: Any) -> Path:
@@ -317,6 +324,67 @@ def test_async_predictor_serves_concurrent_predictions(
         assert result["status"] == "succeeded", result
         got = events_of(result["output"])
         assert len(got) == 24 and all(e.stream_id == i for e in got)
+
+
+# ---- a dead engine ----------------------------------------------------------------------------
+
+BREAK_THE_LOOP = """
+
+# test fault: a prediction whose prompt is [9, 9, 9] breaks the engine's loop (a stand-in for
+# a bug escaping it), so the engine's thread dies
+import cogql.engine.engine as _engine  # noqa: E402
+
+_take = _engine.Engine._take
+
+
+def _take_or_break(self, item):
+    if any(getattr(op, "prompt", None) == [9, 9, 9] for op in getattr(item, "ops", ())):
+        raise RuntimeError("injected: the loop broke")
+    _take(self, item)
+
+
+_engine.Engine._take = _take_or_break
+"""
+
+
+def test_a_dead_engine_fails_the_health_check_and_every_prediction(project: Path) -> None:
+    predictor = LMTPPredictor()
+    predictor.project_dir = project
+    predictor.setup()
+    engine = predictor.runner.engine
+    try:
+        assert predictor.healthcheck() is True
+
+        def broken_loop() -> None:
+            raise RuntimeError("injected: the loop broke")
+
+        engine._turn = broken_loop  # type: ignore[method-assign] - a bug escaping the loop
+        for sid in (1, 2):  # pending when it dies, then sent to the dead engine
+            [line] = list(predictor.stream(json.dumps([gen(sid, PROMPT)])))
+            assert "error" in line and "injected: the loop broke" in line
+        with pytest.raises(EngineStopped, match="injected: the loop broke"):
+            predictor.healthcheck()
+    finally:
+        engine.close()
+
+
+def test_cog_reports_a_dead_engine_as_unhealthy(tmp_path: Path, project: Path) -> None:
+    import time
+
+    broken = tmp_path / "project"
+    shutil.copytree(project, broken)
+    with (broken / "predict.py").open("a") as f:
+        f.write(BREAK_THE_LOOP)
+    with CogServer(broken) as srv:
+        srv.wait_ready(timeout=240)
+        assert events_of(run_ops(srv, [gen(1, PROMPT, max_tokens=2)]))[-1].finish_reason
+        [died] = events_of(run_ops(srv, [gen(2, [9, 9, 9])]))
+        assert "injected: the loop broke" in died.error  # type: ignore[union-attr]
+        deadline = time.monotonic() + 60
+        while (health := srv.health() or {}).get("status") != "UNHEALTHY":
+            assert time.monotonic() < deadline, f"still {health.get('status')} with a dead engine"
+            time.sleep(0.1)
+        assert "injected: the loop broke" in json.dumps(health)
 
 
 # ---- the batch parser, in process ------------------------------------------------------------

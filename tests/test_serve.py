@@ -442,6 +442,61 @@ def test_failed_load_is_an_error_for_every_op() -> None:
         r.close()
 
 
+def http_status(server: BackgroundServer) -> tuple[int, str]:
+    """GET / (the health check): status code and body."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{server.endpoint}/", timeout=10) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_a_dead_engine_is_reported_and_every_op_gets_its_reason() -> None:
+    """Should the engine's thread die, the server says so (GET / is 503, MODEL_INFO is an
+    error) and answers every op with the reason at once, instead of 'ready' and silence."""
+    from cogql.engine.models import load_model
+
+    engine = Engine(lambda: load_model("random", seed=5))
+    try:
+        with BackgroundServer(engine) as s:
+            r = Raw(s)
+            r.send("GENERATE", generate(1, max_tokens=2))
+            assert [i["stream_id"] for _, i in r.stream()] == [1, 1]
+
+            def broken_loop() -> None:
+                raise RuntimeError("injected: the loop broke")
+
+            engine._turn = broken_loop  # type: ignore[method-assign] - a bug escaping the loop
+            r.send("GENERATE", generate(2, max_tokens=2))
+            [(_, died)] = r.stream()
+            assert "injected: the loop broke" in died["error"]
+            status, body = http_status(s)
+            assert status == 503 and "failed" in body and "injected: the loop broke" in body
+            r.send("MODEL_INFO", {"stream_id": 3, "model": "m"})
+            r.send("SCORE", {"prompt": PROMPT, "scored": [5], "stream_id": 4, "model": "m"})
+            replies = {i["stream_id"]: i for _, i, _ in (r.recv() for _ in "34")}
+            assert all("injected: the loop broke" in i["error"] for i in replies.values())
+            r.close()
+    finally:
+        engine.close()
+
+
+def test_a_failed_load_is_unhealthy() -> None:
+    def broken() -> Engine:
+        raise FileNotFoundError("no weights in /nowhere")
+
+    with BackgroundServer(broken) as s:
+        for _ in range(200):  # bounded: the failure is reported by a helper thread
+            status, body = http_status(s)
+            if status != 200:
+                break
+            time.sleep(0.05)
+        assert status == 503 and "no weights in /nowhere" in body
+
+
 # --------------------------------------------------------------------------- client transport
 
 

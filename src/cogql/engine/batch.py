@@ -1,9 +1,11 @@
 """Continuous batching of decode steps: the streams that each need one more token share one
 forward pass.
 
-Their keys/values are left-padded into one cache that is kept from step to step and rebuilt
-only when the set of streams changes (a stream joins, finishes, or takes a multi-token step).
-Between rebuilds every entry's `past` is lent out as a lazily cut row of that cache.
+Streams are grouped by context length first (engine/scheduler.py), so one long stream does
+not pad every short one to its length. Each group's keys/values are left-padded into one cache
+that is kept from step to step and rebuilt only when the group changes (a stream joins,
+finishes, or takes a multi-token step). Between rebuilds every entry's `past` is lent out as a
+lazily cut row of that cache.
 
 Which precision is faster for a batched step depends on the CPU and the batch size (on the
 2-core development machine fp16 wins at one row, bf16 at four and more, and fp16 loses badly to
@@ -54,6 +56,31 @@ class PrecisionTuner:
             trials.append(seconds)
 
 
+class _Slot:
+    """One group's padded batch cache, kept from step to step while the group is unchanged."""
+
+    def __init__(self, model: torch.nn.Module, entries: list[CacheEntry]) -> None:
+        for entry in entries:
+            entry.cast(model.dtype)
+        self.model = model
+        self.entries = list(entries)
+        self.width = max(len(e.ids) for e in entries)
+        self.cache = full_cache(model.config, left_padded(entries, self.width))
+        self.rows: list[Any] = []
+        self.used = True
+
+    def holds(self, entries: list[CacheEntry], model: torch.nn.Module) -> bool:
+        return (
+            model is self.model
+            and len(entries) == len(self.entries)
+            and all(a is b for a, b in zip(entries, self.entries, strict=True))
+            and all(e.row is r for e, r in zip(entries, self.rows, strict=True))
+        )
+
+    def shares(self, entries: list[CacheEntry]) -> bool:
+        return any(a is b for a in entries for b in self.entries)
+
+
 class DecodeBatch:
     def __init__(self, candidates: list[Callable[[], torch.nn.Module]], tokens: int) -> None:
         """`candidates` give the same weights in the precisions worth trying (distinct dtypes);
@@ -61,73 +88,72 @@ class DecodeBatch:
         the first `tokens` ids (the ones the tokenizer has)."""
         self.candidates = candidates
         self.tokens = tokens
-        self.model = candidates[0]()
         self.tuner = PrecisionTuner(len(candidates))
         self.steps = self.rows = self.rebuilds = 0  # counters, for tests and benchmarks
-        self._entries: list[CacheEntry] = []
-        self._rows: list[Any] = []
-        self._cache: DynamicCache | None = None
-        self._width = 0
+        self._slots: list[_Slot] = []
 
     def step(self, entries: list[CacheEntry], tokens: list[int]) -> None:
-        """Feed one token to each entry; sets each entry's next-token logits."""
+        """Feed one token to each entry of one group; sets each entry's next-token logits. On
+        an error the group's batch cache is dropped and every entry is as it was before."""
         choice = self.tuner.pick(len(entries))
-        model = self.candidates[choice]()
-        if model is not self.model or not self._holds(entries):
-            self.model = model
-            self._rebuild(entries)
+        slot = self._slot(entries, self.candidates[choice]())
         lengths = [len(e.ids) for e in entries]
-        width = self._width
+        width = slot.width
         mask = torch.zeros(len(entries), width + 1, dtype=torch.long)
         for i, n in enumerate(lengths):
             mask[i, width - n :] = 1
         start = time.perf_counter()
-        out = self.model(
-            input_ids=torch.tensor([[t] for t in tokens]),
-            attention_mask=mask,
-            position_ids=torch.tensor([[n] for n in lengths]),
-            cache=self._cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        try:
+            out = slot.model(
+                input_ids=torch.tensor([[t] for t in tokens]),
+                attention_mask=mask,
+                position_ids=torch.tensor([[n] for n in lengths]),
+                cache=slot.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        except BaseException:
+            self._slots.remove(slot)  # its cache may hold the new token in some layers only
+            raise
         self.tuner.record(len(entries), choice, time.perf_counter() - start)
         self.steps += 1
         self.rows += len(entries)
-        self._width = width + 1
+        slot.width = width + 1
+        slot.used = True
         logits = out.logits[:, -1, : self.tokens].float()
-        assert self._cache is not None
-        layers = [(layer.keys, layer.values) for layer in self._cache.layers]
-        self._rows = [self._row(layers, i, n + 1) for i, n in enumerate(lengths)]
+        layers = [(layer.keys, layer.values) for layer in slot.cache.layers]
+        slot.rows = [_row(slot, layers, i, n + 1) for i, n in enumerate(lengths)]
         for i, (entry, token) in enumerate(zip(entries, tokens, strict=True)):
             entry.ids.append(token)
             entry.logits = logits[i]
-            entry.lend(self._rows[i])
+            entry.lend(slot.rows[i])
 
-    def _holds(self, entries: list[CacheEntry]) -> bool:
-        return (
-            self._cache is not None
-            and len(entries) == len(self._entries)
-            and all(a is b for a, b in zip(entries, self._entries, strict=True))
-            and all(e.row is r for e, r in zip(entries, self._rows, strict=True))
-        )
+    def retire(self) -> None:
+        """Drop the batch caches that no step used since the last call (their groups changed
+        or ended), so they do not hold memory."""
+        self._slots = [s for s in self._slots if s.used]
+        for slot in self._slots:
+            slot.used = False
 
-    def _rebuild(self, entries: list[CacheEntry]) -> None:
-        """Copy every entry's keys/values, right-aligned, into a fresh batch cache."""
-        for entry in entries:
-            entry.cast(self.model.dtype)
-        width = max(len(e.ids) for e in entries)
-        layers = left_padded(entries, width)
-        self._cache = full_cache(self.model.config, layers)
-        self._entries = list(entries)
-        self._width = width
+    def _slot(self, entries: list[CacheEntry], model: torch.nn.Module) -> _Slot:
+        """The slot that holds exactly this group, or a new one built from the entries' own
+        keys/values (the slots they were in before are dropped)."""
+        for slot in self._slots:
+            if slot.holds(entries, model):
+                return slot
+        self._slots = [s for s in self._slots if not s.shares(entries)]
+        slot = _Slot(model, entries)
+        self._slots.append(slot)
         self.rebuilds += 1
+        return slot
 
-    def _row(self, layers: list[tuple[torch.Tensor, torch.Tensor]], i: int, length: int) -> Any:
-        """Row i as a batch-1 cache of `length` positions (views, no copy until settled)."""
-        start, config = self._width - length, self.model.config
 
-        def cut() -> DynamicCache:
-            kv = [(k[i : i + 1, :, start:], v[i : i + 1, :, start:]) for k, v in layers]
-            return full_cache(config, kv)
+def _row(slot: _Slot, layers: list[tuple[torch.Tensor, torch.Tensor]], i: int, length: int) -> Any:
+    """Row i as a batch-1 cache of `length` positions (views, no copy until settled)."""
+    start, config = slot.width - length, slot.model.config
 
-        return cut
+    def cut() -> DynamicCache:
+        kv = [(k[i : i + 1, :, start:], v[i : i + 1, :, start:]) for k, v in layers]
+        return full_cache(config, kv)
+
+    return cut

@@ -9,6 +9,8 @@ Where LMQL hangs or misleads, this predictor does not:
 - `setup()` loads the model completely, on the engine's thread, and runs a warm-up step, so a
   load failure fails the Cog setup with its cause (LMQL returned before loading, and a failed
   load hung every prediction) and the first prediction is as fast as the tenth;
+- should the engine's thread ever die, Cog's health check reports UNHEALTHY with the reason
+  (`healthcheck`), and predictions fail with it at once instead of waiting;
 - an empty batch ends at once; a malformed batch (bad JSON, not a list of [TYPE, {...}]) fails
   the prediction before any work with a message that says what was expected;
 - one bad op (missing prompt, unknown command, empty SCORE) gets its own error MSG and never
@@ -32,7 +34,7 @@ from typing import Any, ClassVar
 
 from cog import BaseRunner
 
-from ..engine.engine import Engine
+from ..engine.engine import Engine, EngineStopped
 from ..engine.sink import LoopSink
 from ..lmtp.messages import (
     Event,
@@ -58,10 +60,6 @@ class BatchError(ValueError):
 
 class PredictorSetupError(RuntimeError):
     """The model could not be loaded; Cog reports setup as failed, with this message."""
-
-
-class EngineStopped(RuntimeError):
-    """The engine's thread died while a prediction waited for events."""
 
 
 def parse_batch(text: str) -> list[tuple[str, dict[str, Any]]]:
@@ -137,6 +135,11 @@ class BatchRunner:
         self.engine = engine
         self.info_overrides = info_overrides or {}
 
+    def check(self) -> None:
+        """Raise EngineStopped, with the reason, when the engine no longer runs ops."""
+        if not self.engine.alive:
+            raise EngineStopped(self.engine.stopped or "the cogql engine stopped; see the logs")
+
     def _fix_info(self, event: Event) -> Event:
         info = getattr(event, "model_info", None)
         if isinstance(info, dict) and self.info_overrides:
@@ -156,8 +159,7 @@ class BatchRunner:
                 try:
                     event = events.get(timeout=_POLL_S)
                 except queue.Empty:
-                    if not self.engine.alive:
-                        raise EngineStopped("the cogql engine stopped; see the logs") from None
+                    self.check()
                     continue
                 line = demux.line(self._fix_info(event))
                 if line is not None:
@@ -182,8 +184,7 @@ class BatchRunner:
                 try:
                     event = await asyncio.wait_for(events.get(), _POLL_S)
                 except TimeoutError:
-                    if not self.engine.alive:
-                        raise EngineStopped("the cogql engine stopped; see the logs") from None
+                    self.check()
                     continue
                 line = demux.line(self._fix_info(event))
                 if line is not None:
@@ -277,6 +278,8 @@ def load_runner(project: Path) -> BatchRunner:
             f"cogql could not load the model in {checkpoints}: {type(e).__name__}: {e}"
         ) from e
     _warm_up(engine)
+    if engine.stopped:
+        raise PredictorSetupError(f"the cogql engine stopped during setup: {engine.stopped}")
     loaded = engine.loaded
     print(
         f"cogql: ready in {time.perf_counter() - started:.1f} s "
@@ -298,6 +301,14 @@ class LMTPPredictor(BaseRunner):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         self.runner = load_runner(Path(self.project_dir))
+
+    def healthcheck(self) -> bool:
+        """Cog's health check (GET /health-check turns UNHEALTHY when this raises): the engine
+        must still run, or every prediction would fail; the error says why it stopped."""
+        runner = getattr(self, "runner", None)
+        if runner is not None:
+            runner.check()
+        return True
 
     def stream(self, ops_batch_json: str) -> Iterator[str]:
         return self.runner.stream(ops_batch_json)

@@ -48,10 +48,9 @@ class EngineHost:
         thread; `owns_engine` says whether stopping the server closes the engine."""
         self._source = source
         self._owns = owns_engine
-        self.state = State.LOADING
+        self._state = State.LOADING
         self.engine: Engine | None = None
-        self.error: str | None = None  # the whole reason, for the log
-        self.public_error: str | None = None  # the same without local paths, for clients
+        self._error: str | None = None
         self.info: dict[str, Any] | None = None
         self._tokenizer: dict[str, Any] | None = None
         self.settled: asyncio.Event | None = None
@@ -74,18 +73,44 @@ class EngineHost:
 
         threading.Thread(target=load, name="cogql-serve-load", daemon=True).start()
 
+    @property
+    def state(self) -> State:
+        """READY turns FAILED when the engine stops (its thread died): clients get errors at
+        once and health checks say so, instead of waiting on an engine that will never answer."""
+        if self._state is State.READY and self.engine is not None and self.engine.stopped:
+            return State.FAILED
+        return self._state
+
+    @property
+    def error(self) -> str | None:
+        if self._error is None and self.state is State.FAILED:
+            assert self.engine is not None
+            return f"model unavailable: {self.engine.stopped}"
+        return self._error
+
+    @property
+    def public_error(self) -> str | None:
+        """The error without local paths: what remote clients are told."""
+        return without_paths(self.error) if self.error else None
+
+    def health(self) -> tuple[bool, str]:
+        """Whether the server can serve (loading counts: ops wait for the model), and its
+        state in words, with the reason when it cannot."""
+        state = self.state
+        described = f"{state.value} ({self.public_error})" if self.error else state.value
+        return state is not State.FAILED, described
+
     def _ready(self, engine: Engine, described: tuple, seconds: float) -> None:
         self.engine = engine
         self.info, self._tokenizer = described
-        self.state = State.READY
+        self._state = State.READY
         log.info("model %s ready (%.1fs)", self.info.get("model"), seconds)
         assert self.settled is not None
         self.settled.set()
 
     def _fail(self, message: str) -> None:
-        self.error = f"model failed to load: {message}"
-        self.public_error = without_paths(self.error)
-        self.state = State.FAILED
+        self._error = f"model failed to load: {message}"
+        self._state = State.FAILED
         assert self.settled is not None
         self.settled.set()
 

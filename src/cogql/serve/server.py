@@ -156,7 +156,9 @@ class LMTPServer:
         headers = request.headers
         refusal = self.access.check(headers.get("Origin"), headers.get("Authorization"))
         if refusal is None and "upgrade" not in headers.get("Connection", "").lower():
-            return connection.respond(http.HTTPStatus.OK, self._status())
+            healthy, state = self.engine_host.health()
+            status = http.HTTPStatus.OK if healthy else http.HTTPStatus.SERVICE_UNAVAILABLE
+            return connection.respond(status, f"cogql LMTP server: model {state}\n")
         if refusal is None and len(self.stats.sessions) >= self.limits.max_connections:
             refusal = Refusal(
                 http.HTTPStatus.SERVICE_UNAVAILABLE,
@@ -172,13 +174,6 @@ class LMTPServer:
         if refusal.status == http.HTTPStatus.UNAUTHORIZED:
             response.headers["WWW-Authenticate"] = 'Bearer realm="cogql"'
         return response
-
-    def _status(self) -> str:
-        """A one-line status: a cheap health check (with no local paths in it)."""
-        state = self.engine_host.state.value
-        if self.engine_host.public_error:
-            state += f" ({self.engine_host.public_error})"
-        return f"cogql LMTP server: model {state}\n"
 
     async def stop(self) -> None:
         """Close every connection (code 1001), cancel their streams, then stop the engine."""
