@@ -259,7 +259,9 @@ async def watch_rss(server: Server, stop: asyncio.Event) -> None:
 
 
 async def settle(server: Server, seconds: float = 30) -> int:
-    """The RSS once it stops falling (caches freed, connections gone), within `seconds`."""
+    """The RSS once it stops falling (connections gone, the server idle), within `seconds`;
+    the first look is after the server's idle delay."""
+    await asyncio.sleep(5)
     last = server.rss()
     for _ in range(int(seconds)):
         await asyncio.sleep(1)

@@ -31,11 +31,13 @@ from ..lmtp.transports.websocket import redact_authorization
 from .access import AccessPolicy, Refusal, exposure_warning
 from .host import EngineHost
 from .logs import REPEATS
+from .memory import map_large_buffers, release_free_memory
 from .session import Session
 
 if TYPE_CHECKING:
     from ..engine.engine import Engine
 
+IDLE_TRIM_DELAY_S = 2.0  # the engine drops a closed connection's streams within a step
 log = logging.getLogger("cogql.serve")
 
 
@@ -117,6 +119,7 @@ class LMTPServer:
 
     async def start(self) -> None:
         redact_authorization(logging.getLogger("websockets.server"))
+        map_large_buffers()
         self.engine_host.start()
         self._server = await serve(
             self._serve_connection,
@@ -149,6 +152,14 @@ class LMTPServer:
             await session.run()
         finally:
             self.stats.sessions.discard(session)
+            if not self.stats.sessions:
+                asyncio.get_running_loop().call_later(IDLE_TRIM_DELAY_S, self._trim_if_idle)
+
+    def _trim_if_idle(self) -> None:
+        """Once no client is left (and the engine has dropped their streams), give freed
+        memory back, off the loop."""
+        if not self.stats.sessions:
+            asyncio.get_running_loop().run_in_executor(None, release_free_memory)
 
     def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
         """Before the handshake: browser origins and the token, then the status page for a
