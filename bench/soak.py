@@ -39,7 +39,7 @@ class Tally:
     served: collections.Counter = field(default_factory=collections.Counter)
     failed: collections.Counter = field(default_factory=collections.Counter)
     errors: collections.Counter = field(default_factory=collections.Counter)
-    ttft: list[float] = field(default_factory=list)
+    ttft: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
     failures: list[str] = field(default_factory=list)
 
     def fail(self, kind: str, why: str) -> None:
@@ -133,8 +133,7 @@ class Soak:
                 got[sid] += 1
                 if sid not in first:
                     first.add(sid)
-                    if kind == "short":
-                        self.tally.ttft.append(time.monotonic() - started)
+                    self.tally.ttft[kind].append(time.monotonic() - started)
                 if item.get("finish_reason"):
                     open_ids.discard(sid)
                     if got[sid] == wanted[sid]:
@@ -235,11 +234,18 @@ class Soak:
                         return
 
     async def warm(self, eos: list[int]) -> None:
-        """One of each well-behaved request, so that start-up allocations precede the baseline."""
+        """One of each well-behaved request, and batched decode steps of several sizes, so that
+        what the server builds once on first use (the precision copies its decode batch tries)
+        exists before the baseline is taken."""
         self.eos = eos
         async with connect(self.url, max_size=None) as ws:
             for body in (self.short, self.long, self.score):
                 await body(ws)
+            for rows in (2, 4, 8, 16):
+                wanted = {}
+                for _ in range(rows):
+                    wanted[await self.generate(ws, self.prompt(24, next(self.ids)), 12)] = 12
+                await self.collect(ws, wanted, "warm")
 
     async def run(self, eos: list[int]) -> None:
         self.eos = eos
@@ -297,10 +303,11 @@ def report(tally: Tally, server: Server, start: int, final: int, args: argparse.
     print("served:", dict(tally.served))
     print("failed (well-behaved):", dict(tally.failed))
     print("errors by kind:", dict(tally.errors.most_common()))
-    if tally.ttft:
-        p = statistics.quantiles(tally.ttft, n=100)
-        print(f"time to first token (short streams): p50 {p[49] * 1000:.0f} ms, "
-              f"p99 {p[98] * 1000:.0f} ms")  # fmt: skip
+    for kind in ("short", "long"):
+        if len(tally.ttft[kind]) > 1:
+            p = statistics.quantiles(tally.ttft[kind], n=100, method="inclusive")
+            print(f"time to first token ({kind}): p50 {p[49] * 1000:.0f} ms, "
+                  f"p99 {p[98] * 1000:.0f} ms, max {max(tally.ttft[kind]) * 1000:.0f} ms")  # fmt: skip
     print(f"RSS: start {start / mb:.0f} MB, peak {server.peak / mb:.0f} MB, final {final / mb:.0f} MB "
           f"({final / start:.3f}x start)")  # fmt: skip
     print(f"server log: {server.log}")
