@@ -262,13 +262,15 @@ def test_length_groups_bound_padding() -> None:
     lengths = [3500] + [100 + 10 * i for i in range(16)]
     groups = scheduler.length_groups(lengths)
     assert sorted(i for g in groups for i in g) == list(range(17))
-    assert len(groups[0]) <= 2 and 0 in groups[0], "the long context pads at most one short row"
+    assert groups[0] == [0], "the long context pads no short row"
     assert max(len(g) for g in groups) >= 15, "the short rows still share one pass"
     for g in groups:
         width = max(lengths[i] for i in g)
-        real = sum(lengths[i] for i in g)
-        assert width <= scheduler.PADDING_FLOOR or len(g) * width <= scheduler.MAX_PADDING * real
+        assert all(
+            width <= max(scheduler.PADDING_FLOOR, scheduler.MAX_PADDING * lengths[i]) for i in g
+        )
     assert scheduler.length_groups([10, 200, 250]) == [[0, 1, 2]]  # all within the floor
+    assert scheduler.length_groups([456, 6]) == [[0], [1]]
 
 
 def test_plan_prefill_serves_short_prompts_first_and_starved_ones_eventually() -> None:
@@ -301,6 +303,9 @@ def test_a_long_stream_decodes_apart_from_short_ones(engine: Engine) -> None:
         assert width <= scheduler.PADDING_FLOOR + 1 or rows * width <= 2 * real, (
             f"a decode pass of {rows} rows padded to {width} holds only {real} positions"
         )
+    assert all(rows == 1 for rows, width, _ in decode_passes if width > 600), (
+        "the long stream shared a decode pass with short ones"
+    )
 
 
 # --------------------------------------------------------------------------- context length

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
 
 import torch
 
@@ -88,8 +87,7 @@ class ModelRunner:
         in one padded pass; sets each entry's logits after its tail. An entry that failed is
         left in an undefined state: drop it."""
         outcomes: list[Outcome] = [None] * len(entries)
-        lengths = [len(e.ids) + len(t) for e, t in zip(entries, tails, strict=True)]
-        for group in length_groups(lengths):
+        for group in self._prefill_groups(entries, tails):
             if len(group) > 1 and not (
                 # a padded pass puts pads between a short tail and its entry, and a sliding
                 # window counts them as positions: such models extend each entry on its own
@@ -103,12 +101,22 @@ class ModelRunner:
                         "a padded prefill of %d prompts failed; each runs alone", len(group)
                     )
             for i in group:
-                outcomes[i] = self._alone(lambda i=i: self.forward(entries[i], tails[i]))
+                outcomes[i] = self._alone(entries[i], tails[i])
         return outcomes
 
-    def _alone(self, run: Callable[[], object]) -> Outcome:
+    def _prefill_groups(self, entries: list[CacheEntry], tails: list[list[int]]) -> list[list[int]]:
+        """Rows padded together pad both what they compute (their tails) and what they attend
+        to (cache plus tail): both are grouped by length."""
+        groups = []
+        for by_tail in length_groups([len(t) for t in tails]):
+            totals = [len(entries[i].ids) + len(tails[i]) for i in by_tail]
+            groups += [[by_tail[j] for j in g] for g in length_groups(totals)]
+        return groups
+
+    def _alone(self, entry: CacheEntry, ids: list[int], *, decoding: bool = False) -> Outcome:
+        """`forward` on its own, its failure returned (logged) rather than raised."""
         try:
-            run()
+            self.forward(entry, ids, decoding=decoding)
         except Exception as e:
             log.exception("a forward pass failed")
             return e
@@ -123,9 +131,7 @@ class ModelRunner:
         singles = [i for i, t in enumerate(tokens) if len(t) == 1]
         for i, run in enumerate(tokens):
             if len(run) != 1:
-                outcomes[i] = self._alone(
-                    lambda i=i: self.forward(entries[i], tokens[i], decoding=True)
-                )
+                outcomes[i] = self._alone(entries[i], tokens[i], decoding=True)
         for group in length_groups([len(entries[i].ids) for i in singles]):
             rows = [singles[j] for j in group]
             if len(rows) > 1:
@@ -137,9 +143,7 @@ class ModelRunner:
                         "a batched decode step of %d rows failed; each runs alone", len(rows)
                     )
             for i in rows:
-                outcomes[i] = self._alone(
-                    lambda i=i: self.forward(entries[i], tokens[i], decoding=True)
-                )
+                outcomes[i] = self._alone(entries[i], tokens[i], decoding=True)
         self.batch.retire()
         return outcomes
 

@@ -7,9 +7,9 @@ generating. A 3,500-token prompt therefore delays another client's first token b
 chunk, not by its whole prefill. A prompt passed over for `STARVED_TURNS` turns goes first, so a
 stream of short prompts cannot hold a long one back for ever.
 
-Rows of a padded pass are padded to the longest one; grouping rows by length keeps the padding
-to at most `MAX_PADDING` times the real positions (groups no wider than `PADDING_FLOOR` are
-never split), so one long context does not multiply every short stream's memory and time.
+Rows of a padded pass are padded to the longest one; grouping rows by length pads no row to
+more than `MAX_PADDING` times its own length (rows no longer than `PADDING_FLOOR` always
+share), so one long context does not multiply every short stream's memory and time.
 """
 
 from __future__ import annotations
@@ -40,20 +40,18 @@ def plan_prefill(remaining: Sequence[int], starved: Sequence[bool], budget: int)
 def length_groups(
     lengths: Sequence[int], *, max_padding: float = MAX_PADDING, floor: int = PADDING_FLOOR
 ) -> list[list[int]]:
-    """Indices of rows that may share one padded pass: in each group, rows x longest length is
-    at most `max_padding` times the sum of the lengths, or the longest is at most `floor`.
-    Longest groups first; within a group, indices in their given order (a decode batch keeps
-    its cache while its rows stay the same, in the same order)."""
+    """Indices of rows that may share one padded pass: a row joins a group whose longest
+    length is at most `max_padding` times its own (or at most `floor`), so no row is padded
+    to more than that and a group's padded cache holds at most that many times its real
+    positions. Longest groups first; within a group, indices in their given order (a decode
+    batch keeps its cache while its rows stay the same, in the same order)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     groups: list[list[int]] = []
-    width = real = 0
+    width = 0
     for i in order:
-        if groups and (
-            width <= floor or (len(groups[-1]) + 1) * width <= max_padding * (real + lengths[i])
-        ):
+        if groups and (width <= floor or width <= max_padding * lengths[i]):
             groups[-1].append(i)
-            real += lengths[i]
-            continue
-        groups.append([i])
-        width = real = lengths[i]
+        else:
+            groups.append([i])
+            width = lengths[i]
     return [sorted(g) for g in groups]
