@@ -41,7 +41,7 @@ from cogql.lmtp.transports.replicate import (
     forget_lookups,
     parse_endpoint,
 )
-from cogql.lmtp.transports.replicate_api import (
+from cogql.lmtp.transports.replicate.api import (
     ReplicateAPIError,
     ReplicateAuthError,
     RetryPolicy,

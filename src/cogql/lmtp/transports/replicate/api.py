@@ -29,8 +29,8 @@ import httpx
 import replicate
 from replicate.prediction import Prediction
 
-from ..messages import advertised
-from ..sse import SSEDecoder, SSEEvent
+from ...messages import advertised
+from ...sse import SSEDecoder, SSEEvent
 
 log = logging.getLogger("cogql.lmtp.replicate")
 
