@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from .access import AccessConfigError, AccessPolicy, tls_context
 from .host import EngineHost, ModelUnavailable
-from .server import BackgroundServer, Limits, LMTPServer, serve_until_signalled
+from .limits import Limits
+from .server import BackgroundServer, LMTPServer, serve_until_signalled
 
 __all__ = [
     "AccessConfigError",

@@ -124,8 +124,9 @@ def run_server(
     import asyncio
 
     from .access import AccessPolicy, tls_context
+    from .limits import Limits
     from .logs import limit_repeats
-    from .server import Limits, LMTPServer, serve_until_signalled
+    from .server import LMTPServer, serve_until_signalled
 
     args = resolve_args(model_name, dtype=dtype, device=device, cuda=cuda, extra=extra)
     if keyfile and not certfile:

@@ -18,10 +18,8 @@ import logging
 import signal
 import ssl
 import threading
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -30,6 +28,7 @@ from websockets.http11 import Request, Response
 from ..lmtp.transports.websocket import redact_authorization
 from .access import AccessPolicy, Refusal, exposure_warning
 from .host import EngineHost
+from .limits import Limits, Stats
 from .logs import REPEATS
 from .memory import map_large_buffers, release_free_memory
 from .session import Session
@@ -39,48 +38,6 @@ if TYPE_CHECKING:
 
 IDLE_TRIM_DELAY_S = 2.0  # the engine drops a closed connection's streams within a step
 log = logging.getLogger("cogql.serve")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-server bounds (README, "Serving a model over LMTP", lists them with their flags).
-
-    A frame above `max_frame_bytes` closes its connection (code 1009): it cannot be answered
-    per stream without reading it whole. Past `max_connections`, handshakes get HTTP 503. A
-    connection holds up to `max_streams_per_connection` streams running; more ops wait in a
-    queue of `max_queued_ops` ops / `max_queued_tokens` prompt tokens, and past that get an
-    error. Unsent replies past `max_backlog_bytes` close the connection (code 1008)."""
-
-    max_frame_bytes: int = 8 * 2**20
-    max_connections: int = 256
-    idle_timeout: float = 600.0  # seconds without streams or frames; 0 disables
-    max_streams_per_connection: int = 128
-    max_queued_ops: int = 1024
-    max_queued_tokens: int = 2**21
-    max_batch_ops: int = 256
-    max_backlog_bytes: int = 16 * 2**20
-    max_top_logprobs: int = 20
-    max_tokens_without_context: int = 2**16  # max_tokens cap for a model with no context size
-
-    def __post_init__(self) -> None:
-        for name, value in vars(self).items():
-            if not isinstance(value, int | float) or value != value or value < 0:
-                raise ValueError(f"limit {name} must be a number >= 0, got {value!r}")
-
-
-@dataclass
-class Stats:
-    """Counts and high-water marks, so operators and tests can check that the bounds hold."""
-
-    connections: int = 0
-    streams_high: int = 0
-    queued_high: int = 0
-    backlog_high: int = 0  # bytes
-    busy: int = 0  # ops refused because the queue was full
-    frames: Counter[str] = field(default_factory=Counter)  # received, by message type
-    refused: Counter[int] = field(default_factory=Counter)  # handshakes, by HTTP status
-    closed: Counter[str] = field(default_factory=Counter)  # connections closed by the server
-    sessions: set[Session] = field(default_factory=set)
 
 
 class LMTPServer:
@@ -108,7 +65,7 @@ class LMTPServer:
         self.limits = limits or Limits()
         self.access = access or AccessPolicy()
         self.ssl_context = ssl_context
-        self.stats = Stats()
+        self.stats: Stats[Session] = Stats()
         self._server: Server | None = None
 
     @property

@@ -57,13 +57,13 @@ from ..lmtp.messages import (
     ws_frame,
 )
 from .host import EngineHost, ModelUnavailable, State
+from .limits import Limits, Stats
 from .logs import REPEATS, printable
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
     from ..engine.engine import StreamHandle
-    from .server import Limits, Stats
 
 log = logging.getLogger("cogql.serve")
 
@@ -84,7 +84,7 @@ class _Stream:
 
 class Session:
     def __init__(
-        self, ws: ServerConnection, host: EngineHost, limits: Limits, stats: Stats
+        self, ws: ServerConnection, host: EngineHost, limits: Limits, stats: Stats[Session]
     ) -> None:
         self.ws = ws
         self.host = host
