@@ -4,16 +4,19 @@ the client still reads it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ...cost import Cost
 from ...messages import ErrorEvent, Event, Op, is_terminal, op_kind
 from ..base import EventCallback
 
-if TYPE_CHECKING:
-    from .predictions import BatchPrediction
+__all__ = ["OpState", "SentWith"]
 
-__all__ = ["OpState"]
+
+class SentWith(Protocol):
+    """The prediction an op travels in, as the op sees it."""
+
+    def op_cancelled(self) -> None: ...
 
 
 @dataclass(eq=False)
@@ -28,7 +31,7 @@ class OpState:
     group: int | None = None  # ops that must share one prediction
     closed: bool = False  # the client has its terminal event
     cancelled: bool = False  # the client stopped reading before that
-    prediction: BatchPrediction | None = None
+    prediction: SentWith | None = None
 
     @property
     def kind(self) -> str:

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httpx
 from replicate.prediction import Prediction
@@ -27,13 +27,19 @@ from ...messages import (
     parse_server_message,
 )
 from ...sse import SSEEvent
-from .api import ReplicateAPIError, ReplicatePredictionError, ReplicateTransportError, RetryPolicy
+from .api import (
+    ReplicateAPI,
+    ReplicateAPIError,
+    ReplicatePredictionError,
+    ReplicateTransportError,
+    Resolved,
+    RetryPolicy,
+)
+from .model_info import ModelInfoCache
 from .ops import OpState
+from .settings import TransportSettings
 
-if TYPE_CHECKING:
-    from .session import LoopSession
-
-__all__ = ["BatchPrediction"]
+__all__ = ["BatchPrediction", "PredictionHost"]
 
 log = logging.getLogger("cogql.lmtp.replicate")
 
@@ -44,11 +50,25 @@ CANCEL_GRACE_S = 5.0  # a canceled prediction's stream normally ends at once; el
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
 
 
+class PredictionHost(Protocol):
+    """What a prediction uses of the session that sent it (session.py's LoopSession)."""
+
+    api: ReplicateAPI
+    loop: asyncio.AbstractEventLoop
+    transport: TransportSettings
+    info_cache: ModelInfoCache
+    predictions: set[BatchPrediction]
+
+    async def resolve(self) -> Resolved: ...
+
+    def spawn(self, work: Any) -> asyncio.Task[Any]: ...
+
+
 class BatchPrediction:
     """Creates one prediction for a batch of ops, follows its output to the end, and reads
     back its metrics; every op of the batch gets its events or an error."""
 
-    def __init__(self, session: LoopSession, ops: list[OpState]) -> None:
+    def __init__(self, session: PredictionHost, ops: list[OpState]) -> None:
         self.session = session
         self.api = session.api
         self.ops = {s.op.stream_id: s for s in ops}

@@ -8,7 +8,7 @@ import functools
 import itertools
 import secrets
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ...cost import current_cost
 from ...messages import Generate, InfoEvent, ModelInfo, Op, Score, renumbered
@@ -16,9 +16,7 @@ from ..base import EventCallback, Handle
 from .api import ReplicateAPI, ReplicateTarget, Resolved
 from .ops import OpState
 from .predictions import BatchPrediction
-
-if TYPE_CHECKING:
-    from .transport import ReplicateTransport
+from .settings import TransportSettings
 
 __all__ = ["LoopSession", "resolved_targets", "wire_ids"]
 
@@ -31,7 +29,7 @@ resolved_targets: dict[tuple[str, ReplicateTarget], Resolved] = {}
 class LoopSession:
     """The transport's state on one event loop: HTTP session, pending batch, predictions."""
 
-    def __init__(self, transport: ReplicateTransport) -> None:
+    def __init__(self, transport: TransportSettings) -> None:
         self.transport = transport
         self.loop = asyncio.get_running_loop()
         self.api = ReplicateAPI(
