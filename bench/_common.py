@@ -57,8 +57,8 @@ def peer_warm(query: Path, repeats: int) -> dict[str, Any]:
 def build_project(folder: Path, name: str, model: Path, dest_prefix: str | None = None) -> Path:
     """`cogql replicate build` of one model, [models.NAME] with gpu = false, into `folder`;
     returns the project folder."""
-    from cogql.replicate.build import build
-    from cogql.replicate.config import load_config
+    from cogql.replicate.deploy.build import build
+    from cogql.replicate.deploy.config import load_config
 
     prefix = f'dest_prefix = "{dest_prefix}"\n' if dest_prefix else ""
     config = folder / "config.toml"

@@ -31,7 +31,7 @@ import cogql
 from _common import ROOT, build_project
 from cogql.engine.models import resolve_model_path
 from cogql.lmtp.transports.replicate import forget_lookups
-from cogql.replicate.emulator import Emulator
+from cogql.replicate.emulator import ReplicateEmulator
 
 SENTIMENT = (ROOT / "examples" / "sentiment.lmql").read_text()
 STOPPING = """argmax
@@ -86,7 +86,7 @@ def main() -> None:
     os.environ["COGQL_REPLICATE_CACHE"] = "off"
     with tempfile.TemporaryDirectory() as tmp:
         project = build_project(Path(tmp), "smollm2", resolve_model_path(None), "r8.im/bench")
-        with Emulator([project], latency=args.latency) as emu:
+        with ReplicateEmulator([project], latency=args.latency) as emu:
             os.environ.update(emu.env)
             print(f"Replicate's API on loopback, {args.latency}s injected per prediction; "
                   "'first run' counts the predictions of a new process (tokenizer= given, "

@@ -33,8 +33,8 @@ from typing import Any
 
 from _common import build_project
 from cogql.engine.models import resolve_model_path
-from cogql.replicate.cogserver import CogServer
-from cogql.replicate.predictor import load_runner
+from cogql.replicate.cog.cogserver import CogServer
+from cogql.replicate.cog.predictor import load_runner
 from cogql.tokenizer import load_tokenizer
 
 TEXT = "Review: We had a great stay at the hotel. The staff were friendly.\nQ: Sentiment?\nA:"

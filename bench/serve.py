@@ -28,7 +28,7 @@ from cogql.engine.models import resolve_model_path
 from cogql.lmtp.client import LMTPClient
 from cogql.lmtp.messages import Generate
 from cogql.lmtp.transports.websocket import WebSocketTransport
-from cogql.replicate.cogserver import free_port
+from cogql.replicate.cog.cogserver import free_port
 
 QUERY = ROOT / "examples" / "sentiment.lmql"
 TOPICS = ["the sea", "a city", "winter", "music", "a garden", "trains", "the moon", "bread"]

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import psutil
 from websockets.asyncio.client import ClientConnection, connect
 
-from cogql.replicate.cogserver import free_port
+from cogql.replicate.cog.cogserver import free_port
 
 SHORT_TOKENS = 16
 LONG_PROMPT = 1500

@@ -39,7 +39,7 @@ from cogql.lmtp.messages import (
     split_message,
     ws_frame,
 )
-from cogql.replicate.schema import OPS_BATCH_DESCRIPTION
+from cogql.replicate.deploy.schema import OPS_BATCH_DESCRIPTION
 
 # --------------------------------------------------------------------------- round trips
 

@@ -17,11 +17,11 @@ import yaml
 from click.testing import CliRunner
 
 from cogql.cli import main
-from cogql.replicate.build import BuildError, BuildResult, build
-from cogql.replicate.config import load_config
-from cogql.replicate.project import MANIFEST, ProjectConflict
-from cogql.replicate.push import PushError, push
-from cogql.replicate.schema import openapi_schema
+from cogql.replicate.deploy.build import BuildError, BuildResult, build
+from cogql.replicate.deploy.config import load_config
+from cogql.replicate.deploy.project import MANIFEST, ProjectConflict
+from cogql.replicate.deploy.push import PushError, push
+from cogql.replicate.deploy.schema import openapi_schema
 
 MODEL_FILES = {"config.json", "generation_config.json", "model.safetensors"}
 TOKENIZER = {"special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"}
@@ -119,7 +119,7 @@ def test_cogql_is_vendored_with_its_source_hash(tiny_project: tuple[Path, Path])
     [result] = run_build(config)
     vendored = result.folder / "cogql"
     source = Path(cogql.__file__).parent
-    for rel in ("__init__.py", "replicate/predictor.py", "engine/engine.py"):
+    for rel in ("__init__.py", "replicate/cog/predictor.py", "engine/engine.py"):
         assert (vendored / rel).read_bytes() == (source / rel).read_bytes()
     assert not list(vendored.rglob("__pycache__"))
     build_info = json.loads((vendored / "BUILD.json").read_text())
@@ -266,7 +266,7 @@ def test_copies_across_filesystems_with_progress(tmp_path: Path, tiny_model_path
     try:
         config = write_config(tmp_path, f'[models.tiny]\nlocal.path = "{model}"\ngpu = false\n')
         seen: list[int] = []
-        from cogql.replicate import build as build_module
+        from cogql.replicate.deploy import build as build_module
 
         real = build_module._progress
 
@@ -604,8 +604,8 @@ def test_out_that_is_a_file_is_a_clear_error(tiny_project: tuple[Path, Path], be
 def test_cog_yaml_quotes_every_value(tiny_project: tuple[Path, Path]) -> None:
     """Even a source with line breaks (were validation to miss one) stays in its comment: on the
     old code it added an `image:` key of the attacker's to cog.yaml."""
-    from cogql.replicate.build import _cog_yaml
-    from cogql.replicate.sources import ModelFiles
+    from cogql.replicate.deploy.build import _cog_yaml
+    from cogql.replicate.deploy.sources import ModelFiles
 
     config, _ = tiny_project
     model = load_config(config).models["tiny"]

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from cogql.cli import main
-from cogql.replicate.build import init_config
-from cogql.replicate.config import ConfigError, load_config, parse_config
+from cogql.replicate.deploy.build import init_config
+from cogql.replicate.deploy.config import ConfigError, load_config, parse_config
 
 
 def issues(text: str, base: Path = Path("/tmp")) -> dict[str, str]:

@@ -31,10 +31,10 @@ import replicate
 from replicate.exceptions import ModelError, ReplicateError
 
 from cogql.lmtp.messages import TokenEvent, parse_server_message
-from cogql.replicate.build import build
-from cogql.replicate.cogserver import can_isolate, free_port
-from cogql.replicate.config import load_config
-from cogql.replicate.emulator import Emulator, EmulatorError, body, catalog, sse, store
+from cogql.replicate.cog.cogserver import can_isolate, free_port
+from cogql.replicate.deploy.build import build
+from cogql.replicate.deploy.config import load_config
+from cogql.replicate.emulator import EmulatorError, ReplicateEmulator, body, catalog, sse, store
 from cogql.replicate.emulator.backend import BACKOFF_FIRST_S, BACKOFF_MAX_S, Backoff
 from cogql.replicate.emulator.errors import InvalidInput
 from cogql.replicate.emulator.routes import prefer_wait
@@ -62,13 +62,13 @@ def other_project(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Pat
 
 
 @pytest.fixture(scope="module")
-def emu(project: Path) -> Iterator[Emulator]:
-    with Emulator([project], heartbeat_s=0.3, ready_timeout=300) as emulator:
+def emu(project: Path) -> Iterator[ReplicateEmulator]:
+    with ReplicateEmulator([project], heartbeat_s=0.3, ready_timeout=300) as emulator:
         yield emulator
 
 
 @pytest.fixture
-def client(emu: Emulator) -> replicate.Client:
+def client(emu: ReplicateEmulator) -> replicate.Client:
     emu.latency = 0.0
     emu.faults.clear()
     c = replicate.Client(api_token=emu.token, base_url=emu.base_url)
@@ -77,7 +77,7 @@ def client(emu: Emulator) -> replicate.Client:
 
 
 @contextlib.contextmanager
-def latency(emu: Emulator, seconds: float) -> Iterator[None]:
+def latency(emu: ReplicateEmulator, seconds: float) -> Iterator[None]:
     emu.latency = seconds
     try:
         yield
@@ -96,7 +96,7 @@ def tokens(lines: list[str]) -> list[TokenEvent]:
     return events  # type: ignore[return-value]
 
 
-def raw(emu: Emulator, token: str | None = None) -> httpx.Client:
+def raw(emu: ReplicateEmulator, token: str | None = None) -> httpx.Client:
     auth = {"Authorization": f"Bearer {token or emu.token}"}
     return httpx.Client(base_url=emu.base_url, headers=auth, timeout=30)
 
@@ -104,7 +104,9 @@ def raw(emu: Emulator, token: str | None = None) -> httpx.Client:
 # ---- models, versions, deployments -----------------------------------------------------------
 
 
-def test_model_version_and_deployment(emu: Emulator, client: replicate.Client, project: Path):
+def test_model_version_and_deployment(
+    emu: ReplicateEmulator, client: replicate.Client, project: Path
+):
     assert emu.models == [MODEL]
     version_id, _ = catalog.content_hash(project)
     assert emu.version(MODEL) == version_id and len(version_id) == 64
@@ -130,7 +132,9 @@ def test_version_id_is_a_content_hash(project: Path) -> None:
 # ---- predictions through the official client --------------------------------------------------
 
 
-def test_run_pinned_version_returns_the_predictors_lines(emu: Emulator, client: replicate.Client):
+def test_run_pinned_version_returns_the_predictors_lines(
+    emu: ReplicateEmulator, client: replicate.Client
+):
     output = client.run(f"{MODEL}:{emu.version(MODEL)}", input=ops(3))
     assert not isinstance(output, list)  # the iterator schema makes run() return a generator
     lines = list(output)
@@ -140,14 +144,16 @@ def test_run_pinned_version_returns_the_predictors_lines(emu: Emulator, client: 
     assert all(e.stream_id == 7 for e in got)
 
 
-def test_run_model_endpoint_and_no_wait(emu: Emulator, client: replicate.Client) -> None:
+def test_run_model_endpoint_and_no_wait(emu: ReplicateEmulator, client: replicate.Client) -> None:
     blocking = client.run(MODEL, input=ops(3))
     assert isinstance(blocking, list) and len(blocking) == 3
     polled = client.run(MODEL, input=ops(3), wait=False)
     assert polled == blocking  # greedy decoding: the same lines
 
 
-def test_stream_is_the_same_lines_byte_for_byte(emu: Emulator, client: replicate.Client) -> None:
+def test_stream_is_the_same_lines_byte_for_byte(
+    emu: ReplicateEmulator, client: replicate.Client
+) -> None:
     lines = client.run(MODEL, input=ops(4))
     events = list(client.stream(f"{MODEL}:{emu.version(MODEL)}", input=ops(4)))
     kinds = [e.event.value for e in events]
@@ -158,7 +164,7 @@ def test_stream_is_the_same_lines_byte_for_byte(emu: Emulator, client: replicate
     assert [e.data for e in client.stream(MODEL, input=ops(4))][:-1] == lines
 
 
-def test_predictions_create_with_stream_then_wait(emu: Emulator, client: replicate.Client):
+def test_predictions_create_with_stream_then_wait(emu: ReplicateEmulator, client: replicate.Client):
     prediction = client.predictions.create(version=emu.version(MODEL), input=ops(2), stream=True)
     assert prediction.status == "starting" and prediction.urls["stream"].startswith("http://")
     chunks = [str(e) for e in prediction.stream()]
@@ -169,7 +175,7 @@ def test_predictions_create_with_stream_then_wait(emu: Emulator, client: replica
     assert client.predictions.get(prediction.id).output == prediction.output
 
 
-def test_deployment_predictions(emu: Emulator, client: replicate.Client) -> None:
+def test_deployment_predictions(emu: ReplicateEmulator, client: replicate.Client) -> None:
     prediction = client.deployments.predictions.create(MODEL, input=ops(2))
     prediction.wait()
     assert prediction.status == "succeeded" and len(prediction.output) == 2
@@ -177,7 +183,7 @@ def test_deployment_predictions(emu: Emulator, client: replicate.Client) -> None
     assert body["deployment"] == MODEL and body["version"] == emu.version(MODEL)
 
 
-async def test_async_variants(emu: Emulator) -> None:
+async def test_async_variants(emu: ReplicateEmulator) -> None:
     client = replicate.Client(api_token=emu.token, base_url=emu.base_url)
     client.poll_interval = 0.05
     ran = await client.async_run(f"{MODEL}:{emu.version(MODEL)}", input=ops(3))
@@ -191,7 +197,7 @@ async def test_async_variants(emu: Emulator) -> None:
     assert [str(e) async for e in created.async_stream()][:-1] == lines
 
 
-def test_concurrent_predictions_queue_for_the_one_slot(emu: Emulator) -> None:
+def test_concurrent_predictions_queue_for_the_one_slot(emu: ReplicateEmulator) -> None:
     """The sync predictor has one slot: extra predictions wait (Cog's 409s never show)."""
 
     async def many() -> list[Any]:
@@ -203,7 +209,7 @@ def test_concurrent_predictions_queue_for_the_one_slot(emu: Emulator) -> None:
 
 
 def test_list_predictions_newest_first_with_pages(
-    emu: Emulator, client: replicate.Client, monkeypatch: pytest.MonkeyPatch
+    emu: ReplicateEmulator, client: replicate.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     made = [client.predictions.create(model=MODEL, input=ops(1)).id for _ in range(3)]
     monkeypatch.setattr(store, "PAGE_SIZE", 2)
@@ -217,7 +223,7 @@ def test_list_predictions_newest_first_with_pages(
 # ---- Prefer: wait, latency, cancel ------------------------------------------------------------
 
 
-def test_prefer_wait_times_out_with_the_prediction_still_running(emu: Emulator) -> None:
+def test_prefer_wait_times_out_with_the_prediction_still_running(emu: ReplicateEmulator) -> None:
     with latency(emu, 2.0), raw(emu) as http:
         started = time.monotonic()
         answer = http.post(
@@ -236,7 +242,7 @@ def test_prefer_wait_times_out_with_the_prediction_still_running(emu: Emulator) 
         assert len(body["output"]) == 2
 
 
-def test_prefer_wait_returns_the_finished_prediction(emu: Emulator) -> None:
+def test_prefer_wait_returns_the_finished_prediction(emu: ReplicateEmulator) -> None:
     with raw(emu) as http:
         answer = http.post(
             f"/v1/models/{MODEL}/predictions", json={"input": ops(2)}, headers={"Prefer": "wait"}
@@ -246,7 +252,7 @@ def test_prefer_wait_returns_the_finished_prediction(emu: Emulator) -> None:
     assert body["completed_at"].endswith("Z") and len(body["output"]) == 2
 
 
-def test_run_with_a_short_wait_polls_to_the_end(emu: Emulator, client: replicate.Client):
+def test_run_with_a_short_wait_polls_to_the_end(emu: ReplicateEmulator, client: replicate.Client):
     with latency(emu, 1.5):
         output = client.run(f"{MODEL}:{emu.version(MODEL)}", input=ops(2), wait=1)
         assert len(list(output)) == 2
@@ -255,7 +261,7 @@ def test_run_with_a_short_wait_polls_to_the_end(emu: Emulator, client: replicate
     assert [e.finish_reason for e in tokens(list(output))] == [None] * 59 + ["length"]
 
 
-def test_cancel_reaches_the_cog_server(emu: Emulator, client: replicate.Client) -> None:
+def test_cancel_reaches_the_cog_server(emu: ReplicateEmulator, client: replicate.Client) -> None:
     prediction = client.predictions.create(model=MODEL, input=ops(1500), stream=True)
     events = prediction.stream()
     next(events)  # the model is generating
@@ -270,7 +276,7 @@ def test_cancel_reaches_the_cog_server(emu: Emulator, client: replicate.Client) 
     assert len(client.run(MODEL, input=ops(2))) == 2
 
 
-def test_cancel_before_the_prediction_reaches_cog(emu: Emulator, client: replicate.Client):
+def test_cancel_before_the_prediction_reaches_cog(emu: ReplicateEmulator, client: replicate.Client):
     with latency(emu, 30.0):
         prediction = client.predictions.create(model=MODEL, input=ops(2))
         started = time.monotonic()
@@ -287,7 +293,7 @@ def test_cancel_before_the_prediction_reaches_cog(emu: Emulator, client: replica
 # ---- the SSE stream ----------------------------------------------------------------------------
 
 
-def test_sse_heartbeats_ids_and_replay(emu: Emulator) -> None:
+def test_sse_heartbeats_ids_and_replay(emu: ReplicateEmulator) -> None:
     with latency(emu, 1.0), raw(emu) as http:
         body = http.post(f"/v1/models/{MODEL}/predictions", json={"input": ops(3)}).json()
         with http.stream("GET", body["urls"]["stream"]) as answer:
@@ -324,7 +330,7 @@ def sse_blocks(
     return blocks
 
 
-def test_sse_last_event_id_must_name_an_event_this_stream_sent(emu: Emulator) -> None:
+def test_sse_last_event_id_must_name_an_event_this_stream_sent(emu: ReplicateEmulator) -> None:
     with raw(emu) as http:
         made = http.post(
             f"/v1/models/{MODEL}/predictions", json={"input": ops(2)}, headers={"Prefer": "wait"}
@@ -359,7 +365,7 @@ def test_sse_format_keeps_leading_spaces_and_line_breaks() -> None:
     assert sse.format_event(event) == b"event: output\nid: 9:3\ndata:  two\ndata: lines\ndata: \n\n"
 
 
-def test_a_failing_prediction(emu: Emulator, client: replicate.Client) -> None:
+def test_a_failing_prediction(emu: ReplicateEmulator, client: replicate.Client) -> None:
     bad = {"ops_batch_json": "not json"}
     with pytest.raises(ModelError) as failed:
         client.run(MODEL, input=bad)
@@ -372,7 +378,9 @@ def test_a_failing_prediction(emu: Emulator, client: replicate.Client) -> None:
 # ---- errors -----------------------------------------------------------------------------------
 
 
-def test_wrong_or_missing_token_is_401(emu: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wrong_or_missing_token_is_401(
+    emu: ReplicateEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
     wrong = replicate.Client(api_token="r8_wrong", base_url=emu.base_url)
     with pytest.raises(ReplicateError) as e:
         wrong.run(MODEL, input=ops(1))
@@ -391,7 +399,7 @@ def test_wrong_or_missing_token_is_401(emu: Emulator, monkeypatch: pytest.Monkey
     assert httpx.get(f"{emu.base_url}/v1/predictions/x/stream").status_code == 401
 
 
-def test_not_found_is_404_problem_json(emu: Emulator, client: replicate.Client) -> None:
+def test_not_found_is_404_problem_json(emu: ReplicateEmulator, client: replicate.Client) -> None:
     for call in (
         lambda: client.models.get("acme/nope"),
         lambda: client.predictions.get("nope"),
@@ -407,7 +415,9 @@ def test_not_found_is_404_problem_json(emu: Emulator, client: replicate.Client) 
     assert answer.headers["content-type"] == "application/problem+json"
 
 
-def test_invalid_input_is_422_before_any_prediction(emu: Emulator, client: replicate.Client):
+def test_invalid_input_is_422_before_any_prediction(
+    emu: ReplicateEmulator, client: replicate.Client
+):
     before = len(emu.predictions())
     cases = [
         ({"ops_batch_json": 5}, "input.ops_batch_json: Invalid type. Expected: string"),
@@ -441,7 +451,7 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize(("payload", "reason"), MALFORMED)
-def test_malformed_bodies_are_400_problem_json(emu: Emulator, payload: bytes, reason: str):
+def test_malformed_bodies_are_400_problem_json(emu: ReplicateEmulator, payload: bytes, reason: str):
     before = len(emu.predictions())
     with raw(emu) as http:
         for url in (f"/v1/models/{MODEL}/predictions", "/v1/predictions"):
@@ -454,7 +464,7 @@ def test_malformed_bodies_are_400_problem_json(emu: Emulator, payload: bytes, re
     assert len(emu.predictions()) == before
 
 
-def test_oversized_bodies_are_413_without_reading_them_whole(emu: Emulator) -> None:
+def test_oversized_bodies_are_413_without_reading_them_whole(emu: ReplicateEmulator) -> None:
     limit = body.MAX_BODY_BYTES
     with raw(emu) as http:
         answer = http.post(
@@ -505,7 +515,9 @@ def test_store_forgets_finished_predictions_past_its_limits(project: Path) -> No
     assert expiring.all() == [later]
 
 
-def test_throttled_creates_are_429_with_retry_after(emu: Emulator, client: replicate.Client):
+def test_throttled_creates_are_429_with_retry_after(
+    emu: ReplicateEmulator, client: replicate.Client
+):
     emu.faults.throttle_creates(2, retry_after=3)
     for _ in range(2):
         with pytest.raises(ReplicateError) as e:
@@ -519,7 +531,7 @@ def test_throttled_creates_are_429_with_retry_after(emu: Emulator, client: repli
 
 
 def test_failed_creates_before_and_after_the_prediction_was_made(
-    emu: Emulator, client: replicate.Client
+    emu: ReplicateEmulator, client: replicate.Client
 ) -> None:
     before = len(emu.predictions())
     emu.faults.fail_creates(1, 503)
@@ -536,7 +548,7 @@ def test_failed_creates_before_and_after_the_prediction_was_made(
     assert made.status == "succeeded"
 
 
-def test_dropped_stream_ends_without_done(emu: Emulator, client: replicate.Client) -> None:
+def test_dropped_stream_ends_without_done(emu: ReplicateEmulator, client: replicate.Client) -> None:
     emu.faults.drop_streams(after_events=1)
     events = list(client.stream(MODEL, input=ops(3)))
     assert [e.event.value for e in events] == ["output"]
@@ -566,7 +578,7 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def cog_worker(emu: Emulator, ref: str) -> int:
+def cog_worker(emu: ReplicateEmulator, ref: str) -> int:
     """The pid of the Cog server's worker: the process that runs the predictor."""
     server = emu.cog_server(ref)
     for pid in descendants(server.process.pid):  # type: ignore[union-attr]
@@ -585,7 +597,7 @@ def settle(client: replicate.Client, prediction_id: str, seconds: float = 240) -
 
 
 def test_a_killed_worker_fails_its_prediction_and_the_server_restarts(other_project: Path):
-    with Emulator([other_project], ready_timeout=300, max_kept=1) as emu:
+    with ReplicateEmulator([other_project], ready_timeout=300, max_kept=1) as emu:
         client = replicate.Client(api_token=emu.token, base_url=emu.base_url)
         killed = client.predictions.create(model="local/tiny", input=ops(1500), stream=True)
         next(iter(killed.stream()))  # generating
@@ -614,7 +626,7 @@ def test_a_cog_server_that_cannot_restart_fails_every_prediction_clearly(
     other_project: Path, tmp_path: Path
 ) -> None:
     project = shutil.copytree(other_project, tmp_path / "tiny")
-    with Emulator([project], ready_timeout=300) as emu:
+    with ReplicateEmulator([project], ready_timeout=300) as emu:
         assert emu.models == ["local/tiny"]
         client = replicate.Client(api_token=emu.token, base_url=emu.base_url)
         client.poll_interval = 0.05
@@ -655,7 +667,7 @@ def connect_as(uid: int, path: Path) -> str:
     return {0: "connected", 13: "refused"}.get(code, f"failed ({code})")
 
 
-def test_the_cog_server_is_reachable_only_through_the_emulator(emu: Emulator) -> None:
+def test_the_cog_server_is_reachable_only_through_the_emulator(emu: ReplicateEmulator) -> None:
     if not can_isolate():
         pytest.skip("this machine does not let users make network namespaces (unshare)")
     server = emu.cog_server(MODEL)
@@ -691,7 +703,7 @@ def test_backoff_doubles_up_to_its_cap() -> None:
 
 def test_missing_project_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(EmulatorError, match="not a Cog project"):
-        Emulator([tmp_path]).start()
+        ReplicateEmulator([tmp_path]).start()
 
 
 def test_cli_serve_prints_the_environment_and_stops_on_sigterm(other_project: Path) -> None:

@@ -26,10 +26,8 @@ from cogql.lmtp.messages import (
     parse_server_message,
 )
 from cogql.lmtp.transports.inprocess import local_engine
-from cogql.replicate.build import build
-from cogql.replicate.cogserver import CogServer, CogServerError
-from cogql.replicate.config import load_config
-from cogql.replicate.predictor import (
+from cogql.replicate.cog.cogserver import CogServer, CogServerError
+from cogql.replicate.cog.predictor import (
     BatchError,
     EngineStopped,
     LMTPPredictor,
@@ -37,6 +35,8 @@ from cogql.replicate.predictor import (
     load_runner,
     parse_batch,
 )
+from cogql.replicate.deploy.build import build
+from cogql.replicate.deploy.config import load_config
 
 
 def build_project(tmp: Path, model_dir: Path, **keys: Any) -> Path:

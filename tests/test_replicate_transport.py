@@ -47,9 +47,9 @@ from cogql.lmtp.transports.replicate.api import (
     RetryPolicy,
     parse_retry_after,
 )
-from cogql.replicate.build import build
-from cogql.replicate.config import load_config
-from cogql.replicate.emulator import Emulator
+from cogql.replicate.deploy.build import build
+from cogql.replicate.deploy.config import load_config
+from cogql.replicate.emulator import ReplicateEmulator
 from cogql.runtime.model import ModelConfigError
 from cogql.tokenizer import load_tokenizer
 
@@ -231,8 +231,8 @@ def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path) -> 
 
 
 @pytest.fixture(scope="module")
-def emulator(project: Path) -> Iterator[Emulator]:
-    with Emulator([project]) as emu:
+def emulator(project: Path) -> Iterator[ReplicateEmulator]:
+    with ReplicateEmulator([project]) as emu:
         yield emu
 
 
@@ -249,26 +249,28 @@ def reference(tiny_model_path: Path) -> LMTPClient:
     return LMTPClient(InProcessTransport(local_engine(f"local:{tiny_model_path}")), model="tiny")
 
 
-def transport(emu: Emulator, endpoint: str = f"replicate:{REF}", **kw: Any) -> ReplicateTransport:
+def transport(
+    emu: ReplicateEmulator, endpoint: str = f"replicate:{REF}", **kw: Any
+) -> ReplicateTransport:
     kw.setdefault("info_cache", False)
     return ReplicateTransport(
         parse_endpoint(endpoint), api_token=emu.token, base_url=emu.base_url, **kw
     )
 
 
-async def client_for(emu: Emulator, **kw: Any) -> LMTPClient:
+async def client_for(emu: ReplicateEmulator, **kw: Any) -> LMTPClient:
     t = transport(emu, **kw)
     await t.open()
     return LMTPClient(t, model=REF)
 
 
-def recent(emu: Emulator) -> dict[str, Any]:
+def recent(emu: ReplicateEmulator) -> dict[str, Any]:
     """The emulator's newest predictions by id (the official client lists them)."""
     page = replicate.Client(api_token=emu.token, base_url=emu.base_url).predictions.list()
     return {p.id: p for p in page.results}
 
 
-def created_since(emu: Emulator, before: dict[str, Any]) -> list[Any]:
+def created_since(emu: ReplicateEmulator, before: dict[str, Any]) -> list[Any]:
     return [p for pid, p in recent(emu).items() if pid not in before]
 
 
@@ -281,7 +283,7 @@ def gen(max_tokens: int = 8, **kw: Any) -> Generate:
 
 
 async def test_options_scored_after_a_generate_share_its_prediction(
-    emulator: Emulator, reference: LMTPClient
+    emulator: ReplicateEmulator, reference: LMTPClient
 ) -> None:
     """A GENERATE and the SCOREs `after` it go in one prediction even past max_ops, and
     answer as a GENERATE then a SCORE of its prompt and tokens would."""
@@ -307,7 +309,7 @@ CHAIN = (
 )
 
 
-def run_both(emulator: Emulator, embedded_path: Path, tiny_model_path: Path, source: str):
+def run_both(emulator: ReplicateEmulator, embedded_path: Path, tiny_model_path: Path, source: str):
     """The query on the emulator and in-process on the same weights."""
     local = cogql.run_sync(source, model=cogql.model(f"local:{tiny_model_path}"))
     model = cogql.model(REF, endpoint=f"replicate:{REF}", tokenizer=str(embedded_path),
@@ -316,7 +318,7 @@ def run_both(emulator: Emulator, embedded_path: Path, tiny_model_path: Path, sou
 
 
 def test_a_statement_runs_in_one_prediction_with_its_holes_sent_ahead(
-    emulator: Emulator, embedded_path: Path, tiny_model_path: Path
+    emulator: ReplicateEmulator, embedded_path: Path, tiny_model_path: Path
 ) -> None:
     """B is sent `after` A and the options `after` B, in A's prediction: the prompt and the
     distribution are those of the in-process run, which asks for each in turn."""
@@ -332,7 +334,7 @@ def test_a_statement_runs_in_one_prediction_with_its_holes_sent_ahead(
 
 
 def test_a_hole_sent_ahead_is_dropped_when_the_one_before_was_cut(
-    emulator: Emulator, embedded_path: Path, tiny_model_path: Path
+    emulator: ReplicateEmulator, embedded_path: Path, tiny_model_path: Path
 ) -> None:
     """STOPS_BEFORE cuts A's stop phrase off, so B's prompt is not the one B was sent ahead
     with: B (and the options after it) are cancelled and sent again, on the real prompt."""
@@ -347,7 +349,7 @@ def test_a_hole_sent_ahead_is_dropped_when_the_one_before_was_cut(
 
 
 async def test_a_generate_after_a_generate_shares_its_prediction(
-    emulator: Emulator, reference: LMTPClient
+    emulator: ReplicateEmulator, reference: LMTPClient
 ) -> None:
     client = await client_for(emulator, max_ops=1)
     b = GenerateAfter(Generate(None, "", [42], 3))
@@ -360,7 +362,7 @@ async def test_a_generate_after_a_generate_shares_its_prediction(
 
 
 async def test_generate_and_score_match_in_process(
-    emulator: Emulator, reference: LMTPClient
+    emulator: ReplicateEmulator, reference: LMTPClient
 ) -> None:
     client = await client_for(emulator)
     with track_cost() as cost:
@@ -380,7 +382,7 @@ async def test_generate_and_score_match_in_process(
 
 
 async def test_model_info_costs_one_prediction_per_version(
-    emulator: Emulator, tmp_path: Path
+    emulator: ReplicateEmulator, tmp_path: Path
 ) -> None:
     before = recent(emulator)
     first = await (await client_for(emulator, info_cache=tmp_path)).model_info()
@@ -391,7 +393,7 @@ async def test_model_info_costs_one_prediction_per_version(
     assert again == first and created_since(emulator, before) == []
 
 
-async def test_concurrent_ops_share_one_prediction(emulator: Emulator) -> None:
+async def test_concurrent_ops_share_one_prediction(emulator: ReplicateEmulator) -> None:
     client = await client_for(emulator)
     with track_cost() as cost:
         a, b = await asyncio.gather(tokens(client, gen(4)), tokens(client, gen(6)))
@@ -399,7 +401,7 @@ async def test_concurrent_ops_share_one_prediction(emulator: Emulator) -> None:
     assert [p.ops for p in cost.predictions] == [("GENERATE", "GENERATE")]
 
 
-async def test_a_prediction_no_longer_read_is_canceled(emulator: Emulator) -> None:
+async def test_a_prediction_no_longer_read_is_canceled(emulator: ReplicateEmulator) -> None:
     client = await client_for(emulator)
     with track_cost() as cost:
         stream = client.generate(gen(1500))
@@ -413,7 +415,7 @@ async def test_a_prediction_no_longer_read_is_canceled(emulator: Emulator) -> No
 
 
 async def test_cancel_false_leaves_the_prediction_running_as_lmql_does(
-    emulator: Emulator,
+    emulator: ReplicateEmulator,
 ) -> None:
     client = await client_for(emulator, cancel=False)
     with track_cost() as cost:
@@ -427,7 +429,9 @@ async def test_cancel_false_leaves_the_prediction_running_as_lmql_does(
     assert cost.tokens_used == 3 and cost.tokens_generated == 40 and cost.tokens_wasted == 37
 
 
-async def test_lmql_wire_format_without_extensions(emulator: Emulator, embedded_path: Path) -> None:
+async def test_lmql_wire_format_without_extensions(
+    emulator: ReplicateEmulator, embedded_path: Path
+) -> None:
     """Against LMQL-built models the client sends plain LMTP (stop enforced client-side), and
     the prediction it leaves behind is canceled."""
     t = transport(emulator)
@@ -448,7 +452,7 @@ async def test_lmql_wire_format_without_extensions(emulator: Emulator, embedded_
         assert prediction.id in cost.prediction_ids and cost.predictions[0].status == "canceled"
 
 
-async def test_a_wrong_token_fails_the_lookup_clearly(emulator: Emulator) -> None:
+async def test_a_wrong_token_fails_the_lookup_clearly(emulator: ReplicateEmulator) -> None:
     bad = ReplicateTransport(parse_endpoint(f"replicate:{REF}"), api_token="r8_wrong",
                              base_url=emulator.base_url)  # fmt: skip
     with pytest.raises(ReplicateAuthError, match=r"rejected the API token.*HTTP 401"):
@@ -464,14 +468,14 @@ async def test_a_wrong_token_fails_the_lookup_clearly(emulator: Emulator) -> Non
     ],
 )
 async def test_unknown_names_fail_the_lookup_clearly(
-    emulator: Emulator, endpoint: str, message: str
+    emulator: ReplicateEmulator, endpoint: str, message: str
 ) -> None:
     with pytest.raises(ReplicateAPIError, match=message):
         await transport(emulator, endpoint).open()
 
 
 @pytest.mark.parametrize("form", ["{ref}/{v}", "{ref}:{v}", "deployment/{ref}"])
-async def test_pinned_versions_and_deployments(emulator: Emulator, form: str) -> None:
+async def test_pinned_versions_and_deployments(emulator: ReplicateEmulator, form: str) -> None:
     endpoint = "replicate:" + form.format(ref=REF, v=emulator.version(REF))
     client = await client_for(emulator, endpoint=endpoint)
     with track_cost() as cost:
@@ -480,7 +484,9 @@ async def test_pinned_versions_and_deployments(emulator: Emulator, form: str) ->
 
 
 @pytest.mark.parametrize("form", ["{ref}", "{ref}/{v}"])
-async def test_the_version_lookup_carries_the_extensions(emulator: Emulator, form: str) -> None:
+async def test_the_version_lookup_carries_the_extensions(
+    emulator: ReplicateEmulator, form: str
+) -> None:
     t = transport(emulator, "replicate:" + form.format(ref=REF, v=emulator.version(REF)))
     await t.open()
     assert t.advertised == frozenset(ENGINE_CAPABILITIES)
@@ -498,7 +504,7 @@ def test_a_schema_without_the_advertisement_costs_one_model_info(
     field = schema["components"]["schemas"]["Input"]["properties"]["ops_batch_json"]
     field["description"] = field["description"].split(" LMTP extensions:")[0]
     schema_file.write_text(json.dumps(schema), encoding="utf-8")
-    with Emulator([plain]) as emu:
+    with ReplicateEmulator([plain]) as emu:
         t = transport(emu)
         model = cogql.model(REF, endpoint=f"replicate:{REF}", tokenizer=str(embedded_path),
                             api_token=emu.token, base_url=emu.base_url)  # fmt: skip
@@ -510,7 +516,7 @@ def test_a_schema_without_the_advertisement_costs_one_model_info(
     assert kinds == [("MODEL_INFO",), ("GENERATE",)]
 
 
-async def test_a_429_storm_is_waited_out_without_duplicates(emulator: Emulator) -> None:
+async def test_a_429_storm_is_waited_out_without_duplicates(emulator: ReplicateEmulator) -> None:
     client = await client_for(emulator)
     before = recent(emulator)
     emulator.faults.throttle_creates(4, retry_after=0)
@@ -522,7 +528,7 @@ async def test_a_429_storm_is_waited_out_without_duplicates(emulator: Emulator) 
     assert len(created_since(emulator, before)) == 1
 
 
-async def test_an_endless_429_storm_gives_up_clearly(emulator: Emulator) -> None:
+async def test_an_endless_429_storm_gives_up_clearly(emulator: ReplicateEmulator) -> None:
     client = await client_for(emulator, retry=RetryPolicy(attempts=3, base_delay=0.01))
     before = recent(emulator)
     emulator.faults.throttle_creates(100, retry_after=0)
@@ -536,7 +542,7 @@ async def test_an_endless_429_storm_gives_up_clearly(emulator: Emulator) -> None
 
 @pytest.mark.parametrize("after_create", [False, True])
 async def test_5xx_creates_are_retried_and_never_run_twice(
-    emulator: Emulator, reference: LMTPClient, after_create: bool
+    emulator: ReplicateEmulator, reference: LMTPClient, after_create: bool
 ) -> None:
     """A 5xx before the prediction exists is retried; one after it was made (the answer lost
     on the way back) is found among the recent predictions instead of being sent again."""
@@ -568,7 +574,7 @@ class RefuseFirstConnect(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-async def test_a_create_that_could_not_connect_is_sent_again(emulator: Emulator) -> None:
+async def test_a_create_that_could_not_connect_is_sent_again(emulator: ReplicateEmulator) -> None:
     refuse = RefuseFirstConnect()
     client = await client_for(emulator, http_transport=refuse)
     before = recent(emulator)
@@ -597,7 +603,7 @@ class PartialCreate(httpx.AsyncBaseTransport):
 
 
 async def test_output_that_came_with_the_create_is_not_applied_twice(
-    emulator: Emulator, reference: LMTPClient
+    emulator: ReplicateEmulator, reference: LMTPClient
 ) -> None:
     client = await client_for(emulator, http_transport=PartialCreate(chunks=3))
     options = [[504, 3102], [314], [253, 1789, 42]]
@@ -608,7 +614,9 @@ async def test_output_that_came_with_the_create_is_not_applied_twice(
         assert got_option == pytest.approx(want_option, abs=1e-4)
 
 
-async def test_a_dropped_event_stream_is_resumed(emulator: Emulator, reference: LMTPClient) -> None:
+async def test_a_dropped_event_stream_is_resumed(
+    emulator: ReplicateEmulator, reference: LMTPClient
+) -> None:
     client = await client_for(emulator)
     before = recent(emulator)
     emulator.faults.drop_streams(after_events=2, times=3)
@@ -621,7 +629,7 @@ async def test_a_dropped_event_stream_is_resumed(emulator: Emulator, reference: 
     assert len(created_since(emulator, before)) == 1
 
 
-async def test_an_op_the_model_rejects_names_the_prediction(emulator: Emulator) -> None:
+async def test_an_op_the_model_rejects_names_the_prediction(emulator: ReplicateEmulator) -> None:
     client = await client_for(emulator)
     with track_cost() as cost, pytest.raises(LMTPError, match="Replicate prediction") as info:
         await client.score(PROMPT, [[]])  # nothing to score: the predictor answers an error
@@ -658,7 +666,9 @@ class CutOutput(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-async def test_a_prediction_that_ends_early_fails_its_op_clearly(emulator: Emulator) -> None:
+async def test_a_prediction_that_ends_early_fails_its_op_clearly(
+    emulator: ReplicateEmulator,
+) -> None:
     client = await client_for(emulator, http_transport=CutOutput(keep=2))
     with track_cost() as cost, pytest.raises(LMTPError, match="without answering") as info:
         await tokens(client, gen(6))
@@ -666,7 +676,10 @@ async def test_a_prediction_that_ends_early_fails_its_op_clearly(emulator: Emula
 
 
 def test_cogql_run_trace_prints_the_cost(
-    emulator: Emulator, embedded_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    emulator: ReplicateEmulator,
+    embedded_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     query = tmp_path / "q.lmql"
     query.write_text(
@@ -693,16 +706,16 @@ def test_cogql_run_trace_prints_the_cost(
 
 
 @pytest.fixture(scope="class")
-def slow(project: Path) -> Iterator[Emulator]:
+def slow(project: Path) -> Iterator[ReplicateEmulator]:
     """The same model behind 1.5 s of queueing per prediction; its Cog server is killed by the
     last test of the class."""
-    with Emulator([project], latency=1.5) as emu:
+    with ReplicateEmulator([project], latency=1.5) as emu:
         yield emu
 
 
 class TestSlowModel:
     async def test_past_the_wait_timeout_the_stream_takes_over(
-        self, slow: Emulator, reference: LMTPClient
+        self, slow: ReplicateEmulator, reference: LMTPClient
     ) -> None:
         client = await client_for(slow, wait=1)
         before = recent(slow)
@@ -714,7 +727,7 @@ class TestSlowModel:
         assert len(created_since(slow, before)) == 1
 
     async def test_a_silent_prediction_is_canceled_at_the_idle_timeout(
-        self, slow: Emulator
+        self, slow: ReplicateEmulator
     ) -> None:
         client = await client_for(slow, idle_timeout=0.5)
         with track_cost() as cost, pytest.raises(LMTPError, match=r"no output for 0\.5 s") as info:
@@ -727,7 +740,9 @@ class TestSlowModel:
             await asyncio.sleep(0.1)
         assert recent(slow)[prediction.id].status == "canceled"
 
-    async def test_a_cog_server_that_dies_fails_the_op_clearly(self, slow: Emulator) -> None:
+    async def test_a_cog_server_that_dies_fails_the_op_clearly(
+        self, slow: ReplicateEmulator
+    ) -> None:
         client = await client_for(slow)
         stream = client.generate(gen(1500))
         with track_cost() as cost:
@@ -772,7 +787,7 @@ def test_the_sentiment_example_on_replicate_matches_in_process(
                                    embedded_path)  # fmt: skip
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
     monkeypatch.setenv("COGQL_REPLICATE_CACHE", "off")
-    with Emulator([project]) as emu:
+    with ReplicateEmulator([project]) as emu:
         for key, value in emu.env.items():
             monkeypatch.setenv(key, value)
         remote = cogql.run_sync(source)

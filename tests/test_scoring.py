@@ -16,7 +16,7 @@ from cogql.lmtp.client import LMTPClient
 from cogql.lmtp.messages import Op
 from cogql.lmtp.transports.base import Cancellable, EventCallback
 from cogql.lmtp.transports.inprocess import InProcessTransport
-from cogql.runtime.model import Connection
+from cogql.runtime.model import ConnectedModel
 from cogql.runtime.scoring import ScoringError
 from cogql.tokenizer import Tokenizer
 
@@ -88,7 +88,7 @@ async def test_all_values_go_in_one_score_message(engine: Engine, tokenizer: Tok
     caps = await client.capabilities()
     transport.messages.clear()
     model = cogql.Model(
-        "counted", _connection=Connection(client, tokenizer, caps, tokenizer.bos_token_id)
+        "counted", _connection=ConnectedModel(client, tokenizer, caps, tokenizer.bos_token_id)
     )
     result = await model.score(PROMPT, VALUES)
     assert transport.messages == [["Score"] * len(VALUES)]

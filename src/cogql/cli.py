@@ -264,8 +264,8 @@ def replicate_init(config_path: str, owner: str | None, force: bool) -> None:
     """Write a commented example config.toml."""
     from pathlib import Path
 
-    from .replicate.build import init_config
-    from .replicate.config import ConfigError
+    from .replicate.deploy.build import init_config
+    from .replicate.deploy.config import ConfigError
 
     try:
         path = init_config(Path(config_path), owner=owner, force=force)
@@ -292,10 +292,10 @@ def replicate_build(
     """Build a Cog project per model in config.toml (or only the MODELS named)."""
     from pathlib import Path
 
-    from .replicate.build import BuildError, build
-    from .replicate.config import ConfigError, load_config
-    from .replicate.project import ProjectConflict
-    from .replicate.requirements import RequirementsError
+    from .replicate.deploy.build import BuildError, build
+    from .replicate.deploy.config import ConfigError, load_config
+    from .replicate.deploy.project import ProjectConflict
+    from .replicate.deploy.requirements import RequirementsError
 
     try:
         config = load_config(config_path)
@@ -351,10 +351,10 @@ def replicate_serve(
     """
     from pathlib import Path
 
-    from .replicate.emulator import Emulator, EmulatorError
+    from .replicate.emulator import EmulatorError, ReplicateEmulator
     from .replicate.emulator.command import serve
 
-    emu = Emulator([Path(w) for w in workdirs], token=token, latency=latency, host=host,
+    emu = ReplicateEmulator([Path(w) for w in workdirs], token=token, latency=latency, host=host,
                    port=port, wait_ready=False, max_body_bytes=int(max_body_mb * 1024 * 1024),
                    max_kept=keep)  # fmt: skip
     try:
@@ -371,7 +371,7 @@ def replicate_push(name: str, cog_args: tuple[str, ...], out: str) -> None:
     """Push the built project OUT/NAME to Replicate (runs its push script)."""
     from pathlib import Path
 
-    from .replicate.push import PushError, project_folder, push
+    from .replicate.deploy.push import PushError, project_folder, push
 
     try:
         code = push(project_folder(Path(out).absolute(), name), list(cog_args))

@@ -31,7 +31,7 @@ from .transports.base import Cancellable, Transport
 
 if TYPE_CHECKING:
     from ..tokenizer import Tokenizer
-    from .emulation import Emulator
+    from .emulation import ExtensionEmulator
 
 
 class LMTPError(RuntimeError):
@@ -147,7 +147,7 @@ class LMTPClient:
         self.speculate = False
         self._ids = itertools.count(1)
         self._info: dict[str, Any] | None = None
-        self._emulator: Emulator | None = None
+        self._emulator: ExtensionEmulator | None = None
 
     async def model_info(self) -> dict[str, Any]:
         """The server's model_info (a non-dict answer comes back as {"model_info": value});
@@ -212,16 +212,16 @@ class LMTPClient:
             op.seed = None
         return [name for name in used if name not in have]
 
-    def _emulation(self, missing: list[str]) -> Emulator:
+    def _emulation(self, missing: list[str]) -> ExtensionEmulator:
         if self.tokenizer is None:
             raise LMTPError(
                 f"the server does not support {', '.join(missing)}; give the model a "
                 "tokenizer (tokenizer=...) so that cogql can enforce them on its side"
             )
         if self._emulator is None:
-            from .emulation import Emulator
+            from .emulation import ExtensionEmulator
 
-            self._emulator = Emulator(self._generate, self.tokenizer)
+            self._emulator = ExtensionEmulator(self._generate, self.tokenizer)
         return self._emulator
 
     async def _generate(

@@ -38,7 +38,7 @@ class _Progress:
         return len(self.tokens) >= self.op.min_tokens
 
 
-class Emulator:
+class ExtensionEmulator:
     """Runs extended GENERATE ops through a plain LMTP `raw_generate`."""
 
     def __init__(self, raw_generate: RawGenerate, tokenizer: Tokenizer) -> None:

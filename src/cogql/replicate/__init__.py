@@ -1,2 +1,3 @@
-"""Deploying to Replicate: `build` turns config.toml into Cog projects, `predictor` serves a
-model inside one (LMTP over Cog, compatible with LMQL's Replicate models)."""
+"""Deploying to Replicate: `deploy` turns config.toml into Cog projects and pushes them, `cog`
+hosts a model inside one (the LMTP predictor, compatible with LMQL's Replicate models, and the
+running Cog servers), and `emulator` serves Replicate's HTTP API on loopback in front of them."""

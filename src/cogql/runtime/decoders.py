@@ -18,7 +18,7 @@ from ..language.compiler import CompiledQuery
 from .events import OnEvent
 from .hypotheses import Explorer, Hypothesis
 from .interpreter import Decoding, QueryRun
-from .model import Connection
+from .model import ConnectedModel
 
 log = logging.getLogger("cogql.runtime")
 
@@ -109,7 +109,7 @@ async def decode(
     name: str,
     args: dict[str, Any],
     query: CompiledQuery,
-    conn: Connection,
+    conn: ConnectedModel,
     scope: dict[str, Any],
     on_event: OnEvent | None = None,
 ) -> Any:

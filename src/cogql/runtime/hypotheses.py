@@ -35,7 +35,7 @@ from ..lmtp.messages import Generate, TokenEvent
 from .clientside import TOP_CANDIDATES, grammar_compiler
 from .events import ModelCall, OnEvent, TextAppended
 from .interpreter import Decoding, QueryRun
-from .model import Connection
+from .model import ConnectedModel
 from .result import LMQLResult
 
 
@@ -137,7 +137,7 @@ class Explorer:
     def __init__(
         self,
         query: CompiledQuery,
-        conn: Connection,
+        conn: ConnectedModel,
         scope: dict[str, Any],
         decoding: Decoding,
         on_event: OnEvent | None = None,

@@ -39,7 +39,7 @@ from .context import PromptContext
 from .events import ModelCall, OnEvent, QueryEvent, TextAppended, VariableFinished
 from .hooks import HoleHooks
 from .interpolations import interpolation_error
-from .model import Connection
+from .model import ConnectedModel
 from .nested import call_in_query
 from .result import LMQLResult
 from .scope import as_scope
@@ -89,7 +89,7 @@ the decoders of runtime/decoders.py replay programs through one instead of gener
 @dataclass
 class QueryRun:
     query: CompiledQuery
-    conn: Connection
+    conn: ConnectedModel
     scope: dict[str, Any]
     decoding: Decoding
     on_event: OnEvent | None = None

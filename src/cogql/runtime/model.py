@@ -26,7 +26,7 @@ class ModelConfigError(ValueError):
 
 
 @dataclass
-class Connection:
+class ConnectedModel:
     """A live client plus the tokenizer the client uses for prompts and options."""
 
     client: LMTPClient
@@ -43,14 +43,14 @@ class Model:
     endpoint: str | None = None
     tokenizer: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
-    _connection: Connection | None = field(default=None, repr=False)
+    _connection: ConnectedModel | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)  # an LMTP server's bearer token
 
     @property
     def model_identifier(self) -> str:
         return self.name or EMBEDDED_IDENTIFIER
 
-    async def connect(self) -> Connection:
+    async def connect(self) -> ConnectedModel:
         if self._connection is None:
             self._connection = await self._open()
         return self._connection
@@ -99,7 +99,7 @@ class Model:
             return wrap(self._connection.tokenizer, self.model_identifier)
         return tokenizer(self.tokenizer or self.name or EMBEDDED_IDENTIFIER)
 
-    async def _open(self) -> Connection:
+    async def _open(self) -> ConnectedModel:
         endpoint = self.endpoint or ""
         name = self.name or ""
         if is_replicate(name, endpoint):  # the Replicate client is only imported when needed
@@ -130,7 +130,7 @@ class Model:
             InProcessTransport(engine), model=name, tokenizer=tok, use_extensions=use_ext
         )
         caps = await client.capabilities()
-        return Connection(client, tok, caps, tok.bos_token_id)
+        return ConnectedModel(client, tok, caps, tok.bos_token_id)
 
     def _model_kwargs(self) -> dict[str, Any]:
         """What the in-process engine's model is made of beyond its name: for `random`, its
@@ -246,7 +246,7 @@ async def _open_remote(
     tokenizer: str | None,
     options: dict[str, Any],
     token: str | None = None,
-) -> Connection:
+) -> ConnectedModel:
     """A websocket LMTP server: wait for its model, learn its capabilities, get a tokenizer
     (which the client also needs to emulate extensions an LMQL server lacks)."""
     from ..lmtp.transports.websocket import EndpointError, WebSocketTransport
@@ -271,13 +271,13 @@ async def remote_connection(
     tokenizer: str | None,
     url: str,
     options: dict[str, Any],
-) -> Connection:
+) -> ConnectedModel:
     """A connection through a remote server's client, once its capabilities are known."""
     client.known_capabilities = caps
     tok = await _remote_tokenizer(client, caps, name, tokenizer, url)
     client.tokenizer = tok
     client.use_extensions = bool(options.get("extensions", True))
-    return Connection(client, tok, caps, tok.bos_token_id)
+    return ConnectedModel(client, tok, caps, tok.bos_token_id)
 
 
 async def server_capabilities(client: LMTPClient, url: str, *, poll: float) -> frozenset[str]:

@@ -21,7 +21,7 @@ from ..lmtp.transports.replicate import (
     ReplicateTransport,
     parse_endpoint,
 )
-from .model import Connection, ModelConfigError, remote_connection, server_capabilities
+from .model import ConnectedModel, ModelConfigError, remote_connection, server_capabilities
 
 LOAD_POLL_S = 2.0  # every MODEL_INFO is a prediction: ask a loading LMQL model gently
 TRANSPORT_OPTIONS = (
@@ -31,7 +31,7 @@ TRANSPORT_OPTIONS = (
 
 async def open_replicate(
     name: str, endpoint: str, tokenizer: str | None, options: dict[str, Any]
-) -> Connection:
+) -> ConnectedModel:
     """Look the model up, learn its capabilities (from the version's schema where a cogql build
     advertises them, else MODEL_INFO, remembered per version), and find a tokenizer:
     `tokenizer=`, else the model's own (cogql-built), else the model name."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .model import Connection, Model, as_model
+from .model import ConnectedModel, Model, as_model
 
 AGGREGATIONS = ("sum", "mean", "normalized")
 
@@ -95,7 +95,7 @@ async def score(
 
 
 async def score_on(
-    conn: Connection, prompt: str, values: str | list[str], model_identifier: str
+    conn: ConnectedModel, prompt: str, values: str | list[str], model_identifier: str
 ) -> ScoringResult:
     """`score` on an open connection (a query's `context.score` uses the query's)."""
     options = _options(values)

@@ -111,7 +111,7 @@ class _Route:
     timer: asyncio.TimerHandle | None = None
 
 
-class _Connection:
+class _EndpointSocket:
     """The shared connection to one endpoint on one event loop."""
 
     def __init__(
@@ -345,7 +345,7 @@ def _refusal(e: InvalidStatus) -> str:
     return f"HTTP {response.status_code}" + (f": {body[:300]}" if body else "")
 
 
-_connections: dict[tuple[int, str, str | None], _Connection] = {}
+_connections: dict[tuple[int, str, str | None], _EndpointSocket] = {}
 # the last MODEL_INFO a client sent per URL, with the model name it chose: a new connection
 # (reconnect, or a new event loop) repeats it to learn the server's capabilities
 _last_info: dict[str, dict[str, Any]] = {}
@@ -353,7 +353,7 @@ _last_info: dict[str, dict[str, Any]] = {}
 
 def _connection(
     url: str, *, connect_timeout: float, info_timeout: float, token: str | None
-) -> _Connection:
+) -> _EndpointSocket:
     """The process's connection to `url` with `token` for the running loop; closed loops'
     are dropped."""
     loop = asyncio.get_running_loop()
@@ -362,7 +362,7 @@ def _connection(
     key = (id(loop), url, token)
     conn = _connections.get(key)
     if conn is None or conn.loop is not loop:
-        conn = _Connection(
+        conn = _EndpointSocket(
             url, connect_timeout=connect_timeout, info_timeout=info_timeout, token=token
         )
         _connections[key] = conn
@@ -398,7 +398,7 @@ class WebSocketTransport:
     def __repr__(self) -> str:  # never the token
         return f"WebSocketTransport({self.url!r})"
 
-    def _conn(self) -> _Connection:
+    def _conn(self) -> _EndpointSocket:
         return _connection(
             self.url,
             connect_timeout=self.connect_timeout,

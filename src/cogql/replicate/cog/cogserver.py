@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from ..lmtp.sse import SSEDecoder
+from ...lmtp.sse import SSEDecoder
 
 PREDICTOR_REF = "predict.py:Predictor"
 BUSY_RETRY_S = 10.0

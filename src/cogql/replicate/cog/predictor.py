@@ -34,9 +34,9 @@ from typing import Any, ClassVar
 
 from cog import BaseRunner
 
-from ..engine.engine import Engine, EngineStopped
-from ..engine.sink import LoopSink
-from ..lmtp.messages import (
+from ...engine.engine import Engine, EngineStopped
+from ...engine.sink import LoopSink
+from ...lmtp.messages import (
     Event,
     Generate,
     Op,
@@ -217,7 +217,7 @@ def _loader(checkpoints: Path, args: dict[str, Any]) -> Callable[[], Any]:
     def load() -> Any:
         import torch
 
-        from ..engine.models import load_model
+        from ...engine.models import load_model
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype, kwargs = load_arguments(args)
@@ -253,7 +253,7 @@ def _warm_up(engine: Engine) -> None:
 def vendored_build() -> dict[str, Any]:
     """What the build recorded about the cogql copy inside the project (empty when cogql runs
     from an installed package rather than a project's vendored copy)."""
-    path = Path(__file__).resolve().parent.parent / BUILD_INFO
+    path = Path(__file__).resolve().parents[2] / BUILD_INFO  # in the cogql package folder
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

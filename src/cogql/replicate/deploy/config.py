@@ -34,7 +34,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from .modelargs import check_model_args
+from ..cog.modelargs import check_model_args
 from .untrusted import control_character
 
 EXAMPLE_OWNER = "YOURACCOUNT"
@@ -82,16 +82,16 @@ def _one_line(value: str) -> str:
     return value
 
 
-Text = Annotated[str, AfterValidator(_one_line)]  # config strings: no control characters
+OneLine = Annotated[str, AfterValidator(_one_line)]  # config strings: no control characters
 
 
 class HuggingFace(_Strict):
-    repo: Text
-    version: Text | None = None
+    repo: OneLine
+    version: OneLine | None = None
 
 
 class Local(_Strict):
-    path: Text
+    path: OneLine
 
 
 class ModelSpec(_Strict):
@@ -99,7 +99,7 @@ class ModelSpec(_Strict):
 
     huggingface: HuggingFace | None = None
     local: Local | None = None
-    tokenizer: Text | None = None
+    tokenizer: OneLine | None = None
     gpu: bool = True
     python_version: Literal["3.11", "3.12", "3.13"] = "3.11"
     max_concurrency: int = Field(default=1, ge=1, le=64)
@@ -107,7 +107,7 @@ class ModelSpec(_Strict):
 
 
 @dataclass(frozen=True)
-class Model:
+class ConfiguredModel:
     """A validated model, with `local.path` resolved against the config file's folder."""
 
     name: str
@@ -123,7 +123,7 @@ class Model:
 class BuildConfig:
     path: Path
     dest_prefix: str | None
-    models: dict[str, Model]
+    models: dict[str, ConfiguredModel]
 
     def image(self, name: str) -> str | None:
         """`r8.im/OWNER/NAME` when a dest_prefix is set."""
@@ -279,7 +279,9 @@ def _table_key(name: str) -> str:
     return f"models.{name}" if re.match(r"^[A-Za-z0-9_-]+$", name) else f'models."{name}"'
 
 
-def _check_model(name: str, table: Any, base: Path) -> tuple[Model | None, list[ConfigIssue]]:
+def _check_model(
+    name: str, table: Any, base: Path
+) -> tuple[ConfiguredModel | None, list[ConfigIssue]]:
     issues = _check_name(name)
     prefix = _table_key(name)
     if not isinstance(table, dict):
@@ -335,7 +337,7 @@ def _check_model(name: str, table: Any, base: Path) -> tuple[Model | None, list[
         ]
     if spec is None or issues:
         return None, issues
-    return Model(name, spec, local_path), issues
+    return ConfiguredModel(name, spec, local_path), issues
 
 
 def parse_config(text: str, path: Path) -> BuildConfig:
@@ -355,7 +357,7 @@ def parse_config(text: str, path: Path) -> BuildConfig:
     prefix, prefix_issues = _check_prefix(data.get("dest_prefix"))
     issues += prefix_issues
     tables = data.get("models")
-    models: dict[str, Model] = {}
+    models: dict[str, ConfiguredModel] = {}
     if not isinstance(tables, dict) or not tables:
         issues.append(
             ConfigIssue(
@@ -392,7 +394,7 @@ def load_config(path: str | Path) -> BuildConfig:
     return parse_config(text, path)
 
 
-def select(config: BuildConfig, names: tuple[str, ...] | list[str]) -> list[Model]:
+def select(config: BuildConfig, names: tuple[str, ...] | list[str]) -> list[ConfiguredModel]:
     """The models named on the command line (all when none are named)."""
     if not names:
         return list(config.models.values())

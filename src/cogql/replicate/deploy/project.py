@@ -48,7 +48,7 @@ class ProjectConflict(Exception):
 
 
 @dataclass(frozen=True)
-class Text:
+class GeneratedFile:
     """A generated file."""
 
     path: str
@@ -69,7 +69,7 @@ class Link:
     size: int
 
 
-Output = Text | Link
+Output = GeneratedFile | Link
 
 
 def _stat_id(st: os.stat_result) -> dict[str, int]:
@@ -173,7 +173,7 @@ def _matches(path: Path, out: Output, record: dict[str, Any] | None) -> bool:
     st = path.lstat()
     if not stat.S_ISREG(st.st_mode):
         return False
-    if isinstance(out, Text):
+    if isinstance(out, GeneratedFile):
         executable = bool(st.st_mode & stat.S_IXUSR)
         return (
             st.st_size == len(out.content)
@@ -296,7 +296,7 @@ def apply(p: Plan, progress: Callable[[int], None] = lambda n: None) -> dict[str
         dest = root / out.path
         if dest.is_symlink():  # replaced a file cogql made (and --force): drop the link only
             dest.unlink()
-        if isinstance(out, Text):
+        if isinstance(out, GeneratedFile):
             _atomic_write(dest, out.content, 0o755 if out.executable else 0o644)
             counts["written"] += 1
             manifest.files[out.path] = _record(root, out)
@@ -317,7 +317,7 @@ def apply(p: Plan, progress: Callable[[int], None] = lambda n: None) -> dict[str
 
 def _record(root: Path, out: Output, method: str | None = None) -> dict[str, Any]:
     dest = root / out.path
-    if isinstance(out, Text):
+    if isinstance(out, GeneratedFile):
         return {"size": len(out.content), "sha256": out.sha256}
     st = dest.stat()
     link_method = method

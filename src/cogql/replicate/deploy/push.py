@@ -16,8 +16,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from ..cog.layout import PUSH_SCRIPT
 from .config import image_problem, name_problem
-from .layout import PUSH_SCRIPT
 from .project import Manifest, ProjectConflict
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..lmtp.messages import ENGINE_CAPABILITIES, advertise
+from ...lmtp.messages import ENGINE_CAPABILITIES, advertise
 
 OPS_BATCH_DESCRIPTION = (
     "JSON array of LMTP ops, [[TYPE, payload], ...] with TYPE GENERATE, SCORE or MODEL_INFO; "

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..engine.models import ModelNotFound, resolve_model_path
-from ..locations import hf_hub_cache
-from .config import Model
+from ...engine.models import ModelNotFound, resolve_model_path
+from ...locations import hf_hub_cache
+from .config import ConfiguredModel
 from .untrusted import inside, relative_name_problem
 
 # files that describe a model or its tokenizer (copied whatever the weight format)
@@ -251,7 +251,7 @@ def _hub_download(repo: str, revision: str | None, origin: str) -> Path:
     return folder
 
 
-def _hub_folder(model: Model, args: dict[str, Any]) -> tuple[Path, list[str], bool]:
+def _hub_folder(model: ConfiguredModel, args: dict[str, Any]) -> tuple[Path, list[str], bool]:
     hf = model.spec.huggingface
     assert hf is not None
     origin = f"models.{model.name}: {hf.repo}" + (f"@{hf.version}" if hf.version else "")
@@ -282,7 +282,7 @@ def _hub_folder(model: Model, args: dict[str, Any]) -> tuple[Path, list[str], bo
 # --------------------------------------------------------------------------- entry points
 
 
-def _local_folder(model: Model, args: dict[str, Any]) -> tuple[Path, list[str], bool]:
+def _local_folder(model: ConfiguredModel, args: dict[str, Any]) -> tuple[Path, list[str], bool]:
     path = model.local_path
     assert path is not None
     origin = f"models.{model.name}: {path}"
@@ -330,7 +330,7 @@ def _tokenizer_folder(spec: str, base: Path, name: str) -> Path:
     return cached
 
 
-def collect(model: Model, base: Path) -> ModelFiles:
+def collect(model: ConfiguredModel, base: Path) -> ModelFiles:
     """Plan a model's checkpoints/ without writing anything."""
     args = model.args
     if model.spec.local is not None:

@@ -1,6 +1,6 @@
 """Replicate's HTTP API on loopback, in front of the real Cog server of each built project.
 
-`Emulator` (server.py) is the entry point; `cogql replicate serve` runs one until interrupted.
+`ReplicateEmulator` (server.py) is the entry point; `cogql replicate serve` runs one until interrupted.
 Modules: catalog (projects → models, versions, deployments), validate (inputs against the
 schema), store (predictions and their event logs), sse (Replicate's event stream), backend (the
 Cog server adapter: health, restarts, retries), body (request bodies: size cap, JSON checks),
@@ -8,6 +8,6 @@ routes (the HTTP API), auth and errors (tokens, problem JSON), faults.
 """
 
 from .errors import APIError
-from .server import Emulator, EmulatorError
+from .server import EmulatorError, ReplicateEmulator
 
-__all__ = ["APIError", "Emulator", "EmulatorError"]
+__all__ = ["APIError", "EmulatorError", "ReplicateEmulator"]

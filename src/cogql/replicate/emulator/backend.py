@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from ...lmtp.sse import SSEDecoder
-from ..cogserver import CogServer
+from ..cog.cogserver import CogServer
 from .catalog import ModelEntry
 from .store import Prediction
 

@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..project import MANIFEST, Manifest, ProjectConflict
-from ..requirements import COG_VERSION
+from ..deploy.project import MANIFEST, Manifest, ProjectConflict
+from ..deploy.requirements import COG_VERSION
 
 LOCAL_OWNER = "local"
 SCHEMA_PATH = ".cog/openapi_schema.json"

@@ -13,13 +13,13 @@ import signal
 import threading
 from collections.abc import Callable
 
-from ..cogserver import CogServerError
-from .server import Emulator
+from ..cog.cogserver import CogServerError
+from .server import ReplicateEmulator
 
 Echo = Callable[[str], None]
 
 
-def _report_ready(emu: Emulator, err: Echo) -> None:
+def _report_ready(emu: ReplicateEmulator, err: Echo) -> None:
     for ref, server in list(emu.servers.items()):
         try:
             seconds = server.wait_ready(emu.ready_timeout)
@@ -29,7 +29,7 @@ def _report_ready(emu: Emulator, err: Echo) -> None:
         err(f"{ref}: ready in {seconds:.1f} s (Cog server {server.address}, log {server.log_path})")
 
 
-def serve(emu: Emulator, out: Echo, err: Echo) -> None:
+def serve(emu: ReplicateEmulator, out: Echo, err: Echo) -> None:
     """Start `emu`, print what clients need, and serve until interrupted."""
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}

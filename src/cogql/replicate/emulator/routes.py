@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..cogserver import CogServer
+from ..cog.cogserver import CogServer
 from . import auth, sse
 from .backend import CogBackend
 from .body import MAX_BODY_BYTES, parse_object, read_body

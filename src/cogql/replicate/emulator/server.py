@@ -13,7 +13,7 @@ from typing import Any
 
 import uvicorn
 
-from ..cogserver import CogServer, CogServerError, can_isolate
+from ..cog.cogserver import CogServer, CogServerError, can_isolate
 from .auth import new_token
 from .body import MAX_BODY_BYTES
 from .catalog import ModelEntry, ProjectError, check_unique, find_projects, load_entry
@@ -29,14 +29,14 @@ class EmulatorError(RuntimeError):
     """The emulator could not start: no project, a Cog setup that failed, a port in use."""
 
 
-class Emulator:
+class ReplicateEmulator:
     """Replicate's HTTP API on loopback, in front of one real Cog server per built project.
 
     Usage (tests, benchmarks, the `replicate:` transport's tests)::
 
-        from cogql.replicate.emulator import Emulator
+        from cogql.replicate.emulator import ReplicateEmulator
 
-        with Emulator(["work/sentiment"], latency=0.5) as emu:
+        with ReplicateEmulator(["work/sentiment"], latency=0.5) as emu:
             emu.base_url    # "http://127.0.0.1:PORT": REPLICATE_BASE_URL for replicate 1.x
             emu.token       # the API token it accepts (random unless given)
             emu.env         # {"REPLICATE_API_TOKEN": ..., "REPLICATE_BASE_URL": ...}
@@ -54,7 +54,7 @@ class Emulator:
     running). `heartbeat_s` is the SSE keep-alive period. Request bodies over `max_body_bytes`
     are refused (413); finished predictions are forgotten past `max_kept` of them or `keep_s`
     seconds after they ended. With `isolate` (the default wherever the kernel allows it,
-    `cogql.replicate.cogserver.can_isolate()`), each Cog server runs in a network namespace of
+    `cogql.replicate.cog.cogserver.can_isolate()`), each Cog server runs in a network namespace of
     its own, reachable only through a Unix socket that only this user can open; `isolate=False`
     puts it on a loopback port, where any local user can reach it; `isolate=True` where it is
     not possible is an EmulatorError.
@@ -156,7 +156,7 @@ class Emulator:
 
     # ---- start / stop ---------------------------------------------------------------------
 
-    def start(self) -> Emulator:
+    def start(self) -> ReplicateEmulator:
         try:
             projects = find_projects(self.workdirs)
             if self.isolate is None:
@@ -252,7 +252,7 @@ class Emulator:
         except Exception:
             future.cancel()
 
-    def __enter__(self) -> Emulator:
+    def __enter__(self) -> ReplicateEmulator:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

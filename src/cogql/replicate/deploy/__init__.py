@@ -1,0 +1,3 @@
+"""`cogql replicate init/build/push`: config.toml validated (config), every model's files found
+(sources), one Cog project rendered per model from templates/ and written without clobbering
+(build, project), and the image pushed (push)."""
