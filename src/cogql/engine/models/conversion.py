@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FORMAT_VERSION", "MARKER", "convert_gguf", "read_marker"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cogql.engine.models")
 
 MARKER = "cogql-conversion.json"
 FORMAT_VERSION = 1

@@ -14,7 +14,7 @@ from typing import Any
 
 __all__ = ["Steps", "no_progress_bars", "quiet_transformers"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cogql.engine.models")
 
 
 class Steps:
