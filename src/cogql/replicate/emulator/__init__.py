@@ -1,10 +1,10 @@
 """Replicate's HTTP API on loopback, in front of the real Cog server of each built project.
 
-`ReplicateEmulator` (server.py) is the entry point; `cogql replicate serve` runs one until interrupted.
-Modules: catalog (projects → models, versions, deployments), validate (inputs against the
-schema), store (predictions and their event logs), sse (Replicate's event stream), backend (the
-Cog server adapter: health, restarts, retries), body (request bodies: size cap, JSON checks),
-routes (the HTTP API), auth and errors (tokens, problem JSON), faults.
+`ReplicateEmulator` (server.py) is the entry point; `cogql replicate serve` runs one until
+interrupted. Modules: catalog (projects → models, versions, deployments), validate (inputs
+against the schema), store (predictions and their event logs), sse (Replicate's event stream),
+backend (the Cog server adapter: health, restarts, retries), body (request bodies: size cap,
+JSON checks), routes (the HTTP API), auth and errors (tokens, problem JSON), faults.
 """
 
 from .errors import APIError
