@@ -20,12 +20,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
+from ..language.constraint_names import POSTPROCESSORS, STOP_FUNCTIONS
 from ..language.errors import QueryCompileError
-
-STOP_FUNCTIONS = frozenset({"STOPS_AT", "STOPS_BEFORE", "stops_at", "stops_before"})
-POSTPROCESSORS = frozenset({"ESCAPED", "escaped", "ERASE", "erase"})
-VALUE_FUNCTIONS = frozenset({"TOKENS", "WORDS", "SENTENCES", "INT", "REGEX", "STARTS_WITH"})
-BUILTIN_CONSTRAINTS = STOP_FUNCTIONS | POSTPROCESSORS | VALUE_FUNCTIONS
 
 
 class ConstraintError(QueryCompileError):
