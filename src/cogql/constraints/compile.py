@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..language.constraint_names import CONSTRAINT_FUNCTIONS, POSTPROCESSORS, STOP_FUNCTIONS
+from ..language.expressions import evaluate
 from .holespec import HoleSpec, Stop
 from .values import (
     ConstraintError,
@@ -199,7 +200,7 @@ class _HoleCompiler:
             return _UNKNOWN
         env = {**value_builtins(self.encode), **self.scope}
         try:
-            return eval(compile(ast.Expression(node), "<where>", "eval"), env)
+            return evaluate(node, env, "<where>")
         except NameError as e:
             raise self.error(node, f"in where clause: {e}") from None
         except Exception as e:

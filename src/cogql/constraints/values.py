@@ -22,6 +22,7 @@ from typing import Any
 
 from ..language.constraint_names import POSTPROCESSORS, STOP_FUNCTIONS
 from ..language.errors import QueryCompileError
+from ..language.expressions import evaluate
 
 
 class ConstraintError(QueryCompileError):
@@ -113,7 +114,6 @@ class Evaluator:
         self.unknown = frozenset(unknown)
         self.encode = encode
         self.source = source
-        self._code: dict[int, Any] = {}
         self._builtins = value_builtins(encode)
 
     def mentions_unknown(self, node: ast.AST) -> bool:
@@ -162,12 +162,8 @@ class Evaluator:
             env["STARTS_WITH"] = lambda v, p: any(
                 v.startswith(q) or q.startswith(v) for q in ([p] if isinstance(p, str) else p)
             )
-        code = self._code.get(id(node))
-        if code is None:
-            code = compile(ast.Expression(node), "<where>", "eval")
-            self._code[id(node)] = code
         try:
-            return eval(code, env)
+            return evaluate(node, env, "<where>")
         except Exception as e:
             raise node_error(
                 node,
