@@ -69,8 +69,8 @@ class Allowance:
     """An import the layer table forbids that is allowed anyway, for a stated reason; with
     `lazy_only`, only from inside a function (so importing the importer costs nothing)."""
 
-    importer: str  # module prefix
-    imported: str  # module prefix (or a third-party top-level name)
+    importer: str | tuple[str, ...]  # module prefixes (a module's name before and after a move)
+    imported: str | tuple[str, ...]  # module prefixes (or third-party top-level names)
     lazy_only: bool
     reason: str
 
@@ -96,7 +96,7 @@ ALLOWANCES: tuple[Allowance, ...] = (
         "which is the engine's model-file work (engine/models.py imports no torch itself)",
     ),
     Allowance(
-        "cogql.replicate.sources",
+        ("cogql.replicate.sources", "cogql.replicate.deploy.sources"),
         "cogql.engine.models",
         lazy_only=False,
         reason="a build converts a GGUF model into the project's checkpoints/ "
@@ -104,15 +104,10 @@ ALLOWANCES: tuple[Allowance, ...] = (
     ),
     Allowance(
         "cogql.runtime.scope",
-        "cogql.__init__",
+        ("cogql.__init__", "cogql.compat"),
         lazy_only=True,
-        reason="a query's globals hold the `cogql` module, as LMQL's hold `lmql`",
-    ),
-    Allowance(
-        "cogql.runtime.scope",
-        "cogql.compat",
-        lazy_only=True,
-        reason="a query's globals hold `lmql` (cogql.compat), as LMQL's compiled module imports it",
+        reason="a query's globals hold `cogql` and `lmql` (cogql.compat), as LMQL's compiled "
+        "module imports lmql",
     ),
     Allowance(
         "cogql.tokenizer",
@@ -219,8 +214,9 @@ def layer_of(module: str, layers: dict[str, tuple[str, ...]]) -> str | None:
 
 
 def _allowed_by(imp: Import, allowances: tuple[Allowance, ...]) -> Allowance | None:
-    def claims(prefix: str, name: str) -> bool:
-        return name == prefix or name.startswith(prefix + ".")
+    def claims(prefixes: str | tuple[str, ...], name: str) -> bool:
+        prefixes = (prefixes,) if isinstance(prefixes, str) else prefixes
+        return any(name == p or name.startswith(p + ".") for p in prefixes)
 
     for a in allowances:
         if claims(a.importer, imp.importer) and claims(a.imported, imp.imported):
