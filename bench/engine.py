@@ -27,7 +27,8 @@ from transformers import DynamicCache
 
 import cogql
 from _common import PEER_MODEL, PEER_PY, ROOT, peer_installed, peer_warm, side_by_side, step
-from cogql.engine.masks import GrammarCompiler
+from cogql.engine.masks import mask_logits
+from cogql.grammar import GrammarCompiler
 from cogql.lmtp.transports.inprocess import local_engine
 
 QUERY = ROOT / "examples" / "sentiment.lmql"
@@ -95,7 +96,7 @@ def mask_cost(engine) -> float:
         for _ in range(50):
             row = logits.clone()
             start = time.perf_counter()
-            m.mask_logits(row)
+            mask_logits(m, row)
             total += time.perf_counter() - start
             n += 1
     return total / n * 1e6

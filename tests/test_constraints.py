@@ -16,7 +16,9 @@ import pytest
 import cogql
 from cogql.constraints.compile import ConstraintError, compile_hole
 from cogql.constraints.holespec import HoleSpec, Stop, trim_at_stop
-from cogql.constraints.values import Evaluator, HoleText, Predicate
+from cogql.constraints.values import Evaluator, HoleText, Predicate, value_builtins
+from cogql.language.compiler import compile_query
+from cogql.language.constraint_names import CONSTRAINT_FUNCTIONS
 from cogql.language.errors import QueryCompileError
 from cogql.runtime.clientside import ConstraintUnsatisfiedError
 from cogql.tokenizer import Tokenizer
@@ -366,6 +368,23 @@ def test_holds_checks_the_finished_text(tokenizer: Tokenizer) -> None:
 def test_escaped_and_erase() -> None:
     assert HoleSpec(escaped=True).finish("a\nb\tc") == ("a\\nb\\tc", "a\\nb\\tc")
     assert HoleSpec(erase=True).finish("hello") == ("hello", "")
+
+
+@pytest.mark.parametrize("name", sorted(CONSTRAINT_FUNCTIONS))
+def test_every_constraint_name_is_known_to_the_compiler_and_the_constraints(name: str) -> None:
+    """One list: a name the where clause may call is never taken for a query input, and the
+    constraints give it a meaning (the lower-case `erase` was once missing from the first)."""
+    assert name not in compile_query(f'"Hi[X]" where {name}(X)').free_variables
+    assert name in value_builtins(lambda text: [])
+
+
+def test_lower_case_erase_runs_like_upper_case() -> None:
+    """`where erase(X)` failed with "unknown function erase() ... did you mean erase?"."""
+    model = cogql.model("random", seed=1)
+    query = '"Hi[X]" where {}(X) and len(TOKENS(X)) < 3'
+    lower = cogql.run_sync(query.format("erase"), model=model)
+    upper = cogql.run_sync(query.format("ERASE"), model=model)
+    assert lower.variables == upper.variables and lower.prompt == upper.prompt == "Hi"
 
 
 # --------------------------------------------------------------------------- embedded model

@@ -19,11 +19,10 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
+from ..language.constraint_names import CONSTRAINT_FUNCTIONS, POSTPROCESSORS, STOP_FUNCTIONS
+from ..language.expressions import evaluate
 from .holespec import HoleSpec, Stop
 from .values import (
-    BUILTIN_CONSTRAINTS,
-    POSTPROCESSORS,
-    STOP_FUNCTIONS,
     ConstraintError,
     Evaluator,
     HoleText,
@@ -87,7 +86,7 @@ def unknown_function_error(
     name: str, known: Collection[str], source: str, lineno: int, col: int
 ) -> ConstraintError:
     """`where FOO(X)` with no FOO anywhere: name the function and suggest a close one."""
-    close = difflib.get_close_matches(name, sorted(set(known) | BUILTIN_CONSTRAINTS), n=1)
+    close = difflib.get_close_matches(name, sorted(set(known) | CONSTRAINT_FUNCTIONS), n=1)
     hint = f"; did you mean {close[0]}?" if close else ""
     return UnresolvedNameError(
         f"{unresolved_message([name])} It is an unknown function {name}() in the where "
@@ -201,7 +200,7 @@ class _HoleCompiler:
             return _UNKNOWN
         env = {**value_builtins(self.encode), **self.scope}
         try:
-            return eval(compile(ast.Expression(node), "<where>", "eval"), env)
+            return evaluate(node, env, "<where>")
         except NameError as e:
             raise self.error(node, f"in where clause: {e}") from None
         except Exception as e:
@@ -324,7 +323,7 @@ class _HoleCompiler:
             prefixes = [prefix] if isinstance(prefix, str) else list(prefix)
             alts = "|".join(literal_regex(p) for p in prefixes)
             return _Lang(_lark("(" + alts + ")" + ANY_TEXT), prefix_true=True, grows=True)
-        if fn not in self.scope and fn not in BUILTIN_CONSTRAINTS and not hasattr(builtins, fn):
+        if fn not in self.scope and fn not in CONSTRAINT_FUNCTIONS and not hasattr(builtins, fn):
             known = [k for k, v in self.scope.items() if callable(v)]
             raise unknown_function_error(fn, known, self.source, node.lineno, node.col_offset)
         return _Opaque(node)

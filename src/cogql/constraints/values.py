@@ -20,12 +20,9 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
+from ..language.constraint_names import POSTPROCESSORS, STOP_FUNCTIONS
 from ..language.errors import QueryCompileError
-
-STOP_FUNCTIONS = frozenset({"STOPS_AT", "STOPS_BEFORE", "stops_at", "stops_before"})
-POSTPROCESSORS = frozenset({"ESCAPED", "escaped", "ERASE", "erase"})
-VALUE_FUNCTIONS = frozenset({"TOKENS", "WORDS", "SENTENCES", "INT", "REGEX", "STARTS_WITH"})
-BUILTIN_CONSTRAINTS = STOP_FUNCTIONS | POSTPROCESSORS | VALUE_FUNCTIONS
+from ..language.expressions import evaluate
 
 
 class ConstraintError(QueryCompileError):
@@ -117,7 +114,6 @@ class Evaluator:
         self.unknown = frozenset(unknown)
         self.encode = encode
         self.source = source
-        self._code: dict[int, Any] = {}
         self._builtins = value_builtins(encode)
 
     def mentions_unknown(self, node: ast.AST) -> bool:
@@ -166,12 +162,8 @@ class Evaluator:
             env["STARTS_WITH"] = lambda v, p: any(
                 v.startswith(q) or q.startswith(v) for q in ([p] if isinstance(p, str) else p)
             )
-        code = self._code.get(id(node))
-        if code is None:
-            code = compile(ast.Expression(node), "<where>", "eval")
-            self._code[id(node)] = code
         try:
-            return eval(code, env)
+            return evaluate(node, env, "<where>")
         except Exception as e:
             raise node_error(
                 node,

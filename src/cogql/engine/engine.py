@@ -9,7 +9,7 @@ long prompt is served between the tokens of every other stream.
 That thread does all of torch's work, loading included: torch's OpenMP pool belongs to the
 thread that uses it, and once two threads own pools on a small machine, OpenMP stops spinning
 between parallel regions (decode steps measured 1.6x slower on 2 cores). Grammars compile on
-their own threads (engine/masks.py), which run no torch.
+their own threads (grammar/matching.py), which run no torch.
 
 A failure fails only the streams it belongs to; the engine serves on. Should the thread itself
 die (a bug), `stopped` says why, every pending and later op is answered with that reason at
@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ..grammar import GRAMMAR_TIMEOUT_S, MAX_GRAMMAR_BYTES, GrammarCompiler, GrammarError
 from ..lmtp.messages import (
     ENGINE_CAPABILITIES,
     TOKENIZER,
@@ -47,7 +48,6 @@ from ..lmtp.messages import (
 )
 from .jobs import GenerateStream, Job, ScoreJob, StreamHandle
 from .kvcache import PrefixCache
-from .masks import GRAMMAR_TIMEOUT_S, MAX_GRAMMAR_BYTES, GrammarCompiler, GrammarError
 from .models import LoadedModel
 from .runner import ModelRunner, usable_tokens
 from .scheduler import PREFILL_CHUNK, STARVED_TURNS, plan_prefill

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..grammar import GrammarMatcher
 from ..lmtp.messages import Generate, Score
 from .kvcache import CacheEntry
-from .masks import GrammarMatcher
 from .sink import Sink
 
 

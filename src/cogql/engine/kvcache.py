@@ -6,9 +6,11 @@ query, or a SCORE after a GENERATE on the same prompt, only computes the new tok
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from ..grammar import common_prefix
 
 if TYPE_CHECKING:
     import torch
@@ -42,17 +44,6 @@ def has_sliding_layers(config: Any) -> bool:
 
 
 _sliding: dict[int, tuple[Any, bool]] = {}  # id(config) -> (config, kept alive for the id)
-
-
-def common_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:
-    """Length of the shared start of two token lists (or strings)."""
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:  # the usual case, compared at C speed
-        return n
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 @dataclass

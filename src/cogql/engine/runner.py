@@ -12,11 +12,11 @@ import logging
 
 import torch
 
+from ..grammar import common_prefix
 from .batch import DecodeBatch
 from .kvcache import (
     CacheEntry,
     PrefixCache,
-    common_prefix,
     full_cache,
     has_sliding_layers,
     left_padded,

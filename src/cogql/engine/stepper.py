@@ -7,6 +7,7 @@ import torch
 
 from ..lmtp.messages import TokenEvent
 from .jobs import GenerateStream
+from .masks import mask_logits
 from .sampling import apply_bias, choose
 
 
@@ -59,7 +60,7 @@ class TokenStepper:
                 logits[eos] = float("-inf")
         if s.matcher is None:
             return None
-        return s.matcher.mask_logits(logits)
+        return mask_logits(s.matcher, logits)
 
     def _finish_reason(self, s: GenerateStream, token: int) -> str | None:
         if token in self.eos_ids:

@@ -26,28 +26,12 @@ from dataclasses import dataclass, field
 from types import CodeType
 
 from .clauses import DECODER_NAMES, Clauses, Span, split_clauses
+from .constraint_names import CONSTRAINT_FUNCTIONS
 from .errors import HoleTypeError, QueryCompileError, QuerySyntaxError
 from .qstrings import Hole, Interpolation, QStringError, Segment, parse_qstring
 
 QUERY_FUNCTION = "__cogql_query__"
 RUNTIME_NAME = "__cogql__"
-CONSTRAINT_FUNCTIONS = frozenset(
-    {
-        "STOPS_AT",
-        "STOPS_BEFORE",
-        "stops_at",
-        "stops_before",
-        "TOKENS",
-        "WORDS",
-        "SENTENCES",
-        "INT",
-        "REGEX",
-        "STARTS_WITH",
-        "ESCAPED",
-        "ERASE",
-        "escaped",
-    }
-)
 _RESERVED = frozenset({"lmql", "cogql", "context", RUNTIME_NAME}) | CONSTRAINT_FUNCTIONS
 
 

@@ -16,11 +16,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..engine.masks import GrammarCompiler, GrammarMatcher
+from ..grammar import GrammarCompiler, GrammarMatcher, mask_bias
 from ..tokenizer import Tokenizer
 from .messages import Generate, TokenEvent
 
-BIAS = 100.0
 RawGenerate = Callable[[Generate], AsyncIterator[TokenEvent]]
 
 
@@ -113,17 +112,6 @@ class ExtensionEmulator:
         if len(p.tokens) >= p.op.max_tokens:
             return "length"
         return None
-
-
-def mask_bias(allowed: np.ndarray | None) -> dict[int, float]:
-    """A token mask as LMQL sends it: +100 on the allowed ids or -100 on the others, whichever
-    set is smaller (None: no mask, no bias)."""
-    if allowed is None:
-        return {}
-    on = np.flatnonzero(allowed)
-    if len(on) <= len(allowed) - len(on):
-        return {int(i): BIAS for i in on}
-    return {int(i): -BIAS for i in np.flatnonzero(~allowed)}
 
 
 def _ends_with_stop(text: bytes, last: bytes, stops: list[str]) -> bool:

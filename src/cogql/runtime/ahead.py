@@ -20,9 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from ..language.expressions import evaluate
 from ..language.qstrings import Hole, Interpolation, Text
 from ..lmtp.client import Followup, GenerateAfter, ScoreAfter
 from ..lmtp.messages import Generate
+from .scope import statement_names
 
 if TYPE_CHECKING:
     from ..language.compiler import PromptStatement
@@ -169,9 +171,9 @@ def _known_values(run: QueryRun, scope: dict[str, Any]) -> list[str] | None:
     dist = run.query.distribution
     if dist is None or any(isinstance(node, ast.Call) for node in ast.walk(dist.values)):
         return None
-    env = {**run.scope, **run.variables, **scope}
+    env = statement_names(run.scope, run.variables, scope)
     try:
-        found = eval(compile(ast.Expression(dist.values), "<distribution>", "eval"), {}, env)
+        found = evaluate(dist.values, {}, "<distribution>", env)
         options = [str(v) for v in found]
     except Exception:
         return None

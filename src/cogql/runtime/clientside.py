@@ -31,9 +31,7 @@ import numpy as np
 
 from ..constraints.holespec import HoleSpec
 from ..constraints.values import ConstraintError, HoleText, Predicate
-from ..engine.kvcache import common_prefix
-from ..engine.masks import GrammarCompiler, GrammarMatcher
-from ..lmtp.emulation import mask_bias
+from ..grammar import GrammarCompiler, GrammarMatcher, common_prefix, mask_bias
 from ..lmtp.messages import Generate
 from ..tokenizer import Tokenizer
 from .events import ModelCall

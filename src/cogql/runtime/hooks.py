@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .decorators import DecoratorContext, HoleDecorators, TemplateVariable
 from .events import TextAppended, VariableFinished
 from .nested import Tactic, run_tactic, tactic_of
+from .scope import statement_names
 
 if TYPE_CHECKING:
     from ..language.qstrings import Hole
@@ -38,7 +39,7 @@ class HoleHooks:
         """The hooks of a hole, or None for a hole without decorators or a tactic."""
         if not hole.decorators and hole.type_expr is None:
             return None
-        env = {**run.scope, **run.variables, **scope}
+        env = statement_names(run.scope, run.variables, scope)
         decorators = HoleDecorators.of(hole.name, hole.decorators, env)
         tactic = tactic_of(hole, env, run.query.source)
         if decorators is None and tactic is None:

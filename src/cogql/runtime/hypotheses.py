@@ -26,11 +26,9 @@ import numpy as np
 
 from ..constraints.holespec import HoleSpec
 from ..constraints.values import HoleText
-from ..engine.kvcache import common_prefix
-from ..engine.masks import GrammarMatcher
+from ..grammar import GrammarMatcher, common_prefix, mask_bias
 from ..language.compiler import CompiledQuery
 from ..lmtp.client import LMTPError
-from ..lmtp.emulation import mask_bias
 from ..lmtp.messages import Generate, TokenEvent
 from .clientside import TOP_CANDIDATES, grammar_compiler
 from .events import ModelCall, OnEvent, TextAppended

@@ -29,6 +29,7 @@ from ..language.compiler import (
     invalid_hole_type,
 )
 from ..language.errors import HoleTypeError, QueryCompileError, QuerySyntaxError
+from ..language.expressions import evaluate
 from ..language.qstrings import Hole, Interpolation, Tag, Text
 from ..lmtp.client import Followup, GenerateAfter
 from ..lmtp.messages import Generate
@@ -42,7 +43,7 @@ from .interpolations import interpolation_error
 from .model import ConnectedModel
 from .nested import call_in_query
 from .result import LMQLResult
-from .scope import as_scope
+from .scope import as_scope, statement_names
 
 log = logging.getLogger("cogql.runtime")
 
@@ -242,7 +243,7 @@ class QueryRun:
         self.truncated = True
 
     def hole_spec(self, stmt: PromptStatement, hole: Hole, scope: dict[str, Any]) -> HoleSpec:
-        env = {**self.scope, **self.variables, **scope}
+        env = statement_names(self.scope, self.variables, scope)
         clauses = [stmt.where, self.query.where, *self._type_clause(stmt, hole, env)]
         encode = self.conn.tokenizer.encode
         return compile_hole(
@@ -380,8 +381,8 @@ class QueryRun:
         return result
 
     async def _distribution(self, result: LMQLResult, pending: _Pending) -> None:
-        env = {**self.scope, **self.variables, **pending.scope}
-        values = eval(compile(ast.Expression(pending.values), "<distribution>", "eval"), {}, env)
+        env = statement_names(self.scope, self.variables, pending.scope)
+        values = evaluate(pending.values, {}, "<distribution>", env)
         options = [str(v) for v in values]
         if not options:
             raise QueryCompileError("the distribution clause lists no values", source="")

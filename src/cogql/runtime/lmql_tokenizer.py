@@ -11,6 +11,7 @@ import weakref
 from types import ModuleType
 from typing import Any, overload
 
+from ..model_names import ModelNotFound
 from ..tokenizer import Tokenizer, TokenizerNotFound, load_tokenizer
 
 INVALID_CHARACTER = "\ufffd"
@@ -157,7 +158,7 @@ def tokenizer(model_identifier: str, type: str = "auto", **kwargs: Any) -> LMQLT
     try:
         return wrap(load_tokenizer(model_identifier), model_identifier)
     except TokenizerNotFound as as_tokenizer:
-        from ..engine.models import ModelNotFound, resolve_model_path
+        from ..engine.models import resolve_model_path  # a GGUF is converted: model files
 
         try:
             folder = resolve_model_path(model_identifier)

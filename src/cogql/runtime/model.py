@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..lmtp.client import LMTPClient, LMTPError
+from ..model_names import EMBEDDED_MODEL, RANDOM_MODEL, ModelNotFound
 from ..tokenizer import Tokenizer, load_tokenizer
 
 if TYPE_CHECKING:
@@ -108,7 +109,6 @@ class Model:
             return await open_replicate(name, endpoint, self.tokenizer, self.options)
         if endpoint and not endpoint.startswith("local:"):
             return await _open_remote(name, endpoint, self.tokenizer, self.options, self.token)
-        from ..engine.models import ModelNotFound
         from ..lmtp.transports.inprocess import InProcessTransport, local_engine
 
         local_name = name.removeprefix("local:") or None
@@ -142,7 +142,7 @@ class Model:
         return {k: v for k, v in kwargs.items() if v is not None}
 
 
-RANDOM = "random"  # LMQL's weightless test model (engine/random_model.py)
+RANDOM = RANDOM_MODEL  # LMQL's weightless test model (engine/random_model.py)
 
 # LMQL's aliases for models on OpenAI's API; its `openai/<model>` names are the others
 _OPENAI_ALIASES = {"chatgpt": "openai/gpt-3.5-turbo", "gpt-4": "openai/gpt-4"}
@@ -206,7 +206,7 @@ def _shared(name: str | None) -> Model:
 
 # --------------------------------------------------------------------------- default model
 
-EMBEDDED_IDENTIFIER = "local:SmolLM2-135M-Instruct"
+EMBEDDED_IDENTIFIER = f"local:{EMBEDDED_MODEL}"
 
 # LMQL reads LMQL_DEFAULT_MODEL too; unset, cogql's default is the embedded model
 _default_model: str | Model | None = os.environ.get("LMQL_DEFAULT_MODEL") or None

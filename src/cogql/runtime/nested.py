@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..language.compiler import hole_position
 from ..language.errors import QueryCompileError
+from ..language.expressions import evaluate
 from ..language.qstrings import Hole
 from .context import PromptContext
 from .events import OnEvent, QueryEvent, TextAppended, VariableFinished
@@ -60,7 +61,7 @@ def tactic_of(hole: Hole, env: dict[str, Any], source: str) -> Tactic | None:
     if isinstance(target, ast.Constant):
         return None
     try:
-        fn = _eval(target, env)
+        fn = evaluate(target, env, "<hole type>")
     except Exception as e:  # the expression is the user's: any error is theirs to see
         lineno, col = hole_position(source, None, hole.name)
         raise NestedQueryError(
@@ -69,13 +70,11 @@ def tactic_of(hole: Hole, env: dict[str, Any], source: str) -> Tactic | None:
     tactic = _as_tactic(fn)
     if tactic is None or not isinstance(node, ast.Call):
         return tactic
-    tactic.args = tuple(_eval(a, env) for a in node.args)
-    tactic.kwargs = {k.arg: _eval(k.value, env) for k in node.keywords if k.arg is not None}
+    tactic.args = tuple(evaluate(a, env, "<hole type>") for a in node.args)
+    tactic.kwargs = {
+        k.arg: evaluate(k.value, env, "<hole type>") for k in node.keywords if k.arg is not None
+    }
     return tactic
-
-
-def _eval(node: ast.expr, env: dict[str, Any]) -> Any:
-    return eval(compile(ast.Expression(node), "<hole type>", "eval"), env)
 
 
 def _as_tactic(fn: Any) -> Tactic | None:

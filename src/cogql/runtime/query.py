@@ -14,6 +14,7 @@ from ..constraints.compile import unknown_function_error
 from ..constraints.values import UnresolvedNameError, unresolved_message
 from ..language.compiler import CompiledQuery, compile_query
 from ..language.errors import QueryCompileError
+from ..language.expressions import evaluate
 from ..lmtp.cost import track_cost
 from .decoders import DECODER_ARGS, check_decoder, decode
 from .decoders import DecoderError as DecoderError  # raised by query calls; imported from here
@@ -149,17 +150,13 @@ def _first_use(query: CompiledQuery, name: str) -> tuple[int, int]:
     return 1, 0
 
 
-def _eval(node: ast.expr, scope: dict[str, Any]) -> Any:
-    return eval(compile(ast.Expression(node), "<query>", "eval"), scope)
-
-
 def _decoder(
     query: CompiledQuery, scope: dict[str, Any], runtime: dict[str, Any]
 ) -> tuple[str, dict[str, Any]]:
     """LMQL's precedence: the clause's decoder with call-time arguments merged over its own;
     without a clause, `decoder=` (a non-zero temperature makes the default `sample`)."""
     clause = query.decoder
-    args = {k: _eval(v, scope) for k, v in clause.args.items()} if clause else {}
+    args = {k: evaluate(v, scope) for k, v in clause.args.items()} if clause else {}
     name = clause.name if clause else runtime.get("decoder")
     args.update({k: v for k, v in runtime.items() if k in DECODER_ARGS})
     if name is None:
@@ -203,7 +200,7 @@ def _model(query: CompiledQuery, scope: dict[str, Any], runtime: dict[str, Any])
     if runtime.get("model") is not None:
         return as_model(runtime["model"])
     if query.model is not None:
-        return as_model(_eval(query.model, scope))
+        return as_model(evaluate(query.model, scope))
     return as_model(None)
 
 

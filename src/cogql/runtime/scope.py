@@ -51,6 +51,15 @@ def module_globals(query: CompiledQuery, captured: dict[str, Any]) -> dict[str, 
     return globals_
 
 
+def statement_names(
+    query_names: dict[str, Any], variables: dict[str, Any], local_names: dict[str, Any]
+) -> dict[str, Any]:
+    """What an expression of one prompt statement sees (its where clause, a hole's type or
+    decorators, the distribution's values): the query's names, then the holes generated so far,
+    then the locals of the prompt section at that statement."""
+    return {**query_names, **variables, **local_names}
+
+
 def as_scope(query: CompiledQuery, scope: dict[str, Any]) -> QueryScope:
     """A scope given as a plain dict (a caller that built its own) read as a QueryScope: its
     names are globals, the query's free variables among them also parameters."""

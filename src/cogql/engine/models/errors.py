@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+from cogql.model_names import ModelNotFound
+
 __all__ = ["ConversionError", "ModelNotFound", "ModelOptionError", "UnknownDtype"]
-
-
-class ModelNotFound(Exception):
-    """No model under that name; the message lists every place looked at and how to fix it."""
 
 
 class ConversionError(Exception):

