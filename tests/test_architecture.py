@@ -36,12 +36,6 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "cogql.serve",
         "cogql.lmtp.transports.inprocess",
         "cogql.replicate.cog",
-        # the Cog host before replicate/ is split into deploy/, cog/ and emulator/
-        "cogql.replicate.predictor",
-        "cogql.replicate.cogserver",
-        "cogql.replicate.cogbridge",
-        "cogql.replicate.modelargs",  # load_arguments builds the predictor's from_pretrained args
-        "cogql.replicate.layout",  # names the build writes and the predictor reads
     ),
     "deploy": ("cogql.replicate", "cogql.replicate.deploy", "cogql.replicate.emulator"),
     "engine": ("cogql.engine",),
@@ -96,7 +90,7 @@ ALLOWANCES: tuple[Allowance, ...] = (
         "which is the engine's model-file work (engine/models.py imports no torch itself)",
     ),
     Allowance(
-        ("cogql.replicate.sources", "cogql.replicate.deploy.sources"),
+        "cogql.replicate.deploy.sources",
         "cogql.engine.models",
         lazy_only=False,
         reason="a build converts a GGUF model into the project's checkpoints/ "
