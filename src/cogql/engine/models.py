@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cogql.errors import ModelError
 from cogql.locations import cache_dir, hf_hub_cache
 from cogql.tokenizer import Tokenizer, hf_snapshot, load_tokenizer
 
@@ -68,19 +69,19 @@ FORMAT_VERSION = 1
 _FINGERPRINT_CHUNK = 1 << 20
 
 
-class ModelNotFound(Exception):
+class ModelNotFound(ModelError):
     """No model under that name; the message lists every place looked at and how to fix it."""
 
 
-class ConversionError(Exception):
+class ConversionError(ModelError):
     """A GGUF file could not be converted (unsupported tokenizer or architecture, bad file)."""
 
 
-class UnknownDtype(ValueError):
+class UnknownDtype(ModelError, ValueError):
     """`dtype=` named something other than auto / float32 / float16 / bfloat16."""
 
 
-class ModelOptionError(ValueError):
+class ModelOptionError(ModelError, ValueError):
     """An option the model cannot take (a misspelt name, a value of the wrong kind)."""
 
 

@@ -28,6 +28,7 @@ from ..constraints.holespec import HoleSpec
 from ..constraints.values import HoleText
 from ..engine.kvcache import common_prefix
 from ..engine.masks import GrammarMatcher
+from ..errors import RunError
 from ..language.compiler import CompiledQuery
 from ..lmtp.client import LMTPError
 from ..lmtp.emulation import mask_bias
@@ -39,7 +40,7 @@ from .model import Connection
 from .result import LMQLResult
 
 
-class ReplayError(RuntimeError):
+class ReplayError(RunError, RuntimeError):
     """A program that took another path when it was run again with the same hole values."""
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import ast
 
+from ..errors import QueryError
 from ..language.compiler import CompiledQuery, InterpolationAt, hole_position
 from ..language.errors import HoleTypeError, QueryCompileError
 
 KNOWN_HOLE_TYPES = "int, str, a regex string or a name holding one, a query function"
 
 
-class InputError(TypeError):
+class InputError(QueryError, TypeError):
     """A query input that is missing or cannot be bound."""
 
 
