@@ -21,7 +21,7 @@ from .runtime.result import LMQLResult
 
 err = Console(stderr=True, soft_wrap=True)  # never hard-wrap paths in messages
 
-# `cogql run`'s exit status by what failed (README, "Command line")
+# `cogql run`'s exit status by what failed (README, "CLI")
 EXIT_QUERY = 2  # the command line or the query: fix it and run again (also click's usage errors)
 EXIT_RUN = 3  # the query ran, and what the model produced fails it
 EXIT_MODEL = 4  # the model or the way to it: not found, failed to load, unreachable

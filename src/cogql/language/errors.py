@@ -16,7 +16,7 @@ class QuerySyntaxError(QueryError, SyntaxError):
         super().__init__(self._render())
 
     def _render(self) -> str:
-        return point_at(self.message, self.source_text, self.lineno, self.offset)
+        return point_at(self.message, self.source_text, self.lineno or 1, self.offset or 1)
 
     def __str__(self) -> str:
         return self._render()
