@@ -92,7 +92,7 @@ def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "some" / "deeply" / "nested" / "folder" / "that-does-not-exist"
     query = f'argmax\n    "Hi[X]"\nfrom "local:{missing}"\n'
     result = CliRunner().invoke(main, ["run", "-"], query)
-    assert result.exit_code == 1
+    assert result.exit_code == 4  # a model error
     assert "ModelNotFound" in result.stderr and "looked at" in result.stderr
     assert str(missing) in result.stderr  # the whole path, on one line
     assert result.stdout == ""
@@ -198,7 +198,7 @@ def test_a_missing_query_file(tmp_path: Path) -> None:
 def test_an_error_after_streamed_text_starts_its_own_line() -> None:
     query = 'argmax "Hello [A]" where len(TOKENS(A)) < 2 and A.count("z") > 5\n'
     result = CliRunner().invoke(main, ["run", "-", "--model", "random"], query)
-    assert result.exit_code == 2
+    assert result.exit_code == 3  # a run error
     assert result.stdout.startswith("Hello") and result.stdout.endswith("\n")
     assert "\nerror: the model produced no value of A" in result.output
 

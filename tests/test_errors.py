@@ -8,6 +8,7 @@ assertion)."""
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
 import pytest
@@ -235,6 +236,27 @@ def test_an_unknown_hole_type_is_named_before_any_model_call() -> None:
     assert at(e) == (3, len('    "Hello ') + 1)
     assert model._connection is None  # the model was not even loaded
     assert isinstance(e, InputError)  # what an unknown tactic name has always raised
+
+
+def test_a_literal_that_is_no_hole_type_fails_at_compile_time() -> None:
+    for literal in ("12", "1.5", "None", "b'[0-9]'"):
+        e = compile_error(f'argmax\n    "Hi [A]"\n    "Hello [X: {literal}]"')
+        assert isinstance(e, HoleTypeError) and at(e) == (3, len('    "Hello ') + 1)
+        assert f"[X: {literal}] needs int, str" in e.message
+    compile_query("argmax\n    \"Hello [X: r'[0-9]+']\"")  # a string literal is a regex
+
+
+@pytest.mark.parametrize(("value", "shown"), [(12, "'12'"), (float, "\"<class 'float'>\"")])
+def test_an_input_that_is_no_hole_type_fails_before_any_model_call(value: Any, shown: str) -> None:
+    """Any model call would fail (nothing listens there): the type error comes first."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = cogql.model("random", endpoint=f"127.0.0.1:{s.getsockname()[1]}")
+    query = 'argmax\n    "Hi [A]\\n"\n    "Hello [X: t]"'
+    e = run_error(query, HoleTypeError, model=dead, t=value)
+    assert f"Not a valid type expression or tactic annotation {shown}" in e.message
+    assert at(e) == (3, len('    "Hello ') + 1)
+    assert isinstance(e, TypeError)  # as LMQL raises it when it reaches the hole
 
 
 def test_a_hole_type_given_as_input_is_still_a_type() -> None:

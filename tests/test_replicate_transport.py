@@ -455,8 +455,9 @@ async def test_lmql_wire_format_without_extensions(
 async def test_a_wrong_token_fails_the_lookup_clearly(emulator: ReplicateEmulator) -> None:
     bad = ReplicateTransport(parse_endpoint(f"replicate:{REF}"), api_token="r8_wrong",
                              base_url=emulator.base_url)  # fmt: skip
-    with pytest.raises(ReplicateAuthError, match=r"rejected the API token.*HTTP 401"):
+    with pytest.raises(ReplicateAuthError, match=r"rejected the API token.*HTTP 401") as info:
         await bad.open()
+    assert isinstance(info.value, cogql.TransportError) and not info.value.retryable
 
 
 @pytest.mark.parametrize(
@@ -470,8 +471,9 @@ async def test_a_wrong_token_fails_the_lookup_clearly(emulator: ReplicateEmulato
 async def test_unknown_names_fail_the_lookup_clearly(
     emulator: ReplicateEmulator, endpoint: str, message: str
 ) -> None:
-    with pytest.raises(ReplicateAPIError, match=message):
+    with pytest.raises(ReplicateAPIError, match=message) as info:
         await transport(emulator, endpoint).open()
+    assert info.value.status == 404 and not info.value.retryable
 
 
 @pytest.mark.parametrize("form", ["{ref}/{v}", "{ref}:{v}", "deployment/{ref}"])
@@ -533,8 +535,9 @@ async def test_an_endless_429_storm_gives_up_clearly(emulator: ReplicateEmulator
     before = recent(emulator)
     emulator.faults.throttle_creates(100, retry_after=0)
     try:
-        with pytest.raises(LMTPError, match=r"in 3 attempts.*HTTP 429"):
+        with pytest.raises(LMTPError, match=r"in 3 attempts.*HTTP 429") as info:
             await tokens(client, gen(3))
+        assert isinstance(info.value, cogql.TransportError) and info.value.retryable
     finally:
         emulator.faults.clear()
     assert created_since(emulator, before) == []
@@ -633,6 +636,7 @@ async def test_an_op_the_model_rejects_names_the_prediction(emulator: ReplicateE
     client = await client_for(emulator)
     with track_cost() as cost, pytest.raises(LMTPError, match="Replicate prediction") as info:
         await client.score(PROMPT, [[]])  # nothing to score: the predictor answers an error
+    assert not info.value.retryable  # the same op would fail again
     assert "scored" in str(info.value) and cost.prediction_ids[0] in str(info.value)
 
 

@@ -10,13 +10,20 @@ from typing import Any
 
 from . import algorithms
 from . import tokenizer as _tokenizer_module
-from .language.errors import QueryCompileError, QuerySyntaxError
+from .constraints.values import ConstraintError
+from .errors import CogqlError, DeployError, ModelError, QueryError, RunError, TransportError
+from .language.errors import HoleTypeError, QueryCompileError, QuerySyntaxError
+from .lmtp.client import LMTPError
 from .runtime import decorators
+from .runtime.clientside import ConstraintUnsatisfiedError
+from .runtime.decoders import DecoderError, NoResultError
 from .runtime.events import ModelCall, QueryEvent, QueryFinished, TextAppended, VariableFinished
 from .runtime.functions import F, generate, generate_sync, main
 from .runtime.lmql_tokenizer import LMQLTokenizer, TokenizerModule
+from .runtime.missing_inputs import InputError
 from .runtime.model import (
     Model,
+    ModelConfigError,
     get_default_model,
     get_default_scoring_model,
     model,
@@ -31,22 +38,36 @@ from .runtime.writers import headless, printing, silent
 
 __all__ = [
     "LLM",
+    "CogqlError",
+    "ConstraintError",
+    "ConstraintUnsatisfiedError",
+    "DecoderError",
+    "DeployError",
     "F",
+    "HoleTypeError",
     "InferenceCertificate",
+    "InputError",
     "LMQLQueryFunction",
     "LMQLResult",
     "LMQLTokenizer",
+    "LMTPError",
     "Model",
     "ModelCall",
+    "ModelConfigError",
+    "ModelError",
+    "NoResultError",
     "QueryCompileError",
+    "QueryError",
     "QueryEvent",
     "QueryFinished",
     "QueryFunction",
     "QueryStream",
     "QuerySyntaxError",
+    "RunError",
     "ScoringResult",
     "TextAppended",
     "Tracer",
+    "TransportError",
     "VariableFinished",
     "algorithms",
     "certificate",

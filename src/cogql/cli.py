@@ -12,6 +12,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
+from .errors import ModelError, QueryError, RunError, TransportError
 from .language.errors import QuerySyntaxError
 from .language.source_file import QueryFileError, read_query_source
 from .runtime.events import ModelCall, QueryEvent, TextAppended
@@ -19,6 +20,12 @@ from .runtime.interrupt import run_interruptible
 from .runtime.result import LMQLResult
 
 err = Console(stderr=True, soft_wrap=True)  # never hard-wrap paths in messages
+
+# `cogql run`'s exit status by what failed (README, "CLI")
+EXIT_QUERY = 2  # the command line or the query: fix it and run again (also click's usage errors)
+EXIT_RUN = 3  # the query ran, and what the model produced fails it
+EXIT_MODEL = 4  # the model or the way to it: not found, failed to load, unreachable
+EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -134,7 +141,18 @@ def _read_query(path: str) -> str:
         message = f"cannot read {name}: {e.strerror or e}"
     except QueryFileError as e:
         message = str(e)
-    fail(message, 2)
+    fail(message, EXIT_QUERY)
+
+
+def exit_status(error: Exception) -> int:
+    """`cogql run`'s status for an error: by its family; 1 for anything else (a bug)."""
+    if isinstance(error, QueryError):
+        return EXIT_QUERY
+    if isinstance(error, RunError):
+        return EXIT_RUN
+    if isinstance(error, ModelError | TransportError):
+        return EXIT_MODEL
+    return 1
 
 
 @main.command()
@@ -150,7 +168,9 @@ def _read_query(path: str) -> str:
 def run(file: str, model_name: str | None, sets: tuple[str, ...], as_json: bool, trace: bool):
     """Run the query in FILE (use - for standard input; at most 1 MiB of UTF-8 text).
 
-    One Ctrl-C stops the run, cancelling its model calls, and exits with status 130.
+    One Ctrl-C stops the run, cancelling its model calls, and exits with status 130. Errors
+    exit with 2 (the query or its inputs), 3 (the run: e.g. no value satisfies a constraint)
+    or 4 (the model: not found, failed to load, unreachable).
     """
     import cogql
 
@@ -158,20 +178,19 @@ def run(file: str, model_name: str | None, sets: tuple[str, ...], as_json: bool,
     inputs = _parse_sets(sets)
     printer = _Printer(not as_json, trace)
     kwargs: dict[str, Any] = {"output": printer}
-    if model_name:
-        kwargs["model"] = cogql.model(model_name)
     try:
+        if model_name:
+            kwargs["model"] = cogql.model(model_name)
         result = run_interruptible(cogql.run(source, **inputs, **kwargs))
     except KeyboardInterrupt:
         printer.end_line()
         note("interrupted")
-        sys.exit(130)
-    except QuerySyntaxError as e:
-        printer.end_line()
-        fail(str(e), 2)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as e:
         printer.end_line()
-        fail(f"{type(e).__name__}: {e}")
+        # errors that point into the query show where; others say what they are
+        located = isinstance(e, QuerySyntaxError | cogql.ConstraintUnsatisfiedError)
+        fail(str(e) if located else f"{type(e).__name__}: {e}", exit_status(e))
     if as_json:
         click.echo(json.dumps(_to_json(result), indent=2))
     else:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+from .errors import ModelError
+
 __all__ = [
     "EMBEDDED_MODEL",
     "LLAMA_CPP_PREFIX",
@@ -24,7 +26,7 @@ RANDOM_MODEL = "random"
 LLAMA_CPP_PREFIX = "llama.cpp:"
 
 
-class ModelNotFound(Exception):
+class ModelNotFound(ModelError):
     """No model under that name; the message lists every place looked at and how to fix it."""
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import tokenizers
 
+from .errors import ModelError
 from .locations import hf_hub_cache
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ __all__ = [
 ]
 
 
-class TokenizerNotFound(Exception):
+class TokenizerNotFound(ModelError):
     """No tokenizer could be loaded from the given path or name; the message says where we looked."""
 
 

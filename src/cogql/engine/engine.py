@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ..errors import TransportError
 from ..grammar import GRAMMAR_TIMEOUT_S, MAX_GRAMMAR_BYTES, GrammarCompiler, GrammarError
 from ..lmtp.messages import (
     ENGINE_CAPABILITIES,
@@ -59,7 +60,7 @@ __all__ = ["Engine", "EngineStopped", "StreamHandle", "usable_tokens"]
 log = logging.getLogger("cogql.engine")
 
 
-class EngineStopped(RuntimeError):
+class EngineStopped(TransportError, RuntimeError):
     """The engine's thread no longer runs; the message says why."""
 
 

@@ -29,6 +29,8 @@ import llguidance
 import llguidance.numpy
 import numpy as np
 
+from ..errors import QueryError
+
 if TYPE_CHECKING:
     from ..tokenizer import Tokenizer
 
@@ -38,7 +40,7 @@ GRAMMAR_TIMEOUT_S = 60.0
 COMPILE_THREADS = 2
 
 
-class GrammarError(ValueError):
+class GrammarError(QueryError, ValueError):
     """A grammar that llguidance rejects or fails on; the message is llguidance's own."""
 
 

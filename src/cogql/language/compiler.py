@@ -661,18 +661,32 @@ def invalid_hole_type(hole: Hole, shown: str) -> str:
 
 
 def _check_hole_types(statements: list[PromptStatement], defined: set[str], source: str) -> None:
-    """`[X: float]`, a builtin other than int and str that the query does not redefine, is
-    never a hole type: reported now rather than when the hole is reached, after model calls."""
+    """Hole types that no scope can make valid are reported now rather than when the hole is
+    reached, after model calls."""
     for stmt in statements:
         for hole in stmt.holes:
-            name = (hole.type_expr or "").strip()
-            if name in ("int", "str") or name in defined or not _is_builtin(name):
+            shown = _never_a_type((hole.type_expr or "").strip(), defined)
+            if shown is None:
                 continue
             lineno, col = hole_position(source, stmt, hole.name)
-            shown = str(getattr(builtins, name))
             raise HoleTypeError(
                 invalid_hole_type(hole, shown), source=source, lineno=lineno, col=col
             )
+
+
+def _never_a_type(expr: str, defined: set[str]) -> str | None:
+    """How LMQL shows `expr` when it can never be a hole type (None when it may be one): a
+    builtin other than int and str that the query does not redefine (`float`), or a literal
+    other than a string (`12`, `None`)."""
+    if expr in ("int", "str") or expr in defined:
+        return None
+    if _is_builtin(expr):
+        return str(getattr(builtins, expr))
+    try:
+        value = ast.literal_eval(expr)
+    except Exception:  # not a literal: a name or an expression, known when the query runs
+        return None
+    return None if isinstance(value, str) else str(value)
 
 
 def _is_builtin(name: str) -> bool:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ..errors import QueryError, point_at
 
-class QuerySyntaxError(SyntaxError):
+
+class QuerySyntaxError(QueryError, SyntaxError):
     """A malformed query. `lineno`/`offset` are 1-based positions in the query source."""
 
     def __init__(self, message: str, *, source: str = "", lineno: int = 1, col: int = 0) -> None:
@@ -14,12 +16,7 @@ class QuerySyntaxError(SyntaxError):
         super().__init__(self._render())
 
     def _render(self) -> str:
-        lines = self.source_text.splitlines()
-        where = f"line {self.lineno}, column {self.offset}"
-        if 0 < self.lineno <= len(lines):
-            line = lines[self.lineno - 1]
-            return f"{self.message} ({where})\n    {line}\n    {' ' * (self.offset - 1)}^"
-        return f"{self.message} ({where})"
+        return point_at(self.message, self.source_text, self.lineno or 1, self.offset or 1)
 
     def __str__(self) -> str:
         return self._render()

@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ..errors import QueryError
+
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
-class QStringError(ValueError):
+class QStringError(QueryError, ValueError):
     """A malformed prompt string; the compiler adds the line and column, finding `fragment`
     (the offending text, e.g. the hole) in the query's source."""
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
+from ..errors import QueryError
+
 MAX_QUERY_BYTES = 1 << 20  # 1 MiB
 
 
-class QueryFileError(ValueError):
+class QueryFileError(QueryError, ValueError):
     """A query file that cannot be read as a query: unreadable, too large, or not UTF-8."""
 
 

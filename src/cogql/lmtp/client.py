@@ -14,6 +14,7 @@ from contextlib import aclosing
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from ..errors import TransportError
 from .cost import current_cost
 from .messages import (
     AFTER,
@@ -34,8 +35,9 @@ if TYPE_CHECKING:
     from .emulation import ExtensionEmulator
 
 
-class LMTPError(RuntimeError):
-    """The server reported an error for a stream."""
+class LMTPError(TransportError, RuntimeError):
+    """The server reported an error for a stream, or the transport failed it (`retryable`
+    when it was the connection or a rate limit, not the request)."""
 
 
 class ScoreAfter:
@@ -119,7 +121,7 @@ class _Gathered:
         for events in self.events.values():
             errors = [e for e in events if isinstance(e, ErrorEvent)]
             if errors:
-                raise LMTPError(errors[0].error)
+                raise LMTPError(errors[0].error, retryable=errors[0].retryable)
             out.append([e.logprob for e in events if isinstance(e, TokenEvent)])
         return out
 
@@ -164,7 +166,7 @@ class LMTPClient:
         op = ModelInfo(next(self._ids), self.model, dict(data))
         event = (await self._collect([op])).events[op.stream_id][-1]
         if isinstance(event, ErrorEvent):
-            raise LMTPError(f"MODEL_INFO failed: {event.error}")
+            raise LMTPError(f"MODEL_INFO failed: {event.error}", retryable=event.retryable)
         info = event.model_info if isinstance(event, InfoEvent) else None
         return info if isinstance(info, dict) else {"model_info": info}
 
@@ -327,7 +329,7 @@ async def _read(
             event = await queue.get()
             if isinstance(event, ErrorEvent):
                 finished = True
-                raise LMTPError(event.error)
+                raise LMTPError(event.error, retryable=event.retryable)
             if isinstance(event, TokenEvent):
                 count()
                 yield event

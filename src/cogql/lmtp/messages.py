@@ -14,13 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..errors import TransportError
+
 GENERATE, SCORE, MODEL_INFO = "GENERATE", "SCORE", "MODEL_INFO"
 TOKEN, MSG = "TOKEN", "MSG"
 DEFAULT_MAX_TOKENS = 32
 EXTENSIONS = ("grammar", "stop", "seed", "min_tokens")
 
 
-class ProtocolError(ValueError):
+class ProtocolError(TransportError, ValueError):
     """A message that does not follow LMTP; `stream_id` is set when the message named one."""
 
     def __init__(self, message: str, stream_id: Any = None) -> None:
@@ -86,6 +88,9 @@ class ErrorEvent:
     stream_id: Any
     error: str
     as_msg: bool = True
+    # set by the client's transport for its own failures (a dropped connection, HTTP 429);
+    # never on the wire: what a server reports is not known to be worth repeating
+    retryable: bool = field(default=False, compare=False)
 
 
 Event = TokenEvent | InfoEvent | ErrorEvent

@@ -21,6 +21,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ModelError
 from ..tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ ROLES = ("system", "user", "assistant")
 _SENTINELS = ("cogqlsentinelalpha", "cogqlsentinelbeta", "cogqlsentinelgamma", "cogqlsentineldelta")
 
 
-class ChatTemplateError(ValueError):
+class ChatTemplateError(ModelError, ValueError):
     """A chat template whose output cannot be split into per-message pieces."""
 
 

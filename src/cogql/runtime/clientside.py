@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..constraints.holespec import HoleSpec
-from ..constraints.values import ConstraintError, HoleText, Predicate
+from ..constraints.values import HoleText, Predicate
+from ..errors import RunError, point_at
 from ..grammar import GrammarCompiler, GrammarMatcher, common_prefix, mask_bias
 from ..lmtp.messages import Generate
 from ..tokenizer import Tokenizer
@@ -43,8 +44,16 @@ TOP_CANDIDATES = 16  # candidates per slow-path step
 _compilers: dict[int, tuple[Tokenizer, GrammarCompiler]] = {}
 
 
-class ConstraintUnsatisfiedError(ConstraintError):
-    """The model produced no value that satisfies a constraint checked in Python."""
+class ConstraintUnsatisfiedError(RunError):
+    """The model produced no value that satisfies a constraint checked in Python; `lineno`
+    and `offset` (1-based) point at that constraint in the query's source."""
+
+    def __init__(self, message: str, *, source: str, lineno: int, col: int) -> None:
+        self.message = message
+        self.source_text = source
+        self.lineno = max(lineno, 1)
+        self.offset = col + 1
+        super().__init__(point_at(message, source, self.lineno, self.offset))
 
 
 def grammar_compiler(tokenizer: Tokenizer) -> GrammarCompiler:

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import QueryError, RunError
 from ..language.compiler import CompiledQuery
 from .events import OnEvent
 from .hypotheses import Explorer, Hypothesis
@@ -23,11 +24,11 @@ from .model import ConnectedModel
 log = logging.getLogger("cogql.runtime")
 
 
-class DecoderError(ValueError):
+class DecoderError(QueryError, ValueError):
     """An unknown decoder, or a decoder argument it does not take or cannot use."""
 
 
-class NoResultError(RuntimeError):
+class NoResultError(RunError, RuntimeError):
     """A search in which no hypothesis reached the end of the program."""
 
 

@@ -15,8 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import QueryError
 
-class DecoratorError(TypeError):
+
+class DecoratorError(QueryError, TypeError):
     """A decorator expression that does not evaluate to something usable as a decorator."""
 
 

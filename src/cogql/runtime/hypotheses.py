@@ -26,6 +26,7 @@ import numpy as np
 
 from ..constraints.holespec import HoleSpec
 from ..constraints.values import HoleText
+from ..errors import RunError
 from ..grammar import GrammarMatcher, common_prefix, mask_bias
 from ..language.compiler import CompiledQuery
 from ..lmtp.client import LMTPError
@@ -37,7 +38,7 @@ from .model import ConnectedModel
 from .result import LMQLResult
 
 
-class ReplayError(RuntimeError):
+class ReplayError(RunError, RuntimeError):
     """A program that took another path when it was run again with the same hole values."""
 
 

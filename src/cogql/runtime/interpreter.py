@@ -20,6 +20,7 @@ from typing import Any
 
 from ..constraints.compile import compile_hole
 from ..constraints.holespec import HoleSpec
+from ..errors import RunError
 from ..language.compiler import (
     QUERY_FUNCTION,
     RUNTIME_NAME,
@@ -129,7 +130,7 @@ class QueryRun:
         fn = types.FunctionType(code, scope.globals)
         try:
             return await fn(QueryContext(self), **scope.params)
-        except QuerySyntaxError:
+        except (QuerySyntaxError, RunError):  # cogql's own, never an interpolation's
             raise
         except Exception as e:
             located = interpolation_error(self.query, code, e)

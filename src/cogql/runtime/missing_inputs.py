@@ -8,14 +8,17 @@ or a prompt string's `{expr}`.
 from __future__ import annotations
 
 import ast
+from collections.abc import Mapping
+from typing import Any
 
-from ..language.compiler import CompiledQuery, InterpolationAt, hole_position
+from ..errors import QueryError
+from ..language.compiler import CompiledQuery, InterpolationAt, hole_position, invalid_hole_type
 from ..language.errors import HoleTypeError, QueryCompileError
 
 KNOWN_HOLE_TYPES = "int, str, a regex string or a name holding one, a query function"
 
 
-class InputError(TypeError):
+class InputError(QueryError, TypeError):
     """A query input that is missing or cannot be bound."""
 
 
@@ -43,6 +46,34 @@ def unknown_hole_type(query: CompiledQuery, names: list[str]) -> UnknownHoleType
                 col=col,
             )
     return None
+
+
+def input_hole_type(query: CompiledQuery, scope: Mapping[str, Any]) -> HoleTypeError | None:
+    """The error for the first hole whose type names an input (or a name the query captured)
+    that holds no hole type, as `t=12` in `[X: t]`: found when the query is called, before
+    any model call, rather than when the hole is reached."""
+    for stmt in query.statements:
+        for hole in stmt.holes:
+            name = (hole.type_expr or "").strip()
+            if name not in query.free_variables or name not in scope:
+                continue
+            if _is_hole_type(scope[name]):
+                continue
+            lineno, col = hole_position(query.source, stmt, hole.name)
+            return HoleTypeError(
+                invalid_hole_type(hole, str(scope[name])),
+                source=query.source,
+                lineno=lineno,
+                col=col,
+            )
+    return None
+
+
+def _is_hole_type(value: Any) -> bool:
+    """What the interpreter accepts as a hole's type: int, str, a regex string, a query."""
+    from .query import BoundQuery, QueryFunction
+
+    return value is int or value is str or isinstance(value, str | QueryFunction | BoundQuery)
 
 
 def interpolation_reading(

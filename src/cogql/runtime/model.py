@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ModelError
 from ..lmtp.client import LMTPClient, LMTPError
 from ..model_names import EMBEDDED_MODEL, RANDOM_MODEL, ModelNotFound
 from ..tokenizer import Tokenizer, load_tokenizer
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("cogql.runtime")
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(ModelError, ValueError):
     """A model reference that cannot be used as given."""
 
 
@@ -260,7 +261,7 @@ async def _open_remote(
     try:
         caps = await server_capabilities(client, transport.url, poll=0.25)
     except LMTPError as e:
-        raise LMTPError(f"LMTP server at {transport.url}: {e}") from None
+        raise LMTPError(f"LMTP server at {transport.url}: {e}", retryable=e.retryable) from None
     return await remote_connection(client, caps, name, tokenizer, transport.url, options)
 
 

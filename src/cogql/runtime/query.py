@@ -21,7 +21,7 @@ from .decoders import DecoderError as DecoderError  # raised by query calls; imp
 from .events import OnEvent
 from .missing_inputs import InputError as InputError  # raised by query calls; imported from here
 from .missing_inputs import MissingInputError as MissingInputError
-from .missing_inputs import interpolation_reading, unknown_hole_type
+from .missing_inputs import input_hole_type, interpolation_reading, unknown_hole_type
 from .model import Model, as_model
 from .query_attributes import LMQLQueryAttributes
 from .result import attach_cost
@@ -99,7 +99,11 @@ class QueryFunction(LMQLQueryAttributes):
             raise _unresolved(self.compiled, missing)
         if self._globals is None:
             self._globals = module_globals(self.compiled, self.scope)
-        return QueryScope(self._globals, inputs, self.compiled.free_variables)
+        scope = QueryScope(self._globals, inputs, self.compiled.free_variables)
+        wrong_type = input_hole_type(self.compiled, scope)
+        if wrong_type is not None:
+            raise wrong_type
+        return scope
 
 
 def _unresolved(query: CompiledQuery, names: list[str]) -> Exception:

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import QueryError
 from .model import ConnectedModel, Model, as_model
 
 AGGREGATIONS = ("sum", "mean", "normalized")
 
 
-class ScoringError(ValueError):
+class ScoringError(QueryError, ValueError):
     """Values that cannot be scored, or an aggregation that does not exist."""
 
 

@@ -17,10 +17,11 @@ import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..errors import DeployError
 from ..lmtp.transports.websocket import TOKEN_ENV
 
 
-class AccessConfigError(ValueError):
+class AccessConfigError(DeployError, ValueError):
     """A token, origin or certificate setting the server cannot use."""
 
 

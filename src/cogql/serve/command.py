@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..errors import DeployError
+
 if TYPE_CHECKING:
     from ..engine.engine import Engine
 
@@ -22,7 +24,7 @@ IGNORED_FLAGS = {"static", "single_thread", "docker_hide_port", "torch_compile",
 IGNORED_VALUED = {"loader", "layout", "batch_size"}
 
 
-class ServeUsageError(ValueError):
+class ServeUsageError(DeployError, ValueError):
     """A command line that cannot be served as given (reported before anything starts)."""
 
 

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ModelError
 from ..lmtp.messages import TOKENIZER, tokenizer_to_wire
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ UNAVAILABLE = "<unavailable>"  # LMQL's model_info while the model loads
 SERVER_CAPABILITIES = ("cancel",)  # handled by the server itself, on top of the engine's
 
 
-class ModelUnavailable(RuntimeError):
+class ModelUnavailable(ModelError, RuntimeError):
     """The model failed to load; every op is answered with this message."""
 
 

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from ...errors import TransportError, retryable_status
 from ..messages import (
     MODEL_INFO,
     ErrorEvent,
@@ -69,12 +70,15 @@ def redact_authorization(logger: logging.Logger) -> None:
         logger.addFilter(_RedactAuthorization())
 
 
-class EndpointError(ValueError):
+class EndpointError(TransportError, ValueError):
     """An endpoint string that is not a websocket address."""
 
 
-class LMTPConnectionError(ConnectionError):
-    """The server cannot be reached, or the connection dropped; the message names the URL."""
+class LMTPConnectionError(TransportError, ConnectionError):
+    """The server cannot be reached, or the connection dropped; the message names the URL.
+    Retryable, unless the server answered the handshake with a status that says otherwise."""
+
+    retryable = True
 
 
 def endpoint_url(endpoint: str) -> str:
@@ -186,7 +190,7 @@ class _EndpointSocket:
             ws = await self.connected()
         except LMTPConnectionError as e:
             self._outbox.clear()
-            self._fail(list(self._routes), str(e))
+            self._fail(list(self._routes), str(e), retryable=e.retryable)
             return
         frame, wire_ids = self._outbox[0]  # read after connecting: a probe may lead now
         if wire_ids and not any(w in self._routes for w in wire_ids):
@@ -232,7 +236,8 @@ class _EndpointSocket:
             )
         except InvalidStatus as e:  # a server that answered, and refused: say why
             raise LMTPConnectionError(
-                f"LMTP server at {self.url} refused the connection: {_refusal(e)}"
+                f"LMTP server at {self.url} refused the connection: {_refusal(e)}",
+                retryable=retryable_status(e.response.status_code),
             ) from None
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as e:
             raise LMTPConnectionError(f"no LMTP server at {self.url}: {_reason(e)}") from None
@@ -266,7 +271,8 @@ class _EndpointSocket:
             if self._ws is ws:
                 self._ws = None
             sent = [w for w, r in self._routes.items() if r.sent]
-            self._fail(sent, f"connection to LMTP server at {self.url} lost ({reason})")
+            lost = f"connection to LMTP server at {self.url} lost ({reason})"
+            self._fail(sent, lost, retryable=True)
 
     def _dispatch(self, message: str) -> None:
         try:
@@ -293,16 +299,17 @@ class _EndpointSocket:
         self._fail(
             [wire_id],
             f"LMTP server at {self.url} did not answer MODEL_INFO within {self.info_timeout:g} s",
+            retryable=True,
         )
 
-    def _fail(self, wire_ids: list[int], message: str) -> None:
+    def _fail(self, wire_ids: list[int], message: str, *, retryable: bool = False) -> None:
         for w in wire_ids:
             route = self._routes.pop(w, None)
             if route is None:
                 continue
             if route.timer is not None:
                 route.timer.cancel()
-            route.on_event(ErrorEvent(route.stream_id, message, as_msg=False))
+            route.on_event(ErrorEvent(route.stream_id, message, as_msg=False, retryable=retryable))
 
     def _abort(self) -> None:
         """The event loop is shutting down: drop the socket without a closing handshake."""

@@ -33,6 +33,7 @@ from typing import Any
 
 import httpx
 
+from ...errors import DeployError
 from ...lmtp.sse import SSEDecoder
 
 PREDICTOR_REF = "predict.py:Predictor"
@@ -41,7 +42,7 @@ BRIDGE = Path(__file__).with_name("cogbridge.py")
 UNSHARE = ("unshare", "--user", "--map-root-user", "--net")
 
 
-class CogServerError(RuntimeError):
+class CogServerError(DeployError, RuntimeError):
     """The server did not become ready (setup failed, or it exited); carries its logs."""
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...errors import DeployError
+
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DTYPE_KEYS = ("torch_dtype", "dtype")  # LMQL's name and current transformers' name
 BOOL_KEYS = (
@@ -32,7 +34,7 @@ REJECTED = {
 }
 
 
-class ModelArgsIssue(ValueError):
+class ModelArgsIssue(DeployError, ValueError):
     """One bad `config.*` entry: which key, what is wrong, and the fix."""
 
     def __init__(self, key: str, problem: str, fix: str) -> None:

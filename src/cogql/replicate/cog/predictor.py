@@ -36,6 +36,7 @@ from cog import BaseRunner
 
 from ...engine.engine import Engine, EngineStopped
 from ...engine.sink import LoopSink
+from ...errors import ModelError, TransportError
 from ...lmtp.messages import (
     Event,
     Generate,
@@ -54,11 +55,11 @@ from .modelargs import load_arguments
 _POLL_S = 1.0
 
 
-class BatchError(ValueError):
+class BatchError(TransportError, ValueError):
     """`ops_batch_json` is not a JSON list of [TYPE, {payload}] pairs; the prediction fails."""
 
 
-class PredictorSetupError(RuntimeError):
+class PredictorSetupError(ModelError, RuntimeError):
     """The model could not be loaded; Cog reports setup as failed, with this message."""
 
 

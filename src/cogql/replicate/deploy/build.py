@@ -30,6 +30,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from ...errors import DeployError
 from ..cog.layout import BUILD_INFO, CHECKPOINTS, MODEL_ARGS, PUSH_SCRIPT, VENDOR_DIR
 from ..cog.modelargs import is_quantized
 from . import requirements, schema
@@ -40,7 +41,7 @@ from .sources import ModelFiles, SourceError, collect
 TEMPLATES = Path(__file__).parent / "templates"
 
 
-class BuildError(Exception):
+class BuildError(DeployError):
     """One or more models cannot be built; nothing was written."""
 
 

@@ -34,6 +34,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from ...errors import DeployError
 from ..cog.modelargs import check_model_args
 from .untrusted import control_character
 
@@ -51,7 +52,7 @@ NAME_RULE = (
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
 
 
-class ConfigError(Exception):
+class ConfigError(DeployError):
     """config.toml is missing, unreadable or wrong; `issues` lists every mistake found."""
 
     def __init__(self, path: Path, issues: list[ConfigIssue]) -> None:

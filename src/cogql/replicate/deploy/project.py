@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...errors import DeployError
 from .untrusted import relative_name_problem
 
 MANIFEST = ".cogql-manifest.json"
@@ -34,7 +35,7 @@ FORMAT = 1
 _LINK_ERRORS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES}
 
 
-class ProjectConflict(Exception):
+class ProjectConflict(DeployError):
     """Files in the way that cogql must not touch; nothing was written."""
 
     def __init__(self, conflicts: list[str]) -> None:

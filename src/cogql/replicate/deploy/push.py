@@ -16,12 +16,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from ...errors import DeployError
 from ..cog.layout import PUSH_SCRIPT
 from .config import image_problem, name_problem
 from .project import Manifest, ProjectConflict
 
 
-class PushError(Exception):
+class PushError(DeployError):
     """The project cannot be pushed from here; the message says why and what to run."""
 
 

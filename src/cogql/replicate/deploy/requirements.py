@@ -19,12 +19,14 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from ...errors import DeployError
+
 COG_VERSION = "0.23.1"
 BITSANDBYTES = "bitsandbytes==0.50.2"  # not installable here (no GPU); pinned to a release
 SKIP = {"cog", "coglet", "cogql"}
 
 
-class RequirementsError(Exception):
+class RequirementsError(DeployError):
     """cogql's own dependencies are not installed, so nothing can be pinned."""
 
 

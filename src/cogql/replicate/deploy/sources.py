@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ...engine.models import ModelNotFound, resolve_model_path
+from ...errors import DeployError
 from ...locations import hf_hub_cache
 from .config import ConfiguredModel
 from .untrusted import inside, relative_name_problem
@@ -60,7 +61,7 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
 
 
-class SourceError(Exception):
+class SourceError(DeployError):
     """A model's files cannot be found or are incomplete; the message says what to do."""
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from ...errors import DeployError
 from ...lmtp.sse import SSEDecoder
 from ..cog.cogserver import CogServer
 from .catalog import ModelEntry
@@ -41,7 +42,7 @@ WORKER_CRASHED = "Worker crashed"  # Cog's error for a prediction whose worker d
 _LOG_TAIL = 2000
 
 
-class CogUnavailable(RuntimeError):
+class CogUnavailable(DeployError, RuntimeError):
     """The model's Cog server cannot run predictions (it exited or its setup failed)."""
 
 

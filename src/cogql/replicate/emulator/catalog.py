@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ...errors import DeployError
 from ..deploy.project import MANIFEST, Manifest, ProjectConflict
 from ..deploy.requirements import COG_VERSION
 
@@ -31,7 +32,7 @@ _hash_cache: dict[tuple[int, int, int, int], str] = {}
 _hash_lock = threading.Lock()
 
 
-class ProjectError(Exception):
+class ProjectError(DeployError):
     """A folder given to the emulator is not a built Cog project (or two share a name)."""
 
 

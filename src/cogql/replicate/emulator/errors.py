@@ -9,17 +9,19 @@ from __future__ import annotations
 
 from starlette.responses import JSONResponse
 
+from ...errors import TransportError, retryable_status
+
 PROBLEM_JSON = "application/problem+json"
 
 
-class APIError(Exception):
+class APIError(TransportError):
     """An HTTP error answer of the emulated API."""
 
     status = 500
     title = "Internal server error"
 
     def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail)
+        super().__init__(detail, retryable=retryable_status(self.status))
         self.detail = detail
         self.headers = headers or {}
 
@@ -81,8 +83,8 @@ class ServerError(APIError):
     title = "Server error"
 
     def __init__(self, status: int) -> None:
+        self.status = status  # first: it decides `retryable`
         super().__init__(f"injected server error {status}")
-        self.status = status
 
 
 def problem(

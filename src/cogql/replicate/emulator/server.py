@@ -13,6 +13,7 @@ from typing import Any
 
 import uvicorn
 
+from ...errors import DeployError
 from ..cog.cogserver import CogServer, CogServerError, can_isolate
 from .auth import new_token
 from .body import MAX_BODY_BYTES
@@ -25,7 +26,7 @@ from .store import KEEP_S, MAX_KEPT
 STARTUP_TIMEOUT_S = 30.0
 
 
-class EmulatorError(RuntimeError):
+class EmulatorError(DeployError, RuntimeError):
     """The emulator could not start: no project, a Cog setup that failed, a port in use."""
 
 

@@ -29,6 +29,7 @@ import httpx
 import replicate
 from replicate.prediction import Prediction
 
+from ....errors import TransportError, retryable_status
 from ...messages import advertised
 from ...sse import SSEDecoder, SSEEvent
 
@@ -40,7 +41,7 @@ STREAM_READ_TIMEOUT_S = 60.0  # Replicate (and cogql's emulator) send a heartbea
 DEDUPE_PAGES = 3  # pages of recent predictions searched for a create of unknown outcome
 
 
-class ReplicateTransportError(RuntimeError):
+class ReplicateTransportError(TransportError, RuntimeError):
     """Base class of the replicate transport's errors."""
 
 
@@ -52,7 +53,7 @@ class ReplicateAPIError(ReplicateTransportError):
     """Replicate's API refused a request; `status` is the HTTP status (None: no response)."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
+        super().__init__(message, retryable=retryable_status(status))
         self.status = status
 
 
@@ -68,7 +69,7 @@ class ReplicatePredictionError(ReplicateTransportError):
         self.prediction_id = prediction_id
 
 
-class _HTTPFailure(Exception):
+class _HTTPFailure(TransportError):
     """A response with status >= 400, raised from the response hook with what the official
     client's ReplicateError leaves out."""
 
@@ -83,7 +84,10 @@ class _HTTPFailure(Exception):
             body = {}
         detail = (body.get("detail") or body.get("title")) if isinstance(body, dict) else None
         self.detail = str(detail or response.reason_phrase)
-        super().__init__(f"{self.method} {self.path}: HTTP {self.status} {self.detail}")
+        super().__init__(
+            f"{self.method} {self.path}: HTTP {self.status} {self.detail}",
+            retryable=retryable_status(self.status),
+        )
 
 
 async def _raise_http_failures(response: httpx.Response) -> None:

@@ -49,5 +49,5 @@ class OpState:
             self.closed = True
         self.on_event(event)
 
-    def fail(self, message: str) -> None:
-        self.deliver(ErrorEvent(None, message, as_msg=False))
+    def fail(self, message: str, retryable: bool = False) -> None:
+        self.deliver(ErrorEvent(None, message, as_msg=False, retryable=retryable))

@@ -110,9 +110,9 @@ class BatchPrediction:
                 seen[id(s.cost)] = s.cost
         return list(seen.values())
 
-    def _fail_open(self, message: str) -> None:
+    def _fail_open(self, message: str, retryable: bool = False) -> None:
         for s in self.ops.values():
-            s.fail(message)
+            s.fail(message, retryable)
 
     def op_cancelled(self) -> None:
         """The client stopped reading one of our ops; once none is read, cancel the prediction.
@@ -145,7 +145,7 @@ class BatchPrediction:
             self._fail_open(f"{self.name} was abandoned: the transport closed")
             raise
         except ReplicateTransportError as e:
-            self._fail_open(str(e))
+            self._fail_open(str(e), e.retryable)
         except Exception as e:  # a bug or an unexpected answer must not hang the query
             log.exception("replicate transport: %s failed", self.name)
             self._fail_open(f"{self.name} could not be followed: {type(e).__name__}: {e}")
