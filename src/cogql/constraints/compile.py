@@ -15,7 +15,7 @@ import ast
 import builtins
 import difflib
 import functools
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,7 +162,7 @@ def _as_lang(part: _Part) -> _Lang | None:
 
 
 def _combine(
-    node: ast.expr, parts: list[_Part], joiner: str, holds: Callable[[Any], bool]
+    node: ast.expr, parts: Sequence[_Part], joiner: str, holds: Callable[[Any], bool]
 ) -> _Part:
     """Several non-constant parts under `and` (" & ", all) or `or` (" | ", any): one language
     when every part is one, else opaque."""

@@ -345,11 +345,11 @@ class Engine:
         """A stream whose grammar starts compiling now, in the background."""
         s = GenerateStream(op, sink, handle)
         if op.grammar and op.after is None:
-            self._compile(s)
+            self._compile(s, op.grammar)
         return s
 
-    def _compile(self, s: GenerateStream) -> None:
-        s.grammar = self.grammars.submit(s.op.grammar)
+    def _compile(self, s: GenerateStream, grammar: str) -> None:
+        s.grammar = self.grammars.submit(grammar)
         s.grammar_deadline = time.monotonic() + self.grammar_timeout_s
         s.grammar.add_done_callback(lambda _: self._inbox.put(_WAKE))
 
@@ -458,6 +458,8 @@ class Engine:
         now = time.monotonic()
         for s in [s for s in self._streams if s.grammar is not None]:
             future = s.grammar
+            if future is None:  # dropped earlier in this pass
+                continue
             if future.done():
                 s.grammar = None
                 try:
@@ -562,7 +564,7 @@ class Engine:
                     self._refuse(follower, s.sink, problem)
                     continue
                 if follower.op.grammar:
-                    self._compile(follower)
+                    self._compile(follower, follower.op.grammar)
                 self._streams.append(follower)
             else:
                 op, handle = follower

@@ -21,7 +21,9 @@ import hashlib
 import keyword
 import linecache
 import re
+import sys
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import CodeType
 
@@ -146,6 +148,12 @@ class _Region:
         return col + (self.shifts[k] if 0 <= k < len(self.shifts) else 0)
 
 
+# the node kinds that carry a source position (`lineno`, `col_offset`, ...)
+_POSITIONED = (ast.expr, ast.stmt, ast.excepthandler, ast.arg, ast.keyword, ast.alias, ast.pattern)
+if sys.version_info >= (3, 12):
+    _POSITIONED += (ast.type_param,)
+
+
 def _parse(region: _Region, source: str, mode: str, clause: str) -> ast.AST:
     try:
         tree = ast.parse(region.text, mode=mode)
@@ -167,9 +175,10 @@ def _parse(region: _Region, source: str, mode: str, clause: str) -> ast.AST:
         ) from None
     # node positions are made to point into the user's source (undo dedent and the added "(")
     for node in ast.walk(tree):
-        if getattr(node, "lineno", None) is not None:
-            node.col_offset = region.col(node.lineno, node.col_offset)
-        if getattr(node, "end_lineno", None) is not None and node.end_col_offset is not None:
+        if not isinstance(node, _POSITIONED):
+            continue
+        node.col_offset = region.col(node.lineno, node.col_offset)
+        if node.end_lineno is not None and node.end_col_offset is not None:
             node.end_col_offset = region.col(node.end_lineno, node.end_col_offset)
     return tree
 
@@ -534,7 +543,7 @@ def _interpolation(expr: str, source: str, where: InterpolationAt) -> ast.expr:
     return value
 
 
-def _names(nodes: list[ast.AST]) -> tuple[set[str], set[str]]:
+def _names(nodes: Sequence[ast.AST]) -> tuple[set[str], set[str]]:
     loaded: set[str] = set()
     stored: set[str] = set()
     for root in nodes:
@@ -714,8 +723,9 @@ def _program(body: list[ast.stmt], inputs: tuple[str, ...]) -> ast.Module:
         body=body,
         decorator_list=[],
         returns=None,
-        type_params=[],
     )
+    if sys.version_info >= (3, 12):
+        fn.type_params = []  # a required field from Python 3.12 on
     return _module([fn])
 
 

@@ -14,11 +14,13 @@ class QuerySyntaxError(SyntaxError):
         super().__init__(self._render())
 
     def _render(self) -> str:
+        # SyntaxError types both as optional; __init__ always sets them
+        lineno, offset = self.lineno or 1, self.offset or 1
         lines = self.source_text.splitlines()
-        where = f"line {self.lineno}, column {self.offset}"
-        if 0 < self.lineno <= len(lines):
-            line = lines[self.lineno - 1]
-            return f"{self.message} ({where})\n    {line}\n    {' ' * (self.offset - 1)}^"
+        where = f"line {lineno}, column {offset}"
+        if 0 < lineno <= len(lines):
+            line = lines[lineno - 1]
+            return f"{self.message} ({where})\n    {line}\n    {' ' * (offset - 1)}^"
         return f"{self.message} ({where})"
 
     def __str__(self) -> str:

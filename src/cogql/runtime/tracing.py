@@ -191,7 +191,7 @@ class QueryTrace:
 
 def _result_data(result: Any) -> Any:
     if isinstance(result, LMQLResult):
-        data = {"prompt": result.prompt, "variables": result.variables}
+        data: dict[str, Any] = {"prompt": result.prompt, "variables": result.variables}
         if result.distribution_variable is not None:
             data["distribution_variable"] = result.distribution_variable
             data["distribution_values"] = result.distribution_values
