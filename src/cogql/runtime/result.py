@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 from ..lmtp.cost import Cost
 
@@ -60,3 +60,8 @@ def attach_cost(result: Any, cost: Cost) -> Any:
         if isinstance(item, LMQLResult):
             item.cost = cost
     return result
+
+
+# What running a query gives: an LMQLResult, a list of them for decoders with several results
+# (`sample(n=2)`, beams), or whatever the query's own `return` statement returns (Any).
+QueryResult: TypeAlias = LMQLResult | list[LMQLResult] | Any
