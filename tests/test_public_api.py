@@ -4,9 +4,11 @@ offers in `__all__` and a docstring, and nothing else leaks into the namespaces.
 from __future__ import annotations
 
 import importlib
+import inspect
 import subprocess
 import sys
 import types
+import typing
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,16 @@ def test_packages_import_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_exported_functions_have_resolvable_hints() -> None:
+    """Every exported function's annotations name real objects (tools that read them, such as
+    typer or pydantic, would fail otherwise), and the query runners return QueryResult."""
+    functions = {
+        n: getattr(cogql, n) for n in cogql.__all__ if inspect.isfunction(getattr(cogql, n))
+    }
+    hints = {name: typing.get_type_hints(fn) for name, fn in functions.items()}
+    for name in ("run", "run_sync", "run_file", "main"):
+        assert hints[name]["return"] == cogql.QueryResult, name
+    assert hints["generate"]["return"] == str | list[str]
+    assert hints["model"]["return"] is cogql.Model
