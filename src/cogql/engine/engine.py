@@ -443,7 +443,7 @@ class Engine:
         for job, n in zip(jobs, takes, strict=True):
             job.idle = 0 if n else job.idle + 1
         outcomes = self.runner.extend(
-            [j.entry for j, _ in chosen],  # type: ignore[misc]
+            [j.admitted_entry for j, _ in chosen],
             [(j.left or [])[:n] for j, n in chosen],
         )
         for (job, n), error in zip(chosen, outcomes, strict=True):
@@ -489,7 +489,7 @@ class Engine:
         fed = [s for s in self._streams if s.feed]
         if not fed:
             return
-        outcomes = self.runner.decode([s.entry for s in fed], [s.feed for s in fed])  # type: ignore[misc]
+        outcomes = self.runner.decode([s.admitted_entry for s in fed], [s.feed for s in fed])
         for s, error in zip(fed, outcomes, strict=True):
             s.feed = []
             if error is not None:

@@ -314,10 +314,10 @@ class _PromptTransformer(ast.NodeTransformer):
     visit_AsyncFunctionDef = visit_ClassDef = visit_Lambda = visit_FunctionDef
     visit_GeneratorExp = visit_FunctionDef  # an await inside would make it an async generator
 
-    def visit_Return(self, node: ast.Return) -> ast.Return:
+    def visit_Return(self, node: ast.Return) -> ast.AST:
         if node.value is None:
             node.value = _runtime_attr("DEFAULT", node)
-        return self.generic_visit(node)  # type: ignore[return-value]
+        return self.generic_visit(node)
 
     def visit_Call(self, node: ast.Call) -> ast.expr:
         """`f(x)` becomes `await __cogql__.call(f, x)`, as LMQL compiles calls in the prompt
@@ -331,12 +331,12 @@ class _PromptTransformer(ast.NodeTransformer):
         call = ast.Call(_runtime_attr("call", node), [node.func, *node.args], node.keywords)
         return ast.copy_location(ast.Await(ast.copy_location(call, node)), node)
 
-    def visit_Await(self, node: ast.Await) -> ast.Await:
+    def visit_Await(self, node: ast.Await) -> ast.AST:
         """`await f(x)` stays as written (only the arguments are rewritten)."""
         if isinstance(node.value, ast.Call):
             self.generic_visit(node.value)
             return node
-        return self.generic_visit(node)  # type: ignore[return-value]
+        return self.generic_visit(node)
 
     def visit_Expr(self, node: ast.Expr) -> ast.AST | list[ast.stmt]:
         parts = _prompt_parts(node.value)
@@ -415,7 +415,7 @@ class _ContextName(ast.NodeTransformer):
             return ast.copy_location(_runtime_attr("context", node), node)
         return node
 
-    def visit_FunctionDef(self, node: ast.AST) -> ast.AST:
+    def visit_FunctionDef(self, node: _Function) -> ast.AST:
         return node if _binds_context(node) else self.generic_visit(node)
 
     visit_AsyncFunctionDef = visit_Lambda = visit_FunctionDef
@@ -424,9 +424,12 @@ class _ContextName(ast.NodeTransformer):
         return node  # a class body is its own namespace
 
 
-def _binds_context(fn: ast.AST) -> bool:
+_Function = ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda
+
+
+def _binds_context(fn: _Function) -> bool:
     _, stored = _names([fn])
-    own = {a.arg for a in ast.walk(fn.args) if isinstance(a, ast.arg)}  # type: ignore[attr-defined]
+    own = {a.arg for a in ast.walk(fn.args) if isinstance(a, ast.arg)}
     return "context" in own or "context" in stored - {getattr(fn, "name", "")}
 
 
@@ -538,8 +541,9 @@ def _interpolation(expr: str, source: str, where: InterpolationAt) -> ast.expr:
         ) from None
     value = tree.body
     for sub in ast.walk(value):
-        sub.lineno = sub.end_lineno = where.lineno  # type: ignore[attr-defined]
-        sub.col_offset = sub.end_col_offset = where.col  # type: ignore[attr-defined]
+        if isinstance(sub, _POSITIONED):
+            sub.lineno = sub.end_lineno = where.lineno
+            sub.col_offset = sub.end_col_offset = where.col
     return value
 
 
