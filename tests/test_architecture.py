@@ -24,6 +24,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "api": (
         "cogql.__init__",
         "cogql.__main__",
+        "cogql.api",
         "cogql.compat",
         "cogql.algorithms",
         "cogql.cli",
@@ -40,7 +41,13 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "deploy": ("cogql.replicate", "cogql.replicate.deploy", "cogql.replicate.emulator"),
     "engine": ("cogql.engine",),
     "grammar": ("cogql.grammar",),
-    "base": ("cogql.errors", "cogql.tokenizer", "cogql.locations", "cogql.model_names"),
+    "base": (
+        "cogql.errors",
+        "cogql.tokenizer",
+        "cogql.locations",
+        "cogql.model_names",
+        "cogql._lazy",
+    ),
 }
 
 # layer -> the other layers it may import (its own layer always)

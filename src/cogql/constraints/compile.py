@@ -15,7 +15,7 @@ import ast
 import builtins
 import difflib
 import functools
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,7 +161,7 @@ def _as_lang(part: _Part) -> _Lang | None:
 
 
 def _combine(
-    node: ast.expr, parts: list[_Part], joiner: str, holds: Callable[[Any], bool]
+    node: ast.expr, parts: Sequence[_Part], joiner: str, holds: Callable[[Any], bool]
 ) -> _Part:
     """Several non-constant parts under `and` (" & ", all) or `or` (" | ", any): one language
     when every part is one, else opaque."""
@@ -215,8 +215,8 @@ class _HoleCompiler:
     def add(self, node: ast.expr) -> None:
         """One top-level conjunct that mentions the hole."""
         name = _call_name(node)
-        if name == "INT" or name in POSTPROCESSORS:
-            self._arg(node, 0)  # type: ignore[arg-type]
+        if (name == "INT" or name in POSTPROCESSORS) and isinstance(node, ast.Call):
+            self._arg(node, 0)
             self.spec.is_int |= name == "INT"
             self.spec.escaped |= name in ("ESCAPED", "escaped")
             self.spec.erase |= name in ("ERASE", "erase")
@@ -382,13 +382,18 @@ class _HoleCompiler:
 
     def _length_of(self, node: ast.expr) -> str | None:
         """'chars', 'tokens' or 'words' for len(X), len(TOKENS(X)), len(WORDS(X))."""
-        if not (_call_name(node) == "len" and len(node.args) == 1):  # type: ignore[attr-defined]
+        if not (isinstance(node, ast.Call) and _call_name(node) == "len" and len(node.args) == 1):
             return None
-        arg = node.args[0]  # type: ignore[attr-defined]
+        arg = node.args[0]
         if self.is_var(arg):
             return "chars"
         inner = _call_name(arg)
-        if inner in ("TOKENS", "WORDS") and len(arg.args) == 1 and self.is_var(arg.args[0]):
+        if (
+            inner in ("TOKENS", "WORDS")
+            and isinstance(arg, ast.Call)
+            and len(arg.args) == 1
+            and self.is_var(arg.args[0])
+        ):
             return inner.lower()
         return None
 
@@ -425,8 +430,12 @@ class _HoleCompiler:
             stop = next((n for n in ast.walk(node) if _call_name(n) in STOP_FUNCTIONS), None)
             if stop is not None and mentions(stop, self.var):
                 raise self.error(stop, "a stop phrase cannot be negated (under `not`)")
-        elif _call_name(node) in STOP_FUNCTIONS and mentions(node, self.var):
-            self._stop(node, guards)  # type: ignore[arg-type]
+        elif (
+            isinstance(node, ast.Call)
+            and _call_name(node) in STOP_FUNCTIONS
+            and mentions(node, self.var)
+        ):
+            self._stop(node, guards)
 
     def _stop(self, node: ast.Call, guards: list[ast.expr]) -> None:
         fn = _call_name(node)

@@ -23,6 +23,7 @@ import torch
 from transformers import DynamicCache
 
 from .kvcache import CacheEntry, full_cache, left_padded
+from .lm import CausalLM, as_causal_lm
 
 
 class PrecisionTuner:
@@ -59,7 +60,7 @@ class PrecisionTuner:
 class _Slot:
     """One group's padded batch cache, kept from step to step while the group is unchanged."""
 
-    def __init__(self, model: torch.nn.Module, entries: list[CacheEntry]) -> None:
+    def __init__(self, model: CausalLM, entries: list[CacheEntry]) -> None:
         for entry in entries:
             entry.cast(model.dtype)
         self.model = model
@@ -69,7 +70,7 @@ class _Slot:
         self.rows: list[Any] = []
         self.used = True
 
-    def holds(self, entries: list[CacheEntry], model: torch.nn.Module) -> bool:
+    def holds(self, entries: list[CacheEntry], model: CausalLM) -> bool:
         return (
             model is self.model
             and len(entries) == len(self.entries)
@@ -96,7 +97,7 @@ class DecodeBatch:
         """Feed one token to each entry of one group; sets each entry's next-token logits. On
         an error the group's batch cache is dropped and every entry is as it was before."""
         choice = self.tuner.pick(len(entries))
-        slot = self._slot(entries, self.candidates[choice]())
+        slot = self._slot(entries, as_causal_lm(self.candidates[choice]()))
         lengths = [len(e.ids) for e in entries]
         width = slot.width
         mask = torch.zeros(len(entries), width + 1, dtype=torch.long)
@@ -135,7 +136,7 @@ class DecodeBatch:
         for slot in self._slots:
             slot.used = False
 
-    def _slot(self, entries: list[CacheEntry], model: torch.nn.Module) -> _Slot:
+    def _slot(self, entries: list[CacheEntry], model: CausalLM) -> _Slot:
         """The slot that holds exactly this group, or a new one built from the entries' own
         keys/values (the slots they were in before are dropped)."""
         for slot in self._slots:

@@ -346,11 +346,11 @@ class Engine:
         """A stream whose grammar starts compiling now, in the background."""
         s = GenerateStream(op, sink, handle)
         if op.grammar and op.after is None:
-            self._compile(s)
+            self._compile(s, op.grammar)
         return s
 
-    def _compile(self, s: GenerateStream) -> None:
-        s.grammar = self.grammars.submit(s.op.grammar)
+    def _compile(self, s: GenerateStream, grammar: str) -> None:
+        s.grammar = self.grammars.submit(grammar)
         s.grammar_deadline = time.monotonic() + self.grammar_timeout_s
         s.grammar.add_done_callback(lambda _: self._inbox.put(_WAKE))
 
@@ -444,7 +444,7 @@ class Engine:
         for job, n in zip(jobs, takes, strict=True):
             job.idle = 0 if n else job.idle + 1
         outcomes = self.runner.extend(
-            [j.entry for j, _ in chosen],  # type: ignore[misc]
+            [j.admitted_entry for j, _ in chosen],
             [(j.left or [])[:n] for j, n in chosen],
         )
         for (job, n), error in zip(chosen, outcomes, strict=True):
@@ -459,6 +459,8 @@ class Engine:
         now = time.monotonic()
         for s in [s for s in self._streams if s.grammar is not None]:
             future = s.grammar
+            if future is None:  # dropped earlier in this pass
+                continue
             if future.done():
                 s.grammar = None
                 try:
@@ -488,7 +490,7 @@ class Engine:
         fed = [s for s in self._streams if s.feed]
         if not fed:
             return
-        outcomes = self.runner.decode([s.entry for s in fed], [s.feed for s in fed])  # type: ignore[misc]
+        outcomes = self.runner.decode([s.admitted_entry for s in fed], [s.feed for s in fed])
         for s, error in zip(fed, outcomes, strict=True):
             s.feed = []
             if error is not None:
@@ -563,7 +565,7 @@ class Engine:
                     self._refuse(follower, s.sink, problem)
                     continue
                 if follower.op.grammar:
-                    self._compile(follower)
+                    self._compile(follower, follower.op.grammar)
                 self._streams.append(follower)
             else:
                 op, handle = follower

@@ -39,6 +39,14 @@ class Job:
         raise NotImplementedError
 
     @property
+    def admitted_entry(self) -> CacheEntry:
+        """`entry`, for a job that was admitted (as every job with tokens left to compute or
+        to feed is)."""
+        if self.entry is None:
+            raise RuntimeError("a job that was never admitted has no cache entry")
+        return self.entry
+
+    @property
     def prefilled(self) -> bool:
         return self.left is not None and not self.left
 

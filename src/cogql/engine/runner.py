@@ -21,6 +21,7 @@ from .kvcache import (
     has_sliding_layers,
     left_padded,
 )
+from .lm import as_causal_lm
 from .models import LoadedModel
 from .scheduler import length_groups
 
@@ -31,8 +32,9 @@ Outcome = Exception | None  # per entry: the error that failed it, or None
 
 class ModelRunner:
     def __init__(self, loaded: LoadedModel, cache: PrefixCache) -> None:
-        self.model = loaded.model
-        self.decode_model = loaded.decode_model
+        self.model = as_causal_lm(loaded.model)
+        decode = loaded.decode_model
+        self.decode_model = as_causal_lm(decode) if decode is not None else None
         self.device = loaded.device
         self.cache = cache
         self.tokens = usable_tokens(loaded)
@@ -153,8 +155,9 @@ class ModelRunner:
         """Feed `new_ids` after `entry.ids`; returns logits of the last `keep` positions.
         Only decode steps (`decoding`, one token) may use the faster, less exact decode copy:
         a prompt's logits must not depend on whether its last token was cached."""
-        fast = decoding and len(new_ids) == 1 and self.decode_model is not None
-        model = self.decode_model if fast else self.model
+        model = self.model
+        if decoding and len(new_ids) == 1 and self.decode_model is not None:
+            model = self.decode_model
         if entry.past is None:
             entry.past = full_cache(model.config)
         else:

@@ -7,8 +7,6 @@ limits on grammar size and compile time, a mask as LMQL's ±100 `logit_bias` (`m
 lmtp/emulation.py track a hole's grammar on the client side with the same matcher.
 """
 
-from __future__ import annotations
-
 from .bias import BIAS, mask_bias
 from .matching import (
     COMPILE_THREADS,

@@ -21,7 +21,9 @@ import hashlib
 import keyword
 import linecache
 import re
+import sys
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import CodeType
 
@@ -130,6 +132,12 @@ class _Region:
         return col + (self.shifts[k] if 0 <= k < len(self.shifts) else 0)
 
 
+# the node kinds that carry a source position (`lineno`, `col_offset`, ...)
+_POSITIONED = (ast.expr, ast.stmt, ast.excepthandler, ast.arg, ast.keyword, ast.alias, ast.pattern)
+if sys.version_info >= (3, 12):
+    _POSITIONED += (ast.type_param,)
+
+
 def _parse(region: _Region, source: str, mode: str, clause: str) -> ast.AST:
     try:
         tree = ast.parse(region.text, mode=mode)
@@ -151,9 +159,10 @@ def _parse(region: _Region, source: str, mode: str, clause: str) -> ast.AST:
         ) from None
     # node positions are made to point into the user's source (undo dedent and the added "(")
     for node in ast.walk(tree):
-        if getattr(node, "lineno", None) is not None:
-            node.col_offset = region.col(node.lineno, node.col_offset)
-        if getattr(node, "end_lineno", None) is not None and node.end_col_offset is not None:
+        if not isinstance(node, _POSITIONED):
+            continue
+        node.col_offset = region.col(node.lineno, node.col_offset)
+        if node.end_lineno is not None and node.end_col_offset is not None:
             node.end_col_offset = region.col(node.end_lineno, node.end_col_offset)
     return tree
 
@@ -289,10 +298,10 @@ class _PromptTransformer(ast.NodeTransformer):
     visit_AsyncFunctionDef = visit_ClassDef = visit_Lambda = visit_FunctionDef
     visit_GeneratorExp = visit_FunctionDef  # an await inside would make it an async generator
 
-    def visit_Return(self, node: ast.Return) -> ast.Return:
+    def visit_Return(self, node: ast.Return) -> ast.AST:
         if node.value is None:
             node.value = _runtime_attr("DEFAULT", node)
-        return self.generic_visit(node)  # type: ignore[return-value]
+        return self.generic_visit(node)
 
     def visit_Call(self, node: ast.Call) -> ast.expr:
         """`f(x)` becomes `await __cogql__.call(f, x)`, as LMQL compiles calls in the prompt
@@ -306,12 +315,12 @@ class _PromptTransformer(ast.NodeTransformer):
         call = ast.Call(_runtime_attr("call", node), [node.func, *node.args], node.keywords)
         return ast.copy_location(ast.Await(ast.copy_location(call, node)), node)
 
-    def visit_Await(self, node: ast.Await) -> ast.Await:
+    def visit_Await(self, node: ast.Await) -> ast.AST:
         """`await f(x)` stays as written (only the arguments are rewritten)."""
         if isinstance(node.value, ast.Call):
             self.generic_visit(node.value)
             return node
-        return self.generic_visit(node)  # type: ignore[return-value]
+        return self.generic_visit(node)
 
     def visit_Expr(self, node: ast.Expr) -> ast.AST | list[ast.stmt]:
         parts = _prompt_parts(node.value)
@@ -390,7 +399,7 @@ class _ContextName(ast.NodeTransformer):
             return ast.copy_location(_runtime_attr("context", node), node)
         return node
 
-    def visit_FunctionDef(self, node: ast.AST) -> ast.AST:
+    def visit_FunctionDef(self, node: _Function) -> ast.AST:
         return node if _binds_context(node) else self.generic_visit(node)
 
     visit_AsyncFunctionDef = visit_Lambda = visit_FunctionDef
@@ -399,9 +408,12 @@ class _ContextName(ast.NodeTransformer):
         return node  # a class body is its own namespace
 
 
-def _binds_context(fn: ast.AST) -> bool:
+_Function = ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda
+
+
+def _binds_context(fn: _Function) -> bool:
     _, stored = _names([fn])
-    own = {a.arg for a in ast.walk(fn.args) if isinstance(a, ast.arg)}  # type: ignore[attr-defined]
+    own = {a.arg for a in ast.walk(fn.args) if isinstance(a, ast.arg)}
     return "context" in own or "context" in stored - {getattr(fn, "name", "")}
 
 
@@ -513,12 +525,13 @@ def _interpolation(expr: str, source: str, where: InterpolationAt) -> ast.expr:
         ) from None
     value = tree.body
     for sub in ast.walk(value):
-        sub.lineno = sub.end_lineno = where.lineno  # type: ignore[attr-defined]
-        sub.col_offset = sub.end_col_offset = where.col  # type: ignore[attr-defined]
+        if isinstance(sub, _POSITIONED):
+            sub.lineno = sub.end_lineno = where.lineno
+            sub.col_offset = sub.end_col_offset = where.col
     return value
 
 
-def _names(nodes: list[ast.AST]) -> tuple[set[str], set[str]]:
+def _names(nodes: Sequence[ast.AST]) -> tuple[set[str], set[str]]:
     loaded: set[str] = set()
     stored: set[str] = set()
     for root in nodes:
@@ -712,8 +725,9 @@ def _program(body: list[ast.stmt], inputs: tuple[str, ...]) -> ast.Module:
         body=body,
         decorator_list=[],
         returns=None,
-        type_params=[],
     )
+    if sys.version_info >= (3, 12):
+        fn.type_params = []  # a required field from Python 3.12 on
     return _module([fn])
 
 

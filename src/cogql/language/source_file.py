@@ -6,7 +6,7 @@ memory and handed to the compiler; real queries are a few kilobytes.
 
 from __future__ import annotations
 
-from typing import BinaryIO
+from typing import IO
 
 from ..errors import QueryError
 
@@ -17,7 +17,7 @@ class QueryFileError(QueryError, ValueError):
     """A query file that cannot be read as a query: unreadable, too large, or not UTF-8."""
 
 
-def read_query_source(stream: BinaryIO, name: str, limit: int = MAX_QUERY_BYTES) -> str:
+def read_query_source(stream: IO[bytes], name: str, limit: int = MAX_QUERY_BYTES) -> str:
     """The text of the query in `stream` (named `name` in errors), at most `limit` bytes of
     UTF-8 (a leading byte-order mark is dropped)."""
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -77,7 +77,7 @@ class GenerateAfter:
             self._cost.tokens_received += 1
         self._queue.put_nowait(event)
 
-    def events(self) -> AsyncIterator[TokenEvent]:
+    def events(self) -> AsyncGenerator[TokenEvent, None]:
         """Its tokens, as `LMTPClient.generate` gives them; stopping early cancels it."""
         cost = current_cost()
 
@@ -178,7 +178,7 @@ class LMTPClient:
 
     async def generate(
         self, op: Generate, then: Sequence[Followup] = ()
-    ) -> AsyncIterator[TokenEvent]:
+    ) -> AsyncGenerator[TokenEvent, None]:
         """Stream the tokens of one GENERATE; cancels it server-side if the caller stops early.
         Extensions the server does not advertise are emulated with plain LMTP requests.
         `then` goes in the same message where the server has the `after` extension, each
@@ -220,6 +220,11 @@ class LMTPClient:
                 f"the server does not support {', '.join(missing)}; give the model a "
                 "tokenizer (tokenizer=...) so that cogql can enforce them on its side"
             )
+        if self.tokenizer.eos_token_id is None:
+            raise LMTPError(
+                f"the server does not support {', '.join(missing)}, and cogql cannot enforce "
+                "them on its side: the model's tokenizer has no end-of-sequence token"
+            )
         if self._emulator is None:
             from .emulation import ExtensionEmulator
 
@@ -228,7 +233,7 @@ class LMTPClient:
 
     async def _generate(
         self, op: Generate, then: Sequence[Followup] = ()
-    ) -> AsyncIterator[TokenEvent]:
+    ) -> AsyncGenerator[TokenEvent, None]:
         op.stream_id = next(self._ids)
         op.model = op.model or self.model
         cost = current_cost()
@@ -305,7 +310,7 @@ class LMTPClient:
 
     async def _collect(self, ops: list[Op]) -> _Gathered:
         gathered = _Gathered(ops)
-        handles: list[Cancellable] = self.transport.send(ops, gathered.add)
+        handles: Sequence[Cancellable] = self.transport.send(ops, gathered.add)
         try:
             await gathered.done
         finally:
@@ -320,7 +325,7 @@ class LMTPClient:
 
 async def _read(
     queue: asyncio.Queue[Event], count: Callable[[], None], cut: Callable[[], None]
-) -> AsyncIterator[TokenEvent]:
+) -> AsyncGenerator[TokenEvent, None]:
     """One stream's TOKEN events until its end (an error event raises LMTPError); `cut` runs
     when the reader stops before the end."""
     finished = False

@@ -11,7 +11,7 @@ mask it was chosen under is the mask that holds at its position.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -42,12 +42,14 @@ class ExtensionEmulator:
 
     def __init__(self, raw_generate: RawGenerate, tokenizer: Tokenizer) -> None:
         self.raw_generate = raw_generate
+        if tokenizer.eos_token_id is None:
+            raise ValueError("emulated extensions need a tokenizer with an end-of-sequence token")
         self.tokenizer = tokenizer
         self.grammars = GrammarCompiler(tokenizer)
-        self.eos = tokenizer.eos_token_id
+        self.eos: int = tokenizer.eos_token_id
         self._bytes = tokenizer.all_token_bytes()
 
-    async def generate(self, op: Generate) -> AsyncIterator[TokenEvent]:
+    async def generate(self, op: Generate) -> AsyncGenerator[TokenEvent, None]:
         p = _Progress(op, self.grammars.matcher(op.grammar) if op.grammar else None)
         while len(p.tokens) < op.max_tokens:
             allowed = self._allowed(p)
@@ -64,7 +66,9 @@ class ExtensionEmulator:
         if op.max_tokens == 0:
             yield TokenEvent(op.stream_id, self.eos, 0.0, "length", {})
 
-    async def _request(self, p: _Progress, allowed: np.ndarray | None) -> AsyncIterator[TokenEvent]:
+    async def _request(
+        self, p: _Progress, allowed: np.ndarray | None
+    ) -> AsyncGenerator[TokenEvent, None]:
         """One plain GENERATE, consumed while its bias still matches the current mask."""
         request = Generate(
             stream_id=None,

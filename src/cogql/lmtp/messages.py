@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import TransportError
 
@@ -66,6 +66,7 @@ class ModelInfo:
 
 
 Op = Generate | Score | ModelInfo
+_OpT = TypeVar("_OpT", bound=Op)
 
 
 @dataclass
@@ -237,7 +238,9 @@ def _op_from_wire(kind: str, payload: dict[str, Any]) -> Op:
     if not isinstance(model, str):
         raise ProtocolError("field 'model' has the wrong type", payload["stream_id"])
     if kind == MODEL_INFO:
-        data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
+        data = payload.get("data")
+        if not isinstance(data, dict):
+            data = {}
         return ModelInfo(payload["stream_id"], model, data)
     if kind == SCORE:
         return Score(
@@ -483,12 +486,12 @@ def split_batch(body: Any, max_ops: int | None = None) -> list[tuple[str, Any]]:
     return [(kind, payload) for kind, payload in body]
 
 
-def renumbered(ops: list[Op], new_id: Callable[[], Any]) -> list[Op]:
+def renumbered(ops: Sequence[_OpT], new_id: Callable[[], Any]) -> list[_OpT]:
     """Copies of `ops` under new stream ids (hosts and transports number streams their own
     way). An op's `after` follows the GENERATE it names among `ops`; one that names none gets an
     id no stream has, which the engine answers with an error."""
     renamed: dict[Any, Any] = {}
-    out: list[Op] = []
+    out: list[_OpT] = []
     for op in ops:
         copy = replace(op, stream_id=new_id())
         if isinstance(op, Generate) and _hashable(op.stream_id):
@@ -502,7 +505,7 @@ def renumbered(ops: list[Op], new_id: Callable[[], Any]) -> list[Op]:
     return out
 
 
-def misplaced_after(ops: list[Op], refused: set[Any] | None = None) -> dict[int, str]:
+def misplaced_after(ops: Sequence[Op], refused: set[Any] | None = None) -> dict[int, str]:
     """Why ops (by index) cannot run `after` what they name, in the client's own ids: `after`
     must name a GENERATE earlier in the same message. `refused` holds ids of GENERATEs of the
     message that were refused before (what follows them, and what follows that, is refused)."""

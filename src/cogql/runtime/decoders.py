@@ -172,7 +172,8 @@ async def _beam_loop(
     """Each step grows every open hypothesis by its `n` best (or `n` sampled) next tokens and
     keeps the `n` best open and the `n` best finished ones; an open hypothesis that can no
     longer beat the n-th finished one is dropped (log-probs only fall as tokens are added)."""
-    active, done = [root], []
+    active: list[Hypothesis] = [root]
+    done: list[Hypothesis] = []
     for step in range(budget):
         finished, open_ = await _expand_all(x, active, n, sampling, step)
         done = _best(done + finished, n)
@@ -203,7 +204,8 @@ async def _best_k(x: Explorer, root: Hypothesis, args: dict[str, Any]) -> list[H
     the best open hypotheses are finished greedily instead."""
     k = _n(args, 4)
     budget = int(args.get("budget", 30))
-    frontier, done = [root], []
+    frontier: list[Hypothesis] = [root]
+    done: list[Hypothesis] = []
     for step in range(budget):
         if len(done) == k:
             frontier = [h for h in frontier if h.logprob > done[-1].logprob]

@@ -12,13 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..language.compiler import compile_query
+from .model import Model
 from .query import BoundQuery, QueryFunction, run_blocking
-from .result import LMQLResult
+from .result import LMQLResult, QueryResult
 
 
 @dataclass
-class FQuery(QueryFunction):
-    """A query whose result is unpacked to its hole values (LMQL's `is_f_function`)."""
+class FQuery(QueryFunction[Any]):
+    """A query whose result is unpacked to its hole values (LMQL's `is_f_function`): a call
+    gives them (or, with `is_async=True`, a coroutine of them)."""
 
     async def run(self, *args: Any, **kwargs: Any) -> Any:
         return unpack(await super().run(*args, **kwargs))
@@ -58,8 +60,8 @@ _GENERATE = '"{prompt}[RESPONSE]"'
 
 
 async def generate(
-    prompt: str, max_tokens: int | None = None, model: Any = None, **kwargs: Any
-) -> Any:
+    prompt: str, max_tokens: int | None = None, model: str | Model | None = None, **kwargs: Any
+) -> str | list[str]:
     """Plain generation after `prompt` (LMQL's `lmql.generate`): the text, or a list of texts
     for decoders with several results (`n=2`)."""
     where = f" where len(TOKENS(RESPONSE)) < {int(max_tokens) + 1}" if max_tokens else ""
@@ -70,12 +72,12 @@ async def generate(
 
 
 def generate_sync(
-    prompt: str, max_tokens: int | None = None, model: Any = None, **kwargs: Any
-) -> Any:
+    prompt: str, max_tokens: int | None = None, model: str | Model | None = None, **kwargs: Any
+) -> str | list[str]:
     """`generate`, blocking."""
     return run_blocking(generate(prompt, max_tokens, model, **kwargs))
 
 
-def main(query: QueryFunction | BoundQuery, *args: Any, **kwargs: Any) -> Any:
+def main(query: QueryFunction[Any] | BoundQuery[Any], *args: Any, **kwargs: Any) -> QueryResult:
     """Run a query function to completion from synchronous code (LMQL's `lmql.main`)."""
     return run_blocking(query.run(*args, **kwargs))

@@ -6,9 +6,9 @@ import ast
 import asyncio
 import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Literal, TypeAlias, TypeVar, cast, overload
 
 from ..constraints.compile import unknown_function_error
 from ..constraints.values import UnresolvedNameError, unresolved_message
@@ -24,15 +24,21 @@ from .missing_inputs import MissingInputError as MissingInputError
 from .missing_inputs import input_hole_type, interpolation_reading, unknown_hole_type
 from .model import Model, as_model
 from .query_attributes import LMQLQueryAttributes
-from .result import attach_cost
+from .result import QueryResult, attach_cost
 from .scope import QueryScope, module_globals, query_globals
 from .tracing import query_trace
 
 RUNTIME_ARGS = frozenset({"model", "decoder", "output"}) | DECODER_ARGS
 
+# What calling a query function gives: a coroutine of its result (async query functions) or the
+# result itself (synchronous ones, `is_async=False`)
+CallT = TypeVar("CallT", covariant=True)
+AsyncCall: TypeAlias = Coroutine[Any, Any, QueryResult]
+_T = TypeVar("_T")
+
 
 @dataclass
-class QueryFunction(LMQLQueryAttributes):
+class QueryFunction(LMQLQueryAttributes, Generic[CallT]):
     """A compiled query with its defaults; call it (awaitable) or use `run_sync`."""
 
     compiled: CompiledQuery
@@ -43,16 +49,23 @@ class QueryFunction(LMQLQueryAttributes):
     name: str = "query"
     _globals: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> CallT:
+        # the factories pair `is_async` with the matching CallT
         if self.is_async:
-            return self.run(*args, **kwargs)
-        return run_blocking(self.run(*args, **kwargs))
+            return cast(CallT, self.run(*args, **kwargs))
+        return cast(CallT, run_blocking(self.run(*args, **kwargs)))
 
-    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> QueryFunction[CallT]: ...
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> BoundQuery[CallT]: ...
+    def __get__(
+        self, instance: object | None, owner: type | None = None
+    ) -> QueryFunction[CallT] | BoundQuery[CallT]:
         """`@cogql.query` on a method: `self` binds like a plain method's (LMQL allows it)."""
         return self if instance is None else BoundQuery(self, instance)
 
-    async def run(self, *args: Any, **kwargs: Any) -> Any:
+    async def run(self, *args: Any, **kwargs: Any) -> QueryResult:
         # a name the query reads (or the function declares) is an input even if it is also a
         # runtime option's name, as in LMQL (e.g. `for i in range(n)`)
         names = set(self.compiled.free_variables)
@@ -210,7 +223,7 @@ def _model(query: CompiledQuery, scope: dict[str, Any], runtime: dict[str, Any])
 
 async def _execute(
     query: CompiledQuery, scope: dict[str, Any], runtime: dict[str, Any], label: str = "query"
-) -> Any:
+) -> QueryResult:
     name, args = _checked_decoder(query, scope, runtime)
     model = _model(query, scope, runtime)
     conn = await model.connect()
@@ -223,16 +236,16 @@ async def _execute(
 
 
 @dataclass(frozen=True)
-class BoundQuery:
+class BoundQuery(Generic[CallT]):
     """A query method bound to its instance; also usable as a nested-query tactic."""
 
-    function: QueryFunction
+    function: QueryFunction[CallT]
     instance: Any
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> CallT:
         return self.function(self.instance, *args, **kwargs)
 
-    async def run(self, *args: Any, **kwargs: Any) -> Any:
+    async def run(self, *args: Any, **kwargs: Any) -> QueryResult:
         return await self.function.run(self.instance, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -256,7 +269,7 @@ def _output(runtime: dict[str, Any]) -> OnEvent | None:
     return None
 
 
-def run_blocking(coro: Any) -> Any:
+def run_blocking(coro: Coroutine[Any, Any, _T]) -> _T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -268,13 +281,33 @@ def run_blocking(coro: Any) -> Any:
     )
 
 
+@overload
+def query_from_string(
+    source: str,
+    input_variables: list[str] | None = None,
+    *,
+    is_async: Literal[True] = True,
+    **defaults: Any,
+) -> QueryFunction[AsyncCall]: ...
+@overload
+def query_from_string(
+    source: str,
+    input_variables: list[str] | None = None,
+    *,
+    is_async: Literal[False],
+    **defaults: Any,
+) -> QueryFunction[QueryResult]: ...
+@overload
+def query_from_string(
+    source: str, input_variables: list[str] | None = None, *, is_async: bool, **defaults: Any
+) -> QueryFunction[AsyncCall | QueryResult]: ...
 def query_from_string(
     source: str,
     input_variables: list[str] | None = None,
     *,
     is_async: bool = True,
     **defaults: Any,
-) -> QueryFunction:
+) -> QueryFunction[Any]:
     """LMQL's `lmql.query("...")`: async unless `is_async=False`; `input_variables` names the
     inputs in positional order (otherwise positional arguments bind to the free variables in
     alphabetical order)."""
@@ -287,7 +320,13 @@ def query_from_string(
     )
 
 
-def query_from_function(fn: Callable[..., Any], **defaults: Any) -> QueryFunction:
+@overload
+def query_from_function(
+    fn: Callable[..., Coroutine[Any, Any, Any]], **defaults: Any
+) -> QueryFunction[AsyncCall]: ...
+@overload
+def query_from_function(fn: Callable[..., Any], **defaults: Any) -> QueryFunction[QueryResult]: ...
+def query_from_function(fn: Callable[..., Any], **defaults: Any) -> QueryFunction[Any]:
     """`@cogql.query`: the function's docstring (or body string) is the query."""
     source = _docstring_source(fn)
     scope = dict(fn.__globals__)

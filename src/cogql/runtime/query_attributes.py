@@ -97,9 +97,13 @@ class LMQLQueryAttributes:
         query function, which here is the object itself."""
         return self
 
+    if TYPE_CHECKING:
+
+        async def run(self, *args: Any, **kwargs: Any) -> Any: ...
+
     def __acall__(self, *args: Any, **kwargs: Any) -> Any:
         """LMQL's awaitable call, whether the query function is sync or async."""
-        return self.run(*args, **kwargs)  # type: ignore[attr-defined]
+        return self.run(*args, **kwargs)
 
 
 def is_query(fct: Any) -> bool:

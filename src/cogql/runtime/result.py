@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 from ..lmtp.cost import Cost
 
@@ -24,10 +24,12 @@ class LMQLResult:
     def __getitem__(self, key: str | int) -> Any:
         """`result["X"]` is a variable's value; `result[0]` is the result itself, as in LMQL
         0.7, whose argmax queries returned a one-element list before 0.7 (old code indexes it)."""
+        if isinstance(key, str):
+            return self.variables[key]
         if key == 0 and not isinstance(key, bool):
             warnings.warn(_INDEX_ZERO, DeprecationWarning, stacklevel=2)
             return self
-        return self.variables[key]  # type: ignore[index]
+        raise KeyError(key)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,3 +62,8 @@ def attach_cost(result: Any, cost: Cost) -> Any:
         if isinstance(item, LMQLResult):
             item.cost = cost
     return result
+
+
+# What running a query gives: an LMQLResult, a list of them for decoders with several results
+# (`sample(n=2)`, beams), or whatever the query's own `return` statement returns (Any).
+QueryResult: TypeAlias = LMQLResult | list[LMQLResult] | Any

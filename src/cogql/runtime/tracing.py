@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, is_dataclass
 from typing import Any
@@ -80,7 +80,7 @@ def _activated(tracer: Tracer) -> Iterator[Tracer]:
         _active.reset(token)
 
 
-def traced(name: str) -> Any:
+def traced(name: str) -> AbstractContextManager[Tracer]:
     """`with lmql.traced("workload") as tracer:`: trace every query run inside."""
     return _activated(Tracer(name))
 
@@ -191,7 +191,7 @@ class QueryTrace:
 
 def _result_data(result: Any) -> Any:
     if isinstance(result, LMQLResult):
-        data = {"prompt": result.prompt, "variables": result.variables}
+        data: dict[str, Any] = {"prompt": result.prompt, "variables": result.variables}
         if result.distribution_variable is not None:
             data["distribution_variable"] = result.distribution_variable
             data["distribution_values"] = result.distribution_values

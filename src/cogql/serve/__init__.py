@@ -1,7 +1,5 @@
 """The LMTP websocket server (`cogql serve-model`): one engine, many clients, LMQL's wire format."""
 
-from __future__ import annotations
-
 from .access import AccessConfigError, AccessPolicy, tls_context
 from .host import EngineHost, ModelUnavailable
 from .limits import Limits

@@ -8,8 +8,6 @@ safetensors folder (`conversion`); `names` maps a name to a folder, `loading` lo
 `precision` picks the load precision and the decode copies of the weights.
 """
 
-from __future__ import annotations
-
 from .conversion import MARKER, convert_gguf
 from .errors import ConversionError, ModelNotFound, ModelOptionError, UnknownDtype
 from .loading import LoadedModel, collector_paused, load_model, load_random_model

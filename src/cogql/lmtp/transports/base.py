@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -12,6 +12,8 @@ EventCallback = Callable[[Event], None]
 
 
 class Cancellable(Protocol):
+    """Anything that stops one op it stands for (a transport `Handle`, an engine stream)."""
+
     def cancel(self) -> None: ...
 
 
@@ -27,7 +29,7 @@ class Transport(Protocol):
 
     async def open(self) -> None: ...
 
-    def send(self, ops: list[Op], on_event: EventCallback) -> list[Cancellable]:
+    def send(self, ops: list[Op], on_event: EventCallback) -> Sequence[Cancellable]:
         """Send ops that belong together (one message / one batch); returns one handle per op."""
         ...
 

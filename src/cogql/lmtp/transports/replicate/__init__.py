@@ -23,8 +23,6 @@ seconds is canceled; an `error` event, a failed prediction or one that ends with
 all its ops fails those ops with a message that names the prediction.
 """
 
-from __future__ import annotations
-
 from .api import (
     ReplicateAPIError,
     ReplicateConfigError,

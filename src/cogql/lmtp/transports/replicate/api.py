@@ -20,7 +20,7 @@ import contextlib
 import email.utils
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -298,7 +298,7 @@ class ReplicateAPI:
         except (_HTTPFailure, httpx.HTTPError) as e:
             log.warning("could not cancel Replicate prediction %s: %s", prediction_id, e)
 
-    async def events(self, url: str, last_event_id: str | None) -> AsyncIterator[SSEEvent]:
+    async def events(self, url: str, last_event_id: str | None) -> AsyncGenerator[SSEEvent, None]:
         """The prediction's server-sent events from `url`; ends at EOF (the caller checks for
         `done`). Uses the official client's session, so auth and connections are shared."""
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
