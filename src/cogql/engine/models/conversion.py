@@ -123,9 +123,10 @@ def _gguf_tokenizer(reader: gguf.GGUFReader) -> tokenizers.Tokenizer:
     vocab = {token: i for i, token in enumerate(tokens)}
     if len(vocab) != len(tokens):
         raise ConversionError("GGUF tokenizer.ggml.tokens has duplicate entries")
-    pairs = [tuple(m.split(" ", 1)) for m in merges]
-    if any(len(p) != 2 for p in pairs):
+    split = [m.split(" ", 1) for m in merges]
+    if any(len(p) != 2 for p in split):
         raise ConversionError("GGUF tokenizer.ggml.merges has an entry without a space")
+    pairs = [(left, right) for left, right in split]
     tk = RustTokenizer(models.BPE(vocab, pairs, fuse_unk=False, byte_fallback=False))
     tk.pre_tokenizer = pre
     tk.decoder = decoders.ByteLevel()
@@ -208,7 +209,8 @@ def _write_config(model: torch.nn.Module, ids: dict[str, int | None], out: Path)
     and with bos/eos/pad taken from the GGUF metadata."""
     from transformers import GenerationConfig
 
-    data = model.config.to_dict()
+    config: Any = model.config  # a PretrainedConfig (nn.Module types its attributes loosely)
+    data = config.to_dict()
     for key in ("quantization_config", "_model_name_or_path", "transformers_version"):
         data.pop(key, None)
     special = {
@@ -218,7 +220,7 @@ def _write_config(model: torch.nn.Module, ids: dict[str, int | None], out: Path)
     }
     special = {k: v for k, v in special.items() if v is not None}
     data.update(special, dtype="float32")
-    type(model.config).from_dict(data).save_pretrained(str(out))
+    type(config).from_dict(data).save_pretrained(str(out))
     GenerationConfig(**special).save_pretrained(str(out))
 
 

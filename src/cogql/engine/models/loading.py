@@ -106,7 +106,7 @@ def _load(name: str | None, dtype: str, device: str, model_kwargs: dict[str, Any
     with no_progress_bars():
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, **model_kwargs)
     if "device_map" not in model_kwargs:
-        model.to(target)
+        model.to(target)  # type: ignore[arg-type]  # transformers types its `to` wrapper wrongly
     model.eval()
     model.requires_grad_(False)
     label = strip_local(name) or EMBEDDED_MODEL

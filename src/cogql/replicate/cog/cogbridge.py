@@ -81,10 +81,13 @@ async def bridge(socket_path: str, command: list[str]) -> int:
     port = free_port()
     child = await asyncio.create_subprocess_exec(*command, env={**os.environ, "PORT": str(port)})
     loop = asyncio.get_running_loop()
+
+    def pass_on(sig: signal.Signals) -> None:
+        if child.returncode is None:
+            child.send_signal(sig)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(
-            sig, lambda s=sig: child.returncode is None and child.send_signal(s)
-        )
+        loop.add_signal_handler(sig, pass_on, sig)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(socket_path)
     old_umask = os.umask(0o177)

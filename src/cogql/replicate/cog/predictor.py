@@ -38,6 +38,7 @@ from ...engine.engine import Engine, EngineStopped
 from ...engine.sink import LoopSink
 from ...errors import ModelError, TransportError
 from ...lmtp.messages import (
+    ErrorEvent,
     Event,
     Generate,
     Op,
@@ -162,9 +163,9 @@ class BatchRunner:
                 except queue.Empty:
                     self.check()
                     continue
-                line = demux.line(self._fix_info(event))
-                if line is not None:
-                    yield line
+                reply = demux.line(self._fix_info(event))
+                if reply is not None:
+                    yield reply
         finally:  # cancelled or failed: stop computing for streams nobody reads
             for op, handle in zip(demux.ops, handles, strict=True):
                 if op.stream_id in demux.open:
@@ -187,9 +188,9 @@ class BatchRunner:
                 except TimeoutError:
                     self.check()
                     continue
-                line = demux.line(self._fix_info(event))
-                if line is not None:
-                    yield line
+                reply = demux.line(self._fix_info(event))
+                if reply is not None:
+                    yield reply
         finally:
             for op, handle in zip(demux.ops, handles, strict=True):
                 if op.stream_id in demux.open:
@@ -247,7 +248,7 @@ def _warm_up(engine: Engine) -> None:
             raise PredictorSetupError("the warm-up prediction took over 300 s") from None
         if is_terminal(event):
             remaining.discard(event.stream_id)
-        if getattr(event, "error", None):
+        if isinstance(event, ErrorEvent):
             raise PredictorSetupError(f"the warm-up prediction failed: {event.error}")
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -235,7 +236,7 @@ _TYPE_WORDS = {
 }
 
 
-def _pydantic_issue(prefix: str, err: dict[str, Any]) -> ConfigIssue:
+def _pydantic_issue(prefix: str, err: Mapping[str, Any]) -> ConfigIssue:
     loc = [str(p) for p in err["loc"]]
     key = ".".join([prefix, *loc])
     kind, value = err["type"], err.get("input")

@@ -31,7 +31,7 @@ class RequirementsError(DeployError):
 
 
 def _environment(python_version: str) -> dict[str, str]:
-    env = dict(default_environment())
+    env = {key: str(value) for key, value in default_environment().items()}
     env.update(
         python_version=python_version,
         python_full_version=f"{python_version}.0",

@@ -176,7 +176,8 @@ def plan_folder(folder: Path, args: dict[str, Any], origin: str) -> tuple[list[s
         raise SourceError(f"{origin}: no config.json in {folder}")
     weights, safetensors = weight_files(names, args.get("use_safetensors"))
     if not weights:
-        fmt = {True: "safetensors ", False: ".bin "}.get(args.get("use_safetensors"), "")
+        use = args.get("use_safetensors")
+        fmt = "safetensors " if use is True else ".bin " if use is False else ""
         raise SourceError(
             f"{origin}: no {fmt}weights in {folder} (looked for model.safetensors, "
             f"{SAFETENSORS_INDEX}, pytorch_model.bin, {BIN_INDEX})"

@@ -193,10 +193,9 @@ class Store:
     def forget_old(self) -> None:
         """Drop finished predictions past `keep_s`, then the oldest past `max_kept`."""
         now = time.time()
-        finished = sorted(
-            (p for p in self._by_id.values() if p.completed is not None), key=lambda p: p.completed
-        )
-        expired = [p for p in finished if now - p.completed >= self.keep_s]  # type: ignore[operator]
+        ended = sorted((p.completed, p) for p in self._by_id.values() if p.completed is not None)
+        finished = [p for _, p in ended]
+        expired = [p for completed, p in ended if now - completed >= self.keep_s]
         kept = finished[len(expired) :]
         for prediction in expired + kept[: max(len(kept) - self.max_kept, 0)]:
             del self._by_id[prediction.id]
