@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..extras import require
 from ..lmtp.client import LMTPClient, LMTPError
 from ..tokenizer import Tokenizer, load_tokenizer
 
@@ -108,10 +109,11 @@ class Model:
             return await open_replicate(name, endpoint, self.tokenizer, self.options)
         if endpoint and not endpoint.startswith("local:"):
             return await _open_remote(name, endpoint, self.tokenizer, self.options, self.token)
+        local_name = name.removeprefix("local:") or None
+        require("engine", f"the in-process model {name or 'default'!r}")
         from ..engine.models import ModelNotFound
         from ..lmtp.transports.inprocess import InProcessTransport, local_engine
 
-        local_name = name.removeprefix("local:") or None
         dtype = str(self.options.get("dtype", "auto"))
         device = str(self.options.get("device", "cpu"))
         try:
