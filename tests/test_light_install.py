@@ -26,16 +26,36 @@ import cogql
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = Path(cogql.__file__).resolve().parents[1]  # the src/ folder these tests import
 QUERY = '"Count: [N]" where INT(N) and len(TOKENS(N)) < 6'
-LEFT_OUT = ("torch", "accelerate", "gguf", "cog", "coglet", "starlette", "uvicorn")
+LEFT_OUT = (
+    "torch",
+    "transformers",
+    "accelerate",
+    "gguf",
+    "safetensors",
+    "cog",
+    "coglet",
+    "starlette",
+    "uvicorn",
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.install]
 
+# a plain query, a chat query (the template renders client-side) and the INT constraint applied
+# by the client, as against an LMQL server (extensions=False: llguidance runs in the client)
+CASES = [
+    (QUERY, {}),
+    ('"{:user}Pick a number.{:assistant}[N]" where INT(N) and len(TOKENS(N)) < 6', {}),
+    (QUERY, {"extensions": False}),
+]
 CLIENT = """
 import json, sys
 import cogql
-result = cogql.run_sync(sys.argv[2], model=cogql.model("random", endpoint=sys.argv[1]))
-print(json.dumps({"prompt": result.prompt, "N": result.variables["N"],
-                  "torch": "torch" in sys.modules}))
+out = []
+for query, options in json.loads(sys.argv[2]):
+    model = cogql.model("random", endpoint=sys.argv[1], **options)
+    result = cogql.run_sync(query, model=model)
+    out.append({"prompt": result.prompt, "N": result.variables["N"]})
+print(json.dumps({"results": out, "loaded": [m for m in ("torch", "transformers") if m in sys.modules]}))
 """
 
 
@@ -172,15 +192,17 @@ def test_the_python_api_raises_missing_extra_for_an_in_process_model(bare_venv: 
     assert "pip install 'cogql[engine]'" in done.stdout
 
 
-def test_the_bare_client_runs_a_query_against_serve_model(
+def test_the_bare_client_runs_queries_against_serve_model(
     bare_venv: Path, served_random: str
 ) -> None:
-    done = _bare(bare_venv, "python", "-c", CLIENT, served_random, QUERY)
+    done = _bare(bare_venv, "python", "-c", CLIENT, served_random, json.dumps(CASES))
     assert done.returncode == 0, done.stderr[-4000:]
     remote = json.loads(done.stdout.splitlines()[-1])
-    assert remote["torch"] is False
-    assert isinstance(remote["N"], int)
-    assert remote["prompt"] == f"Count: {remote['N']}"
-    # the full install's client gets the same text from the same server
-    here = cogql.run_sync(QUERY, model=cogql.model("random", endpoint=served_random))
-    assert here.prompt == remote["prompt"]
+    assert remote["loaded"] == []
+    for (query, options), got in zip(CASES, remote["results"], strict=True):
+        assert isinstance(got["N"], int)
+        assert got["prompt"].endswith(str(got["N"]))
+        # the full install's client gets the same text from the same server
+        model = cogql.model("random", endpoint=served_random, **options)
+        assert cogql.run_sync(query, model=model).prompt == got["prompt"]
+    assert remote["results"][1]["prompt"].startswith("<|im_start|>")  # SmolLM2's template
