@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,7 +43,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.install]
 
 # a plain query, a chat query (the template renders client-side) and the INT constraint applied
 # by the client, as against an LMQL server (extensions=False: llguidance runs in the client)
-CASES = [
+CASES: list[tuple[str, dict[str, Any]]] = [
     (QUERY, {}),
     ('"{:user}Pick a number.{:assistant}[N]" where INT(N) and len(TOKENS(N)) < 6', {}),
     (QUERY, {"extensions": False}),
