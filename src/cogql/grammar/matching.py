@@ -69,10 +69,10 @@ def _ll_tokenizer(tokenizer: Tokenizer) -> llguidance.LLTokenizer:
     random model gives every seed its own engine over the same tokenizer."""
     with _ll_lock:
         found = _ll_tokenizers.get(tokenizer)
-        if found is None:
-            import llguidance.hf
-
-            found = _ll_tokenizers[tokenizer] = llguidance.hf.from_tokenizer(tokenizer.to_hf())
+        if found is None:  # what llguidance.hf.from_tokenizer builds, without transformers
+            found = _ll_tokenizers[tokenizer] = llguidance.LLTokenizer(
+                tokenizer.pieces_json(), eos_token=tokenizer.eos_token_id
+            )
         return found
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelError
 from ..tokenizer import Tokenizer
+from .chat_template import render_chat
 
 if TYPE_CHECKING:
     from .interpreter import QueryRun
@@ -96,10 +97,10 @@ def _derive_or_none(tokenizer: Tokenizer) -> ChatFormat | None:
 
 
 class _Renderer:
-    """Renders conversations with the tokenizer's template (transformers' Jinja environment)."""
+    """Renders conversations with the tokenizer's template (as transformers would)."""
 
     def __init__(self, tokenizer: Tokenizer) -> None:
-        self.hf = tokenizer.to_hf()
+        self.tokenizer = tokenizer
         bos = tokenizer.bos_token_id
         self.bos_text = tokenizer.backend.id_to_token(bos) if bos is not None else None
         self.trailer = ""
@@ -133,9 +134,7 @@ class _Renderer:
     def _render(self, messages: list[tuple[str, str]], generation: bool) -> str:
         convo = [{"role": r, "content": c} for r, c in messages]
         try:
-            out: Any = self.hf.apply_chat_template(
-                convo, tokenize=False, add_generation_prompt=generation
-            )
+            out: Any = render_chat(self.tokenizer, convo, add_generation_prompt=generation)
         except Exception as e:  # templates raise anything (raise_exception, type errors)
             raise ChatTemplateError(f"rendering {[r for r, _ in messages]} failed: {e}") from None
         if not isinstance(out, str):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelError
+from ..extras import require
 from ..lmtp.client import LMTPClient, LMTPError
 from ..model_names import EMBEDDED_MODEL, RANDOM_MODEL, ModelNotFound
 from ..tokenizer import Tokenizer, load_tokenizer
@@ -110,9 +111,10 @@ class Model:
             return await open_replicate(name, endpoint, self.tokenizer, self.options)
         if endpoint and not endpoint.startswith("local:"):
             return await _open_remote(name, endpoint, self.tokenizer, self.options, self.token)
+        require("engine", f"the in-process model {name or 'default'!r}")
+        local_name = name.removeprefix("local:") or None
         from ..lmtp.transports.inprocess import InProcessTransport, local_engine
 
-        local_name = name.removeprefix("local:") or None
         dtype = str(self.options.get("dtype", "auto"))
         device = str(self.options.get("device", "cpu"))
         try:

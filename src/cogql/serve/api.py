@@ -7,6 +7,7 @@ import logging
 import os
 from typing import Any
 
+from ..extras import require
 from .access import TOKEN_ENV, AccessPolicy, tls_context
 from .command import IGNORED_FLAGS, IGNORED_VALUED, engine_factory, resolve_args
 from .logs import limit_repeats
@@ -32,6 +33,7 @@ def serve(
     go to `from_pretrained`. LMQL's scheduler options (`static`, `single_thread`, `loader`,
     ...) are accepted and ignored: cogql always serves the one model it was started with."""
     del static
+    require("serve", "serving a model (lmql.serve)")
     device = kwargs.pop("device", None)
     token = kwargs.pop("token", None) or os.environ.get(TOKEN_ENV)
     access = AccessPolicy.build(token, kwargs.pop("allow_origins", ()))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DeployError
+from ..extras import require
 
 if TYPE_CHECKING:
     from ..engine.engine import Engine
@@ -130,6 +131,7 @@ def run_server(
     from .logs import limit_repeats
     from .server import LMTPServer, serve_until_signalled
 
+    require("serve", "cogql serve-model")
     args = resolve_args(model_name, dtype=dtype, device=device, cuda=cuda, extra=extra)
     if keyfile and not certfile:
         raise ServeUsageError("--keyfile needs --certfile")

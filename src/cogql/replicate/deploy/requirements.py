@@ -24,6 +24,7 @@ from ...errors import DeployError
 COG_VERSION = "0.23.1"
 BITSANDBYTES = "bitsandbytes==0.50.2"  # not installable here (no GPU); pinned to a release
 SKIP = {"cog", "coglet", "cogql"}
+IMAGE_EXTRAS = {"engine"}  # the image runs the engine; cogql's other extras stay out of it
 
 
 class RequirementsError(DeployError):
@@ -63,7 +64,7 @@ def pinned(python_version: str, *, quantized: bool = False) -> list[str]:
         ) from None
     pins: dict[str, str] = {}
     unresolved: dict[str, str] = {}
-    queue: list[tuple[Requirement, set[str]]] = [(Requirement(r), set()) for r in roots]
+    queue: list[tuple[Requirement, set[str]]] = [(Requirement(r), IMAGE_EXTRAS) for r in roots]
     seen: set[tuple[str, frozenset[str]]] = set()
     while queue:
         req, parent_extras = queue.pop()
