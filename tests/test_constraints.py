@@ -18,7 +18,7 @@ from cogql.constraints.compile import ConstraintError, compile_hole
 from cogql.constraints.holespec import HoleSpec, Stop, trim_at_stop
 from cogql.constraints.values import Evaluator, HoleText, Predicate
 from cogql.language.errors import QueryCompileError
-from cogql.runtime.clientside import ConstraintUnsatisfiedError
+from cogql.runtime.token_by_token import ConstraintUnsatisfiedError
 from cogql.tokenizer import Tokenizer
 
 ANY = "/(?s:.*)/"

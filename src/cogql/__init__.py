@@ -11,7 +11,7 @@ from typing import Any
 from . import algorithms
 from . import tokenizer as _tokenizer_module
 from .language.errors import QueryCompileError, QuerySyntaxError
-from .runtime import decorators
+from .runtime import variable_decorators as decorators
 from .runtime.events import ModelCall, QueryEvent, QueryFinished, TextAppended, VariableFinished
 from .runtime.functions import F, generate, generate_sync, main
 from .runtime.lmql_tokenizer import LMQLTokenizer, TokenizerModule

@@ -1,5 +1,5 @@
 """What the interpreter does around a hole besides generating it: variable decorators
-(`[@f X]`, runtime/decorators.py) and nested-query tactics (`[X: q]`, runtime/nested.py).
+(`[@f X]`, runtime/variable_decorators.py) and nested-query tactics (`[X: q]`, runtime/nested.py).
 
 `QueryRun.fill` asks `HoleHooks.of` first; a plain hole has no hooks and costs nothing more.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .decorators import DecoratorContext, HoleDecorators, TemplateVariable
+from .variable_decorators import DecoratorContext, HoleDecorators, TemplateVariable
 from .events import TextAppended, VariableFinished
 from .nested import Tactic, run_tactic, tactic_of
 

@@ -11,7 +11,7 @@ Inside a hole, a hypothesis grows one token at a time: one GENERATE with `max_to
 `top_logprobs=n` per hypothesis, its constraints applied as LMQL does against any LMTP server
 (the hole's grammar tracked here, its mask sent as ±100 `logit_bias`; stop phrases, token
 limits and `min_tokens` checked here, and so are the constraints only Python can evaluate,
-as runtime/clientside.py does for argmax and sample). The ops of all hypotheses of a step are
+as runtime/token_by_token.py does for argmax and sample). The ops of all hypotheses of a step are
 sent at once.
 """
 
@@ -32,7 +32,7 @@ from ..language.compiler import CompiledQuery
 from ..lmtp.client import LMTPError
 from ..lmtp.emulation import mask_bias
 from ..lmtp.messages import Generate, TokenEvent
-from .clientside import TOP_CANDIDATES, grammar_compiler
+from .token_by_token import TOP_CANDIDATES, grammar_compiler
 from .events import ModelCall, OnEvent, TextAppended
 from .interpreter import Decoding, QueryRun
 from .model import Connection
@@ -239,7 +239,7 @@ class Explorer:
 
     def _take(self, h: Hypothesis, before: str, token: int) -> _Step | None:
         """Whether and why the hole ends after `token` (`before`: the hole's text so far), as
-        the engine (stop phrases, token limits) and runtime/clientside.py (conditional stops,
+        the engine (stop phrases, token limits) and runtime/token_by_token.py (conditional stops,
         `HoleSpec.check`) decide it; None when the token may not be taken here."""
         assert h.frontier is not None
         spec, decode = h.frontier.spec, self.conn.tokenizer.decode

@@ -32,7 +32,7 @@ from ..language.errors import HoleTypeError, QueryCompileError, QuerySyntaxError
 from ..language.qstrings import Hole, Interpolation, Tag, Text
 from ..lmtp.client import Followup, GenerateAfter
 from ..lmtp.messages import Generate
-from . import clientside
+from . import token_by_token
 from .ahead import Ahead, Plan, plan_after
 from .chat import open_message, text_tag
 from .context import PromptContext
@@ -205,7 +205,7 @@ class QueryRun:
         self.plan = (stmt, list(plan), scope) if plan and self.source is None else None
         try:
             if self.source is None:
-                tokens, reason = await clientside.generate(self, hole.name, spec, budget)
+                tokens, reason = await token_by_token.generate(self, hole.name, spec, budget)
             else:
                 tokens, reason = await self.source(self, hole.name, spec, budget)
         finally:
