@@ -269,5 +269,5 @@ def open_message(run: QueryRun, role: str) -> str | None:
         return None
     if at_start and fmt.bos_text and opening.startswith(fmt.bos_text):
         run.state.omit_bos()  # the template writes BOS itself: one BOS, as apply_chat_template has
-    run.state.chat_role = role
+    run.state.open_chat_message(role)
     return opening

@@ -188,9 +188,8 @@ class QueryRun:
             self.state.append_tokens(tokens, prompt_text)
         else:
             self.state.append_encoded(prompt_text)
-        self.state.end_hole()
+        self.state.end_hole(generated=True)
         self.variables[hole.name] = value
-        self.state.generated_holes += 1
         self.emit(VariableFinished(hole.name, value, self.index))
 
     def _truncate(self, stmt: PromptStatement, name: str) -> None:
@@ -206,7 +205,7 @@ class QueryRun:
                 lineno,
                 col + 1,
             )
-        self.state.truncated = True
+        self.state.truncate()
 
     def hole_spec(self, stmt: PromptStatement, hole: Hole, scope: dict[str, Any]) -> HoleSpec:
         env = {**self.scope, **self.variables, **scope}

@@ -36,9 +36,9 @@ class RunState:
         self._hole_ends: list[int] = []  # len(ids) after each filled hole
         self._logprob = 0.0  # sum of the generated tokens' log-probs
         self._calls = 0
-        self.generated_holes = 0  # holes generated so far (each has its own sampling seed)
-        self.truncated = False  # max_len cut a hole short
-        self.chat_role: str | None = None  # role of the chat message the last tag opened
+        self._generated = 0  # holes generated so far (each has its own sampling seed)
+        self._truncated = False  # max_len cut a hole short
+        self._chat_role: str | None = None  # role of the chat message the last tag opened
 
     # ---- reading --------------------------------------------------------------------------
     @property
@@ -75,6 +75,21 @@ class RunState:
         """Where hole number `k` (in the order they were filled) ends in the ids."""
         return self._hole_ends[k]
 
+    @property
+    def generated_holes(self) -> int:
+        """The holes the model generated so far (not those a decorator or nested query
+        filled): the next one's sampling seed follows from it."""
+        return self._generated
+
+    @property
+    def truncated(self) -> bool:
+        return self._truncated
+
+    @property
+    def chat_role(self) -> str | None:
+        """The role of the chat message the last `{:role}` tag opened."""
+        return self._chat_role
+
     # ---- appending ------------------------------------------------------------------------
     def append_text(self, text: str) -> None:
         """Program text: tokenized with the program text next to it, at the next flush."""
@@ -91,10 +106,18 @@ class RunState:
         """A value's text, tokenized on its own (not merged with the program text around it)."""
         self.append_tokens(self._tokenizer.encode(text), text)
 
-    def end_hole(self) -> None:
-        """A hole was filled: it ends here."""
+    def end_hole(self, generated: bool = False) -> None:
+        """A hole was filled (by the model when `generated`): it ends here."""
         self._flush()
         self._hole_ends.append(len(self._ids))
+        self._generated += generated
+
+    def truncate(self) -> None:
+        """Record that max_len cut a hole short."""
+        self._truncated = True
+
+    def open_chat_message(self, role: str) -> None:
+        self._chat_role = role
 
     def omit_bos(self) -> None:
         """Start the prompt without the BOS id: a chat template writes it as text."""
