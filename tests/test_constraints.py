@@ -20,7 +20,7 @@ from cogql.constraints.values import Evaluator, HoleText, Predicate, value_built
 from cogql.language.compiler import compile_query
 from cogql.language.constraint_names import CONSTRAINT_FUNCTIONS
 from cogql.language.errors import QueryCompileError
-from cogql.runtime.clientside import ConstraintUnsatisfiedError
+from cogql.runtime.token_by_token import ConstraintUnsatisfiedError
 from cogql.tokenizer import Tokenizer
 
 ANY = "/(?s:.*)/"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import cogql
-from cogql.runtime.decorators import DecoratorError
+from cogql.runtime.variable_decorators import DecoratorError
 
 Q = "\"Say 'this is a test':[{deco}X]\" where len(TOKENS(X)) < 4"
 

@@ -10,8 +10,7 @@ from .constraints.values import ConstraintError
 from .errors import CogqlError, DeployError, ModelError, QueryError, RunError, TransportError
 from .language.errors import HoleTypeError, QueryCompileError, QuerySyntaxError
 from .lmtp.client import LMTPError
-from .runtime import decorators
-from .runtime.clientside import ConstraintUnsatisfiedError
+from .runtime import variable_decorators as decorators
 from .runtime.decoders import DecoderError, NoResultError
 from .runtime.events import ModelCall, QueryEvent, QueryFinished, TextAppended, VariableFinished
 from .runtime.functions import F, generate, generate_sync, main
@@ -30,6 +29,7 @@ from .runtime.query import QueryFunction, query_from_string
 from .runtime.result import LMQLResult, QueryResult
 from .runtime.scoring import ScoringResult, score, score_sync
 from .runtime.streaming import QueryStream, stream
+from .runtime.token_by_token import ConstraintUnsatisfiedError
 from .runtime.tracing import InferenceCertificate, Tracer, certificate, traced
 from .runtime.writers import headless, printing, silent
 

@@ -2,8 +2,8 @@
 
 Constraints on the variable being generated become grammar pieces (lark token expressions over
 the value's text), token limits and stop phrases. What no grammar expresses (a user function,
-arithmetic over lengths) becomes a Python predicate that the client-side generator checks token
-by token (runtime/clientside.py). Values inside a constraint (limits, options, patterns, other
+arithmetic over lengths) becomes a Python predicate that the client checks token by token
+(runtime/token_by_token.py). Values inside a constraint (limits, options, patterns, other
 variables) are ordinary Python evaluated in the query's scope at that moment: a constraint that
 relates the hole to a variable generated earlier compiles like one with a constant, and one that
 names a hole not generated yet is unknown and restricts nothing (LMQL's None).

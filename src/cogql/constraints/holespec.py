@@ -5,7 +5,7 @@ limits, stop phrases, and post-processing (stop trimming, int conversion, ESCAPE
 Stop phrases are enforced server-side when the engine's rule for them (active from
 `min_tokens` on) is exactly LMQL's; a stop that is conditional on other constraints (§6.5), and
 every constraint that no grammar expresses (`check`), is decided by the client
-(runtime/clientside.py).
+(runtime/streamed.py, runtime/token_by_token.py).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class HoleSpec:
 
     @property
     def client_side(self) -> bool:
-        """Whether the client must take part in generating the hole (see runtime/clientside)."""
+        """Whether the client must take part in generating the hole (runtime/streamed.py)."""
         return self.client_stops or self.check is not None
 
     def streamed_hold(self) -> int | None:

@@ -2,7 +2,7 @@
 
 Most constraints compile to a grammar (compile.py) and are never evaluated here. What no grammar
 expresses — a user function, arithmetic over lengths, a relation the compiler does not solve —
-is evaluated in Python on the hole's text by the client-side generator (runtime/clientside.py),
+is evaluated in Python on the hole's text by token-by-token decoding (runtime/token_by_token.py),
 and so is the side condition that decides when a conditional stop phrase is active (§6.5).
 
 As in LMQL the result has three values: True, False, or None ("unknown": the expression names a

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..errors import ModelError
 from ..grammar import GrammarCompiler, GrammarMatcher, mask_bias
 from ..tokenizer import Tokenizer
 from .messages import Generate, TokenEvent
@@ -34,7 +35,7 @@ class _Progress:
 
     @property
     def stops_active(self) -> bool:
-        return len(self.tokens) >= self.op.min_tokens
+        return stops_active(len(self.tokens), self.op.min_tokens)
 
 
 class ExtensionEmulator:
@@ -42,11 +43,9 @@ class ExtensionEmulator:
 
     def __init__(self, raw_generate: RawGenerate, tokenizer: Tokenizer) -> None:
         self.raw_generate = raw_generate
-        if tokenizer.eos_token_id is None:
-            raise ValueError("emulated extensions need a tokenizer with an end-of-sequence token")
+        self.eos = eos_of(tokenizer, "emulated extensions")
         self.tokenizer = tokenizer
         self.grammars = GrammarCompiler(tokenizer)
-        self.eos: int = tokenizer.eos_token_id
         self._bytes = tokenizer.all_token_bytes()
 
     async def generate(self, op: Generate) -> AsyncGenerator[TokenEvent, None]:
@@ -89,13 +88,7 @@ class ExtensionEmulator:
                 return  # the mask moved on: the rest was chosen under a stale bias
 
     def _allowed(self, p: _Progress) -> np.ndarray | None:
-        """The mask at the next position; None when every token is allowed."""
-        allowed = p.matcher.allowed().copy() if p.matcher is not None else None
-        if len(p.tokens) < p.op.min_tokens:
-            if allowed is None:
-                allowed = np.ones(len(self._bytes), dtype=bool)
-            allowed[self.eos] = False
-        return allowed
+        return token_mask(p.matcher, len(p.tokens), p.op.min_tokens, self.eos, len(self._bytes))
 
     def _accept(self, p: _Progress, event: TokenEvent) -> TokenEvent:
         token = event.token
@@ -116,6 +109,46 @@ class ExtensionEmulator:
         if len(p.tokens) >= p.op.max_tokens:
             return "length"
         return None
+
+
+# The token rules below are the engine's, written once for everything that applies them on the
+# client side: this emulation, the runtime's token-by-token decoding and its beam search.
+
+
+def eos_of(tokenizer: Tokenizer, what: str) -> int:
+    """The end-of-sequence id, which decoding on the client side needs to end a hole."""
+    if tokenizer.eos_token_id is None:
+        raise ModelError(f"{what} need a tokenizer with an end-of-sequence token")
+    return tokenizer.eos_token_id
+
+
+def stops_active(generated: int, min_tokens: int) -> bool:
+    """Whether stop phrases may end a generation that has `generated` tokens (a phrase ending
+    inside an earlier token is ignored): from `min_tokens` on."""
+    return generated >= min_tokens
+
+
+def token_mask(
+    matcher: GrammarMatcher | None,
+    generated: int,
+    min_tokens: int,
+    eos: int | None,
+    vocab_size: int,
+) -> np.ndarray | None:
+    """The tokens allowed after `generated` tokens: the grammar's (as `matcher` stands), and
+    no EOS before `min_tokens`; None when every token is allowed."""
+    allowed = matcher.allowed().copy() if matcher is not None else None
+    if generated < min_tokens:
+        if allowed is None:
+            allowed = np.ones(vocab_size, dtype=bool)
+        if eos is not None:
+            allowed[eos] = False
+    return allowed
+
+
+def allows(mask: np.ndarray | None, token: int) -> bool:
+    """Whether `mask` lets `token` through (ids beyond the grammar's vocabulary never)."""
+    return mask is None or (0 <= token < len(mask) and bool(mask[token]))
 
 
 def _ends_with_stop(text: bytes, last: bytes, stops: list[str]) -> bool:

@@ -263,12 +263,11 @@ def open_message(run: QueryRun, role: str) -> str | None:
     fmt = chat_format(run.conn.tokenizer)
     if fmt is None:
         return None
-    at_start = not run.text
-    opening = fmt.opening(role, run.chat_role, at_start)
+    at_start = not run.state.text
+    opening = fmt.opening(role, run.state.chat_role, at_start)
     if opening is None:
         return None
-    bos = run.conn.bos_token_id
-    if at_start and fmt.bos_text and opening.startswith(fmt.bos_text) and run.ids == [bos]:
-        run.ids.clear()  # the template writes BOS itself: one BOS, as apply_chat_template has
-    run.chat_role = role
+    if at_start and fmt.bos_text and opening.startswith(fmt.bos_text):
+        run.state.omit_bos()  # the template writes BOS itself: one BOS, as apply_chat_template has
+    run.state.open_chat_message(role)
     return opening

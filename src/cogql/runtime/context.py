@@ -27,7 +27,7 @@ class PromptContext:
     @property
     def prompt(self) -> str:
         """The prompt so far: program text and generated values (no BOS)."""
-        return self._run.text
+        return self._run.state.text
 
     @property
     def variables(self) -> dict[str, Any]:
@@ -37,7 +37,7 @@ class PromptContext:
     @property
     def num_calls(self) -> int:
         """The model calls this run has made so far."""
-        return self._run.calls
+        return self._run.state.calls
 
     async def get_var(self, name: str) -> Any:
         """The value of hole `name` (None when it has not been filled)."""

@@ -120,12 +120,12 @@ async def decode(
     if not DECODERS[name].always_list:
         runs = [QueryRun(query, conn, scope, decoding, on_event, index=i) for i in range(_n(args))]
         results = await asyncio.gather(*(r.execute() for r in runs))
-        if len(results) == 1 or not any(r.hole_ends for r in runs):
+        if len(results) == 1 or not any(r.state.holes_filled for r in runs):
             return results[0]  # a program that reaches no hole gives one result
         return list(results)
     explorer = Explorer(query, conn, scope, decoding, on_event)
     root = await explorer.start()
-    if root.complete and not root.run.hole_ends:
+    if root.complete and not root.run.state.holes_filled:
         return await explorer.result(root, 0)  # a program that reaches no hole: one result
     found = [root] if root.complete else await _SEARCHES[name](explorer, root, args)
     if not found:

@@ -1,5 +1,5 @@
 """What the interpreter does around a hole besides generating it: variable decorators
-(`[@f X]`, runtime/decorators.py) and nested-query tactics (`[X: q]`, runtime/nested.py).
+(`[@f X]`, runtime/variable_decorators.py) and nested-query tactics (`[X: q]`, runtime/nested.py).
 
 `QueryRun.fill` asks `HoleHooks.of` first; a plain hole has no hooks and costs nothing more.
 """
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .decorators import DecoratorContext, HoleDecorators, TemplateVariable
 from .events import TextAppended, VariableFinished
 from .nested import Tactic, run_tactic, tactic_of
 from .scope import statement_names
+from .variable_decorators import DecoratorContext, HoleDecorators, TemplateVariable
 
 if TYPE_CHECKING:
     from ..language.qstrings import Hole
@@ -47,7 +47,7 @@ class HoleHooks:
         return cls(run, hole, env, decorators, tactic)
 
     def context(self) -> DecoratorContext:
-        return DecoratorContext(self.hole.name, self.run.text, dict(self.run.variables))
+        return DecoratorContext(self.hole.name, self.run.state.text, dict(self.run.variables))
 
     async def before(self) -> bool:
         """Fill the hole without the interpreter generating it, when a pre decorator fixes its
@@ -60,9 +60,7 @@ class HoleHooks:
         if fixed is not None:
             value, prompt_text = fixed
             run = self.run
-            run.prompt_ids()
-            run.ids.extend(run.conn.tokenizer.encode(prompt_text))
-            run.text += prompt_text
+            run.state.append_encoded(prompt_text)
             run.emit(TextAppended(prompt_text, name, run.index))
             self._finish(value)
             return True
@@ -92,7 +90,7 @@ class HoleHooks:
 
     def _finish(self, value: Any) -> None:
         run = self.run
-        run.hole_ends.append(len(run.ids))
+        run.state.end_hole()
         run.variables[self.hole.name] = value
         run.emit(VariableFinished(self.hole.name, value, run.index))
 

@@ -11,8 +11,8 @@ Inside a hole, a hypothesis grows one token at a time: one GENERATE with `max_to
 `top_logprobs=n` per hypothesis, its constraints applied as LMQL does against any LMTP server
 (the hole's grammar tracked here, its mask sent as ±100 `logit_bias`; stop phrases, token
 limits and `min_tokens` checked here, and so are the constraints only Python can evaluate,
-as runtime/clientside.py does for argmax and sample). The ops of all hypotheses of a step are
-sent at once.
+with the ending rules of runtime/hole_endings.py that token-by-token decoding uses for argmax
+and sample). The ops of all hypotheses of a step are sent at once.
 """
 
 from __future__ import annotations
@@ -27,15 +27,17 @@ import numpy as np
 from ..constraints.holespec import HoleSpec
 from ..constraints.values import HoleText
 from ..errors import RunError
-from ..grammar import GrammarMatcher, common_prefix, mask_bias
+from ..grammar import GrammarMatcher, mask_bias
 from ..language.compiler import CompiledQuery
 from ..lmtp.client import LMTPError
+from ..lmtp.emulation import allows, eos_of, token_mask
 from ..lmtp.messages import Generate, TokenEvent
-from .clientside import TOP_CANDIDATES, grammar_compiler
 from .events import ModelCall, OnEvent, TextAppended
+from .hole_endings import HoleEndings, Step, hole_limit
+from .hole_strategy import HoleRequest
 from .interpreter import Decoding, QueryRun
 from .model import ConnectedModel
-from .result import LMQLResult
+from .token_by_token import TOP_CANDIDATES, grammar_compiler
 
 
 class ReplayError(RunError, RuntimeError):
@@ -75,19 +77,6 @@ class Hypothesis:
         return self.frontier is None
 
 
-@dataclass(frozen=True)
-class _Step:
-    """What taking one token does to a hole: it ends ("stop" / "length") or goes on (None)."""
-
-    reason: str | None
-    cut: int | None = None
-
-
-def _final_ok(spec: HoleSpec, text: str, tokens: tuple[int, ...]) -> bool:
-    """Whether the hole may end with `text` (constraints only Python can check)."""
-    return spec.check is None or spec.check.allows(HoleText(text, tokens, final=True))
-
-
 class _Suspended(BaseException):
     """Unwinds a replayed program at its first undecided hole. A BaseException, so that a
     query's own `except Exception` cannot swallow it."""
@@ -97,8 +86,8 @@ class _Suspended(BaseException):
         self.frontier = frontier
 
 
-class _Replay:
-    """The hole source of a replayed run: decided holes come back, the next one suspends."""
+class Replay:
+    """The hole strategy of a replayed run: decided holes come back, the next one suspends."""
 
     def __init__(self, decided: tuple[Decided, ...], *, emit_values: bool = False) -> None:
         self.decided = list(decided)
@@ -106,16 +95,15 @@ class _Replay:
         self.fill_index: list[int] = []  # per hole handed out: its index among the run's fills
         self._next = 0
 
-    async def __call__(
-        self, run: QueryRun, name: str, spec: HoleSpec, budget: int
-    ) -> tuple[list[int], str]:
+    async def generate(self, run: QueryRun, hole: HoleRequest) -> tuple[list[int], str]:
+        name, spec = hole.name, hole.spec
         k = self._next
         self._next += 1
-        self.fill_index.append(len(run.hole_ends))
+        self.fill_index.append(run.state.holes_filled)
         if k == len(self.decided):
-            limit = budget if spec.max_tokens is None else min(spec.max_tokens, budget)
+            limit = hole_limit(spec, hole.budget)
             if limit > 0:
-                raise _Suspended(Frontier(name, spec, tuple(run.ids), limit))
+                raise _Suspended(Frontier(name, spec, tuple(run.state.ids), limit))
             self.decided.append(Decided(name, (), "length"))  # nothing to choose
         d = self.decided[k]
         if d.name != name:
@@ -128,6 +116,9 @@ class _Replay:
         if self.emit_values and d.tokens:
             run.emit(TextAppended(run.conn.tokenizer.decode(list(d.tokens)), name, run.index))
         return list(d.tokens), d.reason
+
+    def settle(self, run: QueryRun, name: str, prompt_text: str) -> None:
+        """A replay reports a hole's text as it hands it out (when it reports at all)."""
 
 
 class Explorer:
@@ -146,7 +137,7 @@ class Explorer:
         self.scope = scope
         self.decoding = decoding
         self.on_event = on_event
-        self.eos = conn.tokenizer.eos_token_id
+        self.eos = eos_of(conn.tokenizer, "beam search and client-side sampling")
 
     # ---- program replay -----------------------------------------------------------------
 
@@ -155,8 +146,8 @@ class Explorer:
         return await self._replay((), 0.0)
 
     async def _replay(self, decided: tuple[Decided, ...], logprob: float) -> Hypothesis:
-        replay = _Replay(decided)
-        run = QueryRun(self.query, self.conn, self.scope, self.decoding, source=replay, quiet=True)
+        replay = Replay(decided)
+        run = QueryRun(self.query, self.conn, self.scope, self.decoding, holes=replay, quiet=True)
         try:
             await run.run_program()
         except _Suspended as s:
@@ -170,8 +161,8 @@ class Explorer:
     async def _score_program_text(self, h: Hypothesis, fill: int) -> Hypothesis:
         """Add the log-probs of the program text that follows the hole finished last: LMQL's
         beam decoders rank whole sequences, inserted text included."""
-        end = h.run.hole_ends[fill]
-        ids = list(h.frontier.prompt) if h.frontier is not None else h.run.prompt_ids()
+        end = h.run.state.hole_end(fill)
+        ids = list(h.frontier.prompt) if h.frontier is not None else h.run.state.ids
         if len(ids) <= end:
             return h
         started = time.perf_counter()
@@ -182,10 +173,11 @@ class Explorer:
     async def result(self, h: Hypothesis, rank: int) -> Any:
         """The query's result for a finished hypothesis: its program replayed once more, now
         reporting events and warnings as result number `rank`."""
-        replay = _Replay(h.decided, emit_values=True)
+        replay = Replay(h.decided, emit_values=True)
         run = QueryRun(
-            self.query, self.conn, self.scope, self.decoding, self.on_event, rank, source=replay
+            self.query, self.conn, self.scope, self.decoding, self.on_event, rank, holes=replay
         )
+        run.state.add_logprob(h.logprob)  # the search's score is the result's log-prob
         try:
             value = await run.run_program()
         except _Suspended as s:
@@ -193,10 +185,7 @@ class Explorer:
                 f"replaying the query reached hole {s.frontier.name} after its program had "
                 "finished: beam-type decoders re-run the program and need it to be deterministic"
             ) from None
-        out = await run.finish(value)
-        if isinstance(out, LMQLResult):
-            out.logprob = h.logprob
-        return out
+        return await run.finish(value)
 
     # ---- growing a hole -------------------------------------------------------------------
 
@@ -222,12 +211,13 @@ class Explorer:
             choices = await self._top(h, allowed, wanted)
         else:
             choices = await self._samples(h, allowed, width, sampling, place)
+        endings = HoleEndings(h.frontier.spec, self.conn.tokenizer, h.frontier.limit)
         before = self.conn.tokenizer.decode(list(h.tokens))
-        steps = [(t, lp, self._take(h, before, t)) for t, lp in choices]
+        steps = [(t, lp, self._take(h, endings, before, t)) for t, lp in choices]
         kept = [(t, lp, step) for t, lp, step in steps if step is not None][:width]
         return list(await asyncio.gather(*(self._child(h, *k) for k in kept)))
 
-    async def _child(self, h: Hypothesis, token: int, logprob: float, step: _Step) -> Hypothesis:
+    async def _child(self, h: Hypothesis, token: int, logprob: float, step: Step) -> Hypothesis:
         """`h` after `token`, which `step` says ends its hole or not."""
         assert h.frontier is not None
         tokens = h.tokens if token == self.eos else (*h.tokens, token)
@@ -236,38 +226,26 @@ class Explorer:
         done = Decided(h.frontier.name, tokens, step.reason, step.cut)
         return await self._replay((*h.decided, done), h.logprob + logprob)
 
-    def _take(self, h: Hypothesis, before: str, token: int) -> _Step | None:
+    def _take(self, h: Hypothesis, endings: HoleEndings, before: str, token: int) -> Step | None:
         """Whether and why the hole ends after `token` (`before`: the hole's text so far), as
-        the engine (stop phrases, token limits) and runtime/clientside.py (conditional stops,
-        `HoleSpec.check`) decide it; None when the token may not be taken here."""
+        the engine and token-by-token decoding decide it; None when the token may not be taken
+        here, which includes a partial text that `HoleSpec.check` already rejects."""
         assert h.frontier is not None
-        spec, decode = h.frontier.spec, self.conn.tokenizer.decode
-        if token == self.eos:
-            return _Step("stop") if _final_ok(spec, before, h.tokens) else None
+        step = endings.after(h.tokens, token, before)
+        spec = h.frontier.spec
+        if step is None or step.reason is not None or spec.check is None:
+            return step
         tokens = (*h.tokens, token)
-        text = decode(list(tokens))
-        if spec.stops and len(tokens) >= spec.min_tokens:
-            cut = spec.stop_cut(text, common_prefix(before, text), tokens)
-            if cut is not None and _final_ok(spec, text[:cut], tokens):
-                return _Step("stop", cut)
-        if len(tokens) >= h.frontier.limit:
-            by_max_len = spec.max_tokens is None or h.frontier.limit < spec.max_tokens
-            return _Step("length") if by_max_len or _final_ok(spec, text, tokens) else None
-        if spec.check is not None and spec.check(HoleText(text, tokens)) is False:
-            return None
-        return _Step(None)
+        text = self.conn.tokenizer.decode(list(tokens))
+        return None if spec.check(HoleText(text, tokens)) is False else step
 
     def _allowed(self, h: Hypothesis) -> np.ndarray | None:
         """The hole's mask after the hypothesis' tokens; None when any token may follow."""
         assert h.frontier is not None
         spec = h.frontier.spec
         matcher = self._matcher(spec, h.tokens)
-        allowed = matcher.allowed().copy() if matcher is not None else None
-        if len(h.tokens) < spec.min_tokens:
-            if allowed is None:
-                allowed = np.ones(self.conn.tokenizer.vocab_size, dtype=bool)
-            allowed[self.eos] = False
-        return allowed
+        vocab = self.conn.tokenizer.vocab_size
+        return token_mask(matcher, len(h.tokens), spec.min_tokens, self.eos, vocab)
 
     def _matcher(self, spec: HoleSpec, tokens: tuple[int, ...]) -> GrammarMatcher | None:
         grammar = spec.grammar()
@@ -283,7 +261,7 @@ class Explorer:
         event = await self._step(h, allowed, top_logprobs=width)
         top = event.top_logprobs or {event.token: event.logprob}
         ranked = sorted(top.items(), key=lambda kv: -kv[1])
-        return [(t, lp) for t, lp in ranked if _allows(allowed, t)][:width]
+        return [(t, lp) for t, lp in ranked if allows(allowed, t)][:width]
 
     async def _samples(
         self,
@@ -298,7 +276,7 @@ class Explorer:
         events = await asyncio.gather(*(self._step(h, allowed, s, sd) for sd in seeds))
         drawn: dict[int, float] = {}
         for e in events:
-            if _allows(allowed, e.token):
+            if allows(allowed, e.token):
                 drawn.setdefault(e.token, e.logprob)
         return list(drawn.items())
 
@@ -338,11 +316,6 @@ class Explorer:
         if self.on_event is not None:
             elapsed = time.perf_counter() - started
             self.on_event(ModelCall(kind, prompt_tokens, tokens, elapsed))
-
-
-def _allows(allowed: np.ndarray | None, token: int) -> bool:
-    """Whether the mask lets `token` through (ids beyond the grammar's vocabulary never)."""
-    return allowed is None or (0 <= token < len(allowed) and bool(allowed[token]))
 
 
 def _mix(*parts: int) -> int:

@@ -1,8 +1,8 @@
 """The interpreter: runs one program of a query against one model connection.
 
 The compiled program is an ordinary async function; each prompt string calls back into
-`QueryContext.prompt`, which appends text and fills holes one at a time. A hole costs one
-GENERATE carrying its whole grammar, stop phrases and token limit.
+`QueryContext.prompt`, which appends text and fills holes one at a time, each through the run's
+hole strategy (runtime/hole_strategy.py). The prompt itself lives in the run's `RunState`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ import logging
 import math
 import time
 import types
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import aclosing
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 from ..constraints.compile import compile_hole
@@ -32,19 +31,21 @@ from ..language.compiler import (
 from ..language.errors import HoleTypeError, QueryCompileError, QuerySyntaxError
 from ..language.expressions import evaluate
 from ..language.qstrings import Hole, Interpolation, Tag, Text
-from ..lmtp.client import Followup, GenerateAfter
 from ..lmtp.messages import Generate
-from . import clientside
 from .ahead import Ahead, Plan, plan_after
 from .chat import open_message, text_tag
 from .context import PromptContext
 from .events import ModelCall, OnEvent, QueryEvent, TextAppended, VariableFinished
+from .hole_endings import stops_inactive_in
+from .hole_strategy import HoleRequest, HoleStrategy
 from .hooks import HoleHooks
 from .interpolations import interpolation_error
 from .model import ConnectedModel
 from .nested import call_in_query
 from .result import LMQLResult
 from .scope import as_scope, statement_names
+from .state import RunState
+from .streamed import Generation
 
 log = logging.getLogger("cogql.runtime")
 
@@ -81,13 +82,6 @@ class _Pending:
     values: ast.expr
 
 
-Until = Callable[[list[int], str], bool]  # (tokens so far, their text) -> stop now?
-
-HoleSource = Callable[["QueryRun", str, HoleSpec, int], Awaitable[tuple[list[int], str]]]
-"""Decides a hole's tokens and finish reason, given the run, hole name, spec and token budget:
-the decoders of runtime/decoders.py replay programs through one instead of generating."""
-
-
 @dataclass
 class QueryRun:
     query: CompiledQuery
@@ -96,27 +90,21 @@ class QueryRun:
     decoding: Decoding
     on_event: OnEvent | None = None
     index: int = 0
-    text: str = ""
-    ids: list[int] = field(default_factory=list)
-    pending_text: str = ""
+    holes: HoleStrategy = field(default_factory=Generation)  # decides each hole's tokens
+    quiet: bool = False  # no truncation warning (a decoder replaying hypotheses warns itself)
+    # the prompt, hole ends, log-prob and calls: a nested query's run shares its parent's
+    shared_state: InitVar[RunState | None] = None
+    state: RunState = field(init=False)
     variables: dict[str, Any] = field(default_factory=dict)
     distribution: _Pending | None = None
-    truncated: bool = False
-    calls: int = 0
-    source: HoleSource | None = None  # None: each hole is one GENERATE
-    quiet: bool = False  # no truncation warning (a decoder replaying hypotheses warns itself)
-    logprob: float = 0.0  # sum of the generated tokens' log-probs
-    hole_ends: list[int] = field(default_factory=list)  # len(ids) after each filled hole
-    chat_role: str | None = None  # role of the chat message the last {:role} tag opened
     shown: str = ""  # the text of the hole being generated that events have already reported
     ahead: Ahead = field(default_factory=Ahead)  # requests sent ahead of the run (ahead.py)
-    plan: tuple[PromptStatement, Plan, dict[str, Any]] | None = None  # for the hole being filled
     on_tokens: Callable[[list[int]], None] | None = None  # the hole's tokens, as each arrives
-    _holes_done: int = 0
 
-    def __post_init__(self) -> None:
-        bos = self.conn.bos_token_id
-        self.ids = [bos] if bos is not None else []
+    def __post_init__(self, shared_state: RunState | None) -> None:
+        if shared_state is None:
+            shared_state = RunState(self.conn.tokenizer, self.conn.bos_token_id)
+        self.state = shared_state
 
     # ---- running --------------------------------------------------------------------------
     async def execute(self) -> Any:
@@ -157,26 +145,11 @@ class QueryRun:
             self.on_event(event)
 
     # ---- prompt text ----------------------------------------------------------------------
-    def append(self, text: str, variable: str | None = None) -> None:
+    def append_program_text(self, text: str) -> None:
         if not text:
             return
-        self.text += text
-        self.emit(TextAppended(text, variable, self.index))
-
-    def _flush(self) -> None:
-        if self.pending_text:
-            start = all(t == self.conn.bos_token_id for t in self.ids)  # the prompt's first text
-            self.ids.extend(self.conn.tokenizer.encode(self.pending_text, start=start))
-            self.pending_text = ""
-
-    def prompt_ids(self) -> list[int]:
-        """The token ids of the whole prompt so far, program text included."""
-        self._flush()
-        return self.ids
-
-    def append_program_text(self, text: str) -> None:
-        self.append(text)
-        self.pending_text += text
+        self.state.append_text(text)
+        self.emit(TextAppended(text, None, self.index))
 
     def tag(self, role: str) -> str:
         """A `{:role}` tag: the model's chat template where it has one (runtime/chat.py), else
@@ -184,11 +157,11 @@ class QueryRun:
         opened = open_message(self, role)
         if opened is not None:
             return opened
-        return text_tag(role, at_start=not self.text)
+        return text_tag(role, at_start=not self.state.text)
 
     # ---- holes ----------------------------------------------------------------------------
     async def fill(
-        self, stmt: PromptStatement, hole: Hole, scope: dict[str, Any], plan: Plan = ()
+        self, stmt: PromptStatement, hole: Hole, scope: dict[str, Any], plan: Plan | None = None
     ) -> None:
         """Fill `hole`; `plan` is what follows it in its statement, which may be sent ahead
         in its GENERATE's message (ahead.py)."""
@@ -196,43 +169,36 @@ class QueryRun:
         if hooks is not None and await hooks.before():
             return
         spec = self.hole_spec(stmt, hole, scope)
-        self._flush()
-        budget = self.decoding.max_len - len(self.ids)
+        budget = self.decoding.max_len - self.state.token_count
         if budget <= 0:
             self._truncate(stmt, hole.name)
             self.variables[hole.name] = ""
-            self.hole_ends.append(len(self.ids))
+            self.state.end_hole()
             return
         self.shown = ""
-        self.plan = (stmt, list(plan), scope) if plan and self.source is None else None
-        try:
-            if self.source is None:
-                tokens, reason = await clientside.generate(self, hole.name, spec, budget)
-            else:
-                tokens, reason = await self.source(self, hole.name, spec, budget)
-        finally:
-            self.plan = None
-        raw = self.conn.tokenizer.decode(tokens)
-        inactive = tokens[: spec.min_tokens - 1] if spec.stops and spec.min_tokens > 1 else []
-        value, prompt_text = spec.finish(raw, len(self.conn.tokenizer.decode(inactive)))
-        if self.source is None and prompt_text.startswith(self.shown):
-            self._report(hole.name, prompt_text[len(self.shown) :])
+        request = HoleRequest(hole.name, spec, budget, (stmt, list(plan), scope) if plan else None)
+        tokens, reason = await self.holes.generate(self, request)
+        decode = self.conn.tokenizer.decode
+        raw = decode(tokens)
+        value, prompt_text = spec.finish(raw, len(decode(stops_inactive_in(spec, tokens))))
+        self.holes.settle(self, hole.name, prompt_text)
         if hooks is not None:
             value, prompt_text = hooks.after(tokens, value, prompt_text)
         if reason == "length" and (spec.max_tokens is None or len(tokens) < spec.max_tokens):
             self._truncate(stmt, hole.name)
-        self.ids.extend(tokens if prompt_text == raw else self.conn.tokenizer.encode(prompt_text))
-        self.text += prompt_text
-        self.hole_ends.append(len(self.ids))
+        if prompt_text == raw:
+            self.state.append_tokens(tokens, prompt_text)
+        else:
+            self.state.append_encoded(prompt_text)
+        self.state.end_hole(generated=True)
         self.variables[hole.name] = value
-        self._holes_done += 1
         self.emit(VariableFinished(hole.name, value, self.index))
 
     def _truncate(self, stmt: PromptStatement, name: str) -> None:
         """LMQL stops with an assertion at max_len; cogql keeps what it has and warns, naming
         the hole and where it is written."""
         lineno, col = hole_position(self.query.source, stmt, name)
-        if not self.truncated and not self.quiet:
+        if not self.state.truncated and not self.quiet:
             log.warning(
                 "query reached max_len=%d tokens while generating %s (line %d, column %d); "
                 "the result is truncated",
@@ -241,7 +207,7 @@ class QueryRun:
                 lineno,
                 col + 1,
             )
-        self.truncated = True
+        self.state.truncate()
 
     def hole_spec(self, stmt: PromptStatement, hole: Hole, scope: dict[str, Any]) -> HoleSpec:
         env = statement_names(self.scope, self.variables, scope)
@@ -283,20 +249,8 @@ class QueryRun:
         base = self.decoding.seed
         if base is None:
             return None
-        return (base * 1_000_003 + self.index * 7919 + self._holes_done + ahead) % (2**31)
-
-    async def _generate(
-        self, name: str, spec: HoleSpec, budget: int, until: Until | None = None
-    ) -> tuple[list[int], str]:
-        max_tokens = budget if spec.max_tokens is None else min(spec.max_tokens, budget)
-        op = self.hole_op(spec, max_tokens, list(self.ids), self.hole_seed())
-        sent_ahead = self.ahead.take(op)
-        then = (
-            []
-            if sent_ahead is not None or self.plan is None
-            else self.ahead.followups(self, *self.plan)
-        )
-        return await self._stream(name, op, until, spec.streamed_hold(), then, sent_ahead)
+        holes = self.state.generated_holes
+        return (base * 1_000_003 + self.index * 7919 + holes + ahead) % (2**31)
 
     def hole_op(
         self, spec: HoleSpec, max_tokens: int, prompt: list[int], seed: int | None
@@ -315,58 +269,7 @@ class QueryRun:
             min_tokens=spec.min_tokens,
         )
 
-    async def _stream(
-        self,
-        name: str,
-        op: Generate,
-        until: Until | None = None,
-        hold: int | None = 0,
-        then: Sequence[Followup] = (),
-        sent_ahead: GenerateAfter | None = None,
-    ) -> tuple[list[int], str]:
-        """Run `op` (or read `sent_ahead`, the same request sent ahead), with `then` in its
-        message, reporting its text as it arrives but the last `hold` characters (None:
-        nothing), which `fill` reports once the value is known; `until(tokens, text)` may end
-        it early (the stream is then cancelled server-side)."""
-        tokenizer = self.conn.tokenizer
-        eos = {tokenizer.eos_token_id}
-        tokens: list[int] = []
-        reason = "stop"
-        ended = False
-        started = time.perf_counter()
-        if self.on_event is None:
-            hold = None  # nobody listens: no text to work out per token
-        source = sent_ahead.events() if sent_ahead else self.conn.client.generate(op, then)
-        async with aclosing(source) as events:
-            async for event in events:
-                if event.token not in eos or event.finish_reason is None:
-                    tokens.append(event.token)
-                    if self.on_tokens is not None:
-                        self.on_tokens(tokens)
-                reason = event.finish_reason or reason
-                ended = event.finish_reason is not None
-                self.logprob += event.logprob
-                watched = until is not None and event.token not in eos
-                text = tokenizer.decode(tokens) if watched or hold is not None else ""
-                if until is not None and watched and until(tokens, text):
-                    reason = "stop"
-                    break
-                if event.finish_reason is None and hold is not None:
-                    self._show_settled(name, text, hold)
-        self.ahead.read(op, tokens, ended, then)
-        self.calls += 1
-        elapsed = time.perf_counter() - started
-        self.emit(ModelCall("GENERATE", len(op.prompt), len(tokens), elapsed, self.index))
-        return tokens, reason
-
-    def _show_settled(self, name: str, text: str, hold: int) -> None:
-        if text.endswith("\ufffd"):  # a character split across tokens
-            return
-        settled = text[: max(len(text) - hold, 0)]
-        if len(settled) > len(self.shown) and settled.startswith(self.shown):
-            self._report(name, settled[len(self.shown) :])
-
-    def _report(self, name: str, text: str) -> None:
+    def report(self, name: str, text: str) -> None:
         """Report more of the hole being generated."""
         if text:
             self.shown += text
@@ -375,8 +278,7 @@ class QueryRun:
     # ---- distribution ---------------------------------------------------------------------
     async def _result(self) -> LMQLResult:
         self.ahead.drop()
-        self._flush()
-        result = LMQLResult(self.text, dict(self.variables), logprob=self.logprob)
+        result = LMQLResult(self.state.text, dict(self.variables), logprob=self.state.logprob)
         if self.distribution is not None:
             await self._distribution(result, self.distribution)
         return result
@@ -390,12 +292,13 @@ class QueryRun:
         encode = self.conn.tokenizer.encode
         option_ids = [encode(o) for o in options]
         started = time.perf_counter()
-        scores = await self.ahead.scored(self.ids, option_ids)
+        ids = self.state.ids
+        scores = await self.ahead.scored(ids, option_ids)
         if scores is None:
-            scores = await self.conn.client.score(self.ids, option_ids)
-        self.calls += 1
+            scores = await self.conn.client.score(ids, option_ids)
+        self.state.count_call()
         n_tokens = sum(len(s) for s in scores)
-        self.emit(ModelCall("SCORE", len(self.ids), n_tokens, time.perf_counter() - started))
+        self.emit(ModelCall("SCORE", len(ids), n_tokens, time.perf_counter() - started))
         means = [sum(s) / len(s) for s in scores]
         top = max(means)
         norm = top + math.log(sum(math.exp(m - top) for m in means))
@@ -447,7 +350,7 @@ class QueryContext:
                 used += 1
             elif isinstance(seg, Tag):
                 run.append_program_text(run.tag(seg.role))
-                chat = run.chat_role == seg.role
+                chat = run.state.chat_role == seg.role
                 continue
             elif seg.name == dist_var and run.query.distribution is not None:
                 run.distribution = _Pending(seg.name, dict(scope), run.query.distribution.values)
@@ -475,4 +378,4 @@ class QueryContext:
 
     @property
     def prompt_text(self) -> str:
-        return self._run.text
+        return self._run.state.text

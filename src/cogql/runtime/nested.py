@@ -8,8 +8,9 @@ the same model, decoder and token budget, and then
   frame) and the value's `str()` stands in its place; the hole's value is the returned value;
 * if it returns nothing, its text stays (like a macro expansion) and is the hole's value.
 
-The nested program runs as a second `QueryRun` that shares this run's token ids, prompt text and
-hole bookkeeping, so decoders that replay programs (beam, best_k) replay nested holes as well.
+The nested program runs as a second `QueryRun` that shares this run's `RunState` (prompt, hole
+ends, log-prob, calls) and hole strategy, so decoders that replay programs (beam, best_k) replay
+nested holes as well.
 """
 
 from __future__ import annotations
@@ -96,8 +97,7 @@ async def run_tactic(parent: QueryRun, hole: Hole, tactic: Tactic, env: dict[str
     _warn_ignored_clauses(query)
     warn_outer_constraints(parent.query, hole.name)
     scope = query._scope(_inputs(tactic, env))
-    parent.prompt_ids()  # flush: the frame starts at a token boundary
-    start_ids, start_text, start_ends = len(parent.ids), len(parent.text), len(parent.hole_ends)
+    frame = parent.state.mark()
     child = QueryRun(
         query.compiled,
         parent.conn,
@@ -105,29 +105,22 @@ async def run_tactic(parent: QueryRun, hole: Hole, tactic: Tactic, env: dict[str
         parent.decoding,
         _relabel(parent.on_event, hole.name),
         index=parent.index,
-        source=parent.source,
+        holes=parent.holes,
         quiet=parent.quiet,
+        shared_state=parent.state,
     )
-    _share(parent, child)
     value = await child.run_program()
     if child.distribution is not None:
         raise NestedQueryError(
             f"[{hole.name}: {hole.type_expr}]: a nested query cannot have a distribution clause",
             source=parent.query.source,
         )
-    _take_back(parent, child)
     if value is DEFAULT:  # macro expansion: the text stays and is the value
-        return parent.text[start_text:]
+        return parent.state.text_since(frame)
     # stack frame: the nested text leaves the prompt, the returned value takes its place
-    del parent.ids[start_ids:]
-    parent.text = parent.text[:start_text]
-    parent.pending_text = ""
     prompt_text = str(value)
-    parent.ids.extend(parent.conn.tokenizer.encode(prompt_text))
-    parent.text += prompt_text
+    parent.state.rewind(frame, prompt_text)
     parent.emit(TextAppended(prompt_text, hole.name, parent.index))
-    for k in range(start_ends, len(parent.hole_ends)):  # inner holes end where the value does
-        parent.hole_ends[k] = len(parent.ids)
     return value
 
 
@@ -212,18 +205,3 @@ def _relabel(on_event: OnEvent | None, variable: str) -> OnEvent | None:
             on_event(event)
 
     return forward
-
-
-_SHARED = ("text", "pending_text", "logprob", "calls", "truncated", "_holes_done", "chat_role")
-
-
-def _share(parent: QueryRun, child: QueryRun) -> None:
-    child.ids = parent.ids  # the same lists: appends by either are seen by both
-    child.hole_ends = parent.hole_ends
-    for name in _SHARED:
-        setattr(child, name, getattr(parent, name))
-
-
-def _take_back(parent: QueryRun, child: QueryRun) -> None:
-    for name in _SHARED:
-        setattr(parent, name, getattr(child, name))

@@ -1,29 +1,21 @@
-"""Holes whose constraints the engine cannot enforce alone: the client takes part.
+"""Token-by-token decoding, for holes with constraints only Python can evaluate (a user function
+in `where`, arithmetic over lengths, ...; `HoleSpec.check`).
 
-Both paths below use only the engine's ordinary GENERATE op, so they work on every transport.
-
-* **Conditional stops** (§6.5): a stop phrase inside an `and` is active only while its siblings
-  hold, and when a sibling is not a token minimum (`len(X) > 20`, `REGEX(...)`, a user
-  function...) the engine's rule cannot express that. The hole is then one GENERATE streamed
-  as usual, without server-side stops; after each token the client checks whether an active
-  stop phrase ended inside it and, if so, ends the hole there and cancels the stream.
-
-* **Constraints only Python can evaluate** (a user function in `where`, arithmetic over
-  lengths, ...; `HoleSpec.check`): the slow path. The hole is generated one token per GENERATE
-  (`max_tokens=1`) that also returns the model's top candidates under the grammar part of the
-  constraints (tracked here with llguidance and sent as ±100 `logit_bias`). The client evaluates
-  the predicate on the text each candidate would make and takes the model's favourite that keeps
-  it true; it ends the hole only where the predicate holds on the final text, and backtracks to
-  the next candidate when a branch cannot end well. That costs one model call (one round trip)
-  per token plus Python calls per candidate, which is why only constraints no grammar can
-  express take this path. The result always satisfies the predicate; when no value within the
-  token limit does, it is an error rather than a wrong value (LMQL returns the wrong value).
+The hole is generated one token per GENERATE (`max_tokens=1`) that also returns the model's top
+candidates under the grammar part of the constraints (tracked here with llguidance and sent as
+±100 `logit_bias`). The client evaluates the predicate on the text each candidate would make and
+takes the model's favourite that keeps it true; it ends the hole only where the predicate holds
+on the final text, and backtracks to the next candidate when a branch cannot end well. That costs
+one model call (one round trip) per token plus Python calls per candidate, which is why only
+constraints no grammar can express take this path. The result always satisfies the predicate;
+when no value within the token limit does, it is an error rather than a wrong value (LMQL
+returns the wrong value). It uses only the engine's ordinary GENERATE op, so it works on every
+transport.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,15 +24,18 @@ import numpy as np
 from ..constraints.holespec import HoleSpec
 from ..constraints.values import HoleText, Predicate
 from ..errors import RunError, point_at
-from ..grammar import GrammarCompiler, GrammarMatcher, common_prefix, mask_bias
+from ..grammar import GrammarCompiler, GrammarMatcher, mask_bias
+from ..lmtp.emulation import allows, eos_of, token_mask
 from ..lmtp.messages import Generate
 from ..tokenizer import Tokenizer
 from .events import ModelCall
+from .hole_endings import HoleEndings, hole_limit
+from .hole_strategy import HoleRequest, report_rest
 
 if TYPE_CHECKING:
     from .interpreter import QueryRun
 
-TOP_CANDIDATES = 16  # candidates per slow-path step
+TOP_CANDIDATES = 16  # candidates per step
 _compilers: dict[int, tuple[Tokenizer, GrammarCompiler]] = {}
 
 
@@ -65,38 +60,14 @@ def grammar_compiler(tokenizer: Tokenizer) -> GrammarCompiler:
     return entry[1]
 
 
-async def generate(run: QueryRun, name: str, spec: HoleSpec, budget: int) -> tuple[list[int], str]:
-    """The hole's tokens and finish reason: one GENERATE (watched when its stops are
-    conditional), or the slow path when a Python check is needed or when the token limit cut
-    the text where the grammar does not accept it (e.g. `not X in [...]` under a limit)."""
-    if spec.check is not None:
-        return await _SlowPath(run, name, spec, budget).generate()
-    until = stop_watch(spec) if spec.client_stops else None
-    tokens, reason = await run._generate(name, spec, budget, until=until)
-    at_limit = spec.max_tokens is not None and len(tokens) >= spec.max_tokens
-    grammar = spec.regex is not None or spec.token_options is not None
-    if reason == "length" and at_limit and grammar:
-        raw = run.conn.tokenizer.decode(tokens)
-        if not spec.holds(raw, tuple(tokens)):
-            spec.cut = None
-            return await _SlowPath(run, name, spec, budget).generate()
-    return tokens, reason
+class TokenByToken:
+    """The hole strategy for `HoleSpec.check`: one GENERATE per token, with backtracking."""
 
+    async def generate(self, run: QueryRun, hole: HoleRequest) -> tuple[list[int], str]:
+        return await _Search(run, hole.name, hole.spec, hole.budget).generate()
 
-def stop_watch(spec: HoleSpec) -> Callable[[list[int], str], bool]:
-    """A per-token test for the streamed path, given the tokens and their text: True (and
-    `spec.cut` set) once a stop fires."""
-    seen = {"text": ""}
-
-    def fired(tokens: list[int], text: str) -> bool:
-        new_from = common_prefix(seen["text"], text)
-        seen["text"] = text
-        if len(tokens) < spec.min_tokens:
-            return False
-        spec.cut = spec.stop_cut(text, new_from, tuple(tokens))
-        return spec.cut is not None
-
-    return fired
+    def settle(self, run: QueryRun, name: str, prompt_text: str) -> None:
+        report_rest(run, name, prompt_text)  # all of it: nothing is reported while deciding
 
 
 @dataclass
@@ -107,8 +78,8 @@ class _Frame:
     next: int = 0
 
 
-class _SlowPath:
-    """Token-by-token generation with backtracking, for `HoleSpec.check`."""
+class _Search:
+    """Token-by-token generation of one hole, backtracking where a branch cannot end well."""
 
     def __init__(self, run: QueryRun, name: str, spec: HoleSpec, budget: int) -> None:
         self.run = run
@@ -116,11 +87,11 @@ class _SlowPath:
         self.spec = spec
         self.check = spec.check or Predicate(None, ())  # type: ignore[arg-type]
         self.tokenizer = run.conn.tokenizer
-        self.eos = self.tokenizer.eos_token_id
-        self.by_max_len = spec.max_tokens is None or budget < spec.max_tokens
-        self.limit = budget if spec.max_tokens is None else min(spec.max_tokens, budget)
+        self.eos = eos_of(self.tokenizer, "constraints decoded token by token")
+        self.limit = hole_limit(spec, budget)
+        self.endings = HoleEndings(spec, self.tokenizer, self.limit, accepts=self._accepts)
         self.max_calls = 2 * self.limit + 16
-        self.calls = 0
+        self.requests = 0
         grammar = spec.grammar()
         self.compiler = grammar_compiler(self.tokenizer) if grammar else None
         self.grammar = grammar
@@ -142,36 +113,15 @@ class _SlowPath:
                 continue
             token = frame.choices[frame.next]
             frame.next += 1
-            ending = self._ending(tokens, token)
-            if ending is not None:
-                return self._done(tokens, token, ending)
-            if token != self.eos and len(tokens) + 1 < self.limit:
-                tokens.append(token)
+            step = self.endings.after(tokens, token)
+            if step is None:
+                continue
+            self.spec.cut = step.cut
+            if step.reason is not None:
+                return self._done(tokens, token, step.reason)
+            tokens.append(token)
 
     # ---- choosing -------------------------------------------------------------------------
-    def _ending(self, tokens: list[int], token: int) -> str | None:
-        """The finish reason if taking `token` ends the hole well here, else None."""
-        if token == self.eos:
-            return "stop"
-        new = [*tokens, token]
-        before = self.tokenizer.decode(tokens)
-        text = self.tokenizer.decode(new)
-        self.spec.cut = None
-        if len(new) >= self.spec.min_tokens:
-            self.spec.cut = self.spec.stop_cut(text, common_prefix(before, text), tuple(new))
-        if self.spec.cut is not None:
-            value = text[: self.spec.cut]
-            if self.check.allows(HoleText(value, tuple(new), final=True)):
-                return "stop"
-            self.spec.cut = None
-        if len(new) < self.limit:
-            return None
-        if self.by_max_len:
-            return "length"  # max_len cut it: a truncated value, with a warning
-        if self._accepts(new) and self.check.allows(HoleText(text, tuple(new), final=True)):
-            return "length"
-        return None
-
     def _order(self, tokens: list[int], ranked: list[int], eos_allowed: bool) -> list[int]:
         """Candidates that keep the predicate true (ending only where it holds on the final
         text), then ending here, then the rest: they may make it true later."""
@@ -221,24 +171,20 @@ class _SlowPath:
 
     def _allowed(self, tokens: list[int]) -> np.ndarray | None:
         matcher = self._matched(tokens)
-        allowed = matcher.allowed().copy() if matcher is not None else None
-        if len(tokens) < self.spec.min_tokens:
-            if allowed is None:
-                allowed = np.ones(self.tokenizer.vocab_size, dtype=bool)
-            allowed[self.eos] = False
-        return allowed
+        vocab = self.tokenizer.vocab_size
+        return token_mask(matcher, len(tokens), self.spec.min_tokens, self.eos, vocab)
 
     async def _ranked(self, tokens: list[int], allowed: np.ndarray | None) -> list[int]:
         """The model's candidates at this position, best first (the sampled one first)."""
-        if self.calls >= self.max_calls:
+        if self.requests >= self.max_calls:
             raise self._unsatisfied()
-        self.calls += 1
+        self.requests += 1
         run, d = self.run, self.run.decoding
         seed = run.hole_seed()
         op = Generate(
             stream_id=None,
             model="",
-            prompt=[*run.ids, *tokens],
+            prompt=[*run.state.ids, *tokens],
             max_tokens=1,
             temperature=d.temperature,
             logit_bias=mask_bias(allowed),
@@ -248,13 +194,13 @@ class _SlowPath:
         )
         started = time.perf_counter()
         events = [e async for e in run.conn.client.generate(op)]
-        run.calls += 1
+        run.state.count_call()
         run.emit(ModelCall("GENERATE", len(op.prompt), 1, time.perf_counter() - started, run.index))
         first = events[0]
         top = dict(first.top_logprobs or {})
         top.setdefault(first.token, first.logprob)
         order = [first.token, *sorted(top, key=lambda t: -top[t])]
-        ranked = [t for t in dict.fromkeys(order) if allowed is None or _ok(allowed, t)]
+        ranked = [t for t in dict.fromkeys(order) if allows(allowed, t)]
         for t in ranked:
             self.logprobs[(*tokens, t)] = top[t]
         return ranked
@@ -262,8 +208,8 @@ class _SlowPath:
     # ---- results --------------------------------------------------------------------------
     def _done(self, tokens: list[int], token: int, reason: str) -> tuple[list[int], str]:
         final = tokens if token == self.eos else [*tokens, token]
-        run = self.run
-        run.logprob += sum(self.logprobs.get(tuple(final[: i + 1]), 0.0) for i in range(len(final)))
+        logprobs = (self.logprobs.get(tuple(final[: i + 1]), 0.0) for i in range(len(final)))
+        self.run.state.add_logprob(sum(logprobs))
         return final, reason
 
     def _unsatisfied(self) -> ConstraintUnsatisfiedError:
@@ -272,12 +218,8 @@ class _SlowPath:
         described = where.describe() if where is not None else "its constraints"
         return ConstraintUnsatisfiedError(
             f"the model produced no value of {self.name} that satisfies "
-            f"`{described}` within {self.limit} tokens ({self.calls} model calls)",
+            f"`{described}` within {self.limit} tokens ({self.requests} model calls)",
             source=self.run.query.source,
             lineno=lineno,
             col=col,
         )
-
-
-def _ok(allowed: np.ndarray, token: int) -> bool:
-    return 0 <= token < len(allowed) and bool(allowed[token])
