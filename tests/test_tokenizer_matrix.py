@@ -28,7 +28,7 @@ from cogql.lmtp.messages import Generate, tokenizer_from_wire
 from cogql.lmtp.transports.inprocess import InProcessTransport, local_engine
 from cogql.runtime.chat import chat_format
 from cogql.tokenizer import Tokenizer, load_tokenizer
-from conftest import REAL_TOKENIZERS, real_tokenizer_dir
+from tests.conftest import REAL_TOKENIZERS, real_tokenizer_dir
 
 ModelFactory = Callable[[Path, Path], cogql.Model]  # (tokenizer folder, scratch) -> model
 

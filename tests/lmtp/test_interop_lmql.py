@@ -28,7 +28,7 @@ PEER_PYTHON = PEER / "venv" / "bin" / "python"
 PEER_LMQL = PEER / "venv" / "bin" / "lmql"
 PEER_MODEL = PEER / "smollm2-hf"  # the embedded model, converted to a transformers folder
 CLIENT = Path(__file__).parent / "peer" / "lmql_client.py"
-SENTIMENT = Path(__file__).parent.parent / "examples" / "sentiment.lmql"
+SENTIMENT = Path(__file__).resolve().parents[2] / "examples" / "sentiment.lmql"
 
 pytestmark = pytest.mark.skipif(
     not (PEER_PYTHON.exists() and PEER_MODEL.is_dir()),

@@ -707,7 +707,7 @@ def test_random_model_combined(tiny_model: cogql.Model) -> None:
 
 # --------------------------------------------------------------------------- examples
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 THINGS = {"Volleyball", "Sunscreen", "Bathing Suit"}
 EXAMPLE_CHECKS = {
     "constraints_stops.lmql": lambda r: all(

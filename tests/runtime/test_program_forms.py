@@ -255,7 +255,7 @@ def test_an_output_writer_must_be_callable() -> None:
 
 # --------------------------------------------------------------------------- examples
 
-EXAMPLES = Path(__file__).parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _check_chat(r: Any) -> None:

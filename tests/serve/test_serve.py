@@ -51,7 +51,7 @@ from cogql.serve.access import exposure_warning
 from cogql.serve.logs import limit_repeats
 from cogql.tokenizer import Tokenizer
 
-EXAMPLES = Path(__file__).parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PROMPT = [1, 504, 3437, 28, 253]  # BOS + a few ordinary tokens
 TOKEN_KEYS = ["token", "stream_id", "logprob", "finish_reason", "top_logprobs"]
 
