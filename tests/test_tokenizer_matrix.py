@@ -32,6 +32,9 @@ from tests.conftest import REAL_TOKENIZERS, real_tokenizer_dir
 
 ModelFactory = Callable[[Path, Path], cogql.Model]  # (tokenizer folder, scratch) -> model
 
+# real models' large vocabularies, tiny models built per architecture: minutes, the full tier
+pytestmark = pytest.mark.slow
+
 ARCHITECTURES = ("llama", "mistral", "gemma3", "qwen3", "gpt2")
 SLIDING_WINDOW = 8  # Mistral's and Gemma 3's local layers: shorter than most prompts here
 

@@ -466,12 +466,14 @@ def test_options_combined_with_length() -> None:
     assert r["A"] == " no"
 
 
+@pytest.mark.slow  # SmolLM2's own text
 def test_int_gives_an_int_and_ends_at_the_first_non_digit() -> None:
     # no token limit: the number ends when the model writes what follows it (",")
     r = run('argmax "Count: 1, 2, 3,[N]" where INT(N)')
     assert r["N"] == 4 and r.prompt == "Count: 1, 2, 3, 4"
 
 
+@pytest.mark.slow  # SmolLM2's own text
 def test_int_type_annotation_and_its_value_in_python() -> None:
     result = cogql.run_sync('argmax\n    "Count: 1, 2, 3,[N: int]"\n    return N + 1')
     assert result == 5
@@ -496,6 +498,7 @@ def test_regex_type_annotation() -> None:
 LIST = "Fruits: apple, banana, cherry,"
 
 
+@pytest.mark.slow  # SmolLM2's own text
 def test_stops_at_keeps_the_phrase_end_to_end(tokenizer: Tokenizer) -> None:
     query = f'argmax "{LIST}[A]" where STOPS_AT(A, ",") and len(TOKENS(A)) < 10'
     r, [count] = run_counting(query)
@@ -510,6 +513,7 @@ def test_stops_before_drops_the_phrase_end_to_end() -> None:
     assert r.prompt == LIST + r["A"]
 
 
+@pytest.mark.slow  # SmolLM2's own text
 def test_several_stop_phrases_the_first_occurrence_wins() -> None:
     free = run(f'argmax "{LIST}[A]" where len(TOKENS(A)) < 6')["A"]
     assert "," in free  # the model writes " pear, ..." here
@@ -525,6 +529,7 @@ def test_a_stop_phrase_straddling_tokens_is_not_missed() -> None:
     assert r["A"] == "Hel"
 
 
+@pytest.mark.slow  # SmolLM2's own text
 def test_stops_are_inactive_before_min_tokens() -> None:
     # LMQL: a stop phrase is ignored while a sibling `len(TOKENS(X)) > N` is still false
     r = run(
@@ -540,6 +545,7 @@ def first_active_stop(value: str, phrase: str, longer_than: int) -> int | None:
     return cuts[0] if cuts else None
 
 
+@pytest.mark.slow  # SmolLM2's own text
 def test_conditional_stops_wait_for_their_siblings() -> None:
     # the first "," comes too early for len(A) > 8; the stop fires at the next one
     r = run(f'argmax "{LIST}[A]" where STOPS_AT(A, ",") and len(A) > 8 and len(TOKENS(A)) < 20')
@@ -551,6 +557,7 @@ def test_conditional_stops_wait_for_their_siblings() -> None:
     assert run('argmax "A:[A]" where A in ["abc. def"] and STOPS_AT(A, ".")')["A"] == "abc."
 
 
+@pytest.mark.slow  # SmolLM2's own text
 def test_a_stop_under_or_is_unconditional() -> None:
     r = run(f'argmax "{LIST}[A]" where len(TOKENS(A)) > 8 or STOPS_AT(A, ",")')
     assert r["A"].endswith(",") and r["A"].count(",") == 1
@@ -731,6 +738,7 @@ def test_examples_on_the_random_model(name: str, tiny_model: cogql.Model) -> Non
     assert EXAMPLE_CHECKS[name](result)
 
 
+@pytest.mark.slow  # SmolLM2's own text
 def test_combined_example_stops_only_after_40_tokens(tokenizer: Tokenizer) -> None:
     result, [count] = run_counting((EXAMPLES / "constraints_combined.lmql").read_text())
     assert count > 40 and result["STORY"].endswith(".")
