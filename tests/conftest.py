@@ -22,7 +22,7 @@ import shutil
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -49,10 +49,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 # --------------------------------------------------------------------------- tiers
 
 SLOW = "slow"
-# fixtures that hold model weights (their closure counts: a fixture built on one holds it too)
-MODEL_FIXTURES = frozenset(
-    {"engine", "client", "forwards", "hf_reference", "tiny_model", "tiny_model_path"}
-)
 FAST_MODEL_SEED = 0
 # the default model of fast tests: seeded random logits over the embedded model's tokenizer
 FAST_MODEL = cogql.model("random", seed=FAST_MODEL_SEED)
@@ -65,9 +61,28 @@ FAST_TIER_RULE = (
 )
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def holds_weights(fixture: F) -> F:
+    """Declares a fixture that loads model weights (below `@pytest.fixture`): every test that
+    uses it, directly or through other fixtures, is marked slow at collection."""
+    fixture.holds_weights = True  # type: ignore[attr-defined]
+    return fixture
+
+
+def uses_weights(item: pytest.Item) -> bool:
+    definitions = item._fixtureinfo.name2fixturedefs  # type: ignore[attr-defined]
+    for name in getattr(item, "fixturenames", ()):
+        used = definitions.get(name)  # the last definition is the one this test gets
+        if used and getattr(used[-1].func, "holds_weights", False):
+            return True
+    return False
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if uses_weights(item):
             item.add_marker(SLOW)
 
 
@@ -236,6 +251,7 @@ def _load_fp32(path: Path) -> Any:
 
 
 @pytest.fixture(scope="session")
+@holds_weights
 def hf_reference(embedded_path: Path, engine: Engine) -> HFReference:
     return HFReference(embedded_path, engine)
 
@@ -252,6 +268,7 @@ class ForwardLog:
 
 
 @pytest.fixture
+@holds_weights
 def forwards(engine: Engine) -> Iterator[ForwardLog]:
     log = ForwardLog()
     models = [engine.loaded.model, *engine.loaded.decode_models]
@@ -267,6 +284,7 @@ def tokenizer(embedded_path: Path) -> Tokenizer:
 
 
 @pytest.fixture(scope="session")
+@holds_weights
 def engine() -> Engine:
     """The process-wide engine of the embedded model: the same one `cogql.model(None)` uses."""
     return local_engine(None)
@@ -278,6 +296,7 @@ def client(engine: Engine) -> LMTPClient:
 
 
 @pytest.fixture(scope="session")
+@holds_weights
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory, embedded_path: Path) -> Path:
     """A random-weight 2-layer llama with the embedded tokenizer: its text is noise, so every
     constraint has to do real work to hold."""
@@ -304,6 +323,7 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory, embedded_path: Pat
 
 
 @pytest.fixture(scope="session")
+@holds_weights
 def tiny_model(tiny_model_path: Path) -> cogql.Model:
     return cogql.model(f"local:{tiny_model_path}")
 

@@ -1,6 +1,7 @@
 """Where constraints: compile_hole → HoleSpec, value semantics, HoleSpec.finish, and the
-constraints' behaviour end to end on the embedded model and on a tiny random-weight model (whose
-text is noise, so the constraints have to do all the work): grammar constraints, stop phrases
+constraints' behaviour end to end on the default model (the weightless random model in the fast
+tier, SmolLM2 in the tests marked slow, which check its own text) and on the random model by name
+(whose text is noise, so the constraints have to do all the work): grammar constraints, stop phrases
 (several, straddling token boundaries, conditional on their `and` siblings), INT, typed holes,
 relations between variables, and the client-side slow path for user functions."""
 
@@ -368,7 +369,7 @@ def test_escaped_and_erase() -> None:
     assert HoleSpec(erase=True).finish("hello") == ("hello", "")
 
 
-# --------------------------------------------------------------------------- embedded model
+# --------------------------------------------------------------------------- default model
 
 QUESTION = r"Q: Name three fruits, separated by commas.\nA:"  # as written in a query
 
@@ -629,85 +630,85 @@ def tiny(query: str, model: cogql.Model, **kwargs: Any) -> cogql.LMQLResult:
     return run(query, model=model, **kwargs)
 
 
-def test_random_model_token_limit(tiny_model: cogql.Model) -> None:
-    calls = generated_tokens('argmax "Hello[A]" where len(TOKENS(A)) < 6', model=tiny_model)
+def test_random_model_token_limit(random_model: cogql.Model) -> None:
+    calls = generated_tokens('argmax "Hello[A]" where len(TOKENS(A)) < 6', model=random_model)
     assert calls == [5]  # a random model rarely says EOS: the limit is what ends the hole
-    r = tiny('argmax "Hello[A]" where len(TOKENS(A)) < 6', tiny_model)
+    r = tiny('argmax "Hello[A]" where len(TOKENS(A)) < 6', random_model)
     # noise does not re-tokenize canonically, so compare against the decoded 5 tokens instead
     assert r["A"] and r.prompt == "Hello" + r["A"]
 
 
-def test_random_model_exact_tokens(tiny_model: cogql.Model) -> None:
-    calls = generated_tokens('argmax "Hello[A]" where len(TOKENS(A)) == 2', model=tiny_model)
+def test_random_model_exact_tokens(random_model: cogql.Model) -> None:
+    calls = generated_tokens('argmax "Hello[A]" where len(TOKENS(A)) == 2', model=random_model)
     assert calls == [2]
 
 
-def test_random_model_in_options(tiny_model: cogql.Model) -> None:
+def test_random_model_in_options(random_model: cogql.Model) -> None:
     options = [" alpha beta", " gamma", " delta epsilon zeta"]
-    r = run('argmax "Pick:[A]" where A in OPTIONS', model=tiny_model, OPTIONS=options)
+    r = run('argmax "Pick:[A]" where A in OPTIONS', model=random_model, OPTIONS=options)
     assert r["A"] in options
 
 
-def test_random_model_equality(tiny_model: cogql.Model) -> None:
-    r = tiny('argmax "Say:[A]" where A == " exactly this, nothing else"', tiny_model)
+def test_random_model_equality(random_model: cogql.Model) -> None:
+    r = tiny('argmax "Say:[A]" where A == " exactly this, nothing else"', random_model)
     assert r["A"] == " exactly this, nothing else"
 
 
-def test_random_model_int(tiny_model: cogql.Model) -> None:
-    r = tiny('argmax "Number:[N]" where INT(N) and len(TOKENS(N)) < 5', tiny_model)
+def test_random_model_int(random_model: cogql.Model) -> None:
+    r = tiny('argmax "Number:[N]" where INT(N) and len(TOKENS(N)) < 5', random_model)
     assert isinstance(r["N"], int)
     assert r.prompt in ("Number:" + str(r["N"]), "Number: " + str(r["N"]))
 
 
 @pytest.mark.parametrize("pattern", [r"[0-9]{2}/[0-9]{2}", r"[a-c]{2}-(x|yz)"])
-def test_random_model_regex(tiny_model: cogql.Model, pattern: str) -> None:
-    r = tiny(f'argmax "Code:[D]" where REGEX(D, r"{pattern}")', tiny_model)
+def test_random_model_regex(random_model: cogql.Model, pattern: str) -> None:
+    r = tiny(f'argmax "Code:[D]" where REGEX(D, r"{pattern}")', random_model)
     assert re.fullmatch(pattern, r["D"])
 
 
-def test_random_model_character_length(tiny_model: cogql.Model) -> None:
-    r = tiny('argmax "Hello[A]" where len(A) < 7', tiny_model)
+def test_random_model_character_length(random_model: cogql.Model) -> None:
+    r = tiny('argmax "Hello[A]" where len(A) < 7', random_model)
     assert len(r["A"]) < 7
 
 
-def test_random_model_stops_at(tiny_model: cogql.Model) -> None:
-    r = tiny('argmax "Hello[A]" where STOPS_AT(A, " ") and len(TOKENS(A)) < 12', tiny_model)
+def test_random_model_stops_at(random_model: cogql.Model) -> None:
+    r = tiny('argmax "Hello[A]" where STOPS_AT(A, " ") and len(TOKENS(A)) < 12', random_model)
     value = r["A"]
     # the phrase, if generated, is the value's end and occurs only there
     assert value.find(" ") in (-1, len(value) - 1)
 
 
-def test_random_model_stops_before(tiny_model: cogql.Model) -> None:
-    r = tiny('argmax "Hello[A]" where STOPS_BEFORE(A, "e") and len(TOKENS(A)) < 12', tiny_model)
+def test_random_model_stops_before(random_model: cogql.Model) -> None:
+    r = tiny('argmax "Hello[A]" where STOPS_BEFORE(A, "e") and len(TOKENS(A)) < 12', random_model)
     assert "e" not in r["A"]
     assert r.prompt == "Hello" + r["A"]
 
 
-def test_random_model_conditional_stop(tiny_model: cogql.Model) -> None:
+def test_random_model_conditional_stop(random_model: cogql.Model) -> None:
     q = 'argmax "Hello[A]" where STOPS_AT(A, "e") and len(A) > 12 and len(TOKENS(A)) < 30'
-    value = tiny(q, tiny_model)["A"]
+    value = tiny(q, random_model)["A"]
     assert len(value) > 12
     assert first_active_stop(value, "e", longer_than=12) in (None, len(value))
 
 
-def test_random_model_not_contains(tiny_model: cogql.Model) -> None:
+def test_random_model_not_contains(random_model: cogql.Model) -> None:
     r = tiny(
-        'argmax "Hello[A]" where not "e" in A and not "a" in A and len(TOKENS(A)) < 8', tiny_model
+        'argmax "Hello[A]" where not "e" in A and not "a" in A and len(TOKENS(A)) < 8', random_model
     )
     assert r["A"] and not set("ea") & set(r["A"])
 
 
-def test_random_model_slow_path(tiny_model: cogql.Model) -> None:
-    r = tiny('argmax "Hello[A]" where len(TOKENS(A)) < 6 and A.count(" ") == 2', tiny_model)
+def test_random_model_slow_path(random_model: cogql.Model) -> None:
+    r = tiny('argmax "Hello[A]" where len(TOKENS(A)) < 6 and A.count(" ") == 2', random_model)
     assert r["A"].count(" ") == 2
-    r = tiny('argmax "Hello[A]" where len(TOKENS(A)) < 6 and len(A) % 7 == 3', tiny_model)
+    r = tiny('argmax "Hello[A]" where len(TOKENS(A)) < 6 and len(A) % 7 == 3', random_model)
     assert len(r["A"]) % 7 == 3
 
 
-def test_random_model_combined(tiny_model: cogql.Model) -> None:
+def test_random_model_combined(random_model: cogql.Model) -> None:
     r = tiny(
         'argmax "Hello[A]" where REGEX(A, r"[a-z ]+") and len(A) < 12 and len(TOKENS(A)) < 8',
-        tiny_model,
+        random_model,
     )
     assert re.fullmatch(r"[a-z ]+", r["A"]) and len(r["A"]) < 12
 
@@ -733,8 +734,8 @@ EXAMPLE_CHECKS = {
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLE_CHECKS))
-def test_examples_on_the_random_model(name: str, tiny_model: cogql.Model) -> None:
-    result = tiny((EXAMPLES / name).read_text(), tiny_model)
+def test_examples_on_the_random_model(name: str, random_model: cogql.Model) -> None:
+    result = tiny((EXAMPLES / name).read_text(), random_model)
     assert EXAMPLE_CHECKS[name](result)
 
 

@@ -22,6 +22,7 @@ from cogql.lmtp.client import LMTPClient
 from cogql.lmtp.messages import ErrorEvent, Generate, TokenEvent
 from cogql.lmtp.transports.inprocess import InProcessTransport, local_engine
 from cogql.tokenizer import Tokenizer
+from tests.conftest import holds_weights
 
 PROMPTS = [
     "The capital of France is",
@@ -32,6 +33,7 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
+@holds_weights
 def fp32_engine() -> Engine:
     return local_engine(None, dtype="float32")
 
@@ -49,7 +51,6 @@ def prompt_ids(tokenizer: Tokenizer, text: str) -> list[int]:
     return [1, *tokenizer.encode(text)]
 
 
-@pytest.mark.slow
 async def test_concurrent_streams_match_solo_runs(
     fp32_client: LMTPClient, fp32_engine: Engine, tokenizer: Tokenizer
 ) -> None:
@@ -66,7 +67,6 @@ async def test_concurrent_streams_match_solo_runs(
     assert (batch.rows - rows) / (batch.steps - steps) > 2  # several rows per shared step
 
 
-@pytest.mark.slow
 async def test_a_stream_joins_a_running_batch(
     fp32_client: LMTPClient, fp32_engine: Engine, tokenizer: Tokenizer
 ) -> None:
@@ -82,7 +82,6 @@ async def test_a_stream_joins_a_running_batch(
     assert len(long_run) == 30
 
 
-@pytest.mark.slow
 async def test_cancelling_one_stream_leaves_the_others(
     fp32_client: LMTPClient, tokenizer: Tokenizer
 ) -> None:
@@ -133,7 +132,6 @@ def test_cast_rounds_from_the_exact_keys_once() -> None:
     assert torch.equal(entry.past.layers[0].values, values)
 
 
-@pytest.mark.slow
 def test_decode_copies_follow_the_cpu(fp32_engine: Engine) -> None:
     loaded = local_engine(None).loaded
     dtypes = [next(m.parameters()).dtype for m in loaded.decode_models]
@@ -159,7 +157,6 @@ def run_together(engine: Engine, ops: list[Generate]) -> dict[int, list[Any]]:
     return events
 
 
-@pytest.mark.slow
 def test_streams_arriving_together_share_one_prefill(
     fp32_engine: Engine, tokenizer: Tokenizer
 ) -> None:
@@ -186,7 +183,6 @@ def test_streams_arriving_together_share_one_prefill(
     assert shapes[0] == (3, width), "the three prompts were not prefilled in one pass"
 
 
-@pytest.mark.slow
 def test_a_bad_prompt_arriving_with_others_fails_alone(
     fp32_engine: Engine, tokenizer: Tokenizer
 ) -> None:

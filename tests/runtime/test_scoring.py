@@ -121,9 +121,9 @@ def test_beam_over_single_token_options_ranks_them_as_score_does(tokenizer: Toke
         assert [r.logprob for r in results] == pytest.approx(expected, abs=0.02)
 
 
-async def test_model_score_on_a_random_model(tiny_model: cogql.Model) -> None:
-    result = await tiny_model.score("Hello", [" world", " there", " everyone"])
-    assert result.model_identifier == tiny_model.model_identifier
+async def test_model_score_on_a_random_model(random_model: cogql.Model) -> None:
+    result = await random_model.score("Hello", [" world", " there", " everyone"])
+    assert result.model_identifier == random_model.model_identifier
     assert result.probs().sum() == pytest.approx(1.0)
     assert all(math.isfinite(s) for s in result.scores())
     assert result.argmax() == result.continuations[int(np.argmax(result.scores()))]

@@ -95,9 +95,9 @@ async def test_an_error_in_the_query_is_raised_by_the_iterator() -> None:
         await collect(stream)
 
 
-async def test_events_of_several_results_carry_their_run_index(tiny_model: cogql.Model) -> None:
+async def test_events_of_several_results_carry_their_run_index(random_model: cogql.Model) -> None:
     events = await collect(
-        cogql.stream('sample(n=2, seed=5) "Q:[X]" where len(TOKENS(X)) < 3', model=tiny_model)
+        cogql.stream('sample(n=2, seed=5) "Q:[X]" where len(TOKENS(X)) < 3', model=random_model)
     )
     finished = [e for e in events if isinstance(e, cogql.VariableFinished)]
     assert sorted(e.run for e in finished) == [0, 1]
