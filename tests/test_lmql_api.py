@@ -414,6 +414,7 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 6
     raise AssertionError("lmql.serve did not listen in time")
 
 
+@pytest.mark.slow  # a subprocess serving the model
 async def test_serve_serves_a_model_over_lmtp(random_model: cogql.Model) -> None:
     port = _free_port()
     folder = random_model.name.removeprefix("local:")

@@ -30,9 +30,9 @@ def query(decoder: str, limit: int = 5) -> str:
 # --------------------------------------------------------------------------- argmax
 
 
-def test_argmax_is_deterministic_with_a_cold_and_a_warm_cache(engine: Engine) -> None:
+def test_argmax_is_deterministic_with_a_cold_and_a_warm_cache(random_engine: Engine) -> None:
     q = query("argmax", limit=8)
-    engine.call(engine.cache.clear).result()
+    random_engine.call(random_engine.cache.clear).result()
     cold = cogql.run_sync(q)
     warm = cogql.run_sync(q)
     assert isinstance(cold, cogql.LMQLResult)
@@ -180,7 +180,7 @@ def test_beam_sample_with_a_seed_reproduces_and_seeds_differ() -> None:
 
 
 async def test_beam_scores_whole_sequences_program_text_included(
-    client: LMTPClient, tokenizer: Tokenizer
+    random_client: LMTPClient, tokenizer: Tokenizer
 ) -> None:
     """A result's log-prob is that of every token after the first hole's prompt: hole tokens
     (and the EOS that ended a hole) plus the program text between holes, as LMQL ranks."""
@@ -190,7 +190,7 @@ async def test_beam_scores_whole_sequences_program_text_included(
     bos, eos, enc = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.encode
 
     async def logprob(prompt: list[int], tokens: list[int]) -> float:
-        (scores,) = await client.score(prompt, [tokens])
+        (scores,) = await random_client.score(prompt, [tokens])
         return sum(scores)
 
     for r in results:

@@ -82,8 +82,10 @@ class CountingTransport(InProcessTransport):
         return super().send(ops, on_event)
 
 
-async def test_all_values_go_in_one_score_message(engine: Engine, tokenizer: Tokenizer) -> None:
-    transport = CountingTransport(engine)
+async def test_all_values_go_in_one_score_message(
+    random_engine: Engine, tokenizer: Tokenizer
+) -> None:
+    transport = CountingTransport(random_engine)
     client = LMTPClient(transport, model="counted", tokenizer=tokenizer)
     caps = await client.capabilities()
     transport.messages.clear()
