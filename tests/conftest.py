@@ -140,7 +140,7 @@ class ModelBuilds:
                 raise WeightsInFastTier(f"{item.nodeid} is in the fast tier: {FAST_TIER_RULE}")
             built(model, *args, **kwargs)
 
-        PreTrainedModel.__init__ = observed  # type: ignore[method-assign]
+        PreTrainedModel.__init__ = observed  # type: ignore[method-assign, assignment]
 
 
 MODEL_BUILDS = ModelBuilds()

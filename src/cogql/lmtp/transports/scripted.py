@@ -116,7 +116,12 @@ class ScriptedTransport:
     def __init__(
         self, tokenizer: Tokenizer, logits: Logits | None = None, *, name: str = "scripted"
     ) -> None:
+        if tokenizer.eos_token_id is None:
+            raise ScriptError(
+                f"the scripted model needs a tokenizer with an EOS token; {tokenizer.name} has none"
+            )
         self.tokenizer = tokenizer
+        self.eos: int = tokenizer.eos_token_id
         self.logits = logits or RandomLogits(tokenizer.vocab_size)
         self.name = name
         self.ops: list[Op] = []
@@ -133,7 +138,7 @@ class ScriptedTransport:
             task = loop.create_task(self._answer(op, on_event))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-            handles.append(Handle(task.cancel))
+            handles.append(Handle(_canceller(task)))
         return handles
 
     async def close(self) -> None:
@@ -163,7 +168,7 @@ class ScriptedTransport:
 
     async def _generate(self, op: Generate, on_event: EventCallback) -> None:
         _plain_only(op)
-        eos = self.tokenizer.eos_token_id
+        eos = self.eos
         if op.max_tokens <= 0:
             on_event(TokenEvent(op.stream_id, eos, 0.0, "length", {}))
             return
@@ -217,6 +222,13 @@ def _plain_only(op: Generate) -> None:
             f"the scripted model speaks plain LMTP and got {', '.join(used)}: give the client "
             "its tokenizer so that it emulates them"
         )
+
+
+def _canceller(task: asyncio.Task[None]) -> Callable[[], None]:
+    def cancel() -> None:
+        task.cancel()
+
+    return cancel
 
 
 def _token(op: Generate, token: int, logprobs: np.ndarray, reason: str | None) -> TokenEvent:
