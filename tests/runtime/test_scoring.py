@@ -21,7 +21,7 @@ from cogql.runtime.scoring import ScoringError
 from cogql.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
-    from conftest import HFReference
+    from tests.conftest import HFReference
 
 PROMPT = "Q: Is the sky blue?\nA:"
 VALUES = [" yes", " no", " maybe so"]
