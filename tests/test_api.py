@@ -108,8 +108,8 @@ async def test_decorator_on_an_async_function_is_awaitable() -> None:
     assert result.prompt == (await cogql.run(GREETING, name="Ada")).prompt
 
 
-def test_decorator_with_defaults(tiny_model: cogql.Model) -> None:
-    @cogql.query(model=tiny_model)
+def test_decorator_with_defaults(random_model: cogql.Model) -> None:
+    @cogql.query(model=random_model)
     def story() -> None:
         """
         argmax
@@ -117,7 +117,7 @@ def test_decorator_with_defaults(tiny_model: cogql.Model) -> None:
         where len(TOKENS(X)) < 5
         """
 
-    assert story()["X"] == cogql.run_sync(tiny_query(""), model=tiny_model)["X"]
+    assert story()["X"] == cogql.run_sync(tiny_query(""), model=random_model)["X"]
 
 
 def test_function_arguments_missing() -> None:
@@ -149,9 +149,9 @@ def test_model_in_from_clause_and_as_argument(tiny_model_path: Path) -> None:
     assert by_argument != embedded  # the random-weight model, not the default one, ran
 
 
-def test_model_argument_overrides_the_from_clause(tiny_model: cogql.Model) -> None:
-    overridden = cogql.run_sync(tiny_query('from "local:/nowhere/at/all"'), model=tiny_model)
-    assert overridden["X"] == cogql.run_sync(tiny_query(""), model=tiny_model)["X"]
+def test_model_argument_overrides_the_from_clause(random_model: cogql.Model) -> None:
+    overridden = cogql.run_sync(tiny_query('from "local:/nowhere/at/all"'), model=random_model)
+    assert overridden["X"] == cogql.run_sync(tiny_query(""), model=random_model)["X"]
 
 
 def test_missing_input_is_a_clear_error() -> None:

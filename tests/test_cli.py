@@ -48,6 +48,7 @@ def cogql_run(*args: str, stdin: str | None = None) -> subprocess.CompletedProce
     )
 
 
+@pytest.mark.slow  # a subprocess that loads the embedded model
 def test_json_output_with_set_inputs(tmp_path: Path) -> None:
     """The one subprocess that loads a model."""
     query = tmp_path / "apples.lmql"
@@ -110,6 +111,7 @@ def test_sentiment_example() -> None:
     assert result.prompt.endswith("A:" + result["CLASSIFICATION"])
 
 
+@pytest.mark.slow  # a `cogql run` subprocess
 def test_run_on_the_random_model(tmp_path: Path) -> None:
     """`--model random` needs no weights; its values are the in-process random model's."""
     query = tmp_path / "apples.lmql"
@@ -243,6 +245,7 @@ def interrupt(proc: subprocess.Popen[bytes], ready: Callable[[str], bool]) -> tu
     return before + out.decode(errors="replace"), err.decode(errors="replace")
 
 
+@pytest.mark.slow  # a `cogql run` subprocess
 def test_one_ctrl_c_stops_a_query_busy_in_python(tmp_path: Path) -> None:
     query = tmp_path / "loop.lmql"
     query.write_text('argmax\n    "started"\n    while True:\n        pass\n', encoding="utf-8")
@@ -253,6 +256,7 @@ def test_one_ctrl_c_stops_a_query_busy_in_python(tmp_path: Path) -> None:
     assert out == "started\n"  # the streamed text's line is ended
 
 
+@pytest.mark.slow  # a `cogql run` subprocess
 def test_one_ctrl_c_stops_a_query_waiting_on_the_model(tmp_path: Path) -> None:
     query = tmp_path / "long.lmql"
     query.write_text('argmax "Go:[X]" where len(TOKENS(X)) < 1500\n', encoding="utf-8")
@@ -281,6 +285,7 @@ except KeyboardInterrupt:
 """
 
 
+@pytest.mark.slow  # a `cogql run` subprocess
 def test_ctrl_c_cancels_the_model_call_in_flight() -> None:
     proc = start([sys.executable, "-c", INTERRUPTED_GENERATE])
     out, err = interrupt(proc, lambda out: "generating" in out)

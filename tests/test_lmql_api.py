@@ -175,18 +175,18 @@ async def test_default_model_runs_queries_without_from(
 
 
 async def test_default_model_by_name_and_bad_values(
-    tiny_model: cogql.Model, restore_default: None
+    random_model: cogql.Model, restore_default: None
 ) -> None:
-    lmql.set_default_model(tiny_model.name)
-    assert lmql.get_default_model() == tiny_model.name
-    on_tiny = await lmql.run(SHORT, model=tiny_model)
+    lmql.set_default_model(random_model.name)
+    assert lmql.get_default_model() == random_model.name
+    on_tiny = await lmql.run(SHORT, model=random_model)
     assert (await lmql.run(SHORT)).prompt == on_tiny.prompt
     with pytest.raises(ModelConfigError, match=r"model name or cogql\.model"):
         lmql.set_default_model(42)  # type: ignore[arg-type]
 
 
-def test_llm_from_descriptor_and_configuration(tiny_model: cogql.Model) -> None:
-    assert lmql.LLM.from_descriptor(tiny_model) is tiny_model
+def test_llm_from_descriptor_and_configuration(random_model: cogql.Model) -> None:
+    assert lmql.LLM.from_descriptor(random_model) is random_model
     made = lmql.LLM.from_descriptor("local:/some/folder", dtype="float32")
     assert made.name == "local:/some/folder" and made.configuration == {"dtype": "float32"}
 
@@ -240,12 +240,12 @@ def test_bound_query_method_forwards_attributes() -> None:
     assert bound.is_async is False and lmql.inspect.is_query(bound)
 
 
-async def test_force_model_and_acall(tiny_model: cogql.Model) -> None:
+async def test_force_model_and_acall(random_model: cogql.Model) -> None:
     q = lmql.query(SHORT)
-    q.force_model(tiny_model)
-    assert q.model is tiny_model
+    q.force_model(random_model)
+    assert q.model is random_model
     forced = await q.__acall__()
-    assert forced.prompt == (await lmql.run(SHORT, model=tiny_model)).prompt
+    assert forced.prompt == (await lmql.run(SHORT, model=random_model)).prompt
 
 
 def test_lmqls_test_runner_recognises_async_queries() -> None:
@@ -275,21 +275,21 @@ def test_lmqls_test_runner_recognises_async_queries() -> None:
 # --------------------------------------------------------------------------- lmql.algorithms
 
 
-async def test_algorithms_map_over_f_and_strings(tiny_model: cogql.Model) -> None:
+async def test_algorithms_map_over_f_and_strings(random_model: cogql.Model) -> None:
     import cogql.compat.algorithms as la
 
     data = ["A dog walks into a bar.", "A cat goes for a walk."]
     f = lmql.F("Summarize: {text}: [SUMMARY]", "len(TOKENS(SUMMARY)) < 3", is_async=True)
-    by_f = await la.map(f, data, model=tiny_model)
+    by_f = await la.map(f, data, model=random_model)
     assert len(by_f) == 2 and all(isinstance(s, str) for s in by_f)
     by_string = await la.map(
-        "Summarize: {text}: [SUMMARY]", data, where="len(TOKENS(SUMMARY)) < 3", model=tiny_model
+        "Summarize: {text}: [SUMMARY]", data, where="len(TOKENS(SUMMARY)) < 3", model=random_model
     )
     assert by_string == by_f
-    assert await la.map(f, data, chunksize=1, model=tiny_model) == by_f
+    assert await la.map(f, data, chunksize=1, model=random_model) == by_f
 
 
-async def test_algorithms_reduce_apply_and_result_shape(tiny_model: cogql.Model) -> None:
+async def test_algorithms_reduce_apply_and_result_shape(random_model: cogql.Model) -> None:
     la = lmql.algorithms
 
     async def add(a: int, b: int) -> int:
@@ -299,21 +299,21 @@ async def test_algorithms_reduce_apply_and_result_shape(tiny_model: cogql.Model)
     assert await la.reduce(lambda a, b: a * b, [2, 3], initial=10) == 60
     assert await la.apply(add, 1, 2) == 3
     q = lmql.query('"Say {x}:[RESULT]" where len(TOKENS(RESULT)) < 3')
-    full = await q("hi", model=tiny_model)
-    assert await la.apply(q, "hi", model=tiny_model) == full.variables["RESULT"].strip()
+    full = await q("hi", model=random_model)
+    assert await la.apply(q, "hi", model=random_model) == full.variables["RESULT"].strip()
     with pytest.raises(TypeError, match="empty sequence"):
         await la.reduce(add, [])
 
 
-async def test_algorithms_cache(tmp_path: Path, tiny_model: cogql.Model) -> None:
+async def test_algorithms_cache(tmp_path: Path, random_model: cogql.Model) -> None:
     la = lmql.algorithms
     cache = tmp_path / "cache.pkl"
     la.set_cache(str(cache))
     try:
         f = lmql.F("Name a color: [C]", "len(TOKENS(C)) < 3", is_async=True)
         before = dict(la.stats)
-        first = await la.apply(f, model=tiny_model)
-        again = await la.apply(f, model=tiny_model)
+        first = await la.apply(f, model=random_model)
+        again = await la.apply(f, model=random_model)
         assert first == again and cache.is_file()
         assert la.stats["total"] - before["total"] == 2
         assert la.stats["cached"] - before["cached"] == 1
@@ -328,8 +328,8 @@ async def test_algorithms_cache(tmp_path: Path, tiny_model: cogql.Model) -> None
 # --------------------------------------------------------------------------- tracing
 
 
-async def test_traced_records_every_query(tiny_model: cogql.Model) -> None:
-    q = lmql.query(SHORT, model=tiny_model)
+async def test_traced_records_every_query(random_model: cogql.Model) -> None:
+    q = lmql.query(SHORT, model=random_model)
     with lmql.traced("workload") as tracer:
         await q()
         await asyncio.gather(q(), q())
@@ -340,7 +340,7 @@ async def test_traced_records_every_query(tiny_model: cogql.Model) -> None:
     assert len(data["children"]) == 3
     call = data["children"][0]["events"][0]
     assert call["name"] == "lmtp.generate"
-    assert call["data"]["model"] == tiny_model.model_identifier
+    assert call["data"]["model"] == random_model.model_identifier
     assert call["data"]["prompt_tokens"] > 0 and 0 < call["data"]["tokens"] <= 2
     assert data["metrics"]["lmtp"]["generate"] == 3
     assert lmql.certificate(None) is None
@@ -348,9 +348,9 @@ async def test_traced_records_every_query(tiny_model: cogql.Model) -> None:
 
 
 async def test_certificate_argument_forms(
-    tmp_path: Path, tiny_model: cogql.Model, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, random_model: cogql.Model, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    q = lmql.query(SHORT, model=tiny_model)
+    q = lmql.query(SHORT, model=random_model)
     plain = await q()
     assert (await q(certificate=True)).prompt == plain.prompt
     printed = json.loads(capsys.readouterr().out)
@@ -367,7 +367,7 @@ async def test_certificate_argument_forms(
     wrapped = await q(certificate="return_dict")
     assert wrapped["result"].prompt == plain.prompt
     assert isinstance(wrapped["certificate"], lmql.InferenceCertificate)
-    clause = await lmql.run("argmax(certificate=True) " + SHORT, model=tiny_model)
+    clause = await lmql.run("argmax(certificate=True) " + SHORT, model=random_model)
     assert clause.prompt == plain.prompt and '"lmtp.generate"' in capsys.readouterr().out
     with pytest.raises(TypeError, match="certificate="):
         await q(certificate=42)
@@ -376,19 +376,19 @@ async def test_certificate_argument_forms(
 # --------------------------------------------------------------------------- run_file, loop
 
 
-async def test_run_file(tmp_path: Path, tiny_model: cogql.Model) -> None:
+async def test_run_file(tmp_path: Path, random_model: cogql.Model) -> None:
     path = tmp_path / "q.lmql"
     path.write_text('"Hello {who}[X]" where len(TOKENS(X)) < 3\nreturn X\n')
-    direct = await lmql.run(path.read_text(), who="Ada", model=tiny_model)
-    assert await lmql.run_file(str(path), who="Ada", model=tiny_model) == direct
-    assert await lmql.run_file(str(path), "Ada", force_model=tiny_model) == direct
+    direct = await lmql.run(path.read_text(), who="Ada", model=random_model)
+    assert await lmql.run_file(str(path), who="Ada", model=random_model) == direct
+    assert await lmql.run_file(str(path), "Ada", force_model=random_model) == direct
     seen: list[Any] = []
-    await lmql.run_file(str(path), who="Ada", model=tiny_model, output_writer=seen.append)
+    await lmql.run_file(str(path), who="Ada", model=random_model, output_writer=seen.append)
     assert any(isinstance(e, cogql.VariableFinished) for e in seen)
 
 
-def test_run_in_loop(tiny_model: cogql.Model) -> None:
-    result = lmql.run_in_loop(lmql.run(SHORT, model=tiny_model))
+def test_run_in_loop(random_model: cogql.Model) -> None:
+    result = lmql.run_in_loop(lmql.run(SHORT, model=random_model))
     assert result.variables["X"]
 
 
@@ -414,17 +414,18 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 6
     raise AssertionError("lmql.serve did not listen in time")
 
 
-async def test_serve_serves_a_model_over_lmtp(tiny_model: cogql.Model) -> None:
+@pytest.mark.slow  # a subprocess serving the model
+async def test_serve_serves_a_model_over_lmtp(random_model: cogql.Model) -> None:
     port = _free_port()
-    folder = tiny_model.name.removeprefix("local:")
+    folder = random_model.name.removeprefix("local:")
     code = f"import cogql.compat as lmql; lmql.serve({folder!r}, host='127.0.0.1', port={port})"
     env = {**os.environ, "PYTHONPATH": str(Path(cogql.__file__).parents[1])}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
     try:
         await asyncio.to_thread(_wait_listening, port, proc)
-        remote = cogql.model(tiny_model.name, endpoint=f"127.0.0.1:{port}")
+        remote = cogql.model(random_model.name, endpoint=f"127.0.0.1:{port}")
         over_lmtp = await lmql.run(SHORT, model=remote)
-        assert over_lmtp.prompt == (await lmql.run(SHORT, model=tiny_model)).prompt
+        assert over_lmtp.prompt == (await lmql.run(SHORT, model=random_model)).prompt
     finally:
         proc.send_signal(signal.SIGINT)
         assert await asyncio.to_thread(proc.wait, 30) == 0

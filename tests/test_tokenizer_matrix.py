@@ -28,9 +28,12 @@ from cogql.lmtp.messages import Generate, tokenizer_from_wire
 from cogql.lmtp.transports.inprocess import InProcessTransport, local_engine
 from cogql.runtime.chat import chat_format
 from cogql.tokenizer import Tokenizer, load_tokenizer
-from conftest import REAL_TOKENIZERS, real_tokenizer_dir
+from tests.conftest import REAL_TOKENIZERS, real_tokenizer_dir
 
 ModelFactory = Callable[[Path, Path], cogql.Model]  # (tokenizer folder, scratch) -> model
+
+# real models' large vocabularies, tiny models built per architecture: minutes, the full tier
+pytestmark = pytest.mark.slow
 
 ARCHITECTURES = ("llama", "mistral", "gemma3", "qwen3", "gpt2")
 SLIDING_WINDOW = 8  # Mistral's and Gemma 3's local layers: shorter than most prompts here

@@ -1,4 +1,5 @@
-"""Decoders on the embedded model and a tiny random-weight model: argmax (deterministic,
+"""Decoders on the default model (the weightless random model in the fast tier, SmolLM2 in the
+tests marked slow) and the random model by name: argmax (deterministic,
 `max_len` truncation with a warning), sample (n results as a list, temperature, seeds that
 reproduce), the search decoders beam / beam_sample / best_k (sorted lists, at least as likely as
 argmax, whole-sequence scores, constraints held token by token, replayed programs), LMQL's
@@ -29,9 +30,9 @@ def query(decoder: str, limit: int = 5) -> str:
 # --------------------------------------------------------------------------- argmax
 
 
-def test_argmax_is_deterministic_with_a_cold_and_a_warm_cache(engine: Engine) -> None:
+def test_argmax_is_deterministic_with_a_cold_and_a_warm_cache(random_engine: Engine) -> None:
     q = query("argmax", limit=8)
-    engine.call(engine.cache.clear).result()
+    random_engine.call(random_engine.cache.clear).result()
     cold = cogql.run_sync(q)
     warm = cogql.run_sync(q)
     assert isinstance(cold, cogql.LMQLResult)
@@ -179,7 +180,7 @@ def test_beam_sample_with_a_seed_reproduces_and_seeds_differ() -> None:
 
 
 async def test_beam_scores_whole_sequences_program_text_included(
-    client: LMTPClient, tokenizer: Tokenizer
+    random_client: LMTPClient, tokenizer: Tokenizer
 ) -> None:
     """A result's log-prob is that of every token after the first hole's prompt: hole tokens
     (and the EOS that ended a hole) plus the program text between holes, as LMQL ranks."""
@@ -189,7 +190,7 @@ async def test_beam_scores_whole_sequences_program_text_included(
     bos, eos, enc = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.encode
 
     async def logprob(prompt: list[int], tokens: list[int]) -> float:
-        (scores,) = await client.score(prompt, [tokens])
+        (scores,) = await random_client.score(prompt, [tokens])
         return sum(scores)
 
     for r in results:
@@ -202,12 +203,12 @@ async def test_beam_scores_whole_sequences_program_text_included(
 
 
 def test_beam_holds_stops_and_token_limits_on_a_random_model(
-    tiny_model: cogql.Model, tokenizer: Tokenizer
+    random_model: cogql.Model, tokenizer: Tokenizer
 ) -> None:
-    """Noise from random weights: the stop phrase and the token limit are checked per token
+    """Noise from the random model: the stop phrase and the token limit are checked per token
     on every hypothesis, so each value ends at its first 'e' or at the limit."""
     q = 'beam(n=3)\n    "Text:[X]"\nwhere STOPS_AT(X, "e") and len(TOKENS(X)) < 6'
-    results = cogql.run_sync(q, model=tiny_model)
+    results = cogql.run_sync(q, model=random_model)
     assert len(results) == 3
     _check_sorted(results)
     for r in results:
@@ -239,12 +240,12 @@ def test_beam_keeps_a_python_predicate_true_on_every_result() -> None:
 
 
 def test_beam_applies_a_conditional_stop_and_its_cut_on_a_random_model(
-    tiny_model: cogql.Model,
+    random_model: cogql.Model,
 ) -> None:
     """A stop phrase inside `and` fires only once its sibling holds (§6.5): here the first
     space after the fifth character ends the value, which keeps the phrase."""
     q = 'beam(n=3)\n    "Text:[X]"\nwhere STOPS_AT(X, " ") and len(X) > 5 and len(TOKENS(X)) < 8'
-    results = cogql.run_sync(q, model=tiny_model)
+    results = cogql.run_sync(q, model=random_model)
     assert len(results) == 3
     _check_sorted(results)
     for r in results:

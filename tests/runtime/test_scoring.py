@@ -21,7 +21,7 @@ from cogql.runtime.scoring import ScoringError
 from cogql.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
-    from conftest import HFReference
+    from tests.conftest import HFReference
 
 PROMPT = "Q: Is the sky blue?\nA:"
 VALUES = [" yes", " no", " maybe so"]
@@ -82,8 +82,10 @@ class CountingTransport(InProcessTransport):
         return super().send(ops, on_event)
 
 
-async def test_all_values_go_in_one_score_message(engine: Engine, tokenizer: Tokenizer) -> None:
-    transport = CountingTransport(engine)
+async def test_all_values_go_in_one_score_message(
+    random_engine: Engine, tokenizer: Tokenizer
+) -> None:
+    transport = CountingTransport(random_engine)
     client = LMTPClient(transport, model="counted", tokenizer=tokenizer)
     caps = await client.capabilities()
     transport.messages.clear()
@@ -121,9 +123,9 @@ def test_beam_over_single_token_options_ranks_them_as_score_does(tokenizer: Toke
         assert [r.logprob for r in results] == pytest.approx(expected, abs=0.02)
 
 
-async def test_model_score_on_a_random_model(tiny_model: cogql.Model) -> None:
-    result = await tiny_model.score("Hello", [" world", " there", " everyone"])
-    assert result.model_identifier == tiny_model.model_identifier
+async def test_model_score_on_a_random_model(random_model: cogql.Model) -> None:
+    result = await random_model.score("Hello", [" world", " there", " everyone"])
+    assert result.model_identifier == random_model.model_identifier
     assert result.probs().sum() == pytest.approx(1.0)
     assert all(math.isfinite(s) for s in result.scores())
     assert result.argmax() == result.continuations[int(np.argmax(result.scores()))]

@@ -18,7 +18,7 @@ from cogql.runtime.events import ModelCall, QueryEvent
 from cogql.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
-    from conftest import ForwardLog, HFReference
+    from tests.conftest import ForwardLog, HFReference
 
 OPTIONS = [" red", " dark blue", " light green"]  # one single-token and two multi-token options
 PROMPT = "Q: What color is the sky?\\nA:"

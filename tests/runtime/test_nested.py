@@ -65,6 +65,7 @@ COT_FLAT = (
 )
 
 
+@pytest.mark.slow  # nested and flat tokenize apart; SmolLM2 answers alike
 async def test_a_returning_nested_query_is_a_stack_frame() -> None:
     nested = await cogql.run(
         f'"{QUESTION}[ANSWER: chain_of_thought]\\nSo:[X]" where len(TOKENS(X)) < 3',
@@ -108,6 +109,7 @@ async def test_arguments_written_in_the_hole() -> None:
     assert result.prompt == "Q: What is the capital of France? " + result["ANSWER"]
 
 
+@pytest.mark.slow  # nested and flat tokenize apart; SmolLM2 answers alike
 async def test_parameters_are_captured_by_name_from_the_calling_query() -> None:
     result = await cogql.run(
         """
@@ -140,6 +142,7 @@ async def test_return_none_leaves_the_text_none() -> None:
     assert result.prompt == "None." and result["X"] is None
 
 
+@pytest.mark.slow  # nested and flat tokenize apart; SmolLM2 answers alike
 async def test_the_documented_form_defines_the_nested_query_inside_the_program() -> None:
     # LMQL's documentation: an @lmql.query function defined in the .lmql program itself
     result = await cogql.run(
@@ -193,22 +196,22 @@ async def test_the_nested_query_runs_on_the_parents_model(tiny_model: cogql.Mode
     assert tiny["ANSWER"] == flat["ANSWER"].strip()
 
 
-async def test_sample_runs_one_nested_query_per_result(tiny_model: cogql.Model) -> None:
+async def test_sample_runs_one_nested_query_per_result(random_model: cogql.Model) -> None:
     results = await cogql.run(
         f'sample(n=2, seed=7) "{QUESTION}[ANSWER: chain_of_thought]"',
         chain_of_thought=chain_of_thought,
-        model=tiny_model,
+        model=random_model,
     )
     assert isinstance(results, list) and len(results) == 2
     for r in results:
         assert r.prompt == QUESTION + r["ANSWER"]
 
 
-async def test_beam_search_replays_nested_holes(tiny_model: cogql.Model) -> None:
+async def test_beam_search_replays_nested_holes(random_model: cogql.Model) -> None:
     results = await cogql.run(
         "beam(n=2) \"Q: Capital? [ANSWER: one_of(['Paris', 'Rome'])]\"",
         one_of=one_of,
-        model=tiny_model,
+        model=random_model,
     )
     assert isinstance(results, list) and len(results) == 2
     assert {r["ANSWER"] for r in results} == {"Paris", "Rome"}
@@ -285,7 +288,7 @@ def shout(word: str):
 
 
 async def test_a_query_function_called_in_prompt_code_gives_its_value(
-    tiny_model: cogql.Model,
+    random_model: cogql.Model,
 ) -> None:
     @cogql.query
     async def exclaim(word: str):
@@ -308,15 +311,15 @@ async def test_a_query_function_called_in_prompt_code_gives_its_value(
         shout=shout,
         exclaim=exclaim,
         double=double,
-        model=tiny_model,
+        model=random_model,
     )
     assert result.prompt.startswith("['A', 'BB'] hi! 6:")
 
 
 async def test_a_query_called_in_prompt_code_runs_on_its_own_model(
-    tiny_model: cogql.Model,
+    random_model: cogql.Model,
 ) -> None:
-    @cogql.query(model=tiny_model)
+    @cogql.query(model=random_model)
     def on_tiny():
         """lmql
         "Q:[X]" where len(TOKENS(X)) < 3
@@ -327,6 +330,6 @@ async def test_a_query_called_in_prompt_code_runs_on_its_own_model(
     assert value == await on_tiny.run()
 
 
-async def test_model_generate(tiny_model: cogql.Model) -> None:
-    text = await tiny_model.generate("Once upon a time", max_tokens=2)
-    assert text == await cogql.generate("Once upon a time", max_tokens=2, model=tiny_model)
+async def test_model_generate(random_model: cogql.Model) -> None:
+    text = await random_model.generate("Once upon a time", max_tokens=2)
+    assert text == await cogql.generate("Once upon a time", max_tokens=2, model=random_model)

@@ -22,6 +22,7 @@ from cogql.lmtp.client import LMTPClient
 from cogql.lmtp.messages import ErrorEvent, Generate, TokenEvent
 from cogql.lmtp.transports.inprocess import InProcessTransport, local_engine
 from cogql.tokenizer import Tokenizer
+from tests.conftest import holds_weights
 
 PROMPTS = [
     "The capital of France is",
@@ -32,6 +33,7 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
+@holds_weights
 def fp32_engine() -> Engine:
     return local_engine(None, dtype="float32")
 

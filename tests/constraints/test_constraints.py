@@ -1,6 +1,7 @@
 """Where constraints: compile_hole → HoleSpec, value semantics, HoleSpec.finish, and the
-constraints' behaviour end to end on the embedded model and on a tiny random-weight model (whose
-text is noise, so the constraints have to do all the work): grammar constraints, stop phrases
+constraints' behaviour end to end on the default model (the weightless random model in the fast
+tier, SmolLM2 in the tests marked slow, which check its own text) and on the random model by name
+(whose text is noise, so the constraints have to do all the work): grammar constraints, stop phrases
 (several, straddling token boundaries, conditional on their `and` siblings), INT, typed holes,
 relations between variables, and the client-side slow path for user functions."""
 
@@ -387,7 +388,7 @@ def test_lower_case_erase_runs_like_upper_case() -> None:
     assert lower.variables == upper.variables and lower.prompt == upper.prompt == "Hi"
 
 
-# --------------------------------------------------------------------------- embedded model
+# --------------------------------------------------------------------------- default model
 
 QUESTION = r"Q: Name three fruits, separated by commas.\nA:"  # as written in a query
 
@@ -485,12 +486,14 @@ def test_options_combined_with_length() -> None:
     assert r["A"] == " no"
 
 
+@pytest.mark.slow  # SmolLM2's own text
 def test_int_gives_an_int_and_ends_at_the_first_non_digit() -> None:
     # no token limit: the number ends when the model writes what follows it (",")
     r = run('argmax "Count: 1, 2, 3,[N]" where INT(N)')
     assert r["N"] == 4 and r.prompt == "Count: 1, 2, 3, 4"
 
 
+@pytest.mark.slow  # SmolLM2's own text
 def test_int_type_annotation_and_its_value_in_python() -> None:
     result = cogql.run_sync('argmax\n    "Count: 1, 2, 3,[N: int]"\n    return N + 1')
     assert result == 5
@@ -515,6 +518,7 @@ def test_regex_type_annotation() -> None:
 LIST = "Fruits: apple, banana, cherry,"
 
 
+@pytest.mark.slow  # SmolLM2's own text
 def test_stops_at_keeps_the_phrase_end_to_end(tokenizer: Tokenizer) -> None:
     query = f'argmax "{LIST}[A]" where STOPS_AT(A, ",") and len(TOKENS(A)) < 10'
     r, [count] = run_counting(query)
@@ -529,6 +533,7 @@ def test_stops_before_drops_the_phrase_end_to_end() -> None:
     assert r.prompt == LIST + r["A"]
 
 
+@pytest.mark.slow  # SmolLM2's own text
 def test_several_stop_phrases_the_first_occurrence_wins() -> None:
     free = run(f'argmax "{LIST}[A]" where len(TOKENS(A)) < 6')["A"]
     assert "," in free  # the model writes " pear, ..." here
@@ -544,6 +549,7 @@ def test_a_stop_phrase_straddling_tokens_is_not_missed() -> None:
     assert r["A"] == "Hel"
 
 
+@pytest.mark.slow  # SmolLM2's own text
 def test_stops_are_inactive_before_min_tokens() -> None:
     # LMQL: a stop phrase is ignored while a sibling `len(TOKENS(X)) > N` is still false
     r = run(
@@ -559,6 +565,7 @@ def first_active_stop(value: str, phrase: str, longer_than: int) -> int | None:
     return cuts[0] if cuts else None
 
 
+@pytest.mark.slow  # SmolLM2's own text
 def test_conditional_stops_wait_for_their_siblings() -> None:
     # the first "," comes too early for len(A) > 8; the stop fires at the next one
     r = run(f'argmax "{LIST}[A]" where STOPS_AT(A, ",") and len(A) > 8 and len(TOKENS(A)) < 20')
@@ -570,6 +577,7 @@ def test_conditional_stops_wait_for_their_siblings() -> None:
     assert run('argmax "A:[A]" where A in ["abc. def"] and STOPS_AT(A, ".")')["A"] == "abc."
 
 
+@pytest.mark.slow  # SmolLM2's own text
 def test_a_stop_under_or_is_unconditional() -> None:
     r = run(f'argmax "{LIST}[A]" where len(TOKENS(A)) > 8 or STOPS_AT(A, ",")')
     assert r["A"].endswith(",") and r["A"].count(",") == 1
@@ -641,92 +649,92 @@ def tiny(query: str, model: cogql.Model, **kwargs: Any) -> cogql.LMQLResult:
     return run(query, model=model, **kwargs)
 
 
-def test_random_model_token_limit(tiny_model: cogql.Model) -> None:
-    calls = generated_tokens('argmax "Hello[A]" where len(TOKENS(A)) < 6', model=tiny_model)
+def test_random_model_token_limit(random_model: cogql.Model) -> None:
+    calls = generated_tokens('argmax "Hello[A]" where len(TOKENS(A)) < 6', model=random_model)
     assert calls == [5]  # a random model rarely says EOS: the limit is what ends the hole
-    r = tiny('argmax "Hello[A]" where len(TOKENS(A)) < 6', tiny_model)
+    r = tiny('argmax "Hello[A]" where len(TOKENS(A)) < 6', random_model)
     # noise does not re-tokenize canonically, so compare against the decoded 5 tokens instead
     assert r["A"] and r.prompt == "Hello" + r["A"]
 
 
-def test_random_model_exact_tokens(tiny_model: cogql.Model) -> None:
-    calls = generated_tokens('argmax "Hello[A]" where len(TOKENS(A)) == 2', model=tiny_model)
+def test_random_model_exact_tokens(random_model: cogql.Model) -> None:
+    calls = generated_tokens('argmax "Hello[A]" where len(TOKENS(A)) == 2', model=random_model)
     assert calls == [2]
 
 
-def test_random_model_in_options(tiny_model: cogql.Model) -> None:
+def test_random_model_in_options(random_model: cogql.Model) -> None:
     options = [" alpha beta", " gamma", " delta epsilon zeta"]
-    r = run('argmax "Pick:[A]" where A in OPTIONS', model=tiny_model, OPTIONS=options)
+    r = run('argmax "Pick:[A]" where A in OPTIONS', model=random_model, OPTIONS=options)
     assert r["A"] in options
 
 
-def test_random_model_equality(tiny_model: cogql.Model) -> None:
-    r = tiny('argmax "Say:[A]" where A == " exactly this, nothing else"', tiny_model)
+def test_random_model_equality(random_model: cogql.Model) -> None:
+    r = tiny('argmax "Say:[A]" where A == " exactly this, nothing else"', random_model)
     assert r["A"] == " exactly this, nothing else"
 
 
-def test_random_model_int(tiny_model: cogql.Model) -> None:
-    r = tiny('argmax "Number:[N]" where INT(N) and len(TOKENS(N)) < 5', tiny_model)
+def test_random_model_int(random_model: cogql.Model) -> None:
+    r = tiny('argmax "Number:[N]" where INT(N) and len(TOKENS(N)) < 5', random_model)
     assert isinstance(r["N"], int)
     assert r.prompt in ("Number:" + str(r["N"]), "Number: " + str(r["N"]))
 
 
 @pytest.mark.parametrize("pattern", [r"[0-9]{2}/[0-9]{2}", r"[a-c]{2}-(x|yz)"])
-def test_random_model_regex(tiny_model: cogql.Model, pattern: str) -> None:
-    r = tiny(f'argmax "Code:[D]" where REGEX(D, r"{pattern}")', tiny_model)
+def test_random_model_regex(random_model: cogql.Model, pattern: str) -> None:
+    r = tiny(f'argmax "Code:[D]" where REGEX(D, r"{pattern}")', random_model)
     assert re.fullmatch(pattern, r["D"])
 
 
-def test_random_model_character_length(tiny_model: cogql.Model) -> None:
-    r = tiny('argmax "Hello[A]" where len(A) < 7', tiny_model)
+def test_random_model_character_length(random_model: cogql.Model) -> None:
+    r = tiny('argmax "Hello[A]" where len(A) < 7', random_model)
     assert len(r["A"]) < 7
 
 
-def test_random_model_stops_at(tiny_model: cogql.Model) -> None:
-    r = tiny('argmax "Hello[A]" where STOPS_AT(A, " ") and len(TOKENS(A)) < 12', tiny_model)
+def test_random_model_stops_at(random_model: cogql.Model) -> None:
+    r = tiny('argmax "Hello[A]" where STOPS_AT(A, " ") and len(TOKENS(A)) < 12', random_model)
     value = r["A"]
     # the phrase, if generated, is the value's end and occurs only there
     assert value.find(" ") in (-1, len(value) - 1)
 
 
-def test_random_model_stops_before(tiny_model: cogql.Model) -> None:
-    r = tiny('argmax "Hello[A]" where STOPS_BEFORE(A, "e") and len(TOKENS(A)) < 12', tiny_model)
+def test_random_model_stops_before(random_model: cogql.Model) -> None:
+    r = tiny('argmax "Hello[A]" where STOPS_BEFORE(A, "e") and len(TOKENS(A)) < 12', random_model)
     assert "e" not in r["A"]
     assert r.prompt == "Hello" + r["A"]
 
 
-def test_random_model_conditional_stop(tiny_model: cogql.Model) -> None:
+def test_random_model_conditional_stop(random_model: cogql.Model) -> None:
     q = 'argmax "Hello[A]" where STOPS_AT(A, "e") and len(A) > 12 and len(TOKENS(A)) < 30'
-    value = tiny(q, tiny_model)["A"]
+    value = tiny(q, random_model)["A"]
     assert len(value) > 12
     assert first_active_stop(value, "e", longer_than=12) in (None, len(value))
 
 
-def test_random_model_not_contains(tiny_model: cogql.Model) -> None:
+def test_random_model_not_contains(random_model: cogql.Model) -> None:
     r = tiny(
-        'argmax "Hello[A]" where not "e" in A and not "a" in A and len(TOKENS(A)) < 8', tiny_model
+        'argmax "Hello[A]" where not "e" in A and not "a" in A and len(TOKENS(A)) < 8', random_model
     )
     assert r["A"] and not set("ea") & set(r["A"])
 
 
-def test_random_model_slow_path(tiny_model: cogql.Model) -> None:
-    r = tiny('argmax "Hello[A]" where len(TOKENS(A)) < 6 and A.count(" ") == 2', tiny_model)
+def test_random_model_slow_path(random_model: cogql.Model) -> None:
+    r = tiny('argmax "Hello[A]" where len(TOKENS(A)) < 6 and A.count(" ") == 2', random_model)
     assert r["A"].count(" ") == 2
-    r = tiny('argmax "Hello[A]" where len(TOKENS(A)) < 6 and len(A) % 7 == 3', tiny_model)
+    r = tiny('argmax "Hello[A]" where len(TOKENS(A)) < 6 and len(A) % 7 == 3', random_model)
     assert len(r["A"]) % 7 == 3
 
 
-def test_random_model_combined(tiny_model: cogql.Model) -> None:
+def test_random_model_combined(random_model: cogql.Model) -> None:
     r = tiny(
         'argmax "Hello[A]" where REGEX(A, r"[a-z ]+") and len(A) < 12 and len(TOKENS(A)) < 8',
-        tiny_model,
+        random_model,
     )
     assert re.fullmatch(r"[a-z ]+", r["A"]) and len(r["A"]) < 12
 
 
 # --------------------------------------------------------------------------- examples
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 THINGS = {"Volleyball", "Sunscreen", "Bathing Suit"}
 EXAMPLE_CHECKS = {
     "constraints_stops.lmql": lambda r: all(
@@ -745,11 +753,12 @@ EXAMPLE_CHECKS = {
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLE_CHECKS))
-def test_examples_on_the_random_model(name: str, tiny_model: cogql.Model) -> None:
-    result = tiny((EXAMPLES / name).read_text(), tiny_model)
+def test_examples_on_the_random_model(name: str, random_model: cogql.Model) -> None:
+    result = tiny((EXAMPLES / name).read_text(), random_model)
     assert EXAMPLE_CHECKS[name](result)
 
 
+@pytest.mark.slow  # SmolLM2's own text
 def test_combined_example_stops_only_after_40_tokens(tokenizer: Tokenizer) -> None:
     result, [count] = run_counting((EXAMPLES / "constraints_combined.lmql").read_text())
     assert count > 40 and result["STORY"].endswith(".")

@@ -1,7 +1,7 @@
 """Runs inside LMQL 0.7.3's own venv (cogql is not importable there): run a query file with
 LMQL's client against each LMTP endpoint given, print one JSON line per endpoint.
 
-Usage: PEER_PYTHON tests/peer/lmql_client.py QUERY_FILE MODEL_DIR ENDPOINT [ENDPOINT ...]
+Usage: PEER_PYTHON tests/lmtp/peer/lmql_client.py QUERY_FILE MODEL_DIR ENDPOINT [ENDPOINT ...]
 The model name is MODEL_DIR, so that `lmql serve-model MODEL_DIR` serves it (an LMQL server
 loads whatever model a client names) and cogql's server, which ignores the name, does too.
 """

@@ -19,10 +19,10 @@ from cogql.runtime.events import ModelCall, QueryEvent
 # ---------------------------------------------------------------------------------- context
 
 
-async def test_context_prompt_and_variables_in_query_code(tiny_model: cogql.Model) -> None:
+async def test_context_prompt_and_variables_in_query_code(random_model: cogql.Model) -> None:
     seen: dict[str, Any] = {}
 
-    @lmql.query(model=tiny_model)
+    @lmql.query(model=random_model)
     async def q(name):
         """lmql
         argmax
@@ -47,7 +47,7 @@ async def test_context_prompt_and_variables_in_query_code(tiny_model: cogql.Mode
     assert seen["calls"] == 1
 
 
-async def test_context_score_scores_continuations_of_the_prompt(tiny_model: cogql.Model) -> None:
+async def test_context_score_scores_continuations_of_the_prompt(random_model: cogql.Model) -> None:
     """`context.score(values)` uses the query's model, awaited or not (LMQL awaits calls)."""
     result = await cogql.run(
         """
@@ -56,18 +56,18 @@ async def test_context_score_scores_continuations_of_the_prompt(tiny_model: cogq
         awaited = await context.score([" yes", " no"])
         return plain, awaited
         """,
-        model=tiny_model,
+        model=random_model,
     )
     plain, awaited = result
     assert isinstance(plain, cogql.ScoringResult) and plain.prompt == "The answer is"
     assert plain.continuations == [" yes", " no"]
     assert list(plain.scores()) == list(awaited.scores())
-    direct = await cogql.score("The answer is", [" yes", " no"], model=tiny_model)
+    direct = await cogql.score("The answer is", [" yes", " no"], model=random_model)
     assert list(plain.scores()) == pytest.approx(list(direct.scores()), abs=1e-4)
 
 
 async def test_a_function_with_its_own_context_parameter_keeps_it(
-    tiny_model: cogql.Model,
+    random_model: cogql.Model,
 ) -> None:
     result = await cogql.run(
         """
@@ -75,7 +75,7 @@ async def test_a_function_with_its_own_context_parameter_keeps_it(
             return context
         return f(1, "mine")
         """,
-        model=tiny_model,
+        model=random_model,
     )
     assert result == "mine"
 
@@ -83,11 +83,11 @@ async def test_a_function_with_its_own_context_parameter_keeps_it(
 # ---------------------------------------------------------------------------------- scoping
 
 
-async def test_prologue_names_are_globals_and_inputs_locals(tiny_model: cogql.Model) -> None:
+async def test_prologue_names_are_globals_and_inputs_locals(random_model: cogql.Model) -> None:
     """LMQL's test_scoping: what the prologue defines is global, an input is local."""
     report: dict[str, Any] = {}
 
-    @lmql.query(model=tiny_model)
+    @lmql.query(model=random_model)
     async def q(actual_input: str = "x"):
         """lmql
         a = 12
@@ -108,7 +108,7 @@ async def test_prologue_names_are_globals_and_inputs_locals(tiny_model: cogql.Mo
     assert "__cogql__" not in report["locals"]
 
 
-async def test_helper_functions_see_names_as_lmql_scopes_them(tiny_model: cogql.Model) -> None:
+async def test_helper_functions_see_names_as_lmql_scopes_them(random_model: cogql.Model) -> None:
     """A helper defined in the prompt section reads inputs through its closure; one defined in
     the prologue reads prologue globals but not inputs (they are parameters of the program)."""
     result = await cogql.run(
@@ -129,16 +129,16 @@ async def test_helper_functions_see_names_as_lmql_scopes_them(tiny_model: cogql.
             return from_prologue(), from_body(), prologue_sees_input
         """,
         x=5,
-        model=tiny_model,
+        model=random_model,
     )
     assert result == (10, 15, False)
 
 
-async def test_the_prologue_runs_once_per_query_function(tiny_model: cogql.Model) -> None:
+async def test_the_prologue_runs_once_per_query_function(random_model: cogql.Model) -> None:
     """LMQL runs the prologue once, as module code; its globals live on between calls."""
     runs: list[int] = []
 
-    @lmql.query(model=tiny_model)
+    @lmql.query(model=random_model)
     async def q():
         """lmql
         runs.append(1)
@@ -154,11 +154,11 @@ async def test_the_prologue_runs_once_per_query_function(tiny_model: cogql.Model
 
 
 async def test_a_parameterless_query_function_takes_free_variables_by_keyword(
-    tiny_model: cogql.Model,
+    random_model: cogql.Model,
 ) -> None:
     """LMQL's `def q():` whose query reads `s` is called as `q(s=...)`."""
 
-    @lmql.query(model=tiny_model)
+    @lmql.query(model=random_model)
     async def q():
         """lmql
         argmax
@@ -174,9 +174,9 @@ async def test_a_parameterless_query_function_takes_free_variables_by_keyword(
 
 
 async def test_result_zero_is_the_result_with_a_deprecation_warning(
-    tiny_model: cogql.Model,
+    random_model: cogql.Model,
 ) -> None:
-    result = await cogql.run('"Hi[X]" where len(TOKENS(X)) < 2', model=tiny_model)
+    result = await cogql.run('"Hi[X]" where len(TOKENS(X)) < 2', model=random_model)
     with pytest.warns(DeprecationWarning, match=r"Deprecated result\[0\] access"):
         assert result[0] is result
     assert result["X"] == result.variables["X"]
@@ -187,19 +187,19 @@ async def test_result_zero_is_the_result_with_a_deprecation_warning(
 # ---------------------------------------------------------------------------------- errors
 
 
-async def test_unresolved_inputs_are_lmqls_type_error(tiny_model: cogql.Model) -> None:
+async def test_unresolved_inputs_are_lmqls_type_error(random_model: cogql.Model) -> None:
     with pytest.raises(TypeError, match=r"Failed to resolve variable 's' in LMQL query\."):
-        await cogql.run("argmax\n    return s", model=tiny_model)
+        await cogql.run("argmax\n    return s", model=random_model)
     with pytest.raises(TypeError, match=r"Failed to resolve variables in LMQL query: 'a', 'b'"):
-        await cogql.run("argmax\n    return b, a", model=tiny_model)
+        await cogql.run("argmax\n    return b, a", model=random_model)
 
 
 async def test_unresolved_where_names_are_type_errors_with_a_position(
-    tiny_model: cogql.Model,
+    random_model: cogql.Model,
 ) -> None:
     """LMQL's test_var_errors: holes named only in the where clause."""
 
-    @lmql.query(model=tiny_model)
+    @lmql.query(model=random_model)
     async def positional_only(s: str):
         """lmql
         argmax
@@ -215,20 +215,20 @@ async def test_unresolved_where_names_are_type_errors_with_a_position(
     assert isinstance(e, QueryCompileError) and (e.lineno, e.offset) == (4, 14)
 
 
-async def test_an_unknown_where_function_is_a_type_error(tiny_model: cogql.Model) -> None:
+async def test_an_unknown_where_function_is_a_type_error(random_model: cogql.Model) -> None:
     with pytest.raises(TypeError, match="Failed to resolve variable 'FOO' in LMQL query"):
-        await cogql.run('"x [X]" where FOO(X)', model=tiny_model)
+        await cogql.run('"x [X]" where FOO(X)', model=random_model)
 
 
-async def test_unsupported_where_forms_are_assertion_errors(tiny_model: cogql.Model) -> None:
+async def test_unsupported_where_forms_are_assertion_errors(random_model: cogql.Model) -> None:
     with pytest.raises(AssertionError) as info:
-        await cogql.run('"x [X]" where 1 < len(TOKENS(X)) < 3', model=tiny_model)
+        await cogql.run('"x [X]" where 1 < len(TOKENS(X)) < 3', model=random_model)
     assert isinstance(info.value, ConstraintError)
 
 
-async def test_a_bad_hole_type_is_a_type_error(tiny_model: cogql.Model) -> None:
+async def test_a_bad_hole_type_is_a_type_error(random_model: cogql.Model) -> None:
     with pytest.raises(TypeError, match="Not a valid type expression or tactic annotation '12'"):
-        await cogql.run('"x [X: t]" where len(TOKENS(X)) < 3', t=12, model=tiny_model)
+        await cogql.run('"x [X: t]" where len(TOKENS(X)) < 3', t=12, model=random_model)
 
 
 async def test_a_synchronous_call_inside_a_loop_has_lmqls_message() -> None:
@@ -255,9 +255,9 @@ async def test_a_synchronous_call_inside_a_loop_has_lmqls_message() -> None:
     ],
 )
 async def test_a_forced_value_is_cut_at_its_stop_phrase(
-    tiny_model: cogql.Model, where: str, value: str
+    random_model: cogql.Model, where: str, value: str
 ) -> None:
-    result = await cogql.run(f"""argmax\n    'x: "[X] and' where {where}""", model=tiny_model)
+    result = await cogql.run(f"""argmax\n    'x: "[X] and' where {where}""", model=random_model)
     assert result.variables["X"] == value
     assert result.prompt == f'x: "{value} and'
 
@@ -265,7 +265,7 @@ async def test_a_forced_value_is_cut_at_its_stop_phrase(
 # ---------------------------------------------------------------------------------- streaming
 
 
-async def test_streaming_decorators_follow_lmqls_call_pattern(tiny_model: cogql.Model) -> None:
+async def test_streaming_decorators_follow_lmqls_call_pattern(random_model: cogql.Model) -> None:
     """LMQL's test_streaming_decorator: '' twice, the raw text after every token, then the
     whole text once more (a STOPS_BEFORE phrase is still in it)."""
     partials: list[str] = []
@@ -282,7 +282,7 @@ async def test_streaming_decorators_follow_lmqls_call_pattern(tiny_model: cogql.
     result = await cogql.run(
         '"Say:[@watch X]" where STOPS_BEFORE(X, "e") and len(TOKENS(X)) < 8',
         watch=watch,
-        model=tiny_model,
+        model=random_model,
         output=on_event,
     )
     (call,) = calls
@@ -342,7 +342,7 @@ async def test_names_bound_by_except_and_match_are_not_inputs() -> None:
     )
 
 
-async def test_lmql_in_query_code_is_the_compat_surface(tiny_model: cogql.Model) -> None:
+async def test_lmql_in_query_code_is_the_compat_surface(random_model: cogql.Model) -> None:
     """Query code's `lmql` is LMQL's whole API (cogql.compat), `lmql.tokenizer` included, even
     when the query was defined where `lmql` is not imported."""
     result = await cogql.run(
@@ -350,6 +350,6 @@ async def test_lmql_in_query_code_is_the_compat_surface(tiny_model: cogql.Model)
         argmax
             return lmql.tokenizer is cogql.compat.tokenizer, lmql.F is cogql.compat.F
         """,
-        model=tiny_model,
+        model=random_model,
     )
     assert result == (True, True)

@@ -294,6 +294,7 @@ def _converted_dirs(cache: Path) -> list[Path]:
     return sorted((cache / "models").iterdir())
 
 
+@pytest.mark.slow  # converts and loads a tiny GGUF
 def test_gguf_path_is_converted_and_reused(isolated_cache: Path, tmp_path: Path) -> None:
     gguf_path = write_tiny_gguf(tmp_path / "tiny.gguf")
     folder = resolve_model_path(str(gguf_path))
@@ -316,6 +317,7 @@ def test_gguf_path_is_converted_and_reused(isolated_cache: Path, tmp_path: Path)
     ]
 
 
+@pytest.mark.slow  # converts and loads a tiny GGUF
 def test_changed_gguf_is_reconverted(isolated_cache: Path, tmp_path: Path) -> None:
     gguf_path = write_tiny_gguf(tmp_path / "tiny.gguf", seed=1)
     out = tmp_path / "out"
@@ -331,6 +333,7 @@ def test_changed_gguf_is_reconverted(isolated_cache: Path, tmp_path: Path) -> No
     )
 
 
+@pytest.mark.slow  # converts and loads a tiny GGUF
 def test_concurrent_conversions_convert_once(
     isolated_cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -375,6 +378,7 @@ def test_corrupt_gguf_is_rejected(isolated_cache: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "bad-out").exists()
 
 
+@pytest.mark.slow  # converts and loads a tiny GGUF
 def test_hub_id_resolves_from_offline_cache(isolated_cache: Path, tmp_path: Path) -> None:
     """A hub id is found in the HF cache layout (refs/main -> snapshots/<commit>) offline."""
     tiny = resolve_model_path(str(write_tiny_gguf(tmp_path / "tiny.gguf")))

@@ -54,7 +54,7 @@ from cogql.runtime.model import ModelConfigError
 from cogql.tokenizer import load_tokenizer
 
 REF = "tester/tiny"
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sentiment-replicate.lmql"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sentiment-replicate.lmql"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 PROMPT = [1, 504, 3102, 314, 253, 1789]
 

@@ -142,13 +142,13 @@ async def test_a_query_without_holes_returns_one_value_even_when_sampling() -> N
     assert isinstance(result, cogql.LMQLResult) and result.prompt == "no holes here"
 
 
-async def test_return_values_of_several_results_form_a_list(tiny_model: cogql.Model) -> None:
+async def test_return_values_of_several_results_form_a_list(random_model: cogql.Model) -> None:
     values = await cogql.run(
-        f'sample(n=2, seed=1) "Q:[X]" {LIMIT}\nreturn len(X)', model=tiny_model
+        f'sample(n=2, seed=1) "Q:[X]" {LIMIT}\nreturn len(X)', model=random_model
     )
     assert isinstance(values, list) and len(values) == 2
     assert all(isinstance(v, int) for v in values)
-    single = await cogql.run(f'sample(n=1, seed=1) "Q:[X]" {LIMIT}\nreturn 7', model=tiny_model)
+    single = await cogql.run(f'sample(n=1, seed=1) "Q:[X]" {LIMIT}\nreturn 7', model=random_model)
     assert single == 7
 
 
@@ -186,11 +186,11 @@ def test_f_keeps_quotes_backslashes_and_newlines_as_written() -> None:
     assert shown == text + value
 
 
-async def test_f_async_and_several_results(tiny_model: cogql.Model) -> None:
+async def test_f_async_and_several_results(random_model: cogql.Model) -> None:
     f = cogql.F("Q: [X]", "len(TOKENS(X)) < 3", is_async=True)
-    value = await f(model=tiny_model)
+    value = await f(model=random_model)
     assert isinstance(value, str)
-    values = await f(model=tiny_model, decoder="sample", n=2, seed=3)
+    values = await f(model=random_model, decoder="sample", n=2, seed=3)
     assert isinstance(values, list) and len(values) == 2 and all(isinstance(v, str) for v in values)
 
 
@@ -255,7 +255,7 @@ def test_an_output_writer_must_be_callable() -> None:
 
 # --------------------------------------------------------------------------- examples
 
-EXAMPLES = Path(__file__).parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _check_chat(r: Any) -> None:
@@ -283,6 +283,6 @@ EXAMPLE_CHECKS = {
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLE_CHECKS))
-def test_documentation_examples_run(name: str, tiny_model: cogql.Model) -> None:
-    result = cogql.run_sync((EXAMPLES / name).read_text(), model=tiny_model)
+def test_documentation_examples_run(name: str, random_model: cogql.Model) -> None:
+    result = cogql.run_sync((EXAMPLES / name).read_text(), model=random_model)
     assert EXAMPLE_CHECKS[name](result) is not False

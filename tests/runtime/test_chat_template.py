@@ -9,7 +9,7 @@ import tokenizers
 
 from cogql.runtime.chat_template import render_chat
 from cogql.tokenizer import Tokenizer, load_tokenizer
-from conftest import REAL_TOKENIZERS, real_tokenizer_dir
+from tests.conftest import REAL_TOKENIZERS, real_tokenizer_dir
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Grüße, 世界! {{ not jinja }}"}],

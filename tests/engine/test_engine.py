@@ -18,7 +18,7 @@ from cogql.lmtp.transports.inprocess import InProcessTransport
 from cogql.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
-    from conftest import ForwardLog, HFReference
+    from tests.conftest import ForwardLog, HFReference
 
 PROMPTS = ["The capital of France is", "def fib(n):"]
 

@@ -41,7 +41,7 @@ async def greedy(client: LMTPClient, prompt: list[int], n: int) -> list[int]:
 
 
 async def test_tags_render_the_chat_template_and_the_model_answers_after_it(
-    tokenizer: Tokenizer, client: LMTPClient
+    tokenizer: Tokenizer, random_client: LMTPClient
 ) -> None:
     events: list[Any] = []
     result = await cogql.run(
@@ -58,7 +58,7 @@ async def test_tags_render_the_chat_template_and_the_model_answers_after_it(
     assert ids[0] == 1 and ids[1] != 1 and ids.count(1) == 3
     assert prompt_tokens(events) == [len(ids)]
     # the answer is the model's greedy answer to exactly those tokens
-    assert result["A"] == tokenizer.decode(await greedy(client, ids, 3))
+    assert result["A"] == tokenizer.decode(await greedy(random_client, ids, 3))
 
 
 async def test_without_a_system_tag_the_templates_default_system_prompt_is_used(
@@ -114,16 +114,16 @@ async def test_an_unknown_role_is_written_as_lmql_text() -> None:
 
 
 @pytest.fixture(scope="module")
-def no_template_model(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path) -> Any:
-    """The tiny random model with a tokenizer folder that has no chat template."""
+def no_template_model(tmp_path_factory: pytest.TempPathFactory, embedded_path: Path) -> Any:
+    """The random model over a tokenizer folder that has no chat template."""
     folder = tmp_path_factory.mktemp("no-template-tokenizer")
     for name in ("tokenizer.json", "special_tokens_map.json"):
-        shutil.copy(tiny_model_path / name, folder / name)
-    config = json.loads((tiny_model_path / "tokenizer_config.json").read_text())
+        shutil.copy(embedded_path / name, folder / name)
+    config = json.loads((embedded_path / "tokenizer_config.json").read_text())
     config.pop("chat_template", None)
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     (folder / "chat_template.jinja").unlink(missing_ok=True)
-    return cogql.model(f"local:{tiny_model_path}", tokenizer=str(folder))
+    return cogql.model("random", tokenizer=str(folder))
 
 
 async def test_without_a_template_tags_are_lmql_text(no_template_model: Any) -> None:

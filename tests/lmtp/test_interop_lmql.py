@@ -28,12 +28,15 @@ PEER_PYTHON = PEER / "venv" / "bin" / "python"
 PEER_LMQL = PEER / "venv" / "bin" / "lmql"
 PEER_MODEL = PEER / "smollm2-hf"  # the embedded model, converted to a transformers folder
 CLIENT = Path(__file__).parent / "peer" / "lmql_client.py"
-SENTIMENT = Path(__file__).parent.parent / "examples" / "sentiment.lmql"
+SENTIMENT = Path(__file__).resolve().parents[2] / "examples" / "sentiment.lmql"
 
-pytestmark = pytest.mark.skipif(
-    not (PEER_PYTHON.exists() and PEER_MODEL.is_dir()),
-    reason=f"LMQL 0.7.3 peer not installed at {PEER} (run `make peer`)",
-)
+pytestmark = [
+    pytest.mark.slow,  # both LMQL and cogql serve the embedded model
+    pytest.mark.skipif(
+        not (PEER_PYTHON.exists() and PEER_MODEL.is_dir()),
+        reason=f"LMQL 0.7.3 peer not installed at {PEER} (run `make peer`)",
+    ),
+]
 
 
 def _free_port() -> int:

@@ -13,7 +13,7 @@ from cogql.language.compiler import CompiledQuery, compile_query
 from cogql.language.errors import QueryCompileError, QuerySyntaxError
 from cogql.language.qstrings import Hole, Interpolation, Text
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def src(node: ast.AST | None) -> str | None:

@@ -51,7 +51,7 @@ from cogql.serve.access import exposure_warning
 from cogql.serve.logs import limit_repeats
 from cogql.tokenizer import Tokenizer
 
-EXAMPLES = Path(__file__).parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PROMPT = [1, 504, 3437, 28, 253]  # BOS + a few ordinary tokens
 TOKEN_KEYS = ["token", "stream_id", "logprob", "finish_reason", "top_logprobs"]
 
@@ -670,6 +670,7 @@ def test_cli_serves_logs_each_request_and_stops_on_sigint(tiny_model_path: Path,
     assert "GENERATE stream=2 prompt=5 tokens=3 " in log and "stopped" in log
 
 
+@pytest.mark.slow  # a `cogql serve-model` subprocess
 def test_cli_reports_a_failed_load_to_clients_and_stops_on_sigterm(tmp_path: Path) -> None:
     cli = Cli(tmp_path, str(tmp_path / "missing-model"))
     with cli.connect() as ws:
@@ -681,6 +682,7 @@ def test_cli_reports_a_failed_load_to_clients_and_stops_on_sigterm(tmp_path: Pat
     assert "model failed to load" in log and "stopped" in log
 
 
+@pytest.mark.slow  # a `cogql serve-model` subprocess
 def test_cli_serves_the_random_model_with_lmqls_flags(embedded_path: Path, tmp_path: Path) -> None:
     """`lmql serve-model random --seed 123` spelled for cogql, with a tokenizer folder: the
     tokens equal the in-process random model's, and MODEL_INFO names no local path."""
@@ -1085,6 +1087,7 @@ def test_a_missing_stream_id_says_so(raw: Raw) -> None:
     assert item["error"] == "GENERATE without a stream_id: every op needs one ('stream_id')"
 
 
+@pytest.mark.slow  # a `cogql serve-model` subprocess
 def test_cli_token_tls_and_limits(tmp_path: Path) -> None:
     """`--token` from the environment, `--certfile/--keyfile`, `--max-top-logprobs`: a wss://
     client with the token is served, one without gets 401, and the token is not in the log."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 import cogql
+from tests.conftest import FAST_MODEL_SEED
 
 QUERIES = [
     'argmax "Q: Name a fruit.\\nA:[A]" where STOPS_AT(A, ".") and len(TOKENS(A)) < 12',
@@ -20,7 +21,8 @@ QUERIES = [
 
 @pytest.fixture(scope="module")
 def plain() -> cogql.Model:
-    return cogql.model(None, extensions=False)
+    """The default model of the fast tier (the random model), without the extensions."""
+    return cogql.model("random", seed=FAST_MODEL_SEED, extensions=False)
 
 
 @pytest.mark.parametrize("query", QUERIES)
@@ -32,7 +34,7 @@ def test_emulated_extensions_give_the_same_result(query: str, plain: cogql.Model
 
 
 def test_a_changing_mask_costs_a_new_request(plain: cogql.Model) -> None:
-    """SmolLM2 writes digits one token each: the first request runs under the digits' mask
+    """Digits are one token each (SmolLM2's tokenizer): the first request runs under their mask
     until the dash, the only allowed token, is taken locally; the digits after it need a
     second request. The engine enforcing the grammar needs one."""
     query = 'argmax "Date: [D]" where REGEX(D, r"[0-9]{4}-[0-9]{2}")'

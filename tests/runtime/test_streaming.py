@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 import cogql
 from cogql.cli import main
 from cogql.runtime.query import InputError
+from tests.conftest import Scripted
 
 QUERY = (
     '"Q: Name a color.\\nA:[A]\\nQ: And a fruit?\\nA:[B]" '
@@ -93,9 +95,9 @@ async def test_an_error_in_the_query_is_raised_by_the_iterator() -> None:
         await collect(stream)
 
 
-async def test_events_of_several_results_carry_their_run_index(tiny_model: cogql.Model) -> None:
+async def test_events_of_several_results_carry_their_run_index(random_model: cogql.Model) -> None:
     events = await collect(
-        cogql.stream('sample(n=2, seed=5) "Q:[X]" where len(TOKENS(X)) < 3', model=tiny_model)
+        cogql.stream('sample(n=2, seed=5) "Q:[X]" where len(TOKENS(X)) < 3', model=random_model)
     )
     finished = [e for e in events if isinstance(e, cogql.VariableFinished)]
     assert sorted(e.run for e in finished) == [0, 1]
@@ -125,19 +127,29 @@ def test_asyncio_queue_is_not_bound_before_iteration() -> None:
 
 
 @pytest.mark.parametrize(
-    ("query", "value", "text", "cut"),
+    ("query", "prompt", "reply", "value", "text", "cut"),
     [
-        # the model writes " 1. Red, 2. Blue, ...": STOPS_BEFORE drops the "." and what follows
+        # STOPS_BEFORE drops the "." and what follows
         ('"Q: Name three colours, one per line.\\nA:[X]" where STOPS_BEFORE(X, ".") '
-         "and len(TOKENS(X)) < 30", " 1", " 1", "."),
+         "and len(TOKENS(X)) < 30", "Q: Name three colours, one per line.\nA:",
+         " 1. Red, 2. Blue", " 1", " 1", "."),
         # INT ends at the character after the number, which the value loses
-        ('"Q: 2+2=? Answer with a number then a full stop.\\nA:[X:int]"', 2, " 2", "."),
+        ('"Q: 2+2=? Answer with a number then a full stop.\\nA:[X:int]"',
+         "Q: 2+2=? Answer with a number then a full stop.\nA:", " 2. That is all.", 2, " 2", "."),
     ],
 )  # fmt: skip
 async def test_streamed_text_never_shows_what_the_value_loses(
-    query: str, value: Any, text: str, cut: str
+    script: Callable[..., Scripted],
+    query: str,
+    prompt: str,
+    reply: str,
+    value: Any,
+    text: str,
+    cut: str,
 ) -> None:
-    events = await collect(cogql.stream(query))
+    """On a model scripted to write `reply` after the prompt."""
+    model = script({prompt: reply}).model
+    events = await collect(cogql.stream(query, model=model))
     pieces = [e.text for e in events if isinstance(e, cogql.TextAppended) and e.variable == "X"]
     result = events[-1].result
     assert result["X"] == value
