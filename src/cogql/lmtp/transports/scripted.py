@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import TransportError
 from ...tokenizer import Tokenizer
 from ..messages import ErrorEvent, Event, Generate, InfoEvent, Op, Score, TokenEvent
 from .base import Cancellable, EventCallback, Handle
@@ -43,7 +44,7 @@ SCRIPTED_MARGIN = 20.0
 CAPABILITIES = ("seed",)
 
 
-class ScriptError(ValueError):
+class ScriptError(TransportError, ValueError):
     """An op the scripted model does not answer; it ends that stream with an error."""
 
 
