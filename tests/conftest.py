@@ -16,9 +16,14 @@ forward passes, and the real tokenizers of deployed models (fetched by `make tok
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -366,3 +371,37 @@ def real_tokenizer_dir(name: str) -> Path:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(why)
     pytest.skip(why)
+
+
+@contextlib.contextmanager
+def running_server(
+    cmd: list[str],
+    port: int,
+    log: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    stop: signal.Signals = signal.SIGINT,
+) -> Iterator[None]:
+    """`cmd` as a subprocess, its output in `log`, from when its `port` on loopback accepts
+    connections (within 120 s) until the block ends; then stopped with `stop`, killed if it
+    lingers."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=out, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+        yield
+    finally:
+        proc.send_signal(stop)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)

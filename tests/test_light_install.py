@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from typing import Any
 import pytest
 
 import cogql
+from tests.conftest import running_server
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = Path(cogql.__file__).resolve().parents[1]  # the src/ folder these tests import
@@ -120,26 +119,8 @@ def served_random(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     cmd = [sys.executable, "-m", "cogql", "serve-model", "random", "--seed", "7",
            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(SOURCE)}
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=out, env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
+    with running_server(cmd, port, log, env=env):
         yield f"localhost:{port}"
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
 
 
 def test_the_bare_install_has_no_torch_and_imports_cogql(bare_venv: Path) -> None:

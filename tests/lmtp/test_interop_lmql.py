@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import pytest
 import cogql
 from cogql.engine.engine import Engine
 from cogql.serve import BackgroundServer
+from tests.conftest import running_server
 
 PEER = Path(os.environ.get("LMQL_PEER_DIR", Path.home() / ".cache" / "lmql-peer"))
 PEER_PYTHON = PEER / "venv" / "bin" / "python"
@@ -52,25 +52,8 @@ def lmql_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("lmql-serve") / "serve.log"
     cmd = [str(PEER_LMQL), "serve-model", str(PEER_MODEL), "--host", "127.0.0.1",
            "--port", str(port)]  # fmt: skip
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=out)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
+    with running_server(cmd, port, log, stop=signal.SIGTERM):
         yield f"127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")
