@@ -175,6 +175,19 @@ def test_the_python_api_raises_missing_extra_for_an_in_process_model(bare_venv: 
     assert "pip install 'cogql[engine]'" in done.stdout
 
 
+def test_importing_the_emulator_names_the_deploy_extra(bare_venv: Path) -> None:
+    code = (
+        "try:\n"
+        "    import cogql.replicate.emulator\n"
+        "except ImportError as e:\n"
+        "    print(type(e).__name__, e)\n"
+    )
+    done = _bare(bare_venv, "python", "-c", code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("MissingExtra cogql.replicate.emulator needs")
+    assert "pip install 'cogql[deploy]'" in done.stdout
+
+
 def test_the_bare_client_runs_queries_against_serve_model(
     bare_venv: Path, served_random: str
 ) -> None:

@@ -7,7 +7,11 @@ backend (the Cog server adapter: health, restarts, retries), body (request bodie
 JSON checks), routes (the HTTP API), auth and errors (tokens, problem JSON), faults.
 """
 
-from .errors import APIError
-from .server import EmulatorError, ReplicateEmulator
+from ... import extras as _extras
+
+_extras.require("deploy", "cogql.replicate.emulator")  # before starlette's ImportError, a clear one
+
+from .errors import APIError  # noqa: E402
+from .server import EmulatorError, ReplicateEmulator  # noqa: E402
 
 __all__ = ["APIError", "EmulatorError", "ReplicateEmulator"]
