@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from websockets.http11 import Request, Response
 
 import cogql
 from cogql.errors import CogqlError, DeployError, ModelError, QueryError, RunError, TransportError
+from cogql.replicate.cog.cogserver import free_port
 from cogql.replicate.emulator.errors import BadRequest, ServerError, Throttled, Unauthenticated
 
 FAMILIES = (QueryError, RunError, ModelError, TransportError, DeployError)
@@ -95,9 +95,7 @@ def test_the_root_and_families_are_exported() -> None:
 
 def dead_port() -> int:
     """A loopback port nothing listens on (bound, then closed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
 def dead_model() -> cogql.Model:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 
 import cogql
+from cogql.replicate.cog.cogserver import free_port
 from tests.conftest import running_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,16 +105,10 @@ def _bare(venv: Path, *args: str, stdin: str | None = None) -> subprocess.Comple
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served_random(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`cogql serve-model random` from the full install; yields its endpoint."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("serve-random") / "serve.log"
     cmd = [sys.executable, "-m", "cogql", "serve-model", "random", "--seed", "7",
            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip

@@ -22,6 +22,7 @@ import pytest
 
 import cogql
 import cogql.compat as lmql
+from cogql.replicate.cog.cogserver import free_port
 from cogql.runtime import model as model_module
 from cogql.runtime.model import EMBEDDED_IDENTIFIER, ModelConfigError
 from cogql.tokenizer import TokenizerNotFound
@@ -395,12 +396,6 @@ def test_run_in_loop(random_model: cogql.Model) -> None:
 # --------------------------------------------------------------------------- lmql.serve
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -416,7 +411,7 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 6
 
 @pytest.mark.slow  # a subprocess serving the model
 async def test_serve_serves_a_model_over_lmtp(random_model: cogql.Model) -> None:
-    port = _free_port()
+    port = free_port()
     folder = random_model.name.removeprefix("local:")
     code = f"import cogql.compat as lmql; lmql.serve({folder!r}, host='127.0.0.1', port={port})"
     env = {**os.environ, "PYTHONPATH": str(Path(cogql.__file__).parents[1])}

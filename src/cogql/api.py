@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal, TypeVar, overload
 
+from .language.source_file import read_query_source
 from .runtime.events import QueryEvent
 from .runtime.model import Model
 from .runtime.query import (
@@ -74,8 +75,8 @@ async def run_file(
 ) -> QueryResult:
     """LMQL's `lmql.run_file`: run the query in a .lmql file; `force_model` overrides its
     `from` clause (LMQL 0.7.3 accepts it and ignores it)."""
-    with open(filepath, encoding="utf-8") as f:
-        source = f.read()
+    with open(filepath, "rb") as f:
+        source = read_query_source(f, filepath)
     if output_writer is not None:
         kwargs["output_writer"] = output_writer
     if force_model is not None:

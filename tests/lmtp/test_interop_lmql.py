@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 
 import cogql
 from cogql.engine.engine import Engine
+from cogql.replicate.cog.cogserver import free_port
 from cogql.serve import BackgroundServer
 from tests.conftest import running_server
 
@@ -39,16 +39,10 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def lmql_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`lmql serve-model` on the peer's SmolLM2 folder; yields its endpoint."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("lmql-serve") / "serve.log"
     cmd = [str(PEER_LMQL), "serve-model", str(PEER_MODEL), "--host", "127.0.0.1",
            "--port", str(port)]  # fmt: skip

@@ -19,7 +19,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from cogql.lmtp.transports.websocket import (
     close_connections,
     endpoint_url,
 )
+from cogql.replicate.cog.cogserver import free_port
 from cogql.serve import AccessConfigError, AccessPolicy, BackgroundServer, Limits, tls_context
 from cogql.serve.access import exposure_warning
 from cogql.serve.logs import limit_repeats
@@ -138,12 +138,6 @@ def generate(sid: Any, prompt: list[int] = PROMPT, max_tokens: int = 4, **kw: An
     """A GENERATE payload in LMQL's key order."""
     return {"max_tokens": max_tokens, "temperature": 0.0, **kw, "top_logprobs": 1,
             "model": "tiny", "prompt": prompt, "stream_id": sid}  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def handles_of(server: BackgroundServer) -> dict[Any, Any]:

@@ -142,7 +142,8 @@ class GrammarMatcher:
         self._bitmask = np.zeros((1, words), dtype=np.int32)
 
     def allowed(self) -> np.ndarray:
-        """Boolean array over the tokenizer's vocabulary."""
+        """Boolean array over the tokenizer's vocabulary, freshly allocated (callers may
+        change it)."""
         with _llguidance_errors("to compute the token mask"):
             llguidance.numpy.fill_next_token_bitmask(self._m, self._bitmask, 0)
         bits = np.unpackbits(self._bitmask.view(np.uint8), bitorder="little")

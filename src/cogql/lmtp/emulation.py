@@ -132,17 +132,16 @@ def token_mask(
     matcher: GrammarMatcher | None,
     generated: int,
     min_tokens: int,
-    eos: int | None,
+    eos: int,
     vocab_size: int,
 ) -> np.ndarray | None:
     """The tokens allowed after `generated` tokens: the grammar's (as `matcher` stands), and
     no EOS before `min_tokens`; None when every token is allowed."""
-    allowed = matcher.allowed().copy() if matcher is not None else None
+    allowed = matcher.allowed() if matcher is not None else None  # a fresh array each call
     if generated < min_tokens:
         if allowed is None:
             allowed = np.ones(vocab_size, dtype=bool)
-        if eos is not None:
-            allowed[eos] = False
+        allowed[eos] = False
     return allowed
 
 

@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import httpx
 
 from ...errors import DeployError
 from ...lmtp.sse import SSEDecoder
+from .cogbridge import free_port
 
 PREDICTOR_REF = "predict.py:Predictor"
 BUSY_RETRY_S = 10.0
@@ -44,12 +44,6 @@ UNSHARE = ("unshare", "--user", "--map-root-user", "--net")
 
 class CogServerError(DeployError, RuntimeError):
     """The server did not become ready (setup failed, or it exited); carries its logs."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @functools.cache
