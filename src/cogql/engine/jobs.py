@@ -12,17 +12,8 @@ import torch
 from ..grammar import GrammarMatcher
 from ..lmtp.messages import Generate, Score
 from .kvcache import CacheEntry
+from .protocol import StreamHandle
 from .sink import Sink
-
-
-class StreamHandle:
-    """Lets the submitter cancel a stream it no longer needs (nothing more is computed)."""
-
-    def __init__(self) -> None:
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
 
 
 @dataclass(eq=False, kw_only=True)

@@ -14,7 +14,7 @@ cache and what ran before cannot change them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import DynamicCache, GenerationConfig, PretrainedConfig
@@ -144,7 +144,8 @@ class RandomModel(torch.nn.Module):
             for j, state in enumerate(row[new - keep :]):
                 if state is not None:
                     logits[r, j] = self._draw(state)
-        return CausalLMOutputWithPast(logits=logits.to(input_ids.device), cache=cache)
+        out = logits.to(input_ids.device)
+        return CausalLMOutputWithPast(logits=cast(torch.FloatTensor, out), past_key_values=cache)
 
     def _states(
         self, ids: list[list[int]], valid: list[list[bool]], before: list[int | None]

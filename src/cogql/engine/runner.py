@@ -163,7 +163,7 @@ class ModelRunner:
         else:
             entry.cast(model.dtype)
         ids = torch.tensor([new_ids], dtype=torch.long, device=self.device)
-        out = model(input_ids=ids, cache=entry.past, use_cache=True, logits_to_keep=keep)
+        out = model(input_ids=ids, past_key_values=entry.past, use_cache=True, logits_to_keep=keep)
         entry.ids.extend(new_ids)
         logits = out.logits[0, :, : self.tokens].float()
         entry.logits = logits[-1]
@@ -190,7 +190,7 @@ class ModelRunner:
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
             position_ids=positions.to(self.device),
-            cache=past,
+            past_key_values=past,
             use_cache=True,
             logits_to_keep=1,
         )
@@ -233,7 +233,7 @@ class ModelRunner:
             (_repeat(layer.keys, n), _repeat(layer.values, n)) for layer in entry.past.layers
         ]
         past = full_cache(self.model.config, rows_kv)
-        logits = self.model(input_ids=rows.to(self.device), cache=past, use_cache=True)
+        logits = self.model(input_ids=rows.to(self.device), past_key_values=past, use_cache=True)
         logprobs = torch.log_softmax(logits.logits[..., : self.tokens].float(), -1)
         for r, opt in enumerate(options):
             for j, tok in enumerate(opt[1:]):

@@ -9,6 +9,7 @@ from ..lmtp.messages import TokenEvent
 from .jobs import GenerateStream
 from .masks import mask_logits
 from .sampling import apply_bias, choose
+from .stops import ends_at_stop
 
 
 class TokenStepper:
@@ -65,12 +66,9 @@ class TokenStepper:
     def _finish_reason(self, s: GenerateStream, token: int) -> str | None:
         if token in self.eos_ids:
             return "stop"
-        if s.stops and s.produced >= s.op.min_tokens:
-            # only an occurrence that ends inside this token counts: one that ended earlier
-            # was generated while the stops were inactive (before min_tokens)
-            end = len(s.text) - len(self._token_bytes[token])
-            if any(x in s.text[max(end - len(x) + 1, 0) :] for x in s.stops):
-                return "stop"
+        stops_active = s.stops and s.produced >= s.op.min_tokens
+        if stops_active and ends_at_stop(s.text, len(self._token_bytes[token]), s.stops):
+            return "stop"
         if s.matcher is not None and s.matcher.is_stopped():
             return "stop"
         if s.produced >= s.limit:

@@ -115,11 +115,17 @@ class Model:
         local_name = name.removeprefix("local:") or None
         from ..lmtp.transports.inprocess import InProcessTransport, local_engine
 
+        engine_name = str(self.options.get("engine", "cogql"))
         dtype = str(self.options.get("dtype", "auto"))
-        device = str(self.options.get("device", "cpu"))
+        device = str(self.options.get("device", "auto" if engine_name == "vllm" else "cpu"))
         try:
             engine = await asyncio.to_thread(
-                local_engine, local_name, dtype=dtype, device=device, **self._model_kwargs()
+                local_engine,
+                local_name,
+                engine=engine_name,
+                dtype=dtype,
+                device=device,
+                **self._model_kwargs(),
             )
         except ModelNotFound as e:
             hint = _openai_hint(name)
@@ -137,9 +143,13 @@ class Model:
 
     def _model_kwargs(self) -> dict[str, Any]:
         """What the in-process engine's model is made of beyond its name: for `random`, its
-        seed and tokenizer (the same tokenizer then serves the client)."""
+        seed and tokenizer (the same tokenizer then serves the client); for vLLM, the engine
+        arguments given as `engine_options`."""
+        options = self.options.get("engine_options") or {}
+        if not isinstance(options, dict):
+            raise ModelConfigError("engine_options must be a dict of the engine's arguments")
         if self.name not in (RANDOM, f"local:{RANDOM}"):
-            return {}
+            return dict(options)
         kwargs = {"seed": self.options.get("seed"), "tokenizer": self.tokenizer}
         kwargs["verbose"] = bool(self.options.get("verbose", False)) or None
         return {k: v for k, v in kwargs.items() if v is not None}

@@ -29,17 +29,20 @@ def serve(
 
     `model_name` is what `cogql serve-model` takes (None, "auto" or "default": the embedded
     model); `device=` picks a torch device; `token=` (or COGQL_SERVE_TOKEN), `certfile=`,
-    `keyfile=` and `allow_origins=` are `cogql serve-model`'s access options; other keywords
-    go to `from_pretrained`. LMQL's scheduler options (`static`, `single_thread`, `loader`,
+    `keyfile=` and `allow_origins=` are `cogql serve-model`'s access options; `engine="vllm"`
+    runs vLLM; other keywords go to `from_pretrained` (or vLLM's engine arguments). LMQL's scheduler options (`static`, `single_thread`, `loader`,
     ...) are accepted and ignored: cogql always serves the one model it was started with."""
     del static
     require("serve", "serving a model (lmql.serve)")
     device = kwargs.pop("device", None)
+    engine = kwargs.pop("engine", "cogql")
     token = kwargs.pop("token", None) or os.environ.get(TOKEN_ENV)
     access = AccessPolicy.build(token, kwargs.pop("allow_origins", ()))
     certfile, keyfile = kwargs.pop("certfile", None), kwargs.pop("keyfile", None)
     context = tls_context(certfile, keyfile) if certfile else None
-    args = resolve_args(model_name, dtype=dtype or "auto", device=device, cuda=cuda, extra=[])
+    args = resolve_args(
+        model_name, dtype=dtype or "auto", device=device, cuda=cuda, extra=[], engine=engine
+    )
     for name, value in kwargs.items():
         if name in IGNORED_FLAGS or name in IGNORED_VALUED:
             args.ignored.append(name)

@@ -16,7 +16,7 @@ from ..errors import DeployError
 from ..extras import require
 
 if TYPE_CHECKING:
-    from ..engine.engine import Engine
+    from ..engine.protocol import LMTPEngine
 
 log = logging.getLogger("cogql.serve")
 
@@ -36,6 +36,7 @@ class ServeArgs:
     device: str = "cpu"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
+    engine: str = "cogql"
 
 
 def _coerce(value: str) -> Any:
@@ -75,7 +76,14 @@ def parse_extra_args(args: list[str]) -> tuple[dict[str, Any], list[str]]:
 
 
 def resolve_args(
-    model: str | None, *, dtype: str, device: str | None, cuda: bool, extra: list[str]
+    model: str | None,
+    *,
+    dtype: str,
+    device: str | None,
+    cuda: bool,
+    extra: list[str],
+    engine: str = "cogql",
+    tensor_parallel_size: int | None = None,
 ) -> ServeArgs:
     if dtype in ("4bit", "8bit"):
         raise ServeUsageError(
@@ -83,22 +91,26 @@ def resolve_args(
             "float16 or bfloat16"
         )
     kwargs, ignored = parse_extra_args(extra)
+    if tensor_parallel_size is not None:
+        if engine != "vllm":
+            raise ServeUsageError("--tensor-parallel-size needs --engine vllm")
+        kwargs["tensor_parallel_size"] = tensor_parallel_size
     name = None if model in (None, "", "auto", "default") else model
-    return ServeArgs(name, dtype, device or ("cuda" if cuda else "cpu"), kwargs, ignored)
+    default_device = "auto" if engine == "vllm" else "cpu"
+    chosen = device or ("cuda" if cuda else default_device)
+    return ServeArgs(name, dtype, chosen, kwargs, ignored, engine)
 
 
-def engine_factory(args: ServeArgs) -> Callable[[], Engine]:
-    """Builds the engine; the model itself loads on the engine's own thread (torch's rule)."""
+def engine_factory(args: ServeArgs) -> Callable[[], LMTPEngine]:
+    """Builds the chosen engine (cogql's loads its model on its own thread: torch's rule)."""
 
-    def build() -> Engine:
-        from ..engine.engine import Engine
-        from ..engine.models import load_model
+    def build() -> LMTPEngine:
+        from ..engine.choice import open_engine
 
-        return Engine(
-            lambda: load_model(
-                args.model, dtype=args.dtype, device=args.device, **args.model_kwargs
-            )
-        )
+        return open_engine(
+            args.model, engine=args.engine, dtype=args.dtype, device=args.device,
+            **args.model_kwargs,
+        )  # fmt: skip
 
     return build
 
@@ -112,6 +124,8 @@ def run_server(
     dtype: str,
     device: str | None,
     cuda: bool,
+    engine: str,
+    tensor_parallel_size: int | None,
     token: str | None,
     allow_origins: tuple[str, ...],
     certfile: str | None,
@@ -132,7 +146,10 @@ def run_server(
     from .server import LMTPServer, serve_until_signalled
 
     require("serve", "cogql serve-model")
-    args = resolve_args(model_name, dtype=dtype, device=device, cuda=cuda, extra=extra)
+    args = resolve_args(
+        model_name, dtype=dtype, device=device, cuda=cuda, extra=extra, engine=engine,
+        tensor_parallel_size=tensor_parallel_size,
+    )  # fmt: skip
     if keyfile and not certfile:
         raise ServeUsageError("--keyfile needs --certfile")
     access = AccessPolicy.build(token, allow_origins)

@@ -23,7 +23,7 @@ from ..errors import ModelError
 from ..lmtp.messages import TOKENIZER, tokenizer_to_wire
 
 if TYPE_CHECKING:
-    from ..engine.engine import Engine
+    from ..engine.protocol import LMTPEngine
 
 log = logging.getLogger("cogql.serve")
 
@@ -44,13 +44,13 @@ class State(enum.Enum):
 class EngineHost:
     """Owns the engine's lifecycle for a server: background load and description."""
 
-    def __init__(self, source: Engine | Callable[[], Engine], *, owns_engine: bool) -> None:
+    def __init__(self, source: LMTPEngine | Callable[[], LMTPEngine], *, owns_engine: bool) -> None:
         """`source` is a ready engine (shared, e.g. in tests) or a factory run on a helper
         thread; `owns_engine` says whether stopping the server closes the engine."""
         self._source = source
         self._owns = owns_engine
         self._state = State.LOADING
-        self.engine: Engine | None = None
+        self.engine: LMTPEngine | None = None
         self._error: str | None = None
         self.info: dict[str, Any] | None = None
         self._tokenizer: dict[str, Any] | None = None
@@ -101,7 +101,7 @@ class EngineHost:
         described = f"{state.value} ({self.public_error})" if self.error else state.value
         return state is not State.FAILED, described
 
-    def _ready(self, engine: Engine, described: tuple, seconds: float) -> None:
+    def _ready(self, engine: LMTPEngine, described: tuple, seconds: float) -> None:
         self.engine = engine
         self.info, self._tokenizer = described
         self._state = State.READY
@@ -131,7 +131,7 @@ class EngineHost:
             self.engine.close()
 
 
-def _describe(engine: Engine) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def _describe(engine: LMTPEngine) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """What the server reads from the engine once: model_info (with the server's own
     capabilities added) and the tokenizer hand-out."""
     info = _public_info(engine)
@@ -141,7 +141,7 @@ def _describe(engine: Engine) -> tuple[dict[str, Any], dict[str, Any] | None]:
     return info, tokenizer
 
 
-def _public_info(engine: Engine) -> dict[str, Any]:
+def _public_info(engine: LMTPEngine) -> dict[str, Any]:
     """model_info naming the model, never a local path: the folder the weights came from is
     shown as the model's name (a hub id stays a hub id, a folder becomes its own name)."""
     info = dict(engine.model_info())

@@ -34,7 +34,7 @@ from .memory import map_large_buffers, release_free_memory
 from .session import Session
 
 if TYPE_CHECKING:
-    from ..engine.engine import Engine
+    from ..engine.protocol import LMTPEngine
 
 IDLE_TRIM_DELAY_S = 2.0  # the engine drops a closed connection's streams within a step
 log = logging.getLogger("cogql.serve")
@@ -45,7 +45,7 @@ class LMTPServer:
 
     def __init__(
         self,
-        model: Engine | Callable[[], Engine],
+        model: LMTPEngine | Callable[[], LMTPEngine],
         *,
         host: str = "127.0.0.1",
         port: int = 8080,
@@ -174,7 +174,7 @@ class BackgroundServer:
     """An LMTPServer on its own thread and event loop, for tests and benchmarks that need a
     real server next to synchronous code (`with BackgroundServer(engine, port=0) as s:`)."""
 
-    def __init__(self, model: Engine | Callable[[], Engine], **kwargs: Any) -> None:
+    def __init__(self, model: LMTPEngine | Callable[[], LMTPEngine], **kwargs: Any) -> None:
         kwargs.setdefault("port", 0)
         self.server = LMTPServer(model, **kwargs)
         self._thread: threading.Thread | None = None

@@ -63,7 +63,7 @@ from .logs import REPEATS, printable
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
-    from ..engine.engine import StreamHandle
+    from ..engine.protocol import StreamHandle
 
 log = logging.getLogger("cogql.serve")
 

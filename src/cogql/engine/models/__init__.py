@@ -17,6 +17,7 @@ from .names import (
     RANDOM_MODEL,
     embedded_gguf,
     is_random_model,
+    model_label,
     resolve_model_path,
 )
 
@@ -36,5 +37,6 @@ __all__ = [
     "is_random_model",
     "load_model",
     "load_random_model",
+    "model_label",
     "resolve_model_path",
 ]

@@ -16,13 +16,12 @@ from cogql.tokenizer import Tokenizer, load_tokenizer
 
 from .errors import ModelOptionError
 from .names import (
-    EMBEDDED_ALIASES,
     EMBEDDED_MODEL,
     RANDOM_MODEL,
     embedded_path,
     is_random_model,
+    model_label,
     resolve_model_path,
-    strip_local,
 )
 from .precision import choose_decode_dtypes, copy_at, resolve_dtype
 from .progress import no_progress_bars
@@ -109,9 +108,8 @@ def _load(name: str | None, dtype: str, device: str, model_kwargs: dict[str, Any
         model.to(target)  # type: ignore[arg-type]  # transformers types its `to` wrapper wrongly
     model.eval()
     model.requires_grad_(False)
-    label = strip_local(name) or EMBEDDED_MODEL
     loaded = LoadedModel(
-        name=EMBEDDED_MODEL if label.lower() in EMBEDDED_ALIASES else label,
+        name=model_label(name),
         path=path,
         model=model,
         tokenizer=load_tokenizer(path),

@@ -31,6 +31,7 @@ __all__ = [
     "embedded_gguf",
     "embedded_path",
     "is_random_model",
+    "model_label",
     "resolve_model_path",
     "strip_local",
 ]
@@ -136,6 +137,12 @@ def _from_filesystem(path: Path, looked: list[str]) -> Path | None:
     else:
         looked.append(f"path {path.absolute()} (no such file or folder)")
     return None
+
+
+def model_label(name: str | os.PathLike[str] | None) -> str:
+    """How MODEL_INFO names a model: the embedded one by its name, any other as given."""
+    label = strip_local(name) or EMBEDDED_MODEL
+    return EMBEDDED_MODEL if label.lower() in EMBEDDED_ALIASES else label
 
 
 def resolve_model_path(name: str | os.PathLike[str] | None) -> Path:

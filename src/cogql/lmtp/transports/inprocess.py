@@ -1,40 +1,48 @@
-"""In-process transport: ops go straight to an Engine in this process, no serialisation."""
+"""In-process transport: ops go straight to an engine in this process, no serialisation."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ...engine.models import collector_paused, load_model
+from ...engine.models import collector_paused
 from ...engine.sink import LoopSink
 from ..messages import Op
 from .base import Cancellable, EventCallback
 
-with collector_paused():  # the engine brings in torch and transformers
-    from ...engine.engine import Engine
+if TYPE_CHECKING:
+    from ...engine.protocol import LMTPEngine
 
-_engines: dict[tuple[Any, ...], Engine] = {}
+_engines: dict[tuple[Any, ...], LMTPEngine] = {}
 _lock = threading.Lock()
 
 
 def local_engine(
-    name: str | None, *, dtype: str = "auto", device: str = "cpu", **model_kwargs: Any
-) -> Engine:
+    name: str | None,
+    *,
+    engine: str = "cogql",
+    dtype: str = "auto",
+    device: str = "cpu",
+    **model_kwargs: Any,
+) -> LMTPEngine:
     """The process-wide engine for a model: it is loaded once and shared by all queries that
-    name it with the same options (`model_kwargs`, e.g. the random model's seed and tokenizer,
-    are part of what the model is)."""
-    key = (name or "", dtype, device, *sorted(model_kwargs.items()))
+    name it with the same engine and options (`model_kwargs`, e.g. the random model's seed and
+    tokenizer or vLLM's engine arguments, are part of what the model is)."""
+    key = (name or "", engine, dtype, device, repr(sorted(model_kwargs.items())))
     with _lock:
-        engine = _engines.get(key)
-        if engine is None:
-            engine = Engine(lambda: load_model(name, dtype=dtype, device=device, **model_kwargs))
-            _engines[key] = engine
-        return engine
+        found = _engines.get(key)
+        if found is None:
+            with collector_paused():  # the engine brings in torch and transformers
+                from ...engine.choice import open_engine
+
+                found = open_engine(name, engine=engine, dtype=dtype, device=device, **model_kwargs)
+            _engines[key] = found
+        return found
 
 
 class InProcessTransport:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: LMTPEngine) -> None:
         self.engine = engine
 
     async def open(self) -> None:
