@@ -41,6 +41,16 @@ def local_engine(
         return found
 
 
+def close_local_engines() -> None:
+    """Close every in-process engine (their memory, vLLM's process); the next query that
+    names a model loads it again."""
+    with _lock:
+        engines = list(_engines.values())
+        _engines.clear()
+    for engine in engines:
+        engine.close()
+
+
 class InProcessTransport:
     def __init__(self, engine: LMTPEngine) -> None:
         self.engine = engine
