@@ -2,4 +2,5 @@
 
 from .cli import main
 
-main()
+if __name__ == "__main__":  # vLLM's engine process re-imports the main module (spawn)
+    main()

@@ -171,6 +171,25 @@ def test_cancel_stops_the_stream(vllm_engine, tok) -> None:
     assert tokens(run(vllm_engine, [Generate(1, "m", tok.encode(PROMPT), 2)])[1])
 
 
+def test_a_client_that_disconnects_aborts_its_requests(vllm_engine, tok) -> None:
+    from cogql.serve import BackgroundServer
+    from tests.serve.test_serve import Raw, generate, wait_for
+
+    with BackgroundServer(vllm_engine) as server:
+        leaver, stayer = Raw(server), Raw(server)
+        for sid in ("leave-1", "leave-2"):
+            leaver.send("GENERATE", generate(sid, tok.encode(PROMPT), max_tokens=2000))
+        leaver.recv(timeout=60)
+        stayer.send("GENERATE", generate("stay", tok.encode(PROMPT), max_tokens=30))
+        stayer.recv(timeout=60)
+        assert vllm_engine.in_flight == 3
+        leaver.close()
+        wait_for(lambda: vllm_engine.in_flight == 1, timeout=30)  # the leaver's two: aborted
+        assert len(stayer.stream(timeout=60)) == 29  # the other client's stream ran to its end
+        stayer.close()
+    assert vllm_engine.in_flight == 0
+
+
 def test_bad_ops_fail_alone_with_cogqls_messages(vllm_engine, tok) -> None:
     prompt = tok.encode(PROMPT)
     ops: list[Op] = [

@@ -99,6 +99,7 @@ class VllmEngine:
         self.grammar_timeout_s = grammar_timeout_s
         self.grammars = GrammarCompiler(self.tokenizer)
         self._ids = itertools.count()
+        self._in_flight = 0
         self._stopped: str | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="cogql-vllm")
@@ -171,6 +172,11 @@ class VllmEngine:
         for op in ops:
             _tell(sink, ErrorEvent(op.stream_id, self.stopped or "the engine was closed"))
         return handles
+
+    @property
+    def in_flight(self) -> int:
+        """vLLM requests started and not yet finished or aborted."""
+        return self._in_flight
 
     @property
     def alive(self) -> bool:
@@ -311,10 +317,12 @@ class VllmEngine:
         outputs = self._llm.generate(
             {"prompt_token_ids": op.prompt}, sampling_params(op, limit), request
         )
+        self._in_flight += 1
         try:
             return await self._stream_tokens(op, outputs, matcher, sink)
         finally:
             await outputs.aclose()  # a stop string ended it early: vLLM aborts the request
+            self._in_flight -= 1
 
     async def _stream_tokens(
         self, op: Generate, outputs: Any, matcher: GrammarMatcher | None, sink: Sink
@@ -404,10 +412,14 @@ class VllmEngine:
 
     async def _final(self, ids: list[int], params: Any) -> Any:
         final = None
-        async for out in self._llm.generate(
-            {"prompt_token_ids": ids}, params, f"cogql-{next(self._ids)}"
-        ):
-            final = out
+        self._in_flight += 1
+        try:
+            async for out in self._llm.generate(
+                {"prompt_token_ids": ids}, params, f"cogql-{next(self._ids)}"
+            ):
+                final = out
+        finally:
+            self._in_flight -= 1
         return final
 
     def _note_death(self, e: BaseException) -> None:
