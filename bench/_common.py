@@ -72,5 +72,7 @@ def step(model: torch.nn.Module, cache: DynamicCache, ids: list[int]) -> torch.T
     for layer in cache.layers:
         if layer.keys is not None and layer.keys.dtype != model.dtype:
             layer.keys, layer.values = layer.keys.to(model.dtype), layer.values.to(model.dtype)
-    out = model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True, logits_to_keep=1)
+    out = model(
+        input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True, logits_to_keep=1
+    )
     return out.logits[0, -1]

@@ -10,7 +10,8 @@
 Every request is plain LMTP (EOS banned with logit_bias so that streams run their full
 length), which both servers understand.
 
-Usage: python bench/serve.py [--tokens 48] [--no-peer]
+Usage: python bench/serve.py [--tokens 48] [--no-peer] [--streams 1,4,16]
+                             [--engine cogql|vllm] [--device cpu|cuda] [--model FOLDER]
 """
 
 from __future__ import annotations
@@ -104,8 +105,10 @@ def query_time(model, repeats: int) -> float:
     return median_time(lambda: cogql.run_sync(source, model=model), repeats)[0]
 
 
-def measure(endpoint: str, model: str, tokens: int, tokenizer) -> dict[int, float]:
-    return {n: asyncio.run(throughput(endpoint, model, n, tokens, tokenizer)) for n in (1, 4, 16)}
+def measure(
+    endpoint: str, model: str, tokens: int, tokenizer, streams: list[int]
+) -> dict[int, float]:
+    return {n: asyncio.run(throughput(endpoint, model, n, tokens, tokenizer)) for n in streams}
 
 
 def main() -> None:
@@ -113,36 +116,43 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--streams", default="1,4,16", help="concurrent streams to measure")
+    ap.add_argument("--engine", default="cogql", choices=["cogql", "vllm"])
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (LMQL then gets --cuda)")
+    ap.add_argument("--model", default=None, help="a folder (default: the embedded SmolLM2)")
     args = ap.parse_args()
+    streams = [int(n) for n in args.streams.split(",")]
     from cogql.tokenizer import load_tokenizer
 
-    tokenizer = load_tokenizer(resolve_model_path(None))
+    tokenizer = load_tokenizer(resolve_model_path(args.model))
     port = free_port()
-    cogql_argv = [sys.executable, "-m", "cogql", "serve-model", "default", "--port", str(port)]
+    cogql_argv = [sys.executable, "-m", "cogql", "serve-model", args.model or "default",
+                  "--port", str(port), "--engine", args.engine, "--device", args.device]  # fmt: skip
     with server(cogql_argv, port, "default") as endpoint:
-        ours = measure(endpoint, "default", args.tokens, tokenizer)
+        ours = measure(endpoint, "default", args.tokens, tokenizer, streams)
         latency, gen_time = asyncio.run(score_while_generating(endpoint, "default", tokenizer))
         remote = cogql.model("SmolLM2", endpoint=endpoint)
         served = query_time(remote, args.repeats)
-    inproc = query_time(cogql.model(None), args.repeats)
+    local = cogql.model(f"local:{args.model or 'default'}", engine=args.engine, device=args.device)
+    inproc = query_time(local, args.repeats)
 
     theirs, their_latency = None, None
     if not args.no_peer and peer_installed():
         port = free_port()
-        served_model = str(PEER_MODEL)
+        served_model = args.model or str(PEER_MODEL)
         lmql_argv = [str(PEER_PY.parent / "lmql"), "serve-model", served_model,
-                     "--port", str(port)]  # fmt: skip
+                     "--port", str(port)] + (["--cuda"] if args.device == "cuda" else [])  # fmt: skip
         with server(lmql_argv, port, served_model) as endpoint:
-            theirs = measure(endpoint, served_model, args.tokens, tokenizer)
+            theirs = measure(endpoint, served_model, args.tokens, tokenizer, streams)
             their_latency = asyncio.run(score_while_generating(endpoint, served_model, tokenizer))
 
-    print(f"(a) aggregate tokens/s, {args.tokens} tokens per stream")
+    print(f"(a) aggregate tokens/s, {args.tokens} tokens per stream ({args.engine} engine)")
     print(
-        f"{'streams':>8}{'cogql':>10}{'x single':>10}"
+        f"{'streams':>8}{'cogql':>10}{'x first':>10}"
         + (f"{'LMQL':>10}{'cogql/LMQL':>12}" if theirs else "")
     )
     for n, tps in ours.items():
-        row = f"{n:>8}{tps:10.1f}{tps / ours[1]:10.2f}"
+        row = f"{n:>8}{tps:10.1f}{tps / ours[streams[0]]:10.2f}"
         if theirs:
             row += f"{theirs[n]:10.1f}{tps / theirs[n]:12.2f}"
         print(row)

@@ -433,7 +433,7 @@ class VllmEngine:
 def engine_arguments(path: Path, *, dtype: str, device: str, options: dict[str, Any]) -> Any:
     """vLLM's `AsyncEngineArgs` for a model folder: cogql's defaults, then the user's vLLM
     options (any `AsyncEngineArgs` field; an unknown one is a clear error)."""
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # before vLLM is imported
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # before vLLM is imported
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     cpu = _on_cpu(device)

@@ -6,7 +6,7 @@ import asyncio
 import threading
 from typing import TYPE_CHECKING, Any
 
-from ...engine.models import collector_paused
+from ...engine.models import collector_paused, model_label
 from ...engine.sink import LoopSink
 from ..messages import Op
 from .base import Cancellable, EventCallback
@@ -29,7 +29,7 @@ def local_engine(
     """The process-wide engine for a model: it is loaded once and shared by all queries that
     name it with the same engine and options (`model_kwargs`, e.g. the random model's seed and
     tokenizer or vLLM's engine arguments, are part of what the model is)."""
-    key = (name or "", engine, dtype, device, repr(sorted(model_kwargs.items())))
+    key = (model_label(name), engine, dtype, device, repr(sorted(model_kwargs.items())))
     with _lock:
         found = _engines.get(key)
         if found is None:
