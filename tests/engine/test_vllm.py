@@ -116,6 +116,17 @@ def test_stop_strings_and_min_tokens_follow_lmtps_rule(engines, tok) -> None:
     assert len(tokens(theirs[2])) == 40
 
 
+def test_sampling_reports_the_tempered_distribution_as_cogqls_engine_does(engines, tok) -> None:
+    """The first step's distribution depends on the prompt alone, whatever gets drawn."""
+    op = Generate(0, "m", tok.encode(PROMPT), max_tokens=1, temperature=0.7, top_logprobs=5)
+    theirs, ours = both(engines, [op])
+    top_theirs, top_ours = theirs[0][0].top_logprobs, ours[0][0].top_logprobs
+    shared = [t for t in top_ours if t in top_theirs]
+    assert len(shared) >= 5
+    for t in shared:
+        assert top_theirs[t] == pytest.approx(top_ours[t], abs=1e-3)
+
+
 def test_logit_bias_and_seeded_sampling(vllm_engine, tok) -> None:
     prompt = tok.encode(PROMPT)
     banned = tok.encode(" I")[0]
@@ -264,3 +275,23 @@ def test_every_constraint_kind_holds_and_matches_cogqls_engine(engines, example:
     theirs, ours = (cogql.run_sync(source, model=m) for m in _models())
     assert theirs.prompt == ours.prompt
     assert theirs.variables == ours.variables
+
+
+# ---- last: it kills the module's engine --------------------------------------------------
+
+
+def test_a_dead_vllm_process_is_reported_not_hung_on(vllm_engine, tok) -> None:
+    import psutil
+
+    cores = [p for p in psutil.Process().children(recursive=True) if "EngineCore" in p.name()]
+    assert cores, "vLLM's engine process not found"
+    for p in cores:
+        p.kill()
+    out = run(vllm_engine, [Generate(0, "m", tok.encode(PROMPT), max_tokens=4)], timeout=60)
+    assert isinstance(out[0][-1], ErrorEvent)
+    deadline = time.monotonic() + 30
+    while vllm_engine.alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not vllm_engine.alive and "vLLM's engine stopped" in (vllm_engine.stopped or "")
+    late = run(vllm_engine, [Generate(1, "m", tok.encode(PROMPT), max_tokens=4)], timeout=10)
+    assert isinstance(late[1][0], ErrorEvent) and "stopped" in late[1][0].error
