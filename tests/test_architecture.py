@@ -124,6 +124,7 @@ RESTRICTED_PACKAGES: dict[str, frozenset[str]] = {
     "torch": frozenset({"engine", "hosts"}),
     "transformers": frozenset({"engine", "hosts"}),
     "safetensors": frozenset({"engine", "hosts"}),
+    "vllm": frozenset({"engine"}),  # one engine among others: the hosts see the protocol
 }
 
 
