@@ -25,7 +25,7 @@ import cogql
 from _common import ROOT
 from cogql.engine.protocol import LMTPEngine
 from cogql.lmtp.messages import Event, Generate
-from cogql.lmtp.transports.inprocess import close_local_engines, local_engine
+from cogql.lmtp.transports.inprocess import close_local_engine, local_engine
 from cogql.tokenizer import Tokenizer
 
 QUERY = ROOT / "examples" / "sentiment.lmql"
@@ -127,7 +127,8 @@ def main() -> None:
         n: alternate({e: throughput(engines[e], n, args.tokens) for e in names}, args.repeats)
         for n in streams
     }
-    close_local_engines()
+    for engine in engines.values():
+        close_local_engine(engine)
 
     print(f"\n{'figure':<34}" + "".join(f"{n:>10}" for n in names) + f"{'vllm/cogql':>12}")
     print(_row("(a) start-up, s", startup))

