@@ -3,7 +3,9 @@
   (a) start-up: from nothing to an engine that has answered its first op,
   (b) examples/sentiment.lmql warm (median, runs alternating between the engines),
   (c) aggregate tokens/s of 1, 4 and 16 concurrent GENERATE streams (EOS banned, so every
-      stream runs its full length), alternating between the engines.
+      stream runs its full length), alternating between the engines,
+  (d) three SCOREs after a new 400-token prompt, then three more after the same prompt (what
+      a `distribution` clause costs once the prompt is in the engine's prefix cache).
 
 Prints each figure and the ratio vLLM / cogql. Each engine runs at its default precision for
 the device unless --dtype says otherwise; vLLM with cogql's defaults for it (on a CPU: eager
@@ -64,6 +66,34 @@ def run_streams(engine: LMTPEngine, streams: int, tokens: int) -> int:
 
 def _story(tok: Tokenizer, i: int) -> list[int]:
     return tok.encode(f"Write a short story about {TOPICS[i % len(TOPICS)]} ({i}):")
+
+
+def score_after(engine: LMTPEngine, prompt: list[int], options: list[list[int]]) -> float:
+    """Seconds to SCORE `options` (together) after `prompt`."""
+    from cogql.lmtp.messages import Score
+
+    events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+    began = time.perf_counter()
+    engine.submit([Score(i, "m", prompt, o) for i, o in enumerate(options)], events.put)
+    left = set(range(len(options)))
+    while left:
+        event = events.get(timeout=600)
+        if not hasattr(event, "token"):
+            raise RuntimeError(f"score failed: {event}")
+        if event.finish_reason is not None:
+            left.discard(event.stream_id)
+    return time.perf_counter() - began
+
+
+def scoring(engine: LMTPEngine, round_: list[int]) -> tuple[float, float]:
+    """(cold, warm): three options after a new 400-token prompt, then three others after it."""
+    tok = engine.tokenizer
+    round_[0] += 1
+    text = f"Review {round_[0]}: " + "The plot was slow but the acting was fine. " * 40
+    prompt = tok.encode(text)[:400] + tok.encode(" Verdict:")
+    first = [tok.encode(w) for w in (" good", " bad", " mixed")]
+    second = [tok.encode(w) for w in (" great", " awful", " fine")]
+    return score_after(engine, prompt, first), score_after(engine, prompt, second)
 
 
 def alternate(fns: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
@@ -127,14 +157,20 @@ def main() -> None:
         n: alternate({e: throughput(engines[e], n, args.tokens) for e in names}, args.repeats)
         for n in streams
     }
+    rounds = [0]
+    cold_warm = {e: [scoring(engines[e], rounds) for _ in range(args.repeats)] for e in names}
+    cold = {e: statistics.median(c for c, _ in cw) for e, cw in cold_warm.items()}
+    warm = {e: statistics.median(w for _, w in cw) for e, cw in cold_warm.items()}
     for engine in engines.values():
         close_local_engine(engine)
 
-    print(f"\n{'figure':<34}" + "".join(f"{n:>10}" for n in names) + f"{'vllm/cogql':>12}")
+    print(f"\n{'figure':<46}" + "".join(f"{n:>10}" for n in names) + f"{'vllm/cogql':>12}")
     print(_row("(a) start-up, s", startup))
     print(_row("(b) sentiment query warm, s", query))
     for n in streams:
         print(_row(f"(c) tokens/s, {n} stream(s)", tps[n]))
+    print(_row("(d) 3 SCOREs after a new 400-token prompt, s", cold))
+    print(_row("    3 more after the same prompt, s", warm))
     print(f"    same CLASSIFICATION on every engine: {len(classes) == 1}; "
           f"{args.tokens} tokens per stream")  # fmt: skip
 
@@ -142,7 +178,7 @@ def main() -> None:
 def _row(label: str, figures: dict[str, float]) -> str:
     ratio = figures["vllm"] / figures["cogql"] if len(figures) == 2 else None
     return (
-        f"{label:<34}"
+        f"{label:<46}"
         + "".join(f"{v:10.2f}" for v in figures.values())
         + (f"{ratio:12.2f}" if ratio is not None else "")
     )
