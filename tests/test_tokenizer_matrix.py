@@ -13,6 +13,7 @@ its factory to MODEL_KINDS and its cases to CASES.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable
@@ -145,10 +146,19 @@ class Case:
 
     @cached_property
     def hf(self) -> Any:
-        """transformers' own tokenizer of the folder: the reference."""
-        from transformers import AutoTokenizer
+        """transformers' own tokenizer of the folder: the reference. transformers before 5.20
+        (vLLM's pin) maps a config's `LlamaTokenizerFast` onto its SentencePiece-style class,
+        whose Metaspace pre-tokenizer replaces a byte-level tokenizer.json's (DeepSeek V3:
+        "Hello world" became [42, 6629, 10030]); later releases load the tokenizer.json as it
+        is, which is the reference then."""
+        from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-        return AutoTokenizer.from_pretrained(str(self.folder))
+        loaded = AutoTokenizer.from_pretrained(str(self.folder))
+        pre = json.loads((self.folder / "tokenizer.json").read_text())["pre_tokenizer"] or {}
+        rebuilt = type(loaded.backend_tokenizer.pre_tokenizer).__name__ == "Metaspace"
+        if rebuilt and pre.get("type") != "Metaspace":
+            return PreTrainedTokenizerFast.from_pretrained(str(self.folder))
+        return loaded
 
     @property
     def weights(self) -> Path | None:

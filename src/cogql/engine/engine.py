@@ -36,7 +36,6 @@ from ..lmtp.messages import (
     ENGINE_CAPABILITIES,
     TOKENIZER,
     ErrorEvent,
-    Event,
     Generate,
     InfoEvent,
     ModelInfo,
@@ -53,7 +52,7 @@ from .models import LoadedModel
 from .protocol import EngineStopped, StreamHandle
 from .runner import ModelRunner, usable_tokens
 from .scheduler import PREFILL_CHUNK, STARVED_TURNS, plan_prefill
-from .sink import Sink
+from .sink import Sink, tell
 from .stepper import TokenStepper
 
 __all__ = ["Engine", "EngineStopped", "StreamHandle", "usable_tokens"]
@@ -168,7 +167,7 @@ class Engine:
                 self._inbox.put(_Work(list(ops), sink, handles))
                 return handles
         for op in ops:
-            _tell(sink, ErrorEvent(op.stream_id, self._stopped))
+            tell(sink, ErrorEvent(op.stream_id, self._stopped))
         return handles
 
     def call(self, fn: Callable[[], Any]) -> Future[Any]:
@@ -273,7 +272,7 @@ class Engine:
                 if isinstance(item, _Work):
                     for op in item.ops:
                         if id(op) not in answered:
-                            _tell(item.sink, ErrorEvent(op.stream_id, why))
+                            tell(item.sink, ErrorEvent(op.stream_id, why))
                 elif isinstance(item, _Call) and item.future.set_running_or_notify_cancel():
                     item.future.set_exception(EngineStopped(why))
 
@@ -282,7 +281,7 @@ class Engine:
         answered: set[int] = set()
         for s in self._streams:
             answered.add(id(s.op))
-            _tell(s.sink, ErrorEvent(s.op.stream_id, why))
+            tell(s.sink, ErrorEvent(s.op.stream_id, why))
             for follower in s.then:
                 self._refuse(follower, s.sink, why)
                 answered.add(
@@ -291,7 +290,7 @@ class Engine:
         for job in self._scores:
             for op, _ in job.ops:
                 answered.add(id(op))
-                _tell(job.sink, ErrorEvent(op.stream_id, why))
+                tell(job.sink, ErrorEvent(op.stream_id, why))
         self._streams, self._scores = [], []
         return answered
 
@@ -305,7 +304,7 @@ class Engine:
                 self._accept_op(op, handle, work.sink, scores, generates)
             except Exception as e:  # one op's failure, answered to it alone
                 log.exception("could not accept an op")
-                _tell(work.sink, ErrorEvent(op.stream_id, f"failed to accept the op: {e}"))
+                tell(work.sink, ErrorEvent(op.stream_id, f"failed to accept the op: {e}"))
         self._scores.extend(scores.values())
 
     def _accept_op(
@@ -358,11 +357,11 @@ class Engine:
     def _refuse(self, follower: Follower, sink: Sink, why: str) -> None:
         """Answer a follower (and whatever follows it) with an error instead of running it."""
         if isinstance(follower, GenerateStream):
-            _tell(sink, ErrorEvent(follower.op.stream_id, why))
+            tell(sink, ErrorEvent(follower.op.stream_id, why))
             for then in follower.then:
                 self._refuse(then, sink, "the GENERATE it follows did not run")
         else:
-            _tell(sink, ErrorEvent(follower[0].stream_id, why))
+            tell(sink, ErrorEvent(follower[0].stream_id, why))
 
     def _invalid(self, op: Op) -> str | None:
         return op_problem(op, self.vocab_size, self.context_length, self.max_grammar_bytes)
@@ -474,26 +473,26 @@ class Engine:
             log.exception("SCORE failed")
             job.entry = None  # its cache may be half-updated
             for op, _ in live:
-                _tell(job.sink, ErrorEvent(op.stream_id, f"failed to score tokens '{e}'"))
+                tell(job.sink, ErrorEvent(op.stream_id, f"failed to score tokens '{e}'"))
             return
         finally:
             self._release(job)
         for (op, _), logprobs in zip(live, results, strict=True):
             last = len(logprobs) - 1
             for i, (tok, lp) in enumerate(zip(op.scored, logprobs, strict=True)):
-                _tell(job.sink, TokenEvent(op.stream_id, tok, lp, "stop" if i == last else None))
+                tell(job.sink, TokenEvent(op.stream_id, tok, lp, "stop" if i == last else None))
 
     def _fail_job(self, job: Job, error: str) -> None:
         """Answer a job with its error; its cache entry may be half-updated, so it is dropped."""
         job.entry = None
         if isinstance(job, GenerateStream):
-            _tell(job.sink, ErrorEvent(job.op.stream_id, error))
+            tell(job.sink, ErrorEvent(job.op.stream_id, error))
             self._finish(job)
             return
         assert isinstance(job, ScoreJob)
         self._scores.remove(job)
         for op, _ in job.ops:
-            _tell(job.sink, ErrorEvent(op.stream_id, error))
+            tell(job.sink, ErrorEvent(op.stream_id, error))
 
     def _finish(self, s: GenerateStream) -> None:
         if s not in self._streams:
@@ -548,15 +547,6 @@ def _generate_error(e: Exception) -> str:
     if isinstance(e, GrammarError):
         return f"invalid grammar: {e}"
     return f"failed to generate tokens '{e}'"
-
-
-def _tell(sink: Sink, event: Event) -> None:
-    """Deliver an error or a last event; a failing sink is logged, never raised into the
-    engine (it is already answering a failure)."""
-    try:
-        sink(event)
-    except Exception:
-        log.exception("an event sink failed")
 
 
 def _installed(dist: str) -> bool:

@@ -10,11 +10,23 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 from collections.abc import Callable
 
 from ..lmtp.messages import Event
 
 Sink = Callable[[Event], None]
+
+log = logging.getLogger("cogql.engine")
+
+
+def tell(sink: Sink, event: Event) -> None:
+    """Deliver an error or a last event; a failing sink is logged, never raised into the
+    engine (it is already answering a failure)."""
+    try:
+        sink(event)
+    except Exception:
+        log.exception("an event sink failed")
 
 
 class LoopSink:

@@ -37,7 +37,6 @@ from ..lmtp.messages import (
     ENGINE_CAPABILITIES,
     TOKENIZER,
     ErrorEvent,
-    Event,
     Generate,
     InfoEvent,
     ModelInfo,
@@ -51,7 +50,7 @@ from ..tokenizer import load_tokenizer
 from .checks import op_problem, room, too_long
 from .models import ModelOptionError, is_random_model, model_label, resolve_model_path
 from .protocol import StreamHandle
-from .sink import Sink
+from .sink import Sink, tell
 from .stops import ends_at_stop
 
 __all__ = ["VLLM_CPU_DEFAULTS", "VllmEngine", "engine_arguments"]
@@ -170,7 +169,7 @@ class VllmEngine:
             except RuntimeError:  # the loop has closed
                 pass
         for op in ops:
-            _tell(sink, ErrorEvent(op.stream_id, self.stopped or "the engine was closed"))
+            tell(sink, ErrorEvent(op.stream_id, self.stopped or "the engine was closed"))
         return handles
 
     @property
@@ -219,10 +218,10 @@ class VllmEngine:
         started: list[Any] = []
         for op, handle in zip(ops, handles, strict=True):
             if (problem := self._problem(op)) is not None:
-                _tell(sink, ErrorEvent(op.stream_id, problem))
+                tell(sink, ErrorEvent(op.stream_id, problem))
                 continue
             if isinstance(op, ModelInfo):
-                _tell(sink, InfoEvent(op.stream_id, self._info(op)))
+                tell(sink, InfoEvent(op.stream_id, self._info(op)))
                 continue
             item: Any = _Stream(op, handle) if isinstance(op, Generate) else (op, handle)
             if isinstance(op, Generate):
@@ -264,11 +263,11 @@ class VllmEngine:
 
     def _refuse(self, item: Any, sink: Sink, why: str) -> None:
         if isinstance(item, _Stream):
-            _tell(sink, ErrorEvent(item.op.stream_id, why))
+            tell(sink, ErrorEvent(item.op.stream_id, why))
             for then in item.then:
                 self._refuse(then, sink, "the GENERATE it follows did not run")
         else:
-            _tell(sink, ErrorEvent(item[0].stream_id, why))
+            tell(sink, ErrorEvent(item[0].stream_id, why))
 
     # ---- GENERATE -----------------------------------------------------------------------
 
@@ -281,7 +280,7 @@ class VllmEngine:
         except Exception as e:
             self._note_death(e)
             log.exception("GENERATE failed")
-            _tell(sink, ErrorEvent(s.op.stream_id, f"failed to generate tokens '{e}'"))
+            tell(sink, ErrorEvent(s.op.stream_id, f"failed to generate tokens '{e}'"))
         if s.then:
             self._release_followers(s, tokens, sink)
 
@@ -393,7 +392,7 @@ class VllmEngine:
         except Exception as e:
             self._note_death(e)
             log.exception("SCORE failed")
-            _tell(sink, ErrorEvent(op.stream_id, f"failed to score tokens '{e}'"))
+            tell(sink, ErrorEvent(op.stream_id, f"failed to score tokens '{e}'"))
             return
         last = len(op.scored) - 1
         for i, (token, lp) in enumerate(zip(op.scored, logprobs, strict=True)):
@@ -549,10 +548,3 @@ def _version(dist: str) -> str | None:
         return version(dist)
     except Exception:
         return None
-
-
-def _tell(sink: Sink, event: Event) -> None:
-    try:
-        sink(event)
-    except Exception:
-        log.exception("an event sink failed")
