@@ -107,7 +107,7 @@ def test_requirements_pin_every_package_exactly(tiny_project: tuple[Path, Path])
     pins = dict(line.split("==") for line in lines)
     assert all("==" in line for line in lines)
     assert pins["torch"] == "2.13.0"  # the CPU build's local label is dropped
-    assert pins["transformers"] == "5.24.0" and pins["llguidance"] == "1.9.1"
+    assert pins["transformers"] == "5.19.0" and pins["llguidance"] == "1.7.6"
     assert "cog" not in pins and "coglet" not in pins  # cog.yaml's sdk_version pins Cog
     assert lines == sorted(lines, key=str.lower)
 
@@ -605,12 +605,13 @@ def test_cog_yaml_quotes_every_value(tiny_project: tuple[Path, Path]) -> None:
     """Even a source with line breaks (were validation to miss one) stays in its comment: on the
     old code it added an `image:` key of the attacker's to cog.yaml."""
     from cogql.replicate.deploy.build import _cog_yaml
+    from cogql.replicate.deploy.requirements import ImagePackages
     from cogql.replicate.deploy.sources import ModelFiles
 
     config, _ = tiny_project
     model = load_config(config).models["tiny"]
     evil = "/models/x\nimage: r8.im/attacker/x\nbuild:\n  gpu: true\u2028run: evil.py"
-    text = _cog_yaml(model, ModelFiles(evil, (), True), None)
+    text = _cog_yaml(model, ModelFiles(evil, (), True), None, ImagePackages(""))
     cog = yaml.safe_load(text)
     assert set(cog) == {"build", "environment", "run"} and cog["run"] == "predict.py:Predictor"
     assert cog["build"]["gpu"] is False
