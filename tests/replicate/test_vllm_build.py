@@ -15,6 +15,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 from cogql.replicate.cog.modelargs import EngineSpec, engine_spec
+from cogql.replicate.cog.predictor import PredictorSetupError, load_runner
 from cogql.replicate.deploy.build import build
 from cogql.replicate.deploy.config import load_config
 from cogql.replicate.deploy.requirements import (
@@ -138,3 +139,15 @@ def test_the_cuda_lock_holds_cogqls_tested_versions() -> None:
     shared = (set(tested) & set(lock)) - {"torch"}
     assert {"transformers", "llguidance", "numpy", "tokenizers", "accelerate"} <= shared
     assert {n: lock[n] for n in shared} == {n: tested[n] for n in shared}
+
+
+def test_a_config_json_naming_an_engine_this_cogql_lacks_fails_setup(tmp_path: Path) -> None:
+    """A project edited by hand (or built by a newer cogql): setup fails before loading,
+    saying what to do."""
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "config.json").write_text("{}")
+    (tmp_path / "config.json").write_text(json.dumps({"engine": "tpu-engine"}))
+    with pytest.raises(PredictorSetupError) as failed:
+        load_runner(tmp_path)
+    assert "config.json's engine is 'tpu-engine', which this cogql cannot run" in str(failed.value)
+    assert "cogql replicate build" in str(failed.value)
