@@ -149,5 +149,7 @@ def test_a_config_json_naming_an_engine_this_cogql_lacks_fails_setup(tmp_path: P
     (tmp_path / "config.json").write_text(json.dumps({"engine": "tpu-engine"}))
     with pytest.raises(PredictorSetupError) as failed:
         load_runner(tmp_path)
-    assert "config.json's engine is 'tpu-engine', which this cogql cannot run" in str(failed.value)
+    assert "config.json.engine: 'tpu-engine' is not something this cogql can run" in str(
+        failed.value
+    )
     assert "cogql replicate build" in str(failed.value)

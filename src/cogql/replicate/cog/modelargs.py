@@ -195,7 +195,7 @@ def engine_spec(args: dict[str, Any]) -> EngineSpec:
         key, value = (ENGINE_KEY, engine) if engine not in ENGINES else (VLLM_KEY, options)
         raise ModelArgsIssue(
             key,
-            f"config.json's {key} is {value!r}, which this cogql cannot run",
+            f"{value!r} is not something this cogql can run",
             f"rebuild the project with `cogql replicate build` (engines: {', '.join(ENGINES)})",
             table="config.json",
         )
