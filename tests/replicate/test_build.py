@@ -605,12 +605,13 @@ def test_cog_yaml_quotes_every_value(tiny_project: tuple[Path, Path]) -> None:
     """Even a source with line breaks (were validation to miss one) stays in its comment: on the
     old code it added an `image:` key of the attacker's to cog.yaml."""
     from cogql.replicate.deploy.build import _cog_yaml
+    from cogql.replicate.deploy.requirements import ImagePackages
     from cogql.replicate.deploy.sources import ModelFiles
 
     config, _ = tiny_project
     model = load_config(config).models["tiny"]
     evil = "/models/x\nimage: r8.im/attacker/x\nbuild:\n  gpu: true\u2028run: evil.py"
-    text = _cog_yaml(model, ModelFiles(evil, (), True), None)
+    text = _cog_yaml(model, ModelFiles(evil, (), True), None, ImagePackages(""))
     cog = yaml.safe_load(text)
     assert set(cog) == {"build", "environment", "run"} and cog["run"] == "predict.py:Predictor"
     assert cog["build"]["gpu"] is False

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -225,3 +229,106 @@ def test_init_refuses_an_owner_that_is_not_a_replicate_name(tmp_path: Path) -> N
         main, ["replicate", "init", "--config", str(path), "--owner", "Alice"]
     )
     assert result.exit_code == 2 and "Replicate owner names are lowercase" in result.stderr
+
+
+# ---- the engine: cogql's (the default) or vLLM, with vLLM's engine arguments ----------------------
+
+VLLM_MODEL = '[models.m]\nhuggingface.repo = "a/b"\nengine = "vllm"\n'
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+
+
+def test_engine_vllm_takes_vllms_engine_arguments() -> None:
+    text = VLLM_MODEL + (
+        'config.torch_dtype = "float16"\nconfig.trust_remote_code = true\n'
+        "vllm.max-model-len = 4096\nvllm.tensor_parallel_size = 2\n"
+        'vllm.compilation_config = {mode = 0}\nvllm.hf_overrides = {"rope_theta" = 1e6}\n'
+    )
+    model = parse_config(text, Path("/x/config.toml")).models["m"]
+    assert model.engine == "vllm"
+    assert model.args == {"torch_dtype": "float16", "trust_remote_code": True}
+    assert model.vllm_options == {  # vLLM's CLI spelling becomes its argument's name
+        "max_model_len": 4096,
+        "tensor_parallel_size": 2,
+        "compilation_config": {"mode": 0},
+        "hf_overrides": {"rope_theta": 1e6},
+    }
+    assert parse_config(GOOD, Path("/x/config.toml")).models["tiny"].engine == "cogql"
+
+
+def test_engine_mistakes_are_reported_with_a_fix() -> None:
+    found = issues(
+        '[models.typo]\nhuggingface.repo = "a/b"\nengine = "vlm"\n'
+        '[models.number]\nhuggingface.repo = "a/b"\nengine = 2\n'
+        '[models.cogql]\nhuggingface.repo = "a/b"\nvllm.max_model_len = 4096\n'
+        '[models.inside]\nhuggingface.repo = "a/b"\nconfig.engine = "vllm"\n'
+    )
+    assert found["models.typo.engine"] == (
+        "unknown engine 'vlm' | did you mean 'vllm'? use \"cogql\" (the default: cogql's own "
+        'engine) or "vllm"'
+    )
+    assert "a whole number" not in found["models.number.engine"]
+    assert "must be a string" in found["models.number.engine"]
+    assert "runs on cogql's engine" in found["models.cogql.vllm"]
+    assert 'add engine = "vllm"' in found["models.cogql.vllm"]
+    assert "not a model argument" in found["models.inside.config.engine"]
+    assert len(found) == 4
+
+
+def test_config_keys_vllm_does_not_read_are_refused() -> None:
+    found = issues(
+        VLLM_MODEL + "gpu = false\nconfig.load_in_8bit = true\nconfig.bnb_4bit_quant_type = "
+        '"nf4"\nconfig.use_safetensors = true\nconfig.attn_implementation = "sdpa"\n'
+        'config.torch_dtype = "float8"\nconfig.batch_size = 8\n'
+    )
+    assert "vLLM does not read it" in found["models.m.config.load_in_8bit"]
+    assert 'vllm.quantization = "fp8"' in found["models.m.config.load_in_8bit"]
+    assert "vLLM does not read it" in found["models.m.config.bnb_4bit_quant_type"]
+    assert "needs a GPU" not in found["models.m.config.load_in_8bit"]  # one issue per key
+    assert "remove it" in found["models.m.config.use_safetensors"]
+    assert "under vllm.*" in found["models.m.config.attn_implementation"]
+    assert '"float16"' in found["models.m.config.torch_dtype"]  # the dtype vLLM reads is checked
+    assert "batches concurrent streams" in found["models.m.config.batch_size"]
+    assert len(found) == 6
+
+
+def test_vllm_arguments_cogql_sets_are_refused() -> None:
+    found = issues(
+        VLLM_MODEL + 'vllm.model = "other/model"\nvllm.dtype = "half"\nvllm.revision = "v2"\n'
+        "vllm.trust_remote_code = true\nvllm.seed = 1979-05-27\n"
+    )
+    assert "checkpoints" in found["models.m.vllm.model"]
+    assert "config.torch_dtype" in found["models.m.vllm.dtype"]
+    assert "huggingface.version" in found["models.m.vllm.revision"]
+    assert "config.trust_remote_code" in found["models.m.vllm.trust_remote_code"]
+    assert "date cannot be passed to vLLM" in found["models.m.vllm.seed"]
+
+
+@pytest.mark.skipif(not HAS_VLLM, reason="checks names against the installed vLLM")
+def test_unknown_vllm_arguments_are_refused_with_a_suggestion() -> None:
+    found = issues(VLLM_MODEL + "vllm.max_modl_len = 4096\nvllm._api_process_count = 2\n")
+    assert found["models.m.vllm.max_modl_len"] == (
+        "not one of vLLM's engine arguments | did you mean 'max_model_len'? see vLLM's engine "
+        "arguments (AsyncEngineArgs)"
+    )
+    assert "not one of vLLM's engine arguments" in found["models.m.vllm._api_process_count"]
+
+
+def test_without_vllm_installed_argument_names_go_through() -> None:
+    """A build for GPUs on a machine without vLLM: the names are vLLM's to check at start-up;
+    what cogql sets itself is refused all the same."""
+    script = f"""
+import json, sys
+from pathlib import Path
+sys.modules["vllm"] = None  # vLLM cannot be imported, as where it is not installed
+from cogql.replicate.deploy.config import ConfigError, parse_config
+model = parse_config({VLLM_MODEL + "vllm.max_modl_len = 1"!r}, Path("/x/c.toml")).models["m"]
+try:
+    parse_config({VLLM_MODEL + 'vllm.model = "x"'!r}, Path("/x/c.toml"))
+except ConfigError as e:
+    print(json.dumps([model.vllm_options, [i.key for i in e.issues]]))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [{"max_modl_len": 1}, ["models.m.vllm.model"]]

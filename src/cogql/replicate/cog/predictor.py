@@ -6,10 +6,12 @@ and the output lines carry each op's original id back (even a missing one, as nu
 is one `TOKEN {...}\\n` or `MSG {...}\\n` line; the prediction ends when every stream has ended.
 Where LMQL hangs or misleads, this predictor does not:
 
-- `setup()` loads the model completely, on the engine's thread, and runs a warm-up step, so a
-  load failure fails the Cog setup with its cause (LMQL returned before loading, and a failed
-  load hung every prediction) and the first prediction is as fast as the tenth;
-- should the engine's thread ever die, Cog's health check reports UNHEALTHY with the reason
+- `setup()` loads the model completely, on the engine config.json names (cogql's or vLLM's,
+  opened through `open_engine` and used only through the `LMTPEngine` protocol), and runs a
+  warm-up step, so a load failure fails the Cog setup with its cause (LMQL returned before
+  loading, and a failed load hung every prediction) and the first prediction is as fast as the
+  tenth;
+- should the engine ever stop, Cog's health check reports UNHEALTHY with the reason
   (`healthcheck`), and predictions fail with it at once instead of waiting;
 - an empty batch ends at once; a malformed batch (bad JSON, not a list of [TYPE, {...}]) fails
   the prediction before any work with a message that says what was expected;
@@ -28,13 +30,13 @@ import json
 import os
 import queue
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 from cog import BaseRunner
 
-from ...engine.engine import Engine, EngineStopped
+from ...engine.protocol import EngineStopped, LMTPEngine
 from ...engine.sink import LoopSink
 from ...errors import ModelError, TransportError
 from ...lmtp.messages import (
@@ -51,7 +53,7 @@ from ...lmtp.messages import (
     replicate_line,
 )
 from .layout import BUILD_INFO, CHECKPOINTS, MODEL_ARGS
-from .modelargs import load_arguments
+from .modelargs import EngineSpec, engine_spec
 
 _POLL_S = 1.0
 
@@ -133,7 +135,7 @@ def _error_line(stream_id: Any, error: str) -> str:
 class BatchRunner:
     """Runs ops batches on an engine; independent of Cog so other hosts can reuse it."""
 
-    def __init__(self, engine: Engine, info_overrides: dict[str, Any] | None = None) -> None:
+    def __init__(self, engine: LMTPEngine, info_overrides: dict[str, Any] | None = None) -> None:
         self.engine = engine
         self.info_overrides = info_overrides or {}
 
@@ -213,22 +215,20 @@ def _read_args(project: Path) -> dict[str, Any]:
     return args
 
 
-def _loader(checkpoints: Path, args: dict[str, Any]) -> Callable[[], Any]:
-    """Runs on the engine's thread: device choice and loading are torch work."""
+def _open_engine(checkpoints: Path, spec: EngineSpec) -> LMTPEngine:
+    """The chosen engine on the checkpoints, on the GPU when there is one. cogql's engine
+    loads on its own thread (torch's rule); vLLM in its own process."""
+    import torch
 
-    def load() -> Any:
-        import torch
+    from ...engine.choice import open_engine
 
-        from ...engine.models import load_model
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype, kwargs = load_arguments(args)
-        return load_model(str(checkpoints), dtype=dtype, device=device, **kwargs)
-
-    return load
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return open_engine(
+        str(checkpoints), engine=spec.engine, dtype=spec.dtype, device=device, **spec.options
+    )
 
 
-def _warm_up(engine: Engine) -> None:
+def _warm_up(engine: LMTPEngine) -> None:
     """One short GENERATE and SCORE, so kernels and allocators are warm before the first
     prediction (it then costs what the tenth does)."""
     tok = engine.tokenizer
@@ -272,21 +272,22 @@ def load_runner(project: Path) -> BatchRunner:
         )
     args = _read_args(project)
     started = time.perf_counter()
-    print(f"cogql: loading {checkpoints} with {args or 'default arguments'}", flush=True)
     try:
-        engine = Engine(_loader(checkpoints, args))
+        spec = engine_spec(args)
+    except ValueError as e:
+        raise PredictorSetupError(f"cannot load the model in {checkpoints}: {e}") from None
+    print(f"cogql: loading {checkpoints} on {spec.engine}'s engine with {args}", flush=True)
+    try:
+        engine = _open_engine(checkpoints, spec)
     except Exception as e:
         raise PredictorSetupError(
             f"cogql could not load the model in {checkpoints}: {type(e).__name__}: {e}"
         ) from e
     _warm_up(engine)
     if engine.stopped:
-        raise PredictorSetupError(f"the cogql engine stopped during setup: {engine.stopped}")
-    loaded = engine.loaded
+        raise PredictorSetupError(f"the engine stopped during setup: {engine.stopped}")
     print(
-        f"cogql: ready in {time.perf_counter() - started:.1f} s "
-        f"({loaded.device}, {str(loaded.dtype).removeprefix('torch.')})",
-        flush=True,
+        f"cogql: ready in {time.perf_counter() - started:.1f} s ({engine.describe()})", flush=True
     )
     build = vendored_build()
     overrides = {"cogql": build["cogql"]} if "cogql" in build else {}

@@ -15,6 +15,8 @@ Schema (one table per model; relative paths are relative to the config file, not
     python_version = "3.11"                 # 3.11, 3.12 or 3.13
     max_concurrency = 1                     # >1 makes the predictor async (see README)
     config.torch_dtype = "float16"          # model arguments (config.json)
+    engine = "vllm"                         # optional: "cogql" (the default) or "vllm"
+    vllm.max_model_len = 4096               # vLLM's engine arguments (engine = "vllm" only)
 
 Model and owner names follow Replicate's rule, which is Docker's rule for image names (Replicate
 validates owner and model names with it): lowercase letters and digits, joined by single
@@ -36,7 +38,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from ...errors import DeployError
-from ..cog.modelargs import check_model_args
+from ..cog.modelargs import DEFAULT_ENGINE, ENGINES, check_model_args
+from ..cog.vllm_options import check_vllm_options, normalized
 from .untrusted import control_character
 
 EXAMPLE_OWNER = "YOURACCOUNT"
@@ -106,6 +109,8 @@ class ModelSpec(_Strict):
     python_version: Literal["3.11", "3.12", "3.13"] = "3.11"
     max_concurrency: int = Field(default=1, ge=1, le=64)
     config: dict[str, Any] = Field(default_factory=dict)
+    engine: str = DEFAULT_ENGINE
+    vllm: dict[str, Any] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,15 @@ class ConfiguredModel:
     @property
     def args(self) -> dict[str, Any]:
         return dict(self.spec.config)
+
+    @property
+    def engine(self) -> str:
+        return self.spec.engine
+
+    @property
+    def vllm_options(self) -> dict[str, Any]:
+        """The `vllm` table, names as vLLM spells them."""
+        return normalized(self.spec.vllm)
 
 
 @dataclass(frozen=True)
@@ -330,16 +344,44 @@ def _check_model(
                     f"paths are relative to {base}",
                 )
             )
+    engine_issues, engine = _check_engine(prefix, table)
+    issues += engine_issues
     args = table.get("config")
     if isinstance(args, dict):
         gpu = table.get("gpu", True) is not False
         issues += [
             ConfigIssue(f"{prefix}.config.{i.key}", i.problem, i.fix)
-            for i in check_model_args(args, gpu=gpu)
+            for i in check_model_args(args, gpu=gpu, engine=engine)
         ]
     if spec is None or issues:
         return None, issues
     return ConfiguredModel(name, spec, local_path), issues
+
+
+def _check_engine(prefix: str, table: dict[str, Any]) -> tuple[list[ConfigIssue], str]:
+    """Issues with `engine` and the `vllm` table, and the engine to check `config` for."""
+    engine = table.get("engine", DEFAULT_ENGINE)
+    if not isinstance(engine, str):
+        return [], DEFAULT_ENGINE  # the schema check reports it
+    if engine not in ENGINES:
+        close = difflib.get_close_matches(engine.lower(), ENGINES, n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        fix = f'{hint}use "cogql" (the default: cogql\'s own engine) or "vllm"'
+        return [ConfigIssue(f"{prefix}.engine", f"unknown engine {engine!r}", fix)], DEFAULT_ENGINE
+    options = table.get("vllm")
+    if "vllm" in table and engine != "vllm":
+        return [
+            ConfigIssue(
+                f"{prefix}.vllm",
+                "vLLM's engine arguments, but the model runs on cogql's engine",
+                'add engine = "vllm" to the table, or remove the vllm.* keys',
+            )
+        ], engine
+    if not isinstance(options, dict):
+        return [], engine  # none, or not a table (the schema check reports it)
+    return [
+        ConfigIssue(f"{prefix}.vllm.{i.key}", i.problem, i.fix) for i in check_vllm_options(options)
+    ], engine
 
 
 def parse_config(text: str, path: Path) -> BuildConfig:
