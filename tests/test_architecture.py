@@ -269,6 +269,32 @@ def test_imports_point_down_the_layers() -> None:
     assert not found, "imports against the layers (see ARCHITECTURE.md):\n" + "\n".join(found)
 
 
+# what of the engine layer a host may name: the protocol, the choice, the sink, model files;
+# never an engine class, so every host runs either engine
+HOST_FACING_ENGINE = (
+    "cogql.engine.__init__",
+    "cogql.engine.protocol",
+    "cogql.engine.choice",
+    "cogql.engine.sink",
+    "cogql.engine.models",
+)
+
+
+def test_hosts_reach_an_engine_only_through_its_protocol() -> None:
+    known = module_names(SRC)
+    found = [
+        f"{imp.importer}:{imp.line} imports {imp.imported}"
+        for module, path in known.items()
+        if layer_of(module, LAYERS) == "hosts"
+        for imp in imports_of(module, path, known)
+        if layer_of(imp.imported, LAYERS) == "engine"
+        and not any(
+            imp.imported == p or imp.imported.startswith(p + ".") for p in HOST_FACING_ENGINE
+        )
+    ]
+    assert not found, "hosts naming an engine's internals:\n" + "\n".join(found)
+
+
 def test_every_allowance_is_still_used() -> None:
     """An allowance nothing needs any more is removed, so the exceptions do not outlive
     their reason."""

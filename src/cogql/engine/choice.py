@@ -3,12 +3,15 @@ or vLLM (GPUs, big models, many streams). Every host opens its engine here."""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import os
 from typing import Any
 
 from .models import ModelOptionError
 from .protocol import LMTPEngine
 
-__all__ = ["DEFAULT_ENGINE", "ENGINES", "open_engine"]
+__all__ = ["DEFAULT_ENGINE", "ENGINES", "open_engine", "vllm_argument_names"]
 
 ENGINES = ("cogql", "vllm")
 DEFAULT_ENGINE = "cogql"
@@ -38,3 +41,17 @@ def open_engine(
 
         return VllmEngine(name, dtype=dtype, device=device, options=options)
     raise ModelOptionError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+
+
+@functools.cache
+def vllm_argument_names() -> frozenset[str] | None:
+    """The engine arguments vLLM takes (`AsyncEngineArgs`' fields), or None where vLLM cannot
+    be imported (importing it takes seconds: only those who ask pay them)."""
+    if importlib.util.find_spec("vllm") is None:
+        return None
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # before vLLM is imported
+    try:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+    except Exception:  # a broken install: vLLM says what is wrong when an engine starts
+        return None
+    return frozenset(name for name in AsyncEngineArgs.__dataclass_fields__ if name[0] != "_")

@@ -48,6 +48,7 @@ from ..lmtp.messages import (
 )
 from ..tokenizer import load_tokenizer
 from .checks import op_problem, room, too_long
+from .choice import vllm_argument_names
 from .models import ModelOptionError, is_random_model, model_label, resolve_model_path
 from .protocol import StreamHandle
 from .sink import Sink, tell
@@ -450,15 +451,13 @@ def engine_arguments(path: Path, *, dtype: str, device: str, options: dict[str, 
         **(VLLM_CPU_DEFAULTS if cpu else {"tensor_parallel_size": _gpus_for(path)}),
     }
     merged = {**base, **{k.replace("-", "_"): v for k, v in options.items()}}
-    try:
-        return AsyncEngineArgs(**merged)
-    except TypeError as e:
-        known = set(AsyncEngineArgs.__dataclass_fields__)
-        unknown = sorted(set(merged) - known)
+    unknown = sorted(set(merged) - (vllm_argument_names() or set(merged)))
+    if unknown:
         raise ModelOptionError(
-            f"not vLLM engine arguments: {', '.join(unknown) or e} (see vLLM's engine "
-            "arguments; cogql passes any AsyncEngineArgs field through)"
-        ) from None
+            f"not vLLM engine arguments: {', '.join(unknown)} (see vLLM's engine arguments; "
+            "cogql passes any AsyncEngineArgs field through)"
+        )
+    return AsyncEngineArgs(**merged)
 
 
 def sampling_params(op: Generate, limit: int) -> Any:

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import datetime
 import difflib
-import functools
-import importlib.util
-import os
 from typing import Any
 
+from ...engine.choice import vllm_argument_names
 from .modelargs import ModelArgsIssue
 
 TABLE = "vllm"
@@ -32,20 +30,6 @@ SET_BY_COGQL = {
 def normalized(options: dict[str, Any]) -> dict[str, Any]:
     """Names as vLLM spells them (`max-model-len`, its CLI's spelling, → `max_model_len`)."""
     return {key.replace("-", "_"): value for key, value in options.items()}
-
-
-@functools.cache
-def vllm_argument_names() -> frozenset[str] | None:
-    """AsyncEngineArgs' fields, or None where vLLM cannot be imported (importing it takes a
-    few seconds: only builds with a `vllm` table pay them)."""
-    if importlib.util.find_spec("vllm") is None:
-        return None
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # before vLLM is imported
-    try:
-        from vllm.engine.arg_utils import AsyncEngineArgs
-    except Exception:  # a broken install: vLLM will say what is wrong when the predictor starts
-        return None
-    return frozenset(name for name in AsyncEngineArgs.__dataclass_fields__ if name[0] != "_")
 
 
 def check_vllm_options(options: dict[str, Any]) -> list[ModelArgsIssue]:
