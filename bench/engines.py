@@ -86,13 +86,14 @@ def score_after(engine: LMTPEngine, prompt: list[int], options: list[list[int]])
 
 
 def scoring(engine: LMTPEngine, round_: list[int]) -> tuple[float, float]:
-    """(cold, warm): three options after a new 400-token prompt, then three others after it."""
+    """(cold, warm): three options (of several tokens: a single token's log-prob can come from
+    the logits a prefix cache keeps) after a new 400-token prompt, then three others."""
     tok = engine.tokenizer
     round_[0] += 1
     text = f"Review {round_[0]}: " + "The plot was slow but the acting was fine. " * 40
     prompt = tok.encode(text)[:400] + tok.encode(" Verdict:")
-    first = [tok.encode(w) for w in (" good", " bad", " mixed")]
-    second = [tok.encode(w) for w in (" great", " awful", " fine")]
+    first = [tok.encode(w) for w in (" good on the whole", " bad in every way", " mixed")]
+    second = [tok.encode(w) for w in (" great fun to watch", " awful and long", " fine")]
     return score_after(engine, prompt, first), score_after(engine, prompt, second)
 
 
