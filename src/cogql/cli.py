@@ -231,8 +231,21 @@ def run(
 # --------------------------------------------------------------------------- serve-model
 
 
+class _ServeCommand(click.Command):
+    """serve-model's command line: what follows `--` is kept apart (model arguments passed on
+    unchecked), where click would mix it into the other extra arguments."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            cut = args.index("--")
+            ctx.meta["passthrough"] = args[cut + 1 :]
+            args = args[:cut]
+        return super().parse_args(ctx, args)
+
+
 @main.command(
     name="serve-model",
+    cls=_ServeCommand,
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
 )
 @click.argument("model_name", metavar="MODEL", required=False, default="default")
@@ -242,7 +255,7 @@ def run(
     "--dtype",
     default="auto",
     show_default=True,
-    type=click.Choice(["auto", "float32", "float16", "bfloat16", "4bit", "8bit"]),
+    type=click.Choice(["auto", "float32", "float16", "bfloat16"]),
     help="Weight precision (auto: float32 on CPU with float16 decode, float16 on CUDA).",
 )
 @click.option("--device", default=None, help="torch device: cpu (default), cuda, cuda:1, ...")
@@ -272,6 +285,9 @@ def run(
               help="Unsent replies per connection; beyond it the connection is closed.")  # fmt: skip
 @click.option("--max-top-logprobs", default=20, show_default=True, type=click.IntRange(1, 10**6),
               help="Largest top_logprobs a GENERATE may ask for.")  # fmt: skip
+@click.option("--keep-serving-on-failure", is_flag=True,
+              help="If the model fails to load, keep listening: GET / answers 503 and every "
+                   "op gets the reason (default: exit with status 4).")  # fmt: skip
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))  # fmt: skip
 @click.pass_context
@@ -281,16 +297,23 @@ def serve_model(ctx: click.Context, **options: Any) -> None:
     MODEL is a folder with config.json, local:PATH, a .gguf file (or llama.cpp:FILE.gguf), a
     cached hub id, `default` for the embedded SmolLM2, or `random` (LMQL's weightless test
     model: --seed N, --tokenizer PATH). LMQL's `--key value` options go to from_pretrained
-    (with --engine vllm: to vLLM's engine arguments); its scheduler flags (--static, --layout,
-    ...) are accepted and ignored.
+    when it takes them (from_pretrained's arguments, the model's config.json keys; anything
+    after `--` is passed on unchecked); with --engine vllm they go to vLLM's engine arguments.
+    LMQL's scheduler flags (--static, --layout, ...) are accepted and ignored. The model is
+    checked before the server listens; if it fails to load, the command exits with status 4.
     """
     from .serve.access import AccessConfigError
     from .serve.command import ServeUsageError, run_server
 
+    own = tuple(o for p in ctx.command.params for o in p.opts if o.startswith("--"))
     try:
-        run_server(ctx.args, **options)
+        run_server(
+            ctx.args, passthrough=ctx.meta.get("passthrough", []), own_options=own, **options
+        )
     except (ServeUsageError, AccessConfigError) as e:
         raise click.UsageError(str(e)) from None
+    except ModelError as e:
+        fail(f"{type(e).__name__}: {e}", EXIT_MODEL)
     except OSError as e:  # e.g. the port is taken
         fail(f"cannot listen on {options['host']}:{options['port']}: {e}")
 
