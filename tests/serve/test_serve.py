@@ -46,6 +46,7 @@ from cogql.lmtp.transports.websocket import (
     endpoint_url,
 )
 from cogql.replicate.cog.cogserver import free_port
+from cogql.runtime.model import RemoteModelNotLoaded
 from cogql.serve import AccessConfigError, AccessPolicy, BackgroundServer, Limits, tls_context
 from cogql.serve.access import exposure_warning
 from cogql.serve.command import ServeUsageError, prepare, resolve_args
@@ -590,6 +591,38 @@ async def test_remote_model_gets_the_servers_tokenizer(server: BackgroundServer,
     text = "Hiking in the mountains was fabulous"
     assert conn.tokenizer.encode(text) == tokenizer.encode(text)
     assert conn.bos_token_id == tokenizer.bos_token_id
+
+
+async def test_a_client_naming_another_model_is_told_which_one_answers(
+    server: BackgroundServer, tiny_model_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="cogql.runtime"):
+        await cogql.model(f"local:{tiny_model_path}", endpoint=server.endpoint).connect()
+        assert not caplog.records  # the folder the server was started with: its name matches
+        await cogql.model("gpt2", endpoint=server.endpoint).connect()
+    served = tiny_model_path.name
+    assert f"serves {served!r}, not 'gpt2' as named; the queries run on {served!r}" in caplog.text
+
+
+async def test_the_wait_for_a_model_that_never_loads_is_bounded(tiny_engine: Engine) -> None:
+    release = threading.Event()
+
+    def never_loads() -> Engine:
+        release.wait(30)
+        return tiny_engine
+
+    try:
+        async with background(never_loads, owns_engine=False) as s:
+            model = cogql.model("gpt2", endpoint=s.endpoint, load_timeout=0.5)
+            with pytest.raises(RemoteModelNotLoaded) as failed:
+                await model.connect()
+    finally:
+        release.set()
+    message = str(failed.value)
+    assert f"the LMTP server at ws://{s.endpoint}/ has not loaded 'gpt2' after" in message
+    assert "An LMQL server (lmql serve-model) loads whatever model its client names" in message
+    with pytest.raises(cogql.ModelError, match="load_timeout must be a positive number"):
+        await cogql.model("gpt2", endpoint=s.endpoint, load_timeout=0).connect()
 
 
 def test_sentiment_query_over_the_server_matches_in_process(engine: Engine) -> None:

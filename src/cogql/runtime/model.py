@@ -251,6 +251,12 @@ def get_default_scoring_model() -> str | Model:
 # --------------------------------------------------------------------------- remote LMTP
 
 LOAD_WAIT_S = 600.0  # how long to wait for a server that is still loading its model
+LOAD_NOTICE_S = 10.0  # after this long, say why the wait may never end
+
+
+class RemoteModelNotLoaded(ModelError, TimeoutError):
+    """An LMTP server did not load the model within the wait (`load_timeout=`): still loading,
+    or an LMQL server trying to load a model it cannot get, because the client named it."""
 
 
 async def _open_remote(
@@ -264,6 +270,7 @@ async def _open_remote(
     (which the client also needs to emulate extensions an LMQL server lacks)."""
     from ..lmtp.transports.websocket import EndpointError, WebSocketTransport
 
+    wait = _load_timeout(options)
     try:
         transport = WebSocketTransport(endpoint, token=token)
     except EndpointError as e:
@@ -271,9 +278,11 @@ async def _open_remote(
     await transport.open()
     client = LMTPClient(transport, model=name)
     try:
-        caps = await server_capabilities(client, transport.url, poll=0.25)
+        caps = await server_capabilities(client, transport.url, poll=0.25, wait=wait)
     except LMTPError as e:
         raise LMTPError(f"LMTP server at {transport.url}: {e}", retryable=e.retryable) from None
+    if caps:  # cogql's server, which names the one model it serves
+        _check_served_name(await client.model_info(), name, transport.url)
     return await remote_connection(client, caps, name, tokenizer, transport.url, options)
 
 
@@ -293,12 +302,14 @@ async def remote_connection(
     return ConnectedModel(client, tok, caps, tok.bos_token_id)
 
 
-async def server_capabilities(client: LMTPClient, url: str, *, poll: float) -> frozenset[str]:
+async def server_capabilities(
+    client: LMTPClient, url: str, *, poll: float, wait: float = LOAD_WAIT_S
+) -> frozenset[str]:
     """The capabilities in the server's MODEL_INFO, asked every `poll` seconds while it loads
-    its model; none from an LMQL server that predates MODEL_INFO."""
+    its model (for at most `wait` seconds); none from an LMQL server that predates MODEL_INFO."""
 
     try:
-        info = await _loaded_info(client, url, poll)
+        info = await _loaded_info(client, url, poll, wait)
     except LMTPError as e:
         if "Unknown command" not in str(e):
             raise
@@ -306,17 +317,68 @@ async def server_capabilities(client: LMTPClient, url: str, *, poll: float) -> f
     return frozenset(info.get("capabilities", ()))
 
 
-async def _loaded_info(client: LMTPClient, url: str, poll: float) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + LOAD_WAIT_S
+def _load_timeout(options: dict[str, Any]) -> float:
+    value = options.get("load_timeout", LOAD_WAIT_S)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ModelConfigError(f"load_timeout must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+async def _loaded_info(client: LMTPClient, url: str, poll: float, wait: float) -> dict[str, Any]:
+    """MODEL_INFO once the server has its model. An LMQL server loads whatever model the
+    client names: naming one it cannot get leaves it "<unavailable>" for good, so the wait
+    is bounded and, once it is long, says so."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    noticed = False
     info = await client.model_info()
     if info.get("model_info") == "<unavailable>":
         log.info("the model at %s is still loading its weights; waiting", url)
     while info.get("model_info") == "<unavailable>":
-        if asyncio.get_running_loop().time() > deadline:
-            raise ModelConfigError(f"the model at {url} did not load its weights in time")
+        waited = loop.time() - started
+        if waited > wait:
+            raise RemoteModelNotLoaded(
+                f"the LMTP server at {url} has not loaded {client.model or 'its model'!r} "
+                f"after {waited:.0f} s. {_lmql_loads_by_name(client.model)} (load_timeout= "
+                "sets this wait)"
+            )
+        if waited > LOAD_NOTICE_S and not noticed:
+            noticed = True
+            log.warning(
+                "still waiting for the LMTP server at %s to load %r (%.0f s). %s",
+                url, client.model, waited, _lmql_loads_by_name(client.model),
+            )  # fmt: skip
         await asyncio.sleep(poll)
         info = await client.model_info()
     return info
+
+
+def _lmql_loads_by_name(name: str) -> str:
+    return (
+        f"An LMQL server (lmql serve-model) loads whatever model its client names: if it "
+        f"serves another model than {name!r}, name that one, exactly as it was started."
+    )
+
+
+def _check_served_name(info: dict[str, Any], name: str, url: str) -> None:
+    """A server that names its model (cogql's does) serves that one whatever the client
+    asks: a different name is most likely a mistake, so say which model answers."""
+    served = info.get("model")
+    if not name or not isinstance(served, str) or _same_model(name, served):
+        return
+    log.warning(
+        "the LMTP server at %s serves %r, not %r as named; the queries run on %r",
+        url, served, name, served,
+    )  # fmt: skip
+
+
+def _same_model(asked: str, served: str) -> bool:
+    """Whether `asked` names `served` (a server names a folder by its last part, the embedded
+    model by its name)."""
+    raw = asked.removeprefix("local:").strip().rstrip("/\\")
+    if raw.lower() in ("", "default", "smollm2", EMBEDDED_MODEL.lower()):
+        raw = EMBEDDED_MODEL
+    return served in (raw, os.path.basename(raw)) or raw.endswith(f"/{served}")
 
 
 async def _remote_tokenizer(
