@@ -51,6 +51,20 @@ from cogql.tokenizer import Tokenizer, load_tokenizer
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
+def _closed_loopback_port() -> tuple[socket.socket, int]:
+    """A loopback port bound but not listening, held for the session: connections to it are
+    refused at once, and no other process can take it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock, sock.getsockname()[1]
+
+
+# the hub a model name may be downloaded from: unreachable, so tests never leave the machine
+# (subprocesses inherit it); a test that needs other hub settings sets its own
+_HUB_SOCKET, CLOSED_PORT = _closed_loopback_port()
+os.environ.setdefault("HF_ENDPOINT", f"http://127.0.0.1:{CLOSED_PORT}")
+
+
 # --------------------------------------------------------------------------- tiers
 
 SLOW = "slow"
