@@ -16,6 +16,7 @@ forward passes, and the real tokenizers of deployed models (fetched by `make tok
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import os
@@ -62,6 +63,7 @@ def _closed_loopback_port() -> tuple[socket.socket, int]:
 # the hub a model name may be downloaded from: unreachable, so tests never leave the machine
 # (subprocesses inherit it); a test that needs other hub settings sets its own
 _HUB_SOCKET, CLOSED_PORT = _closed_loopback_port()
+atexit.register(_HUB_SOCKET.close)
 os.environ.setdefault("HF_ENDPOINT", f"http://127.0.0.1:{CLOSED_PORT}")
 
 

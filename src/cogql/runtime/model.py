@@ -7,8 +7,12 @@ process; other endpoints are remote LMTP servers or Replicate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import difflib
 import logging
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -119,14 +123,15 @@ class Model:
         dtype = str(self.options.get("dtype", "auto"))
         device = str(self.options.get("device", "auto" if engine_name == "vllm" else "cpu"))
         try:
-            engine = await asyncio.to_thread(
-                local_engine,
-                local_name,
-                engine=engine_name,
-                dtype=dtype,
-                device=device,
-                **self._model_kwargs(),
-            )
+            with announce_slow_load(local_name or EMBEDDED_MODEL):
+                engine = await asyncio.to_thread(
+                    local_engine,
+                    local_name,
+                    engine=engine_name,
+                    dtype=dtype,
+                    device=device,
+                    **self._model_kwargs(),
+                )
         except ModelNotFound as e:
             hint = _openai_hint(name)
             if hint is None:
@@ -156,6 +161,38 @@ class Model:
 
 
 RANDOM = RANDOM_MODEL  # LMQL's weightless test model (engine/random_model.py)
+SLOW_LOAD_S = 1.0  # a load longer than this is announced, so a terminal is not left blank
+
+
+@contextlib.contextmanager
+def announce_slow_load(name: str) -> Iterator[None]:
+    """A line on stderr once loading `name` has taken over a second, and one when it is done:
+    on a terminal (or with COGQL_PROGRESS=1; never with COGQL_PROGRESS=0), else in the log."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    announced = False
+
+    def announce() -> None:
+        nonlocal announced
+        announced = True
+        _progress_line(f"cogql: loading model {name}...")
+
+    timer = loop.call_later(SLOW_LOAD_S, announce)
+    try:
+        yield
+    finally:
+        timer.cancel()
+        if announced:
+            _progress_line(f"cogql: model {name} loaded in {loop.time() - started:.1f} s")
+
+
+def _progress_line(text: str) -> None:
+    forced = os.environ.get("COGQL_PROGRESS")
+    if forced != "0" and (forced == "1" or sys.stderr.isatty()):
+        print(text, file=sys.stderr, flush=True)
+    else:
+        log.info("%s", text)
+
 
 # LMQL's aliases for models on OpenAI's API; its `openai/<model>` names are the others
 _OPENAI_ALIASES = {"chatgpt": "openai/gpt-3.5-turbo", "gpt-4": "openai/gpt-4"}
@@ -175,13 +212,54 @@ def _openai_hint(name: str) -> str | None:
     )
 
 
+# every keyword option `cogql.model(...)` takes besides endpoint= and tokenizer= (README,
+# "Python API"): cogql's own, the Replicate transport's, and LMQL's, which cogql accepts and
+# ignores (they tune LMQL's own backends); anything else is a typo until proven otherwise
+COGQL_MODEL_OPTIONS = frozenset({
+    "engine", "engine_options", "dtype", "device", "seed", "verbose", "vocab", "extensions",
+    "load_timeout", "token",
+})  # fmt: skip
+REPLICATE_MODEL_OPTIONS = frozenset({
+    "batch_window", "wait", "idle_timeout", "max_ops", "cancel", "api_token", "base_url",
+})  # fmt: skip
+LMQL_MODEL_OPTIONS = frozenset({
+    "inprocess", "cuda", "silent", "api_config", "chunk_timeout", "trust_remote_code",
+    "load_in_8bit", "load_in_4bit", "device_map", "torch_dtype", "low_cpu_mem_usage",
+})  # fmt: skip
+MODEL_OPTIONS = COGQL_MODEL_OPTIONS | REPLICATE_MODEL_OPTIONS | LMQL_MODEL_OPTIONS
+
+
+# a query's arguments, often passed to the model by mistake
+QUERY_ARGUMENTS = frozenset({"temperature", "max_len", "decoder", "top_k", "top_p", "n"})
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    for key in options:
+        if key in MODEL_OPTIONS:
+            continue
+        known = sorted({*MODEL_OPTIONS, *QUERY_ARGUMENTS, "endpoint", "tokenizer", "name"})
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {close[0]}=? " if close else ""
+        if close and close[0] in QUERY_ARGUMENTS:
+            hint = (
+                f"did you mean {close[0]}=? That is an argument of the query, not the model: "
+                f"cogql.run(..., {close[0]}=...) or the decoder clause. "
+            )
+        raise ModelConfigError(
+            f"cogql.model() got an unknown option {key}=; {hint}(the options are listed "
+            'in README.md, "Python API"; a model\'s own arguments go in engine_options=)'
+        )
+
+
 def model(name: str | None = None, *, endpoint: str | None = None,
           tokenizer: str | None = None, **options: Any) -> Model:  # fmt: skip
     """A model reference for `from` clauses and `model=` arguments (loaded lazily). For
     `random`, LMQL's `vocab=` is another name for `tokenizer=`; `token=` is the bearer token
-    of a `cogql serve-model --token` endpoint (default: $COGQL_SERVE_TOKEN)."""
+    of a `cogql serve-model --token` endpoint (default: $COGQL_SERVE_TOKEN). An option not in
+    `MODEL_OPTIONS` is an error with a did-you-mean."""
     if name is not None and not isinstance(name, str):
         raise ModelConfigError(f"model name must be a string, got {type(name).__name__}")
+    _check_options(options)
     if name in (RANDOM, f"local:{RANDOM}") and "vocab" in options:
         vocab = options.pop("vocab")
         if tokenizer is not None and vocab is not None and vocab != tokenizer:
