@@ -16,6 +16,7 @@ forward passes, and the real tokenizers of deployed models (fetched by `make tok
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import os
@@ -49,6 +50,21 @@ from cogql.runtime.model import ConnectedModel
 from cogql.tokenizer import Tokenizer, load_tokenizer
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def _closed_loopback_port() -> tuple[socket.socket, int]:
+    """A loopback port bound but not listening, held for the session: connections to it are
+    refused at once, and no other process can take it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock, sock.getsockname()[1]
+
+
+# the hub a model name may be downloaded from: unreachable, so tests never leave the machine
+# (subprocesses inherit it); a test that needs other hub settings sets its own
+_HUB_SOCKET, CLOSED_PORT = _closed_loopback_port()
+atexit.register(_HUB_SOCKET.close)
+os.environ.setdefault("HF_ENDPOINT", f"http://127.0.0.1:{CLOSED_PORT}")
 
 
 # --------------------------------------------------------------------------- tiers

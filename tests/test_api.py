@@ -11,7 +11,7 @@ import pytest
 
 import cogql
 from cogql.engine.models import ModelNotFound
-from cogql.runtime.query import InputError
+from cogql.runtime.query import InputError, SyncCallInLoopError
 
 GREETING = 'argmax\n    "Say hello to {name}:[X]"\nwhere len(TOKENS(X)) < 4'
 SUFFIX = "the end"  # read by a decorated query through its captured scope
@@ -39,8 +39,36 @@ def test_run_sync_binds_keyword_inputs() -> None:
 
 
 async def test_run_sync_inside_an_event_loop_is_refused() -> None:
-    with pytest.raises(RuntimeError, match="await"):
+    with pytest.raises(SyncCallInLoopError, match=r"write `await query.run\(...\)`"):
         cogql.run_sync(GREETING, name="Ada")
+    query = cogql.query_from_string(GREETING, is_async=False)
+    with pytest.raises(SyncCallInLoopError, match="a running event loop, as in a Jupyter"):
+        query(name="Ada")
+    assert isinstance(await query.run(name="Ada"), cogql.LMQLResult)  # the way that works
+
+
+def test_misspelt_arguments_are_errors_with_a_suggestion() -> None:
+    with pytest.raises(InputError, match=r"unknown argument nme=.*did you mean name=\?"):
+        cogql.run_sync(GREETING, nme="Ada")
+    with pytest.raises(InputError, match=r"unknown argument modle=.*did you mean model=\?"):
+        cogql.run_sync(GREETING, name="Ada", modle="random")
+    with pytest.raises(cogql.ModelConfigError, match=r"unknown option sede=; did you mean seed="):
+        cogql.model("random", sede=3)
+    with pytest.raises(cogql.ModelConfigError, match=r"temperature=.*an argument of the query"):
+        cogql.model("random", temprature=0.5)
+    # LMQL's options and cogql's are accepted; an input the query reads is never refused
+    cogql.model("local:gpt2", cuda=True, dtype="float32", load_timeout=5)
+    cogql.run_sync('"{n} [X]" where len(TOKENS(X)) < 2', n=1)
+
+
+def test_version_and_notebook_display() -> None:
+    from importlib.metadata import version
+
+    assert cogql.__version__ == version("cogql")
+    result = cogql.run_sync(GREETING, name="<Ada & co>")
+    html = result._repr_html_()
+    assert "&lt;Ada &amp; co&gt;" in html and "<Ada" not in html  # escaped
+    assert "<th style='text-align:left'>X</th>" in html and f"{result.logprob:.3f}" in html
 
 
 def test_result_fields_and_dict() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -307,3 +309,123 @@ def test_ctrl_c_cancels_the_model_call_in_flight() -> None:
     out, err = interrupt(proc, lambda out: "generating" in out)
     assert proc.returncode == 0, err
     assert out.rstrip().endswith("interrupted; streams still running: 0"), out[-300:]
+
+
+# --------------------------------------------------------------------------- run's options
+
+COUNT = '"Count: [N]" where len(TOKENS(N)) < 6'
+GREETING = '"Hi {name}: [X]" where len(TOKENS(X)) < 4'
+
+
+def invoke(*args: str, stdin: str = COUNT) -> Any:
+    return CliRunner().invoke(main, ["run", "-", "--model", "random", *args], stdin)
+
+
+def test_a_misspelt_input_is_an_error_with_a_suggestion() -> None:
+    result = invoke("--set", "nme=Ada", stdin=GREETING)
+    assert result.exit_code == 2
+    assert "the query does not read 'nme': did you mean name? (its inputs are name)" in (
+        result.stderr
+    )
+    missing = invoke(stdin=GREETING)
+    assert missing.exit_code == 2
+    assert "hint: give the query its inputs with --set NAME=VALUE" in missing.stderr
+
+
+def test_json_has_the_log_prob_and_the_cost() -> None:
+    result = invoke("--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["logprob"] < 0
+    assert data["cost"]["tokens_used"] > 0 and data["cost"]["prompt_tokens"] > 0
+    assert data["cost"]["predictions"] == []
+
+
+def test_decoder_options_reach_the_decoder() -> None:
+    sampled = [json.loads(invoke("--json", "--decoder", "sample", "--temperature", "1.5",
+                                 "--seed", str(seed)).stdout)["variables"]["N"]
+               for seed in (1, 1, 2)]  # fmt: skip
+    assert sampled[0] == sampled[1] != sampled[2]  # a seed reproduces its run
+    short = invoke("--max-len", "5")
+    assert short.exit_code == 0, short.output
+    assert "query reached max_len=5 tokens while generating N" in short.stderr
+    clause = invoke("--decoder", "sample", stdin="argmax " + COUNT)
+    assert clause.exit_code == 2 and "the query names its decoder (argmax)" in clause.stderr
+
+
+def test_quiet_prints_the_result_only() -> None:
+    result = invoke("-q", "--max-len", "5", stdin='"Count: [N]"')
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("─") and "N = " in result.stdout  # no streamed prompt
+    assert result.stderr == ""  # neither the unbounded hole's nor max_len's warning
+    loud = invoke("--max-len", "5", stdin='"Count: [N]"')
+    assert "warning: hole N (line 1, column 9) has no token limit" in loud.stderr
+
+
+def test_model_may_be_an_lmtp_endpoint(random_engine: Any) -> None:
+    from cogql.serve import BackgroundServer
+
+    with BackgroundServer(random_engine) as server:
+        for url in (server.url, f"lmtp://{server.endpoint}"):
+            result = CliRunner().invoke(main, ["run", "-", "--model", url, "--json"], COUNT)
+            assert result.exit_code == 0, result.output
+            served = json.loads(result.stdout)["variables"]["N"]
+            assert served == cogql.run_sync(COUNT, model=cogql.model("random"))["N"]
+
+
+def _on_a_terminal(args: list[str], *, stdout_too: bool) -> tuple[str, str]:
+    """`cogql run` with stderr (and stdout too, if asked) on a pseudo-terminal: what each got."""
+    import pty
+
+    leader, follower = pty.openpty()
+    out = follower if stdout_too else subprocess.PIPE
+    proc = subprocess.Popen([*COMMAND, "run", *args], stdout=out, stderr=follower,
+                            stdin=subprocess.DEVNULL)  # fmt: skip
+    os.close(follower)
+    seen = b""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the pty closed: the process ended
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    stdout = b"" if stdout_too or proc.stdout is None else proc.stdout.read()
+    assert proc.wait(timeout=30) == 0, seen.decode(errors="replace")
+    return stdout.decode(), seen.decode(errors="replace")
+
+
+@pytest.mark.slow  # `cogql run` subprocesses on a pseudo-terminal
+def test_a_long_run_shows_its_progress_on_a_terminal_and_traces_on_their_own_lines(
+    tmp_path: Path,
+) -> None:
+    query = tmp_path / "long.lmql"
+    query.write_text('"Story: [S]" where len(TOKENS(S)) < 90', encoding="utf-8")
+    args = [str(query), "--model", "random", "--trace"]
+    # text piped, stderr on a terminal: a status line with tokens so far and seconds
+    text, terminal = _on_a_terminal([*args, "--max-len", "100"], stdout_too=False)
+    assert text.startswith("Story: ")
+    assert "generating: " in terminal and " tokens, " in terminal
+    # both on one terminal: each trace line starts a line of its own, no status line
+    _, terminal = _on_a_terminal(args, stdout_too=True)
+    assert "generating: " not in terminal
+    plain = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", terminal).replace("\r\n", "\n")
+    calls = [line for line in plain.splitlines() if "model call" in line]
+    assert calls and all(line.startswith("model call GENERATE") for line in calls), calls
+
+
+@pytest.mark.slow  # loads the embedded model in a subprocess
+def test_a_slow_model_load_is_announced() -> None:
+    env = {**os.environ, "COGQL_PROGRESS": "1"}  # as on a terminal
+    done = subprocess.run([*COMMAND, "run", "-", "--model", "default", "--json"], input=COUNT,
+                          capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "cogql: loading model default..." in done.stderr
+    assert re.search(r"cogql: model default loaded in \d+\.\d s", done.stderr)
+    quiet = subprocess.run([*COMMAND, "run", "-", "--model", "default", "--json"], input=COUNT,
+                           capture_output=True, text=True, timeout=300,
+                           env={**env, "COGQL_PROGRESS": "0"})  # fmt: skip
+    assert "loading model" not in quiet.stderr

@@ -3,6 +3,8 @@
 The public names mirror LMQL's (`import cogql as lmql` works for the common API).
 """
 
+from importlib import metadata as _metadata
+
 from . import algorithms
 from . import tokenizer as _tokenizer_module
 from .api import query, run, run_file, run_in_loop, run_sync
@@ -32,6 +34,11 @@ from .runtime.streaming import QueryStream, stream
 from .runtime.token_by_token import ConstraintUnsatisfiedError
 from .runtime.tracing import InferenceCertificate, Tracer, certificate, traced
 from .runtime.writers import headless, printing, silent
+
+try:
+    __version__ = _metadata.version("cogql")  # cogql's own (compat.__version__ is LMQL's)
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "LLM",

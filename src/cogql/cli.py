@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import ast
+import contextlib
+import difflib
 import gc
 import json
+import logging
 import sys
+import time
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import click
@@ -16,8 +21,10 @@ from .errors import ModelError, QueryError, RunError, TransportError
 from .extras import MissingExtra, require
 from .language.errors import QuerySyntaxError
 from .language.source_file import QueryFileError, read_query_source
+from .lmtp.cost import current_cost
 from .runtime.events import ModelCall, QueryEvent, TextAppended
 from .runtime.interrupt import run_interruptible
+from .runtime.missing_inputs import InputError
 from .runtime.result import LMQLResult
 
 err = Console(stderr=True, soft_wrap=True)  # never hard-wrap paths in messages
@@ -54,32 +61,188 @@ def _parse_sets(pairs: tuple[str, ...]) -> dict[str, Any]:
     return inputs
 
 
-class _Printer:
-    """Streams the prompt of the first run to stdout as tokens arrive; traces to stderr."""
+class _Status:
+    """Tokens so far and time elapsed, on one stderr line rewritten in place, once a run has
+    taken over `SHOW_AFTER_S`: only where that line cannot land in the middle of the text (a
+    terminal on stderr, the text not streamed to a terminal), never in a pipe or a log."""
 
-    def __init__(self, stream: bool, trace: bool) -> None:
+    SHOW_AFTER_S = 2.0
+    EVERY_S = 0.25
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.started = time.monotonic()
+        self.last = 0.0
+        self.shown = False
+
+    def update(self) -> None:
+        now = time.monotonic()
+        if (
+            not self.enabled
+            or now - self.started < self.SHOW_AFTER_S
+            or now - self.last < self.EVERY_S
+        ):
+            return
+        self.last = now
+        cost = current_cost()
+        tokens = 0 if cost is None else cost.tokens_used
+        sys.stderr.write(f"\r\x1b[2Kgenerating: {tokens} tokens, {now - self.started:.0f} s")
+        sys.stderr.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\x1b[2K")
+            sys.stderr.flush()
+            self.shown = False
+
+
+class _Printer:
+    """Streams the prompt of the first run to stdout as tokens arrive; traces to stderr, each
+    on its own line: while the text streams mid-line to the terminal stderr also shows, trace
+    lines wait for the text's line to end."""
+
+    def __init__(self, stream: bool, trace: bool = False, status: bool = False) -> None:
         self.stream = stream
         self.trace = trace
         self.mid_line = False  # the streamed text so far does not end with a newline
+        self.shared_terminal = stream and sys.stdout.isatty() and sys.stderr.isatty()
+        self.pending: list[Text] = []  # lines waiting for the text's line to end
+        self.status = _Status(status and sys.stderr.isatty() and not self.shared_terminal)
 
     def __call__(self, event: QueryEvent) -> None:
+        self.status.update()
         if isinstance(event, TextAppended) and self.stream and event.run == 0:
             if event.text:  # before writing: a Ctrl-C may land right after the write
                 self.mid_line = not event.text.endswith("\n")
             sys.stdout.write(event.text)
             sys.stdout.flush()
+            if not self.mid_line:
+                self._flush_pending()
         elif isinstance(event, ModelCall) and self.trace:
-            err.print(
-                f"[dim]model call[/] {event.kind} run={event.run} prompt={event.prompt_tokens} "
-                f"tokens={event.tokens} {event.seconds * 1000:.0f} ms"
+            self.line(
+                Text.assemble(
+                    ("model call", "dim"),
+                    f" {event.kind} run={event.run} prompt={event.prompt_tokens} "
+                    f"tokens={event.tokens} {event.seconds * 1000:.0f} ms",
+                )
             )
+
+    def line(self, text: Text) -> None:
+        """A line for stderr (a trace, a log record): now, or once the text's line ends."""
+        self.pending.append(text)
+        if not (self.mid_line and self.shared_terminal):
+            self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        self.status.clear()
+        for text in self.pending:
+            err.print(text, highlight=False)
+        self.pending.clear()
 
     def end_line(self) -> None:
         """End the streamed text's line, so that what is printed next starts its own."""
+        self.status.clear()
         if self.mid_line:
             sys.stdout.write("\n")
             sys.stdout.flush()
             self.mid_line = False
+        self._flush_pending()
+
+
+class _LogLines(logging.Handler):
+    """cogql's log records during `cogql run` (warnings by default), through the printer so
+    that they never land inside the streamed text."""
+
+    def __init__(self, printer: _Printer) -> None:
+        super().__init__()
+        self.printer = printer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = record.levelname.lower()
+        style = "bold yellow" if record.levelno >= logging.WARNING else "dim"
+        self.printer.line(Text.assemble((f"{level}:", style), " ", record.getMessage()))
+
+
+@contextlib.contextmanager
+def _logging_to(printer: _Printer, level: str) -> Iterator[None]:
+    """cogql's log records at `level` and above go through `printer` for the block (the
+    command may run inside a process that logs otherwise: click's test runner)."""
+    logger = logging.getLogger("cogql")
+    handler = _LogLines(printer)
+    saved = logger.level, logger.propagate
+    logger.setLevel(level.upper())
+    logger.addHandler(handler)
+    logger.propagate = False  # not twice (Python's last-resort handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.level, logger.propagate = saved
+
+
+ENDPOINT_SCHEMES = ("ws://", "wss://", "lmtp://", "lmtp:")
+
+
+def _run_model(model_name: str | None, engine: str | None) -> Any:
+    """--model (and --engine) as a model: an LMTP endpoint, a name run in process on an
+    engine, or any name cogql.model takes."""
+    import cogql
+
+    if model_name and model_name.startswith(ENDPOINT_SCHEMES):
+        if engine:
+            raise click.UsageError("--engine runs a model in process; --model names a server")
+        return cogql.model(None, endpoint=model_name)
+    if engine:
+        name = model_name or "default"
+        return cogql.model(name if name.startswith("local:") else f"local:{name}", engine=engine)
+    return cogql.model(model_name) if model_name else None
+
+
+def _check_sets(inputs: dict[str, Any], reads: tuple[str, ...]) -> None:
+    for name in inputs:
+        if name not in reads:
+            close = difflib.get_close_matches(name, reads, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            reads_what = f"its inputs are {', '.join(reads)}" if reads else "it reads no inputs"
+            raise click.BadParameter(
+                f"the query does not read {name!r}: {hint}({reads_what})", param_hint="--set"
+            )
+
+
+def _run_query(
+    source: str, inputs: dict[str, Any], runtime: dict[str, Any], printer: _Printer, model: Any
+) -> Any:
+    """`cogql run`'s query, run to its result; errors exit with their status."""
+    import cogql
+
+    try:
+        query = cogql.query_from_string(source)
+        if "decoder" in runtime and query.compiled.decoder is not None:
+            raise click.BadParameter(
+                f"the query names its decoder ({query.compiled.decoder.name}); edit the query "
+                "to change it", param_hint="--decoder",
+            )  # fmt: skip
+        _check_sets(inputs, query.compiled.free_variables)
+        if model is not None:
+            runtime = {**runtime, "model": model}
+        result = run_interruptible(query.run(**inputs, **runtime, output=printer))
+    except click.ClickException:
+        raise
+    except KeyboardInterrupt:
+        printer.end_line()
+        note("interrupted")
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as e:
+        printer.end_line()
+        # errors that point into the query show where; others say what they are
+        located = isinstance(e, QuerySyntaxError | cogql.ConstraintUnsatisfiedError)
+        message = str(e) if located else f"{type(e).__name__}: {e}"
+        if isinstance(e, InputError):
+            message += "\nhint: give the query its inputs with --set NAME=VALUE"
+        fail(message, exit_status(e))
+    printer.end_line()
+    return result
 
 
 def _print_cost(result: Any) -> None:
@@ -119,10 +282,12 @@ def _print_result(result: Any, console: Console) -> None:
 
 
 def _to_json(result: Any) -> Any:
+    """The result as JSON: LMQL's to_dict, with the sequence's log-prob and what it cost."""
     if isinstance(result, list):
         return [_to_json(r) for r in result]
     if isinstance(result, LMQLResult):
-        return result.to_dict()
+        cost = None if result.cost is None else result.cost.to_dict()
+        return {**result.to_dict(), "logprob": result.logprob, "cost": cost}
     return result
 
 
@@ -168,22 +333,39 @@ def exit_status(error: Exception) -> int:
 
 @main.command()
 @click.argument("file", type=click.Path(allow_dash=True))
-@click.option("--model", "model_name", help="Model to use instead of the query's from clause.")
+@click.option("--model", "model_name", metavar="MODEL",
+              help="Model to use instead of the query's from clause: a name cogql.model takes, "
+                   "or an LMTP server (ws://host:port, wss://..., lmtp://...).")  # fmt: skip
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="A query input.")
+@click.option("--decoder", type=click.Choice(["argmax", "sample", "beam", "beam_sample", "best_k"]),
+              help="Decoder, for a query without a decoder clause (default: argmax).")  # fmt: skip
+@click.option("--max-len", type=click.IntRange(1), help="Most tokens of the whole prompt (2048).")
+@click.option("--temperature", type=click.FloatRange(0), help="Sampling temperature.")
+@click.option("--seed", type=int, help="Seed of sampling decoders: the same run again.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON only.")
 @click.option(
     "--trace",
     is_flag=True,
     help="Print each model call, then the cost: predictions (ids, predict_time) and tokens.",
 )
+@click.option("-q", "--quiet", is_flag=True,
+              help="Print the result only: no streamed text, progress or warnings.")  # fmt: skip
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="warning", show_default=True, help="cogql's log lines on stderr.")  # fmt: skip
 @click.option("--engine", type=click.Choice(["cogql", "vllm"]), default=None,
               help="Run --model (default: the embedded model) in process on this engine.")  # fmt: skip
 def run(
     file: str,
     model_name: str | None,
     sets: tuple[str, ...],
+    decoder: str | None,
+    max_len: int | None,
+    temperature: float | None,
+    seed: int | None,
     as_json: bool,
     trace: bool,
+    quiet: bool,
+    log_level: str,
     engine: str | None,
 ):
     """Run the query in FILE (use - for standard input; at most 1 MiB of UTF-8 text).
@@ -192,34 +374,19 @@ def run(
     exit with 2 (the query or its inputs), 3 (the run: e.g. no value satisfies a constraint)
     or 4 (the model: not found, failed to load, unreachable).
     """
-    import cogql
-
     source = _read_query(file)
     inputs = _parse_sets(sets)
-    printer = _Printer(not as_json, trace)
-    kwargs: dict[str, Any] = {"output": printer}
-    try:
-        if engine:
-            name = model_name or "default"
-            local = name if name.startswith("local:") else f"local:{name}"
-            kwargs["model"] = cogql.model(local, engine=engine)
-        elif model_name:
-            kwargs["model"] = cogql.model(model_name)
-        result = run_interruptible(cogql.run(source, **inputs, **kwargs))
-    except KeyboardInterrupt:
-        printer.end_line()
-        note("interrupted")
-        sys.exit(EXIT_INTERRUPTED)
-    except Exception as e:
-        printer.end_line()
-        # errors that point into the query show where; others say what they are
-        located = isinstance(e, QuerySyntaxError | cogql.ConstraintUnsatisfiedError)
-        fail(str(e) if located else f"{type(e).__name__}: {e}", exit_status(e))
+    printer = _Printer(not (as_json or quiet), trace, status=not quiet)
+    options = {"decoder": decoder, "max_len": max_len, "temperature": temperature, "seed": seed}
+    runtime = {k: v for k, v in options.items() if v is not None}
+    with _logging_to(printer, "error" if quiet else log_level):
+        result = _run_query(source, inputs, runtime, printer, _run_model(model_name, engine))
     if as_json:
         click.echo(json.dumps(_to_json(result), indent=2))
     else:
         console = Console(soft_wrap=True)  # values are printed whole, piped or not
-        console.print()
+        if not quiet:
+            console.print()
         for item in result if isinstance(result, list) else [result]:
             console.rule(style="dim")
             _print_result(item, console)
@@ -231,8 +398,21 @@ def run(
 # --------------------------------------------------------------------------- serve-model
 
 
+class _ServeCommand(click.Command):
+    """serve-model's command line: what follows `--` is kept apart (model arguments passed on
+    unchecked), where click would mix it into the other extra arguments."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            cut = args.index("--")
+            ctx.meta["passthrough"] = args[cut + 1 :]
+            args = args[:cut]
+        return super().parse_args(ctx, args)
+
+
 @main.command(
     name="serve-model",
+    cls=_ServeCommand,
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
 )
 @click.argument("model_name", metavar="MODEL", required=False, default="default")
@@ -242,7 +422,7 @@ def run(
     "--dtype",
     default="auto",
     show_default=True,
-    type=click.Choice(["auto", "float32", "float16", "bfloat16", "4bit", "8bit"]),
+    type=click.Choice(["auto", "float32", "float16", "bfloat16"]),
     help="Weight precision (auto: float32 on CPU with float16 decode, float16 on CUDA).",
 )
 @click.option("--device", default=None, help="torch device: cpu (default), cuda, cuda:1, ...")
@@ -272,6 +452,9 @@ def run(
               help="Unsent replies per connection; beyond it the connection is closed.")  # fmt: skip
 @click.option("--max-top-logprobs", default=20, show_default=True, type=click.IntRange(1, 10**6),
               help="Largest top_logprobs a GENERATE may ask for.")  # fmt: skip
+@click.option("--keep-serving-on-failure", is_flag=True,
+              help="If the model fails to load, keep listening: GET / answers 503 and every "
+                   "op gets the reason (default: exit with status 4).")  # fmt: skip
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))  # fmt: skip
 @click.pass_context
@@ -281,16 +464,23 @@ def serve_model(ctx: click.Context, **options: Any) -> None:
     MODEL is a folder with config.json, local:PATH, a .gguf file (or llama.cpp:FILE.gguf), a
     cached hub id, `default` for the embedded SmolLM2, or `random` (LMQL's weightless test
     model: --seed N, --tokenizer PATH). LMQL's `--key value` options go to from_pretrained
-    (with --engine vllm: to vLLM's engine arguments); its scheduler flags (--static, --layout,
-    ...) are accepted and ignored.
+    when it takes them (from_pretrained's arguments, the model's config.json keys; anything
+    after `--` is passed on unchecked); with --engine vllm they go to vLLM's engine arguments.
+    LMQL's scheduler flags (--static, --layout, ...) are accepted and ignored. The model is
+    checked before the server listens; if it fails to load, the command exits with status 4.
     """
     from .serve.access import AccessConfigError
     from .serve.command import ServeUsageError, run_server
 
+    own = tuple(o for p in ctx.command.params for o in p.opts if o.startswith("--"))
     try:
-        run_server(ctx.args, **options)
+        run_server(
+            ctx.args, passthrough=ctx.meta.get("passthrough", []), own_options=own, **options
+        )
     except (ServeUsageError, AccessConfigError) as e:
         raise click.UsageError(str(e)) from None
+    except ModelError as e:
+        fail(f"{type(e).__name__}: {e}", EXIT_MODEL)
     except OSError as e:  # e.g. the port is taken
         fail(f"cannot listen on {options['host']}:{options['port']}: {e}")
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["cache_dir", "hf_hub_cache"]
+__all__ = ["cache_dir", "hf_endpoint", "hf_hub_cache", "hub_offline"]
+
+DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 
 
 def cache_dir() -> Path:
@@ -31,3 +33,13 @@ def hf_hub_cache() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "huggingface" / "hub"
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE, read at call time (huggingface_hub reads it once, at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hf_endpoint() -> str:
+    """The hub's address: HF_ENDPOINT (a mirror), else huggingface.co; read at call time."""
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import socket
 import threading
 from pathlib import Path
 
@@ -393,3 +394,42 @@ def test_hub_id_resolves_from_offline_cache(isolated_cache: Path, tmp_path: Path
         load_tokenizer(tiny).token_to_id("Ġthe")
     ]
     assert load_model("someone/tiny-chat").name == "someone/tiny-chat"
+
+
+# --------------------------------------------------------------------------- hub ids
+
+
+def test_an_uncached_hub_id_is_not_downloaded_offline(
+    isolated_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFound) as err:
+        resolve_model_path("someone/not-cached")
+    assert "not downloaded because HF_HUB_OFFLINE is set: unset it to download" in str(err.value)
+    assert "unreachable" not in str(err.value)
+
+
+def test_an_unreachable_hub_is_named_as_such(
+    isolated_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub is asked (no HF_HUB_OFFLINE) and cannot be reached: a closed loopback port."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        hub = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setenv("HF_ENDPOINT", hub)
+        with pytest.raises(ModelNotFound) as err:
+            resolve_model_path("someone/not-cached")
+    message = str(err.value)
+    assert f"the hub at {hub}: unreachable (" in message and "nothing was downloaded" in message
+    assert "because HF_HUB_OFFLINE is set" not in message
+
+
+def test_a_path_is_never_looked_up_on_the_hub(
+    isolated_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for name in (Path("someone/not-cached"), "./someone/not-cached", "a/b/c"):
+        with pytest.raises(ModelNotFound) as err:
+            resolve_model_path(name)
+        assert "not a hub id" in str(err.value) and "the hub at" not in str(err.value)

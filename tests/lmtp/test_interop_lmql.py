@@ -20,6 +20,7 @@ import pytest
 import cogql
 from cogql.engine.engine import Engine
 from cogql.replicate.cog.cogserver import free_port
+from cogql.runtime.model import RemoteModelNotLoaded
 from cogql.serve import BackgroundServer
 from tests.conftest import running_server
 
@@ -101,3 +102,17 @@ async def test_cogql_client_sees_no_extensions_on_an_lmql_server(lmql_server: st
     conn = await cogql.model(str(PEER_MODEL), endpoint=lmql_server).connect()
     assert conn.capabilities == frozenset()  # so it never sends an LMQL server an extension
     assert conn.tokenizer.bos_token_id == 1  # found under the model's name, as LMQL does
+
+
+async def test_naming_a_model_the_lmql_server_cannot_load_fails_within_the_wait(
+    lmql_server: str,
+) -> None:
+    """An LMQL server tries to load whatever model a client names, and answers "<unavailable>"
+    meanwhile (for good, for a name it cannot get): the wait ends with the likely cause.
+    Last in this module: the server is left with a second model it failed to load."""
+    name = "no-such-org/not-served-here"
+    model = cogql.model(name, endpoint=lmql_server, tokenizer=str(PEER_MODEL), load_timeout=3)
+    with pytest.raises(RemoteModelNotLoaded) as failed:
+        await model.connect()
+    assert f"has not loaded {name!r} after" in str(failed.value)
+    assert "loads whatever model its client names" in str(failed.value)

@@ -355,3 +355,22 @@ def test_call_time_decoder_arguments_merge_over_the_clause() -> None:
 def test_a_program_without_holes_gives_one_result(decoder: str) -> None:
     result = cogql.run_sync(f'{decoder}\n    "Just text."')
     assert isinstance(result, cogql.LMQLResult) and result.prompt == "Just text."
+
+
+def test_a_hole_without_a_token_limit_is_warned_about_once_per_query(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    source = 'sample(n=3, max_len=40)\n    "A:[X] B:[Y] C:[Z]"\nwhere STOPS_AT(X, ".") and ' + (
+        'len(TOKENS(Y)) < 3 and Z in [" a", " b"]'
+    )
+    with caplog.at_level(logging.WARNING, logger="cogql.runtime"):
+        cogql.run_sync(source)
+    warnings = [r.getMessage() for r in caplog.records if "no token limit" in r.getMessage()]
+    assert warnings == [
+        "hole X (line 2, column 8) has no token limit: only a stop, EOS or max_len=40 ends "
+        "it; add len(TOKENS(X)) < N to its where clause"
+    ]  # once for the 3 runs; Y has a limit, Z a finite choice
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cogql.runtime"):
+        cogql.run_sync(source)
+    assert sum("no token limit" in r.getMessage() for r in caplog.records) == 1  # each query

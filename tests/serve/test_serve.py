@@ -46,8 +46,10 @@ from cogql.lmtp.transports.websocket import (
     endpoint_url,
 )
 from cogql.replicate.cog.cogserver import free_port
+from cogql.runtime.model import RemoteModelNotLoaded
 from cogql.serve import AccessConfigError, AccessPolicy, BackgroundServer, Limits, tls_context
 from cogql.serve.access import exposure_warning
+from cogql.serve.command import ServeUsageError, prepare, resolve_args
 from cogql.serve.logs import limit_repeats
 from cogql.tokenizer import Tokenizer
 
@@ -591,6 +593,38 @@ async def test_remote_model_gets_the_servers_tokenizer(server: BackgroundServer,
     assert conn.bos_token_id == tokenizer.bos_token_id
 
 
+async def test_a_client_naming_another_model_is_told_which_one_answers(
+    server: BackgroundServer, tiny_model_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="cogql.runtime"):
+        await cogql.model(f"local:{tiny_model_path}", endpoint=server.endpoint).connect()
+        assert not caplog.records  # the folder the server was started with: its name matches
+        await cogql.model("gpt2", endpoint=server.endpoint).connect()
+    served = tiny_model_path.name
+    assert f"serves {served!r}, not 'gpt2' as named; the queries run on {served!r}" in caplog.text
+
+
+async def test_the_wait_for_a_model_that_never_loads_is_bounded(tiny_engine: Engine) -> None:
+    release = threading.Event()
+
+    def never_loads() -> Engine:
+        release.wait(30)
+        return tiny_engine
+
+    try:
+        async with background(never_loads, owns_engine=False) as s:
+            model = cogql.model("gpt2", endpoint=s.endpoint, load_timeout=0.5)
+            with pytest.raises(RemoteModelNotLoaded) as failed:
+                await model.connect()
+    finally:
+        release.set()
+    message = str(failed.value)
+    assert f"the LMTP server at ws://{s.endpoint}/ has not loaded 'gpt2' after" in message
+    assert "An LMQL server (lmql serve-model) loads whatever model its client names" in message
+    with pytest.raises(cogql.ModelError, match="load_timeout must be a positive number"):
+        await cogql.model("gpt2", endpoint=s.endpoint, load_timeout=0).connect()
+
+
 def test_sentiment_query_over_the_server_matches_in_process(engine: Engine) -> None:
     """cogql's client against cogql's server, extensions in use: the same query result."""
     source = (EXAMPLES / "sentiment.lmql").read_text(encoding="utf-8")
@@ -666,7 +700,7 @@ def test_cli_serves_logs_each_request_and_stops_on_sigint(tiny_model_path: Path,
 
 @pytest.mark.slow  # a `cogql serve-model` subprocess
 def test_cli_reports_a_failed_load_to_clients_and_stops_on_sigterm(tmp_path: Path) -> None:
-    cli = Cli(tmp_path, str(tmp_path / "missing-model"))
+    cli = Cli(tmp_path, str(tmp_path / "missing-model"), "--keep-serving-on-failure")
     with cli.connect() as ws:
         reply = cli.model_info(ws)
         assert reply["error"].startswith("model failed to load: ModelNotFound")
@@ -674,6 +708,71 @@ def test_cli_reports_a_failed_load_to_clients_and_stops_on_sigterm(tmp_path: Pat
         assert "model failed to load" in json.loads(str(ws.recv(timeout=30))[6:])[0]["error"]
     log = cli.stop(signal.SIGTERM)
     assert "model failed to load" in log and "stopped" in log
+
+
+def serve_model(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`cogql serve-model ...` expected to exit on its own (it fails before or while loading)."""
+    cmd = [sys.executable, "-m", "cogql", "serve-model", *args, "--port", str(free_port())]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow  # `cogql serve-model` subprocesses
+def test_cli_exits_with_the_reason_when_the_model_cannot_be_had(tmp_path: Path) -> None:
+    missing = serve_model(str(tmp_path / "missing-model"))
+    assert missing.returncode == 4, missing.stderr
+    assert "ModelNotFound" in missing.stderr and "missing-model" in missing.stderr
+    assert "listening" not in missing.stderr  # refused before it listened
+    cuda = serve_model("random", "--device", "cuda")
+    assert cuda.returncode == 4, cuda.stderr
+    assert "--device cuda: this machine has no CUDA device" in cuda.stderr
+
+
+@pytest.mark.slow  # a `cogql serve-model` subprocess loading a broken model
+def test_cli_exits_when_the_load_fails_after_listening(tmp_path: Path, embedded_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(embedded_path, broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    done = serve_model(str(broken))
+    assert done.returncode == 4, done.stderr
+    assert "listening" in done.stderr and "model failed to load" in done.stderr
+    assert "--keep-serving-on-failure" in done.stderr and "stopped" in done.stderr
+
+
+@pytest.mark.slow  # a `cogql serve-model` subprocess
+def test_cli_rejects_a_mistyped_flag_with_a_suggestion() -> None:
+    done = serve_model("random", "--hots", "0.0.0.0")
+    assert done.returncode == 2
+    assert "--hots is neither a serve-model option" in done.stderr
+    assert "did you mean --host?" in done.stderr
+
+
+def test_model_arguments_must_be_known_or_after_the_separator(tiny_model_path: Path) -> None:
+    def prepared(model: str, extra: list[str], after: tuple[str, ...] = ()) -> dict[str, Any]:
+        args = resolve_args(
+            model, dtype="auto", device=None, cuda=False, extra=extra, passthrough=list(after)
+        )
+        prepare(args, ("--host", "--port"))
+        return args.model_kwargs
+
+    # from_pretrained's own names and the model's config.json keys pass
+    got = prepared(str(tiny_model_path), ["--trust_remote_code", "True", "--rms_norm_eps", "1e-5"])
+    assert got == {"trust_remote_code": True, "rms_norm_eps": 1e-5}
+    assert prepared("random", ["--seed", "3"]) == {"seed": 3}
+    with pytest.raises(ServeUsageError, match=r"--sede .*did you mean --seed\?"):
+        prepared("random", ["--sede", "3"])
+    with pytest.raises(ServeUsageError, match="from_pretrained's arguments or the model's config"):
+        prepared(str(tiny_model_path), ["--trust-remote-cod", "True"])
+    # after `--`: passed on as given
+    assert prepared(str(tiny_model_path), [], ["--my_option", "1"]) == {"my_option": 1}
+
+
+def test_quantized_dtypes_are_not_offered() -> None:
+    from click.testing import CliRunner
+
+    from cogql.cli import main
+
+    done = CliRunner().invoke(main, ["serve-model", "random", "--dtype", "4bit"])
+    assert done.exit_code == 2 and "'4bit' is not one of 'auto', 'float32'" in done.output
 
 
 @pytest.mark.slow  # a `cogql serve-model` subprocess

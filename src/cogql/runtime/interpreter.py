@@ -67,6 +67,8 @@ class Decoding:
     max_len: int = 2048
     top_k: int | None = None
     top_p: float | None = None
+    # holes already warned about for having no token limit: once per query, all runs shared
+    unbounded_warned: set[str] = field(default_factory=set, compare=False, repr=False)
 
     def extra(self) -> dict[str, Any]:
         """The GENERATE fields beyond temperature that are set (top_k, top_p)."""
@@ -169,6 +171,8 @@ class QueryRun:
         if hooks is not None and await hooks.before():
             return
         spec = self.hole_spec(stmt, hole, scope)
+        if spec.max_tokens is None and spec.token_options is None:
+            self._warn_unbounded(stmt, hole.name)
         budget = self.decoding.max_len - self.state.token_count
         if budget <= 0:
             self._truncate(stmt, hole.name)
@@ -193,6 +197,19 @@ class QueryRun:
         self.state.end_hole(generated=True)
         self.variables[hole.name] = value
         self.emit(VariableFinished(hole.name, value, self.index))
+
+    def _warn_unbounded(self, stmt: PromptStatement, name: str) -> None:
+        """A hole only a stop, EOS or max_len ends may run for minutes on a model that never
+        writes the stop: say so before it starts, once per query and hole."""
+        if name in self.decoding.unbounded_warned:
+            return
+        self.decoding.unbounded_warned.add(name)
+        lineno, col = hole_position(self.query.source, stmt, name)
+        log.warning(
+            "hole %s (line %d, column %d) has no token limit: only a stop, EOS or max_len=%d "
+            "ends it; add len(TOKENS(%s)) < N to its where clause",
+            name, lineno, col + 1, self.decoding.max_len, name,
+        )  # fmt: skip
 
     def _truncate(self, stmt: PromptStatement, name: str) -> None:
         """LMQL stops with an assertion at max_len; cogql keeps what it has and warns, naming

@@ -7,8 +7,12 @@ process; other endpoints are remote LMTP servers or Replicate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import difflib
 import logging
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -119,14 +123,15 @@ class Model:
         dtype = str(self.options.get("dtype", "auto"))
         device = str(self.options.get("device", "auto" if engine_name == "vllm" else "cpu"))
         try:
-            engine = await asyncio.to_thread(
-                local_engine,
-                local_name,
-                engine=engine_name,
-                dtype=dtype,
-                device=device,
-                **self._model_kwargs(),
-            )
+            with announce_slow_load(local_name or EMBEDDED_MODEL):
+                engine = await asyncio.to_thread(
+                    local_engine,
+                    local_name,
+                    engine=engine_name,
+                    dtype=dtype,
+                    device=device,
+                    **self._model_kwargs(),
+                )
         except ModelNotFound as e:
             hint = _openai_hint(name)
             if hint is None:
@@ -156,6 +161,38 @@ class Model:
 
 
 RANDOM = RANDOM_MODEL  # LMQL's weightless test model (engine/random_model.py)
+SLOW_LOAD_S = 1.0  # a load longer than this is announced, so a terminal is not left blank
+
+
+@contextlib.contextmanager
+def announce_slow_load(name: str) -> Iterator[None]:
+    """A line on stderr once loading `name` has taken over a second, and one when it is done:
+    on a terminal (or with COGQL_PROGRESS=1; never with COGQL_PROGRESS=0), else in the log."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    announced = False
+
+    def announce() -> None:
+        nonlocal announced
+        announced = True
+        _progress_line(f"cogql: loading model {name}...")
+
+    timer = loop.call_later(SLOW_LOAD_S, announce)
+    try:
+        yield
+    finally:
+        timer.cancel()
+        if announced:
+            _progress_line(f"cogql: model {name} loaded in {loop.time() - started:.1f} s")
+
+
+def _progress_line(text: str) -> None:
+    forced = os.environ.get("COGQL_PROGRESS")
+    if forced != "0" and (forced == "1" or sys.stderr.isatty()):
+        print(text, file=sys.stderr, flush=True)
+    else:
+        log.info("%s", text)
+
 
 # LMQL's aliases for models on OpenAI's API; its `openai/<model>` names are the others
 _OPENAI_ALIASES = {"chatgpt": "openai/gpt-3.5-turbo", "gpt-4": "openai/gpt-4"}
@@ -175,13 +212,54 @@ def _openai_hint(name: str) -> str | None:
     )
 
 
+# every keyword option `cogql.model(...)` takes besides endpoint= and tokenizer= (README,
+# "Python API"): cogql's own, the Replicate transport's, and LMQL's, which cogql accepts and
+# ignores (they tune LMQL's own backends); anything else is a typo until proven otherwise
+COGQL_MODEL_OPTIONS = frozenset({
+    "engine", "engine_options", "dtype", "device", "seed", "verbose", "vocab", "extensions",
+    "load_timeout", "token",
+})  # fmt: skip
+REPLICATE_MODEL_OPTIONS = frozenset({
+    "batch_window", "wait", "idle_timeout", "max_ops", "cancel", "api_token", "base_url",
+})  # fmt: skip
+LMQL_MODEL_OPTIONS = frozenset({
+    "inprocess", "cuda", "silent", "api_config", "chunk_timeout", "trust_remote_code",
+    "load_in_8bit", "load_in_4bit", "device_map", "torch_dtype", "low_cpu_mem_usage",
+})  # fmt: skip
+MODEL_OPTIONS = COGQL_MODEL_OPTIONS | REPLICATE_MODEL_OPTIONS | LMQL_MODEL_OPTIONS
+
+
+# a query's arguments, often passed to the model by mistake
+QUERY_ARGUMENTS = frozenset({"temperature", "max_len", "decoder", "top_k", "top_p", "n"})
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    for key in options:
+        if key in MODEL_OPTIONS:
+            continue
+        known = sorted({*MODEL_OPTIONS, *QUERY_ARGUMENTS, "endpoint", "tokenizer", "name"})
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {close[0]}=? " if close else ""
+        if close and close[0] in QUERY_ARGUMENTS:
+            hint = (
+                f"did you mean {close[0]}=? That is an argument of the query, not the model: "
+                f"cogql.run(..., {close[0]}=...) or the decoder clause. "
+            )
+        raise ModelConfigError(
+            f"cogql.model() got an unknown option {key}=; {hint}(the options are listed "
+            'in README.md, "Python API"; a model\'s own arguments go in engine_options=)'
+        )
+
+
 def model(name: str | None = None, *, endpoint: str | None = None,
           tokenizer: str | None = None, **options: Any) -> Model:  # fmt: skip
     """A model reference for `from` clauses and `model=` arguments (loaded lazily). For
     `random`, LMQL's `vocab=` is another name for `tokenizer=`; `token=` is the bearer token
-    of a `cogql serve-model --token` endpoint (default: $COGQL_SERVE_TOKEN)."""
+    of a `cogql serve-model --token` endpoint (default: $COGQL_SERVE_TOKEN). An option not in
+    `MODEL_OPTIONS` is an error with a did-you-mean."""
     if name is not None and not isinstance(name, str):
         raise ModelConfigError(f"model name must be a string, got {type(name).__name__}")
+    _check_options(options)
     if name in (RANDOM, f"local:{RANDOM}") and "vocab" in options:
         vocab = options.pop("vocab")
         if tokenizer is not None and vocab is not None and vocab != tokenizer:
@@ -251,6 +329,12 @@ def get_default_scoring_model() -> str | Model:
 # --------------------------------------------------------------------------- remote LMTP
 
 LOAD_WAIT_S = 600.0  # how long to wait for a server that is still loading its model
+LOAD_NOTICE_S = 10.0  # after this long, say why the wait may never end
+
+
+class RemoteModelNotLoaded(ModelError, TimeoutError):
+    """An LMTP server did not load the model within the wait (`load_timeout=`): still loading,
+    or an LMQL server trying to load a model it cannot get, because the client named it."""
 
 
 async def _open_remote(
@@ -264,6 +348,7 @@ async def _open_remote(
     (which the client also needs to emulate extensions an LMQL server lacks)."""
     from ..lmtp.transports.websocket import EndpointError, WebSocketTransport
 
+    wait = _load_timeout(options)
     try:
         transport = WebSocketTransport(endpoint, token=token)
     except EndpointError as e:
@@ -271,9 +356,11 @@ async def _open_remote(
     await transport.open()
     client = LMTPClient(transport, model=name)
     try:
-        caps = await server_capabilities(client, transport.url, poll=0.25)
+        caps = await server_capabilities(client, transport.url, poll=0.25, wait=wait)
     except LMTPError as e:
         raise LMTPError(f"LMTP server at {transport.url}: {e}", retryable=e.retryable) from None
+    if caps:  # cogql's server, which names the one model it serves
+        _check_served_name(await client.model_info(), name, transport.url)
     return await remote_connection(client, caps, name, tokenizer, transport.url, options)
 
 
@@ -293,12 +380,14 @@ async def remote_connection(
     return ConnectedModel(client, tok, caps, tok.bos_token_id)
 
 
-async def server_capabilities(client: LMTPClient, url: str, *, poll: float) -> frozenset[str]:
+async def server_capabilities(
+    client: LMTPClient, url: str, *, poll: float, wait: float = LOAD_WAIT_S
+) -> frozenset[str]:
     """The capabilities in the server's MODEL_INFO, asked every `poll` seconds while it loads
-    its model; none from an LMQL server that predates MODEL_INFO."""
+    its model (for at most `wait` seconds); none from an LMQL server that predates MODEL_INFO."""
 
     try:
-        info = await _loaded_info(client, url, poll)
+        info = await _loaded_info(client, url, poll, wait)
     except LMTPError as e:
         if "Unknown command" not in str(e):
             raise
@@ -306,17 +395,68 @@ async def server_capabilities(client: LMTPClient, url: str, *, poll: float) -> f
     return frozenset(info.get("capabilities", ()))
 
 
-async def _loaded_info(client: LMTPClient, url: str, poll: float) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + LOAD_WAIT_S
+def _load_timeout(options: dict[str, Any]) -> float:
+    value = options.get("load_timeout", LOAD_WAIT_S)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ModelConfigError(f"load_timeout must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+async def _loaded_info(client: LMTPClient, url: str, poll: float, wait: float) -> dict[str, Any]:
+    """MODEL_INFO once the server has its model. An LMQL server loads whatever model the
+    client names: naming one it cannot get leaves it "<unavailable>" for good, so the wait
+    is bounded and, once it is long, says so."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    noticed = False
     info = await client.model_info()
     if info.get("model_info") == "<unavailable>":
         log.info("the model at %s is still loading its weights; waiting", url)
     while info.get("model_info") == "<unavailable>":
-        if asyncio.get_running_loop().time() > deadline:
-            raise ModelConfigError(f"the model at {url} did not load its weights in time")
+        waited = loop.time() - started
+        if waited > wait:
+            raise RemoteModelNotLoaded(
+                f"the LMTP server at {url} has not loaded {client.model or 'its model'!r} "
+                f"after {waited:.0f} s. {_lmql_loads_by_name(client.model)} (load_timeout= "
+                "sets this wait)"
+            )
+        if waited > LOAD_NOTICE_S and not noticed:
+            noticed = True
+            log.warning(
+                "still waiting for the LMTP server at %s to load %r (%.0f s). %s",
+                url, client.model, waited, _lmql_loads_by_name(client.model),
+            )  # fmt: skip
         await asyncio.sleep(poll)
         info = await client.model_info()
     return info
+
+
+def _lmql_loads_by_name(name: str) -> str:
+    return (
+        f"An LMQL server (lmql serve-model) loads whatever model its client names: if it "
+        f"serves another model than {name!r}, name that one, exactly as it was started."
+    )
+
+
+def _check_served_name(info: dict[str, Any], name: str, url: str) -> None:
+    """A server that names its model (cogql's does) serves that one whatever the client
+    asks: a different name is most likely a mistake, so say which model answers."""
+    served = info.get("model")
+    if not name or not isinstance(served, str) or _same_model(name, served):
+        return
+    log.warning(
+        "the LMTP server at %s serves %r, not %r as named; the queries run on %r",
+        url, served, name, served,
+    )  # fmt: skip
+
+
+def _same_model(asked: str, served: str) -> bool:
+    """Whether `asked` names `served` (a server names a folder by its last part, the embedded
+    model by its name)."""
+    raw = asked.removeprefix("local:").strip().rstrip("/\\")
+    if raw.lower() in ("", "default", "smollm2", EMBEDDED_MODEL.lower()):
+        raw = EMBEDDED_MODEL
+    return served in (raw, os.path.basename(raw)) or raw.endswith(f"/{served}")
 
 
 async def _remote_tokenizer(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import difflib
 import inspect
 import re
 from collections.abc import Callable, Coroutine
@@ -12,6 +13,7 @@ from typing import Any, Generic, Literal, TypeAlias, TypeVar, cast, overload
 
 from ..constraints.compile import unknown_function_error
 from ..constraints.values import UnresolvedNameError, unresolved_message
+from ..errors import QueryError
 from ..language.compiler import CompiledQuery, compile_query
 from ..language.errors import QueryCompileError
 from ..language.expressions import evaluate
@@ -73,6 +75,7 @@ class QueryFunction(LMQLQueryAttributes, Generic[CallT]):
         is_runtime = {k: k in RUNTIME_ARGS and k not in names for k in kwargs}
         runtime = {**self.defaults, **{k: v for k, v in kwargs.items() if is_runtime[k]}}
         inputs = {k: v for k, v in kwargs.items() if not is_runtime[k]}
+        _check_misspelt(inputs, names)
         scope = self._scope(self._bind(args, inputs))
         with track_cost() as cost:  # predictions and tokens of this run (and nested queries)
             result = await _execute(self.compiled, scope, runtime, self.name)
@@ -117,6 +120,19 @@ class QueryFunction(LMQLQueryAttributes, Generic[CallT]):
         if wrong_type is not None:
             raise wrong_type
         return scope
+
+
+def _check_misspelt(inputs: dict[str, Any], names: set[str]) -> None:
+    """An input the query does not read, spelt like an option or an input it does read
+    (`modle=`, `temprature=`, `nme=`), is a typo: LMQL ignores it silently; cogql says so."""
+    for key in inputs:
+        if key in names:
+            continue
+        close = difflib.get_close_matches(key, sorted(names | RUNTIME_ARGS), n=1, cutoff=0.8)
+        if close:
+            raise InputError(
+                f"unknown argument {key}=: the query does not read {key}; did you mean {close[0]}=?"
+            )
 
 
 def _unresolved(query: CompiledQuery, names: list[str]) -> Exception:
@@ -275,10 +291,16 @@ def run_blocking(coro: Coroutine[Any, Any, _T]) -> _T:
     except RuntimeError:
         return asyncio.run(coro)
     coro.close()
-    raise RuntimeError(
-        "LMQL queries cannot be called synchronously from within an async context: "
-        "await the query (or cogql.run) instead"
+    raise SyncCallInLoopError(
+        "LMQL queries cannot be called synchronously from within an async context (a running "
+        "event loop, as in a Jupyter notebook): write `await query.run(...)` (or `await "
+        "cogql.run(...)`, `await q(...)` for a query function made with is_async=True) there"
     )
+
+
+class SyncCallInLoopError(QueryError, RuntimeError):
+    """A blocking call (run_sync, a synchronous query function) inside a running event loop,
+    where it would block the loop the query needs."""
 
 
 @overload

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
@@ -30,6 +31,19 @@ class LMQLResult:
             warnings.warn(_INDEX_ZERO, DeprecationWarning, stacklevel=2)
             return self
         raise KeyError(key)
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: the prompt, then a table of the variables (values escaped)."""
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(name)}</th>"
+            f"<td style='text-align:left'><code>{html.escape(repr(value))}</code></td></tr>"
+            for name, value in self.variables.items()
+        )
+        logprob = "" if self.logprob is None else f" · log-prob {self.logprob:.3f}"
+        return (
+            f"<div><b>LMQLResult</b>{logprob}<pre style='white-space:pre-wrap'>"
+            f"{html.escape(self.prompt)}</pre><table>{rows}</table></div>"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

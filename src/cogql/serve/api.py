@@ -7,9 +7,10 @@ import logging
 import os
 from typing import Any
 
+from ..errors import ModelError
 from ..extras import require
 from .access import TOKEN_ENV, AccessPolicy, tls_context
-from .command import IGNORED_FLAGS, IGNORED_VALUED, engine_factory, resolve_args
+from .command import IGNORED_FLAGS, IGNORED_VALUED, engine_factory, failing, prepare, resolve_args
 from .logs import limit_repeats
 from .server import LMTPServer, serve_until_signalled
 
@@ -30,7 +31,8 @@ def serve(
     `model_name` is what `cogql serve-model` takes (None, "auto" or "default": the embedded
     model); `device=` picks a torch device; `token=` (or COGQL_SERVE_TOKEN), `certfile=`,
     `keyfile=` and `allow_origins=` are `cogql serve-model`'s access options; `engine="vllm"`
-    runs vLLM; other keywords go to `from_pretrained` (or vLLM's engine arguments). LMQL's scheduler options (`static`, `single_thread`, `loader`,
+    runs vLLM; other keywords go to `from_pretrained` (names it or the model's config.json
+    knows; or vLLM's engine arguments). LMQL's scheduler options (`static`, `single_thread`, `loader`,
     ...) are accepted and ignored: cogql always serves the one model it was started with."""
     del static
     require("serve", "serving a model (lmql.serve)")
@@ -51,7 +53,10 @@ def serve(
     if args.ignored:
         log.info("ignoring LMQL options that do not apply to cogql: %s", ", ".join(args.ignored))
     limit_repeats()
-    server = LMTPServer(
-        engine_factory(args), host=host, port=port, access=access, ssl_context=context
-    )
+    factory = engine_factory(args)
+    try:
+        prepare(args)
+    except ModelError as e:  # LMQL's way: the server runs and reports the failure to clients
+        factory = failing(e)
+    server = LMTPServer(factory, host=host, port=port, access=access, ssl_context=context)
     asyncio.run(serve_until_signalled(server))

@@ -2,17 +2,21 @@
 
 `lmql serve-model` takes flags and `--key value` pairs that it hands to `from_pretrained`; a
 user switching servers should not have to rewrite the command. Flags that only make sense for
-LMQL's scheduler are accepted and reported as ignored.
+LMQL's scheduler are accepted and reported as ignored. A `--key` must be a name the model can
+take (from_pretrained's, the model's config.json's, the random model's), so a typo such as
+`--hots` is an error rather than an argument; anything after `--` is passed on unchecked.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DeployError
+from ..errors import DeployError, ModelError
 from ..extras import require
 
 if TYPE_CHECKING:
@@ -23,10 +27,24 @@ log = logging.getLogger("cogql.serve")
 # LMQL options that change its own scheduler or process layout, not the model
 IGNORED_FLAGS = {"static", "single_thread", "docker_hide_port", "torch_compile", "silent"}
 IGNORED_VALUED = {"loader", "layout", "batch_size"}
+# from_pretrained's keyword arguments (transformers 5) a command line may sensibly set; the
+# model's config.json keys are accepted too (from_pretrained overrides the config with them)
+FROM_PRETRAINED_ARGUMENTS = frozenset({
+    "attn_implementation", "cache_dir", "device_map", "force_download", "key_mapping",
+    "local_files_only", "low_cpu_mem_usage", "max_memory", "offload_buffers", "offload_folder",
+    "quantization_config", "revision", "subfolder", "token", "torch_dtype", "trust_remote_code",
+    "use_safetensors", "variant", "weights_only",
+})  # fmt: skip
+RANDOM_MODEL_ARGUMENTS = frozenset({"seed", "tokenizer", "vocab", "verbose"})
 
 
 class ServeUsageError(DeployError, ValueError):
     """A command line that cannot be served as given (reported before anything starts)."""
+
+
+class ModelLoadFailed(ModelError, RuntimeError):
+    """The model cannot be served: not found, no such device, or its load failed (the server
+    exits with this reason unless told to keep serving)."""
 
 
 @dataclass
@@ -37,6 +55,7 @@ class ServeArgs:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
     engine: str = "cogql"
+    passthrough: dict[str, Any] = field(default_factory=dict)  # after `--`: unchecked
 
 
 def _coerce(value: str) -> Any:
@@ -84,6 +103,7 @@ def resolve_args(
     extra: list[str],
     engine: str = "cogql",
     tensor_parallel_size: int | None = None,
+    passthrough: list[str] | None = None,
 ) -> ServeArgs:
     if dtype in ("4bit", "8bit"):
         raise ServeUsageError(
@@ -91,6 +111,7 @@ def resolve_args(
             "float16 or bfloat16"
         )
     kwargs, ignored = parse_extra_args(extra)
+    unchecked, _ = parse_extra_args(passthrough or [])
     if tensor_parallel_size is not None:
         if engine != "vllm":
             raise ServeUsageError("--tensor-parallel-size needs --engine vllm")
@@ -98,7 +119,61 @@ def resolve_args(
     name = None if model in (None, "", "auto", "default") else model
     default_device = "auto" if engine == "vllm" else "cpu"
     chosen = device or ("cuda" if cuda else default_device)
-    return ServeArgs(name, dtype, chosen, kwargs, ignored, engine)
+    return ServeArgs(name, dtype, chosen, kwargs, ignored, engine, unchecked)
+
+
+def prepare(args: ServeArgs, own_options: tuple[str, ...] = ()) -> None:
+    """What can fail before the server listens, checked before it does: the model's name
+    resolves, the device exists, every `--key` is one the model takes (`own_options`, the
+    command's flags as click spells them, are offered as did-you-means). vLLM checks its own."""
+    if args.engine != "cogql":
+        return
+    from ..engine.models import RANDOM_MODEL, is_random_model, resolve_model_path
+
+    if is_random_model(args.model):
+        known, what = RANDOM_MODEL_ARGUMENTS, f"the {RANDOM_MODEL} model's arguments"
+    else:
+        path = resolve_model_path(args.model)
+        known = FROM_PRETRAINED_ARGUMENTS | _config_keys(path)
+        what = "from_pretrained's arguments or the model's config.json keys"
+    for name in args.model_kwargs:
+        if name not in known:
+            raise ServeUsageError(_unknown_argument(name, known, own_options, what))
+    _check_device(args.device)
+    args.model_kwargs.update(args.passthrough)
+    args.passthrough = {}
+
+
+def _unknown_argument(
+    name: str, known: frozenset[str], own_options: tuple[str, ...], what: str
+) -> str:
+    spelled = {f"--{k}": k for k in known} | {o: o for o in own_options}
+    close = difflib.get_close_matches(f"--{name}", sorted(spelled), n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return (
+        f"--{name} is neither a serve-model option nor one of {what}; {hint}(arguments it "
+        "does not know go after `--`: cogql serve-model MODEL -- --name value)"
+    )
+
+
+def _config_keys(path: Any) -> frozenset[str]:
+    try:
+        return frozenset(json.loads((path / "config.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return frozenset()
+
+
+def _check_device(device: str) -> None:
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ModelLoadFailed(
+            f"--device {device}: this machine has no CUDA device torch can use "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); "
+            "serve on --device cpu"
+        )
 
 
 def engine_factory(args: ServeArgs) -> Callable[[], LMTPEngine]:
@@ -118,6 +193,9 @@ def engine_factory(args: ServeArgs) -> Callable[[], LMTPEngine]:
 def run_server(
     extra: list[str],
     *,
+    passthrough: Sequence[str] = (),
+    own_options: tuple[str, ...] = (),
+    keep_serving_on_failure: bool = False,
     model_name: str | None,
     host: str,
     port: int,
@@ -137,7 +215,9 @@ def run_server(
     max_top_logprobs: int,
     log_level: str,
 ) -> None:
-    """`cogql serve-model`, after click: configure logging and limits, serve until a signal."""
+    """`cogql serve-model`, after click: check the model, configure logging and limits, serve
+    until a signal; a failed load stops the server with `ModelLoadFailed` unless
+    `keep_serving_on_failure` (then every op gets the reason, and `GET /` a 503)."""
     import asyncio
 
     from .access import AccessPolicy, tls_context
@@ -148,7 +228,7 @@ def run_server(
     require("serve", "cogql serve-model")
     args = resolve_args(
         model_name, dtype=dtype, device=device, cuda=cuda, extra=extra, engine=engine,
-        tensor_parallel_size=tensor_parallel_size,
+        tensor_parallel_size=tensor_parallel_size, passthrough=list(passthrough),
     )  # fmt: skip
     if keyfile and not certfile:
         raise ServeUsageError("--keyfile needs --certfile")
@@ -160,6 +240,13 @@ def run_server(
     limit_repeats()
     if args.ignored:
         log.info("ignoring LMQL options that do not apply to cogql: %s", " ".join(args.ignored))
+    factory = engine_factory(args)
+    try:
+        prepare(args, own_options)
+    except ModelError as e:  # served as the load's failure, if asked to keep serving
+        if not keep_serving_on_failure:
+            raise
+        factory = failing(e)
     limits = Limits(
         max_frame_bytes=int(max_frame_mb * 2**20),
         max_connections=max_connections,
@@ -169,10 +256,23 @@ def run_server(
     )
     ensure_file_limit(max_connections)
     server = LMTPServer(
-        engine_factory(args), host=host, port=port, limits=limits, access=access,
-        ssl_context=context,
-    )  # fmt: skip
-    asyncio.run(serve_until_signalled(server))
+        factory, host=host, port=port, limits=limits, access=access, ssl_context=context
+    )
+    failure = asyncio.run(
+        serve_until_signalled(server, stop_on_failure=not keep_serving_on_failure)
+    )
+    if failure is not None:
+        raise ModelLoadFailed(
+            f"{failure} (the server stopped; --keep-serving-on-failure keeps it answering "
+            "every op with this error)"
+        )
+
+
+def failing(error: Exception) -> Callable[[], LMTPEngine]:
+    def fail() -> LMTPEngine:
+        raise error
+
+    return fail
 
 
 FILES_BESIDES_CONNECTIONS = 256  # model files, handshakes in progress, the log

@@ -27,7 +27,7 @@ from websockets.http11 import Request, Response
 
 from ..lmtp.transports.websocket import redact_authorization
 from .access import AccessPolicy, Refusal, exposure_warning
-from .host import EngineHost
+from .host import EngineHost, State
 from .limits import Limits, Stats
 from .logs import REPEATS
 from .memory import map_large_buffers, release_free_memory
@@ -152,9 +152,10 @@ class LMTPServer:
         await asyncio.to_thread(self.engine_host.close)
 
 
-async def serve_until_signalled(server: LMTPServer) -> None:
+async def serve_until_signalled(server: LMTPServer, *, stop_on_failure: bool = False) -> str | None:
     """Run until SIGINT or SIGTERM, then stop cleanly; a second signal falls back to the
-    default handling, for a stop that takes too long."""
+    default handling, for a stop that takes too long. With `stop_on_failure`, a failed model
+    load stops the server too, and its reason is returned (None after a signal)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = (signal.SIGINT, signal.SIGTERM)
@@ -162,12 +163,29 @@ async def serve_until_signalled(server: LMTPServer) -> None:
         loop.add_signal_handler(sig, stop.set)
     await server.start()
     log.info("LMTP server listening on %s (loading the model)", server.url)
-    await stop.wait()
+    failure = await _wait_for_stop(server, stop, stop_on_failure)
     for sig in signals:
         loop.remove_signal_handler(sig)
     log.info("stopping: closing connections and the engine")
     await server.stop()
     log.info("stopped")
+    return failure
+
+
+async def _wait_for_stop(server: LMTPServer, stop: asyncio.Event, on_failure: bool) -> str | None:
+    """Until a signal, or (`on_failure`) until the model's load has failed: its reason."""
+    host = server.engine_host
+    if on_failure and host.settled is not None:
+        signalled = asyncio.ensure_future(stop.wait())
+        settled = asyncio.ensure_future(host.settled.wait())
+        await asyncio.wait({signalled, settled}, return_when=asyncio.FIRST_COMPLETED)
+        settled.cancel()
+        if not stop.is_set() and host.state is State.FAILED:
+            signalled.cancel()
+            return host.error
+        await signalled
+    await stop.wait()
+    return None
 
 
 class BackgroundServer:

