@@ -8,6 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ....errors import CogqlError
 from ....tokenizer import Tokenizer
 from ...messages import (
     ErrorEvent,
@@ -99,7 +100,9 @@ class OpenAITransport:
             raise
         except OpenAIAPIError as e:
             deliver(ErrorEvent(None, str(e), as_msg=False, retryable=e.retryable))
-        except Exception as e:  # any failure ends the op's stream, never the client's others
+        except CogqlError as e:  # any failure ends the op's stream, never the client's others
+            deliver(ErrorEvent(None, str(e), as_msg=False))
+        except Exception as e:
             deliver(ErrorEvent(None, f"{type(e).__name__}: {e}", as_msg=False))
 
     def _answer(self, op: Op, deliver: Callable[[Any], None]) -> Awaitable[None]:
