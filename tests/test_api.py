@@ -176,7 +176,7 @@ def test_lmqls_openai_names_go_to_openais_api(name: str, monkeypatch: pytest.Mon
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     monkeypatch.delenv("OPENAI_API_BASE", raising=False)
-    with pytest.raises(ModelError, match="needs an API key.*OPENAI_API_KEY"):
+    with pytest.raises(ModelError, match=r"needs an API key.*OPENAI_API_KEY"):
         cogql.run_sync(tiny_query(f'from "{name}"'))
 
 

@@ -102,14 +102,20 @@ def test_the_key_comes_from_openai_api_key(server: str, monkeypatch: pytest.Monk
     assert result.variables["C"]
 
 
-def test_chat_models_get_messages_and_refuse_masks(server: str) -> None:
-    chat = cogql.model(f"openai/{SERVED}", endpoint=server, api_key=KEY, chat=True)
-    result = cogql.run_sync(
-        'argmax "{:system}You answer briefly.{:user}What color is the sky?{:assistant}[A]" '
-        "where len(TOKENS(A)) < 10",
-        model=chat,
+def test_chat_models_answer_as_the_chat_template_renders(server: str) -> None:
+    """The chat endpoint renders the messages with the model's template, as cogql does in
+    process: the same greedy answer."""
+    query = (
+        'argmax "{:system}You answer in one word.{:user}What color is the sky?{:assistant}[A]" '
+        "where len(TOKENS(A)) < 10"
     )
-    assert "blue" in result.variables["A"].lower()
+    chat = cogql.model(f"openai/{SERVED}", endpoint=server, api_key=KEY, chat=True)
+    local = cogql.model("local:default", dtype="float32")
+    assert cogql.run_sync(query, model=chat)["A"] == cogql.run_sync(query, model=local)["A"]
+
+
+def test_chat_models_refuse_constraints_that_need_a_mask(server: str) -> None:
+    chat = cogql.model(f"openai/{SERVED}", endpoint=server, api_key=KEY, chat=True)
     with pytest.raises(TransportError, match="chat endpoint, which takes no logit_bias"):
         cogql.run_sync('argmax "{:user}Yes or no?{:assistant}[A]" where A in ["yes", "no"]',
                        model=chat)  # fmt: skip

@@ -158,6 +158,7 @@ class Model:
 
 RANDOM = RANDOM_MODEL  # LMQL's weightless test model (engine/random_model.py)
 
+
 def model(name: str | None = None, *, endpoint: str | None = None,
           tokenizer: str | None = None, **options: Any) -> Model:  # fmt: skip
     """A model reference for `from` clauses and `model=` arguments (loaded lazily). For

@@ -57,20 +57,20 @@ class OpenAIHTTP:
     async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """The JSON chunks of a streamed request until `[DONE]`; leaving early closes it."""
         url = self.target.url(path)
-        async with self._failures(url):
-            async with self._client().stream("POST", url, json=body) as response:
-                await self._check(response, url)
-                decoder = SSEDecoder()
-                async for line in response.aiter_lines():
-                    event = decoder.feed(line)
-                    if event is None or not event.data:
-                        continue
-                    if event.data.strip() == "[DONE]":
-                        return
-                    chunk = _json(event.data, url)
-                    if isinstance(chunk, dict) and "error" in chunk:
-                        raise _api_error(self.target, url, 500, chunk)
-                    yield chunk
+        client = self._client()
+        async with self._failures(url), client.stream("POST", url, json=body) as response:
+            await self._check(response, url)
+            decoder = SSEDecoder()
+            async for line in response.aiter_lines():
+                event = decoder.feed(line)
+                if event is None or not event.data:
+                    continue
+                if event.data.strip() == "[DONE]":
+                    return
+                chunk = _json(event.data, url)
+                if isinstance(chunk, dict) and "error" in chunk:
+                    raise _api_error(self.target, url, 500, chunk)
+                yield chunk
 
     async def close(self) -> None:
         client = self._clients.pop(asyncio.get_running_loop(), None)
@@ -122,7 +122,9 @@ def _json(data: str, url: str) -> Any:
     try:
         return json.loads(data)
     except ValueError:
-        raise OpenAIAPIError(f"{_where(url)} sent an event that is not JSON: {data[:200]!r}")
+        raise OpenAIAPIError(
+            f"{_where(url)} sent an event that is not JSON: {data[:200]!r}"
+        ) from None
 
 
 def _api_error(target: OpenAITarget, url: str, status: int, body: Any) -> Exception:

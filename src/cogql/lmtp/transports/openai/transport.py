@@ -20,8 +20,14 @@ from ...messages import (
     TokenEvent,
 )
 from ..base import EventCallback, Handle
-from .completions import Dialect, chunk_tokens, final_event, generate_body, score_body
-from .completions import score_logprobs
+from .completions import (
+    Dialect,
+    chunk_tokens,
+    final_event,
+    generate_body,
+    score_body,
+    score_logprobs,
+)
 from .errors import OpenAIAPIError, OpenAIModelNotFound
 from .http import DEFAULT_TIMEOUT_S, OpenAIHTTP
 from .settings import OpenAITarget
@@ -91,7 +97,11 @@ class OpenAITransport:
         task = asyncio.get_running_loop().create_task(self._run(op, deliver))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return Handle(task.cancel)
+
+        def cancel() -> None:
+            task.cancel()  # closes the request's HTTP stream
+
+        return Handle(cancel)
 
     async def _run(self, op: Op, deliver: Callable[[Any], None]) -> None:
         try:
