@@ -1,7 +1,8 @@
 """`cogql.model(...)`: a model reference, resolved to an LMTP client on first use.
 
-Names and endpoints follow LMQL: no endpoint (or a `local:` name) runs the model in this
-process; other endpoints are remote LMTP servers or Replicate.
+Names and endpoints follow LMQL: `openai/<model>` (and `chatgpt`, `gpt-4`) is a model behind
+an OpenAI-compatible API (runtime/openai_model.py); otherwise no endpoint (or a `local:` name)
+runs the model in this process, and other endpoints are remote LMTP servers or Replicate.
 """
 
 from __future__ import annotations
