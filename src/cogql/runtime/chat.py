@@ -259,7 +259,11 @@ def _check(render: _Renderer, fmt: ChatFormat) -> None:
 
 def open_message(run: QueryRun, role: str) -> str | None:
     """The text of a `{:role}` tag in `run` rendered with the model's chat template, recording
-    the open message's role; None when the template cannot render it (or there is none)."""
+    the open message's role; None when the template cannot render it (or there is none). A
+    chat endpoint's model gets LMQL's marker, which its transport splits into messages."""
+    if run.conn.chat_markers:
+        run.state.open_chat_message(role)
+        return f"<lmql:{role}/>"
     fmt = chat_format(run.conn.tokenizer)
     if fmt is None:
         return None

@@ -1,7 +1,8 @@
 """`cogql.model(...)`: a model reference, resolved to an LMTP client on first use.
 
-Names and endpoints follow LMQL: no endpoint (or a `local:` name) runs the model in this
-process; other endpoints are remote LMTP servers or Replicate.
+Names and endpoints follow LMQL: `openai/<model>` (and `chatgpt`, `gpt-4`) is a model behind
+an OpenAI-compatible API (runtime/openai_model.py); otherwise no endpoint (or a `local:` name)
+runs the model in this process, and other endpoints are remote LMTP servers or Replicate.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ModelError
 from ..extras import require
 from ..lmtp.client import LMTPClient, LMTPError
-from ..model_names import EMBEDDED_MODEL, RANDOM_MODEL, ModelNotFound
+from ..lmtp.transports.openai.settings import is_openai_name
+from ..model_names import EMBEDDED_MODEL, RANDOM_MODEL
 from ..tokenizer import Tokenizer, load_tokenizer
 
 if TYPE_CHECKING:
@@ -40,6 +42,8 @@ class ConnectedModel:
     tokenizer: Tokenizer
     capabilities: frozenset[str]
     bos_token_id: int | None
+    # role tags as LMQL's `<lmql:role/>` markers, which a chat endpoint splits into messages
+    chat_markers: bool = False
 
 
 @dataclass
@@ -113,6 +117,10 @@ class Model:
             from .replicate_model import open_replicate
 
             return await open_replicate(name, endpoint, self.tokenizer, self.options)
+        if is_openai_name(name):
+            from .openai_model import open_openai
+
+            return await open_openai(name, endpoint, self.tokenizer, self.options)
         if endpoint and not endpoint.startswith("local:"):
             return await _open_remote(name, endpoint, self.tokenizer, self.options, self.token)
         require("engine", f"the in-process model {name or 'default'!r}")
@@ -122,21 +130,15 @@ class Model:
         engine_name = str(self.options.get("engine", "cogql"))
         dtype = str(self.options.get("dtype", "auto"))
         device = str(self.options.get("device", "auto" if engine_name == "vllm" else "cpu"))
-        try:
-            with announce_slow_load(local_name or EMBEDDED_MODEL):
-                engine = await asyncio.to_thread(
-                    local_engine,
-                    local_name,
-                    engine=engine_name,
-                    dtype=dtype,
-                    device=device,
-                    **self._model_kwargs(),
-                )
-        except ModelNotFound as e:
-            hint = _openai_hint(name)
-            if hint is None:
-                raise
-            raise ModelNotFound(f"{e} {hint}") from None
+        with announce_slow_load(local_name or EMBEDDED_MODEL):
+            engine = await asyncio.to_thread(
+                local_engine,
+                local_name,
+                engine=engine_name,
+                dtype=dtype,
+                device=device,
+                **self._model_kwargs(),
+            )
         tok = load_tokenizer(self.tokenizer) if self.tokenizer else engine.tokenizer
         # extensions=False makes the client use LMQL's method, as against an LMQL server
         use_ext = bool(self.options.get("extensions", True))
@@ -193,23 +195,6 @@ def _progress_line(text: str) -> None:
     else:
         log.info("%s", text)
 
-
-# LMQL's aliases for models on OpenAI's API; its `openai/<model>` names are the others
-_OPENAI_ALIASES = {"chatgpt": "openai/gpt-3.5-turbo", "gpt-4": "openai/gpt-4"}
-
-
-def _openai_hint(name: str) -> str | None:
-    """What to tell an LMQL user whose OpenAI model name is not a model here (`openai/...`
-    can also be a Hugging Face hub id, e.g. openai/gpt-oss-20b, so the name is tried first)."""
-    full = _OPENAI_ALIASES.get(name, name)
-    if not full.startswith("openai/"):
-        return None
-    what = f"names {full!r}" if full != name else "names a model"
-    return (
-        f"(In LMQL, {name!r} {what} on OpenAI's API, which cogql does not call: use a "
-        "model cogql runs, e.g. a local folder or .gguf file, 'random', an LMTP server "
-        "(endpoint=...) or a Replicate model.)"
-    )
 
 
 # every keyword option `cogql.model(...)` takes besides endpoint= and tokenizer= (README,

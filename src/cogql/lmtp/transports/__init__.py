@@ -1,5 +1,6 @@
 """Ways to carry LMTP ops to an engine: offers the LMTP client the `Transport` protocol and its
-implementations: websocket (an LMTP server) and Replicate (a deployed Cog model). The
+implementations: websocket (an LMTP server), Replicate (a deployed Cog model) and OpenAI
+(an OpenAI-compatible API, answering LMTP ops on the client side). The
 in-process transport (`inprocess.InProcessTransport`) hosts an engine, a layer below the client,
 so it is imported from its module, not offered here.
 
@@ -11,6 +12,7 @@ __all__ = [
     "Cancellable",
     "EventCallback",
     "Handle",
+    "OpenAITransport",
     "ReplicateTransport",
     "Transport",
     "WebSocketTransport",
@@ -18,6 +20,7 @@ __all__ = [
 
 if _typing.TYPE_CHECKING:
     from .base import Cancellable, EventCallback, Handle, Transport
+    from .openai import OpenAITransport
     from .replicate import ReplicateTransport
     from .websocket import WebSocketTransport
 else:
@@ -27,6 +30,7 @@ else:
         __name__,
         {
             ".base": ("Cancellable", "EventCallback", "Handle", "Transport"),
+            ".openai": ("OpenAITransport",),
             ".replicate": ("ReplicateTransport",),
             ".websocket": ("WebSocketTransport",),
         },
