@@ -115,7 +115,7 @@ class Model:
         local_name = name.removeprefix("local:") or None
         from ..lmtp.transports.inprocess import InProcessTransport, local_engine
 
-        engine_name = str(self.options.get("engine", "cogql"))
+        engine_name = self.options.get("engine")  # None: llama.cpp for a GGUF, else cogql's
         dtype = str(self.options.get("dtype", "auto"))
         device = str(self.options.get("device", "auto" if engine_name == "vllm" else "cpu"))
         try:
