@@ -249,8 +249,9 @@ class LlamaCppEngine:
                 work = self._inbox.get_nowait()
             except queue.Empty:
                 break
-            for op in work.ops if work is not None else []:
-                tell(work.sink, ErrorEvent(op.stream_id, why))
+            if work is not None:
+                for op in work.ops:
+                    tell(work.sink, ErrorEvent(op.stream_id, why))
         self.grammars.close()
         if hasattr(self, "context"):
             self.context.close()
@@ -311,7 +312,10 @@ class LlamaCppEngine:
     @staticmethod
     def _job(follower: Follower, sink: Sink) -> Job:
         """A follower as a job: a SCORE waits as (op, handle) and answers to its leader's sink."""
-        return follower if isinstance(follower, GenerateStream) else _ScoreJob(*follower, sink)
+        if isinstance(follower, GenerateStream):
+            return follower
+        op, handle = follower
+        return _ScoreJob(op, sink, handle)
 
     # ---- running one op -----------------------------------------------------------------
 
