@@ -25,7 +25,8 @@ $(STAMP): pyproject.toml requirements.lock requirements-vllm.lock
 # llama-cpp-python has no wheel for this machine: its source builds llama.cpp with cmake and
 # the C++ compiler (about N minutes on 2 cores), once; the wheel is kept in the cache and
 # installed --no-deps (its other dependencies are pinned in requirements.lock already). The
-# build is for this CPU (llama.cpp's default, -march=native): a cache is one machine's.
+# build is for this CPU (llama.cpp's default, -march=native): a cache is one machine's; it
+# leaves out the multimodal library (mtmd, LLAVA_BUILD), which cogql never loads.
 LLAMA_CPP_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' requirements-llamacpp.lock)
 WHEEL_CACHE       ?= $(or $(COGQL_CACHE),$(HOME)/.cache/cogql)/wheels
 LLAMA_CPP_WHEEL    = $(firstword $(wildcard $(WHEEL_CACHE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl))
@@ -39,7 +40,7 @@ $(LLAMA_STAMP): $(STAMP) requirements-llamacpp.lock
 	  trap 'rm -rf "$$scratch"' EXIT && \
 	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) into $(WHEEL_CACHE) (minutes, once)" && \
 	  began=$$(date +%s) && \
-	  CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) wheel --no-deps --no-binary llama-cpp-python \
+	  CMAKE_ARGS="-DLLAVA_BUILD=OFF $$CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) wheel --no-deps --no-binary llama-cpp-python \
 	    -w "$$scratch" llama-cpp-python==$(LLAMA_CPP_VERSION) && \
 	  mv "$$scratch"/llama_cpp_python-*.whl $(WHEEL_CACHE)/ && \
 	  echo "built in $$(( $$(date +%s) - began )) s"; \
