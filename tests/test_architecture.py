@@ -125,6 +125,7 @@ RESTRICTED_PACKAGES: dict[str, frozenset[str]] = {
     "transformers": frozenset({"engine", "hosts"}),
     "safetensors": frozenset({"engine", "hosts"}),
     "vllm": frozenset({"engine"}),  # one engine among others: the hosts see the protocol
+    "llama_cpp": frozenset({"engine"}),  # likewise
 }
 
 

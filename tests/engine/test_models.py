@@ -433,3 +433,37 @@ def test_a_path_is_never_looked_up_on_the_hub(
         with pytest.raises(ModelNotFound) as err:
             resolve_model_path(name)
         assert "not a hub id" in str(err.value) and "the hub at" not in str(err.value)
+
+
+# --------------------------------------------------------------------------- GGUF for llama.cpp
+
+
+def test_a_gguf_tokenizer_is_extracted_alone_and_reused(
+    isolated_cache: Path, tmp_path: Path
+) -> None:
+    gguf_path = write_tiny_gguf(tmp_path / "tiny.gguf")
+    folder = names.gguf_tokenizer_path(gguf_path)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*TOKENIZER_FILES, MARKER])
+    tk = load_tokenizer(folder)
+    ids = tk.encode(" the hello<|im_end|>")
+    assert ids[0] == tk.token_to_id("Ġthe") and ids[-1] == 2
+    written = (folder / MARKER).stat().st_mtime_ns
+    assert names.gguf_tokenizer_path(gguf_path) == folder
+    assert (folder / MARKER).stat().st_mtime_ns == written  # reused
+    # the tokenizer's folder is no conversion: converting still converts, elsewhere
+    assert json.loads((folder / MARKER).read_text())["content"] == "tokenizer"
+    assert not any((isolated_cache / "models").glob("tiny-*/model.safetensors"))
+
+
+def test_gguf_names_for_llama_cpp(isolated_cache: Path, tmp_path: Path) -> None:
+    gguf_path = write_tiny_gguf(tmp_path / "tiny.gguf")
+    assert names.names_gguf_file(f"local:llama.cpp:{gguf_path}")
+    assert names.names_gguf_file(str(gguf_path)) and names.names_gguf_file("x/Model.GGUF")
+    assert not any(names.names_gguf_file(n) for n in (None, "default", "random", str(tmp_path)))
+    assert names.gguf_file(f"llama.cpp:{gguf_path}") == gguf_path.resolve()
+    assert names.gguf_file(str(tmp_path)) == gguf_path.resolve()  # the folder's one .gguf
+    assert names.gguf_file("default") == embedded_gguf()
+    with pytest.raises(ModelNotFound, match="is not a GGUF file"):
+        names.gguf_file(str(tmp_path / "nothing"))
+    with pytest.raises(ModelNotFound, match="does not exist"):
+        names.gguf_file(f"llama.cpp:{tmp_path / 'missing.gguf'}")

@@ -29,17 +29,23 @@ class TokenStepper:
 
     def step(self, s: GenerateStream) -> bool:
         """Advance one stream by one token (or a run of grammar-forced tokens); True when done."""
+        assert s.entry is not None
+        return self.step_on(s, s.entry.logits)
+
+    def step_on(self, s: GenerateStream, next_logits: torch.Tensor | None) -> bool:
+        """`step`, given the logits of the stream's next position (an engine without cogql's
+        cache entries, llama.cpp's, passes its own)."""
         if not s.started:
             s.started = True
             if s.limit == 0:
                 s.ended = True
                 s.sink(TokenEvent(s.op.stream_id, self.eos_token_id, 0.0, "length", {}))
                 return True
-        assert s.entry is not None and s.entry.logits is not None
+        assert next_logits is not None
         forced = s.matcher.forced_tokens() if s.matcher else []
         if forced:
             return self._emit_forced(s, forced)
-        logits = s.entry.logits.clone()
+        logits = next_logits.clone()
         allowed = self._mask(s, logits)
         if allowed is not None and allowed.sum() == 1 and allowed[self.eos_token_id]:
             return self._emit(s, self.eos_token_id, 0.0, {self.eos_token_id: 0.0}, forward=False)

@@ -127,7 +127,7 @@ class Model:
         local_name = name.removeprefix("local:") or None
         from ..lmtp.transports.inprocess import InProcessTransport, local_engine
 
-        engine_name = str(self.options.get("engine", "cogql"))
+        engine_name = self.options.get("engine")  # None: llama.cpp for a GGUF, else cogql's
         dtype = str(self.options.get("dtype", "auto"))
         device = str(self.options.get("device", "auto" if engine_name == "vllm" else "cpu"))
         with announce_slow_load(local_name or EMBEDDED_MODEL):
@@ -194,7 +194,6 @@ def _progress_line(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
     else:
         log.info("%s", text)
-
 
 
 # every keyword option `cogql.model(...)` takes besides endpoint= and tokenizer= (README,

@@ -14,7 +14,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,11 +22,19 @@ from .errors import ConversionError, ModelNotFound
 from .progress import Steps, quiet_transformers
 
 if TYPE_CHECKING:
-    import gguf
     import tokenizers
     import torch
 
-__all__ = ["FORMAT_VERSION", "MARKER", "convert_gguf", "read_marker"]
+    import gguf
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MARKER",
+    "convert_gguf",
+    "extract_tokenizer",
+    "gguf_context_length",
+    "read_marker",
+]
 
 log = logging.getLogger("cogql.engine.models")
 
@@ -63,11 +71,14 @@ def read_marker(out_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _is_current(out_dir: Path, fingerprint: dict[str, Any]) -> bool:
+def _is_current(out_dir: Path, fingerprint: dict[str, Any], content: str | None = None) -> bool:
     """A conversion is reusable when it was written by this format version from the same bytes
-    (mtime is recorded but not compared: reinstalling the same wheel must not reconvert)."""
+    (mtime is recorded but not compared: reinstalling the same wheel must not reconvert), and
+    holds what is asked (`content`: None for a whole model, "tokenizer" for its files alone)."""
     marker = read_marker(out_dir)
     if marker is None or marker.get("format_version") != FORMAT_VERSION:
+        return False
+    if marker.get("content") != content:
         return False
     source = marker.get("gguf", {})
     return all(source.get(k) == fingerprint[k] for k in ("size", "sha256_head_tail"))
@@ -297,13 +308,8 @@ def _publish(tmp: Path, out_dir: Path) -> None:
 
 
 def _convert_into(gguf_path: Path, tmp: Path, steps: Steps) -> None:
-    import gguf
-
     with steps.step("reading GGUF"):
-        try:
-            reader = gguf.GGUFReader(str(gguf_path))
-        except Exception as exc:
-            raise ConversionError(f"{gguf_path} is not a readable GGUF file: {exc}") from exc
+        reader = _reader(gguf_path)
         ids = _special_ids(reader)
         _pre_tokenizer(_field(reader, "tokenizer.ggml.pre"))  # fail before the slow part
     with steps.step("dequantising weights"):
@@ -322,32 +328,74 @@ def convert_gguf(gguf_path: Path, out_dir: Path, *, progress: bool = True) -> Pa
     Reuses an existing conversion of the same file; concurrent callers wait on a lock and the
     result appears atomically, so a second process never loads a half-written folder.
     """
+    return _build_once(gguf_path, out_dir, None, progress, _convert_into)
+
+
+def extract_tokenizer(gguf_path: Path, out_dir: Path) -> Path:
+    """The GGUF's tokenizer files alone, written once into `out_dir` (as `convert_gguf` writes
+    them, without touching the weights): for engines that run the GGUF itself."""
+    return _build_once(gguf_path, out_dir, "tokenizer", False, _tokenizer_into)
+
+
+def _tokenizer_into(gguf_path: Path, tmp: Path, steps: Steps) -> None:
+    with steps.step("building tokenizer"):
+        _write_tokenizer(_reader(gguf_path), tmp)
+
+
+def _reader(gguf_path: Path) -> gguf.GGUFReader:
+    import gguf
+
+    try:
+        return gguf.GGUFReader(str(gguf_path))
+    except Exception as exc:
+        raise ConversionError(f"{gguf_path} is not a readable GGUF file: {exc}") from exc
+
+
+def gguf_context_length(gguf_path: Path) -> int | None:
+    """The context the model was trained for, from the GGUF's metadata."""
+    reader = _reader(gguf_path)
+    arch = _field(reader, "general.architecture")
+    value = _field(reader, f"{arch}.context_length")
+    return int(value) if value is not None else None
+
+
+def _build_once(
+    gguf_path: Path,
+    out_dir: Path,
+    content: str | None,
+    progress: bool,
+    fill: Callable[[Path, Path, Steps], None],
+) -> Path:
+    """`fill` a folder from a GGUF once: reused while the file is the same, built under a
+    lock in a temporary sibling and swapped in whole."""
     gguf_path = Path(gguf_path).expanduser().resolve()
     out_dir = Path(out_dir).expanduser().absolute()
     if not gguf_path.is_file():
         raise ModelNotFound(f"GGUF file {gguf_path} does not exist")
     fingerprint = _fingerprint(gguf_path)
-    if _is_current(out_dir, fingerprint):
+    if _is_current(out_dir, fingerprint, content):
         return out_dir
     with _locked(out_dir):
-        if _is_current(out_dir, fingerprint):  # another process converted while we waited
+        if _is_current(out_dir, fingerprint, content):  # another process built it meanwhile
             return out_dir
         _clear_leftovers(out_dir)
         tmp = _make_tmp(out_dir)
         try:
             started = time.perf_counter()
-            with Steps(f"converting {gguf_path.name} → {out_dir}", progress=progress) as steps:
-                _convert_into(gguf_path, tmp, steps)
+            what = "extracting the tokenizer of" if content else "converting"
+            with Steps(f"{what} {gguf_path.name} → {out_dir}", progress=progress) as steps:
+                fill(gguf_path, tmp, steps)
             seconds = round(time.perf_counter() - started, 2)
             marker = {
                 "format_version": FORMAT_VERSION,
                 "gguf": {"path": str(gguf_path), **fingerprint},
                 "seconds": seconds,
+                **({"content": content} if content else {}),
             }
             _write_json(tmp / MARKER, marker)
             _match_modes(tmp, tmp / MARKER)
             _publish(tmp, out_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    log.info("converted %s into %s in %.1f s", gguf_path, out_dir, seconds)
+    log.info("built %s from %s in %.1f s", out_dir, gguf_path, seconds)
     return out_dir

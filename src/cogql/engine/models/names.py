@@ -25,7 +25,7 @@ from cogql.model_names import (
 )
 from cogql.tokenizer import hf_snapshot
 
-from .conversion import convert_gguf, read_marker
+from .conversion import convert_gguf, extract_tokenizer, read_marker
 
 __all__ = [
     "EMBEDDED_ALIASES",
@@ -34,8 +34,11 @@ __all__ = [
     "RANDOM_MODEL",
     "embedded_gguf",
     "embedded_path",
+    "gguf_file",
+    "gguf_tokenizer_path",
     "is_random_model",
     "model_label",
+    "names_gguf_file",
     "resolve_model_path",
     "strip_local",
 ]
@@ -83,9 +86,8 @@ def embedded_gguf() -> Path:
 # --------------------------------------------------------------------------- resolution
 
 
-def _llama_cpp_path(file: str) -> Path:
-    """LMQL's `llama.cpp:<file>.gguf`: the GGUF file, converted like any other (transformers
-    runs it, not llama.cpp)."""
+def _llama_cpp_file(file: str) -> Path:
+    """LMQL's `llama.cpp:<file>.gguf`: the GGUF file it names, checked."""
     path = Path(file.strip()).expanduser()
     spelled = f"{LLAMA_CPP_PREFIX}{file}"
     if not file.strip():
@@ -100,6 +102,13 @@ def _llama_cpp_path(file: str) -> Path:
             f"{spelled!r}: {path.absolute()} is not a .gguf file; cogql loads llama.cpp models "
             "from GGUF files only (older GGML .bin files: convert them with llama.cpp first)"
         )
+    return path
+
+
+def _llama_cpp_path(file: str) -> Path:
+    """LMQL's `llama.cpp:<file>.gguf` for cogql's engine: the GGUF file, converted like any
+    other (engine='llama.cpp' runs it unconverted: see `gguf_file`)."""
+    path = _llama_cpp_file(file)
     return convert_gguf(path, _gguf_out_dir(path))
 
 
@@ -141,6 +150,38 @@ def _from_filesystem(path: Path, looked: list[str]) -> Path | None:
     else:
         looked.append(f"path {path.absolute()} (no such file or folder)")
     return None
+
+
+def names_gguf_file(name: str | os.PathLike[str] | None) -> bool:
+    """Whether `name` spells a GGUF file: `llama.cpp:<file>` or a path ending in .gguf. The
+    embedded model's names do not count (it runs on cogql's engine unless asked otherwise)."""
+    raw = strip_local(name)
+    return raw.startswith(LLAMA_CPP_PREFIX) or raw.lower().endswith(".gguf")
+
+
+def gguf_file(name: str | os.PathLike[str] | None) -> Path:
+    """The GGUF file a name points at, unconverted (llama.cpp runs it as it is): the embedded
+    model's, `llama.cpp:<file>`, a .gguf path, or a folder holding exactly one .gguf."""
+    raw = strip_local(name)
+    if raw.lower() in EMBEDDED_ALIASES:
+        return embedded_gguf()
+    if raw.startswith(LLAMA_CPP_PREFIX):
+        return _llama_cpp_file(raw[len(LLAMA_CPP_PREFIX) :]).resolve()
+    path = Path(raw).expanduser()
+    ggufs = sorted(path.glob("*.gguf")) if path.is_dir() else [path]
+    if len(ggufs) == 1 and ggufs[0].is_file() and ggufs[0].suffix.lower() == ".gguf":
+        return ggufs[0].resolve()
+    raise ModelNotFound(
+        f"model {raw!r} is not a GGUF file (looked at {path.absolute()}): llama.cpp runs a "
+        "single .gguf file, named by its path or as llama.cpp:<path>; run other models on "
+        "cogql's engine (engine='cogql')"
+    )
+
+
+def gguf_tokenizer_path(gguf_path: Path) -> Path:
+    """A folder with the GGUF's tokenizer files alone, extracted once (no weights converted)."""
+    folder = _gguf_out_dir(gguf_path)
+    return extract_tokenizer(gguf_path, folder.with_name(f"{folder.name}-tokenizer"))
 
 
 def model_label(name: str | os.PathLike[str] | None) -> str:

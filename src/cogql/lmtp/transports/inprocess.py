@@ -21,14 +21,18 @@ _lock = threading.Lock()
 def local_engine(
     name: str | None,
     *,
-    engine: str = "cogql",
+    engine: str | None = None,
     dtype: str = "auto",
     device: str = "cpu",
     **model_kwargs: Any,
 ) -> LMTPEngine:
     """The process-wide engine for a model: it is loaded once and shared by all queries that
     name it with the same engine and options (`model_kwargs`, e.g. the random model's seed and
-    tokenizer or vLLM's engine arguments, are part of what the model is)."""
+    tokenizer or vLLM's engine arguments, are part of what the model is). No engine named:
+    the one `open_engine` picks for the name (llama.cpp for a GGUF file where installed)."""
+    from ...engine.choice import pick_engine
+
+    engine = engine or pick_engine(name)
     key = (model_label(name), engine, dtype, device, repr(sorted(model_kwargs.items())))
     with _lock:
         found = _engines.get(key)
