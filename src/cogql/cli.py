@@ -479,6 +479,8 @@ def serve_model(ctx: click.Context, **options: Any) -> None:
         )
     except (ServeUsageError, AccessConfigError) as e:
         raise click.UsageError(str(e)) from None
+    except MissingExtra:
+        raise  # the group's handler names the extra
     except ModelError as e:
         fail(f"{type(e).__name__}: {e}", EXIT_MODEL)
     except OSError as e:  # e.g. the port is taken
