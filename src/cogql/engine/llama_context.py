@@ -54,7 +54,9 @@ class LlamaContext:
                 f"not arguments of llama-cpp-python's Llama: {', '.join(unknown)} (cogql passes "
                 "Llama's own arguments through, e.g. n_ctx, n_threads, n_batch)"
             )
-        threads = len(os.sched_getaffinity(0))
+        # llama-cpp-python's default for decoding, for prompts too: ggml's threads spin while
+        # they wait, and one per core of a 2-core machine ran 3-7x slower beside other work
+        threads = max(len(os.sched_getaffinity(0)) // 2, 1)
         settings: dict[str, Any] = {
             "n_ctx": min(trained_context or DEFAULT_N_CTX, DEFAULT_N_CTX),
             "n_threads": threads,

@@ -397,5 +397,6 @@ def _build_once(
             _publish(tmp, out_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    log.info("built %s from %s in %.1f s", out_dir, gguf_path, seconds)
+    done = "extracted the tokenizer of" if content else "converted"
+    log.info("%s %s into %s in %.1f s", done, gguf_path, out_dir, seconds)
     return out_dir

@@ -8,7 +8,9 @@ Each engine runs in a process of its own (peak RSS is a process's), one after th
   (c) the process's peak RSS (ru_maxrss) once the query has run,
   (d) what the model takes on disk: the GGUF, or the converted float32 folder.
 
-Usage: python bench/gguf.py [--model FILE.gguf] [--repeats 5]
+Usage: python bench/gguf_quantised.py [--model FILE.gguf] [--repeats 5]
+(not bench/gguf.py: a script's folder comes first on sys.path, where it would hide the `gguf`
+package that reads the file)
 """
 
 from __future__ import annotations
@@ -92,8 +94,10 @@ def main() -> None:
         out = subprocess.run(
             [sys.executable, __file__, "--model", args.model, "--repeats", str(args.repeats),
              "--child", engine],
-            check=True, capture_output=True, text=True, timeout=1800,
+            capture_output=True, text=True, timeout=1800,
         )  # fmt: skip
+        if out.returncode != 0:
+            sys.exit(f"the {engine} run failed:\n{out.stderr}")
         figures[engine] = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{engine}: {figures[engine]['describe']}", flush=True)
     print(f"\n{'figure':<40}" + "".join(f"{e:>12}" for e in ENGINES) + f"{'ratio':>10}")
