@@ -22,10 +22,9 @@ from .errors import ConversionError, ModelNotFound
 from .progress import Steps, quiet_transformers
 
 if TYPE_CHECKING:
+    import gguf
     import tokenizers
     import torch
-
-    import gguf
 
 __all__ = [
     "FORMAT_VERSION",
