@@ -210,7 +210,12 @@ LMQL_MODEL_OPTIONS = frozenset({
     "inprocess", "cuda", "silent", "api_config", "chunk_timeout", "trust_remote_code",
     "load_in_8bit", "load_in_4bit", "device_map", "torch_dtype", "low_cpu_mem_usage",
 })  # fmt: skip
-MODEL_OPTIONS = COGQL_MODEL_OPTIONS | REPLICATE_MODEL_OPTIONS | LMQL_MODEL_OPTIONS
+OPENAI_MODEL_OPTIONS = frozenset({
+    "api_key", "api_base", "api_type", "api_version", "api_deployment", "chat", "timeout",
+})  # fmt: skip
+MODEL_OPTIONS = (
+    COGQL_MODEL_OPTIONS | REPLICATE_MODEL_OPTIONS | LMQL_MODEL_OPTIONS | OPENAI_MODEL_OPTIONS
+)
 
 
 # a query's arguments, often passed to the model by mistake
