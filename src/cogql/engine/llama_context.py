@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ModelError
 from ..grammar import common_prefix
 from .models import ModelOptionError
 
@@ -29,7 +30,7 @@ DEFAULT_N_CTX = 4096
 _OURS = {"model_path", "logits_all", "verbose"}  # what the engine sets itself
 
 
-class LlamaDecodeError(RuntimeError):
+class LlamaDecodeError(ModelError, RuntimeError):
     """llama.cpp could not compute a batch (its KV cache is full, or it failed)."""
 
 

@@ -50,7 +50,7 @@ from .checks import op_problem, room, too_long
 from .jobs import GenerateStream
 from .llama_context import LlamaContext
 from .models import gguf_context_length, gguf_file, gguf_tokenizer_path, model_label
-from .protocol import StreamHandle
+from .protocol import EngineStopped, StreamHandle
 from .sink import Sink, tell
 from .stepper import TokenStepper
 
@@ -79,7 +79,7 @@ Job = GenerateStream | _ScoreJob
 Follower = tuple[Score, StreamHandle] | GenerateStream
 
 
-class _Closing(Exception):
+class _Closing(EngineStopped):
     """close() was called while an op ran."""
 
 
