@@ -27,24 +27,6 @@ from ...locations import hf_hub_cache, hub_offline
 from .config import ConfiguredModel
 from .untrusted import inside, relative_name_problem
 
-# files that describe a model or its tokenizer (copied whatever the weight format)
-META_PATTERNS = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "tokenizer.model",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-    "*.tiktoken",
-    "LICENSE*",
-    "*.md",
-)
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -55,6 +37,16 @@ TOKENIZER_FILES = (
     "vocab.txt",
     "merges.txt",
     "chat_template.jinja",
+)
+# files that describe a model or its tokenizer (copied whatever the weight format)
+META_PATTERNS = (
+    "config.json",
+    "generation_config.json",
+    *TOKENIZER_FILES,
+    "chat_template.json",
+    "*.tiktoken",
+    "LICENSE*",
+    "*.md",
 )
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
