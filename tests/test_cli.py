@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -429,3 +430,14 @@ def test_a_slow_model_load_is_announced() -> None:
                            capture_output=True, text=True, timeout=300,
                            env={**env, "COGQL_PROGRESS": "0"})  # fmt: skip
     assert "loading model" not in quiet.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "serve-model"])
+def test_engine_choices_are_the_engines_that_run_in_process(command: str) -> None:
+    """cli.py spells the engine names out (importing the engine package costs a start-up):
+    they must stay the ones `open_engine` takes."""
+    from cogql.engine.choice import LOCAL_ENGINES
+
+    (option,) = [p for p in main.commands[command].params if p.name == "engine"]
+    assert isinstance(option.type, click.Choice)
+    assert tuple(option.type.choices) == LOCAL_ENGINES

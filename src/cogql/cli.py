@@ -352,7 +352,7 @@ def exit_status(error: Exception) -> int:
               help="Print the result only: no streamed text, progress or warnings.")  # fmt: skip
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="warning", show_default=True, help="cogql's log lines on stderr.")  # fmt: skip
-@click.option("--engine", type=click.Choice(["cogql", "vllm"]), default=None,
+@click.option("--engine", type=click.Choice(["cogql", "vllm", "llama.cpp"]), default=None,
               help="Run --model (default: the embedded model) in process on this engine.")  # fmt: skip
 def run(
     file: str,
@@ -427,9 +427,11 @@ class _ServeCommand(click.Command):
 )
 @click.option("--device", default=None, help="torch device: cpu (default), cuda, cuda:1, ...")
 @click.option("--cuda", is_flag=True, help="LMQL's flag: same as --device cuda.")
-@click.option("--engine", default="cogql", show_default=True, type=click.Choice(["cogql", "vllm"]),
-              help="What runs the model: cogql's engine, or vLLM (GPUs, big models; `--key "
-                   "value` options then go to vLLM's engine arguments).")  # fmt: skip
+@click.option("--engine", default=None, type=click.Choice(["cogql", "vllm", "llama.cpp"]),
+              help="What runs the model: cogql's engine (default), vLLM (GPUs, big models; "
+                   "`--key value` options then go to vLLM's engine arguments) or llama.cpp "
+                   "(default for a .gguf file where llama-cpp-python is installed; options go "
+                   "to its Llama: --n_ctx, --n_threads).")  # fmt: skip
 @click.option("--tensor-parallel-size", type=click.IntRange(1), default=None,
               help="vLLM: GPUs to spread the model over (default: every GPU it fits).")  # fmt: skip
 @click.option("--token", envvar="COGQL_SERVE_TOKEN", default=None, show_envvar=True,
@@ -465,7 +467,8 @@ def serve_model(ctx: click.Context, **options: Any) -> None:
     cached hub id, `default` for the embedded SmolLM2, or `random` (LMQL's weightless test
     model: --seed N, --tokenizer PATH). LMQL's `--key value` options go to from_pretrained
     when it takes them (from_pretrained's arguments, the model's config.json keys; anything
-    after `--` is passed on unchecked); with --engine vllm they go to vLLM's engine arguments.
+    after `--` is passed on unchecked); with --engine vllm they go to vLLM's engine arguments,
+    on llama.cpp (a .gguf file) to llama-cpp-python's Llama.
     LMQL's scheduler flags (--static, --layout, ...) are accepted and ignored. The model is
     checked before the server listens; if it fails to load, the command exits with status 4.
     """

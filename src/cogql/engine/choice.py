@@ -21,6 +21,7 @@ __all__ = [
     "ENGINES",
     "LLAMA_CPP",
     "LOCAL_ENGINES",
+    "check_llama_cpp",
     "open_engine",
     "pick_engine",
     "vllm_argument_names",
@@ -73,6 +74,14 @@ def pick_engine(name: str | None) -> str:
 def _open_llama_cpp(
     name: str | None, dtype: str, device: str, options: dict[str, Any]
 ) -> LMTPEngine:
+    check_llama_cpp(name, dtype, device)
+    from .llama_engine import LlamaCppEngine
+
+    return LlamaCppEngine(name, options=options)
+
+
+def check_llama_cpp(name: str | None, dtype: str = "auto", device: str = "cpu") -> None:
+    """Why `name` cannot run on llama.cpp as asked (raised), before anything loads."""
     from ..extras import require
 
     require("llamacpp", "the llama.cpp engine (engine='llama.cpp')")
@@ -90,9 +99,6 @@ def _open_llama_cpp(
             f"device={device!r}: cogql runs llama.cpp on the CPU (llama-cpp-python's CPU "
             "build); leave device out"
         )
-    from .llama_engine import LlamaCppEngine
-
-    return LlamaCppEngine(name, options=options)
 
 
 @functools.cache

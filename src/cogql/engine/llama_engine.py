@@ -147,7 +147,7 @@ class LlamaCppEngine:
         return {
             "model": self.name,
             "model_type": "llama.cpp",
-            "constructor": f"llama_cpp.Llama(model_path='{self.path}')",
+            "constructor": f"llama_cpp.Llama(model_path='{self.path.name}')",  # no server paths
             "llama_cpp_python": version("llama-cpp-python"),
             "cogql": _version("cogql") or "dev",
             "engine": "llama.cpp",

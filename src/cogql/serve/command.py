@@ -3,8 +3,9 @@
 `lmql serve-model` takes flags and `--key value` pairs that it hands to `from_pretrained`; a
 user switching servers should not have to rewrite the command. Flags that only make sense for
 LMQL's scheduler are accepted and reported as ignored. A `--key` must be a name the model can
-take (from_pretrained's, the model's config.json's, the random model's), so a typo such as
-`--hots` is an error rather than an argument; anything after `--` is passed on unchecked.
+take (from_pretrained's, the model's config.json's, the random model's, llama-cpp-python's
+`Llama`'s for a GGUF file on llama.cpp), so a typo such as `--hots` is an error rather than an
+argument; anything after `--` is passed on unchecked.
 """
 
 from __future__ import annotations
@@ -101,10 +102,12 @@ def resolve_args(
     device: str | None,
     cuda: bool,
     extra: list[str],
-    engine: str = "cogql",
+    engine: str | None = None,
     tensor_parallel_size: int | None = None,
     passthrough: list[str] | None = None,
 ) -> ServeArgs:
+    """The command line as `ServeArgs`; no engine named: `pick_engine`'s (llama.cpp for a GGUF
+    file where it is installed, else cogql's)."""
     if dtype in ("4bit", "8bit"):
         raise ServeUsageError(
             f"--dtype {dtype}: quantized loading is not supported; use auto, float32, "
@@ -117,6 +120,10 @@ def resolve_args(
             raise ServeUsageError("--tensor-parallel-size needs --engine vllm")
         kwargs["tensor_parallel_size"] = tensor_parallel_size
     name = None if model in (None, "", "auto", "default") else model
+    if engine is None:
+        from ..engine.choice import pick_engine
+
+        engine = pick_engine(name)
     default_device = "auto" if engine == "vllm" else "cpu"
     chosen = device or ("cuda" if cuda else default_device)
     return ServeArgs(name, dtype, chosen, kwargs, ignored, engine, unchecked)
@@ -126,22 +133,34 @@ def prepare(args: ServeArgs, own_options: tuple[str, ...] = ()) -> None:
     """What can fail before the server listens, checked before it does: the model's name
     resolves, the device exists, every `--key` is one the model takes (`own_options`, the
     command's flags as click spells them, are offered as did-you-means). vLLM checks its own."""
-    if args.engine != "cogql":
+    if args.engine == "vllm":
         return
-    from ..engine.models import RANDOM_MODEL, is_random_model, resolve_model_path
-
-    if is_random_model(args.model):
-        known, what = RANDOM_MODEL_ARGUMENTS, f"the {RANDOM_MODEL} model's arguments"
-    else:
-        path = resolve_model_path(args.model)
-        known = FROM_PRETRAINED_ARGUMENTS | _config_keys(path)
-        what = "from_pretrained's arguments or the model's config.json keys"
+    known, what = _known_arguments(args)
     for name in args.model_kwargs:
         if name not in known:
             raise ServeUsageError(_unknown_argument(name, known, own_options, what))
     _check_device(args.device)
     args.model_kwargs.update(args.passthrough)
     args.passthrough = {}
+
+
+def _known_arguments(args: ServeArgs) -> tuple[frozenset[str], str]:
+    """The `--key` names the model takes on its engine, and how to call them in an error
+    (resolving the model on the way: a missing one fails here, before the server listens)."""
+    from ..engine.models import RANDOM_MODEL, gguf_file, is_random_model, resolve_model_path
+
+    if args.engine == "llama.cpp":
+        from ..engine.choice import check_llama_cpp
+        from ..engine.llama_context import llama_argument_names
+
+        check_llama_cpp(args.model, args.dtype, args.device)
+        gguf_file(args.model)
+        return llama_argument_names(), "llama-cpp-python's Llama arguments (n_ctx, n_threads, ...)"
+    if is_random_model(args.model):
+        return RANDOM_MODEL_ARGUMENTS, f"the {RANDOM_MODEL} model's arguments"
+    path = resolve_model_path(args.model)
+    known = FROM_PRETRAINED_ARGUMENTS | _config_keys(path)
+    return known, "from_pretrained's arguments or the model's config.json keys"
 
 
 def _unknown_argument(
@@ -202,7 +221,7 @@ def run_server(
     dtype: str,
     device: str | None,
     cuda: bool,
-    engine: str,
+    engine: str | None,
     tensor_parallel_size: int | None,
     token: str | None,
     allow_origins: tuple[str, ...],
