@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -138,6 +139,24 @@ def test_tokenizer_of_a_folder_and_of_a_model(tiny_model: cogql.Model) -> None:
     by_folder = lmql.tokenizer(str(Path(tiny_model.name.removeprefix("local:"))))
     assert by_folder("Hi there")["input_ids"] == lmql.tokenizer("default")("Hi there")["input_ids"]
     assert tiny_model.get_tokenizer()("Hi")["input_ids"] == by_folder("Hi")["input_ids"]
+
+
+def test_tokenizer_of_a_gguf_file_reads_its_metadata_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LMQL's `lmql.tokenizer("llama.cpp:<file>.gguf")`: the tokenizer comes out of the file's
+    metadata; its weights are not converted (a 7B file would take minutes and tens of GB)."""
+    from cogql.engine.models import embedded_gguf
+
+    expected = lmql.tokenizer("default")("Hi there")["input_ids"]
+    monkeypatch.setenv("COGQL_CACHE", str(tmp_path / "cache"))
+    users_file = tmp_path / "mine.gguf"
+    shutil.copyfile(embedded_gguf(), users_file)
+    for name in (f"llama.cpp:{users_file}", str(users_file)):
+        assert lmql.tokenizer(name)("Hi there")["input_ids"] == expected
+    made = sorted(p.name for p in (tmp_path / "cache" / "models").iterdir() if p.is_dir())
+    assert len(made) == 1 and made[0].endswith("-tokenizer"), made
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))
 
 
 def test_unknown_tokenizer_says_where_it_looked() -> None:

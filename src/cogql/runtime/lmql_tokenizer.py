@@ -158,10 +158,18 @@ def tokenizer(model_identifier: str, type: str = "auto", **kwargs: Any) -> LMQLT
     try:
         return wrap(load_tokenizer(model_identifier), model_identifier)
     except TokenizerNotFound as as_tokenizer:
-        from ..engine.models import resolve_model_path  # a GGUF is converted: model files
+        from ..engine.models import (
+            gguf_file,
+            gguf_tokenizer_path,
+            names_gguf_file,
+            resolve_model_path,
+        )
 
         try:
-            folder = resolve_model_path(model_identifier)
+            if names_gguf_file(model_identifier):  # its tokenizer alone, no weights converted
+                folder = gguf_tokenizer_path(gguf_file(model_identifier))
+            else:
+                folder = resolve_model_path(model_identifier)
         except ModelNotFound as as_model:
             raise TokenizerNotFound(f"{as_tokenizer} As a model name: {as_model}") from None
         return wrap(load_tokenizer(folder), model_identifier)
