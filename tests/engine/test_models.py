@@ -318,6 +318,21 @@ def test_gguf_path_is_converted_and_reused(isolated_cache: Path, tmp_path: Path)
     ]
 
 
+@pytest.mark.slow  # converts a tiny GGUF
+def test_dequantising_shows_a_bar_of_the_tensors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import gguf
+
+    gguf_path = write_tiny_gguf(tmp_path / "tiny.gguf")
+    tensors = len(gguf.GGUFReader(str(gguf_path)).tensors)
+    monkeypatch.setenv("COGQL_PROGRESS", "1")
+    convert_gguf(gguf_path, tmp_path / "out")
+    shown = capsys.readouterr().err
+    assert f"dequantising weights ({tensors}/{tensors} tensors)" in shown
+    assert "Converting and de-quantizing" not in shown  # transformers' own bar stays hidden
+
+
 @pytest.mark.slow  # converts and loads a tiny GGUF
 def test_changed_gguf_is_reconverted(isolated_cache: Path, tmp_path: Path) -> None:
     gguf_path = write_tiny_gguf(tmp_path / "tiny.gguf", seed=1)

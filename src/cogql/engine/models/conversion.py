@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConversionError, ModelNotFound
-from .progress import Steps, quiet_transformers
+from .progress import Step, Steps, gguf_tensors_counted, quiet_transformers
 
 if TYPE_CHECKING:
     import gguf
@@ -199,14 +199,14 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- GGUF weights
 
 
-def _load_gguf_model(gguf_path: Path) -> torch.nn.Module:
+def _load_gguf_model(gguf_path: Path, step: Step) -> torch.nn.Module:
     """Dequantise through transformers: it knows each architecture's tensor names and the
     q/k permutation llama.cpp applies, which we would otherwise have to duplicate."""
     import torch
     from transformers import AutoModelForCausalLM
 
     try:
-        with quiet_transformers():
+        with quiet_transformers(), gguf_tensors_counted(step):
             return AutoModelForCausalLM.from_pretrained(
                 str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
             )
@@ -311,8 +311,8 @@ def _convert_into(gguf_path: Path, tmp: Path, steps: Steps) -> None:
         reader = _reader(gguf_path)
         ids = _special_ids(reader)
         _pre_tokenizer(_field(reader, "tokenizer.ggml.pre"))  # fail before the slow part
-    with steps.step("dequantising weights"):
-        model = _load_gguf_model(gguf_path)
+    with steps.step("dequantising weights") as step:
+        model = _load_gguf_model(gguf_path, step)
     with steps.step("writing safetensors"):
         _write_weights(model, tmp)
         _write_config(model, ids, tmp)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["Steps", "no_progress_bars", "quiet_transformers"]
+__all__ = ["Step", "Steps", "gguf_tensors_counted", "no_progress_bars", "quiet_transformers"]
 
 log = logging.getLogger("cogql.engine.models")
 
@@ -31,13 +31,20 @@ class Steps:
     def __enter__(self) -> Steps:
         if self.live:
             from rich.console import Console
-            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             console = Console(file=sys.stderr)
             console.print(f"[bold]cogql[/]: {self.title} (one-time)")
             self._bar = Progress(
                 SpinnerColumn(finished_text="[green]✓[/]"),
                 TextColumn("{task.description}"),
+                BarColumn(bar_width=24),
                 TimeElapsedColumn(),
                 console=console,
                 redirect_stderr=False,
@@ -54,13 +61,62 @@ class Steps:
             self._bar.stop()
 
     @contextlib.contextmanager
-    def step(self, description: str) -> Iterator[None]:
+    def step(self, description: str) -> Iterator[Step]:
         task = self._bar.add_task(description, total=1) if self._bar is not None else None
         started = time.perf_counter()
-        yield
-        if task is not None:
-            self._bar.update(task, completed=1)
+        step = Step(self._bar, task, description)
+        yield step
+        step.finish()
         log.debug("%s: %.1f s", description, time.perf_counter() - started)
+
+
+class Step:
+    """One step's line: a bar of its parts once it knows how many there are (`measure`), else
+    a spinner until it ends."""
+
+    def __init__(self, bar: Any, task: Any, description: str) -> None:
+        self._bar, self._task, self._description = bar, task, description
+        self._done = self._total = 0
+        self._unit = ""
+
+    def measure(self, total: int, unit: str) -> None:
+        self._total, self._unit = total, unit
+        self._show()
+
+    def advance(self) -> None:
+        self._done += 1
+        self._show()
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, total=1, completed=1)
+
+    def _show(self) -> None:
+        if self._bar is not None and self._total:
+            text = f"{self._description} ({self._done}/{self._total} {self._unit})"
+            self._bar.update(self._task, description=text, total=self._total, completed=self._done)
+
+
+@contextlib.contextmanager
+def gguf_tensors_counted(step: Step) -> Iterator[None]:
+    """transformers dequantises a GGUF tensor by tensor under a tqdm bar of its own, which
+    `quiet_transformers` hides (it would tear the step list apart): the same loop is counted
+    into the step's bar instead."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_loading
+
+    original = gguf_loading.tqdm
+
+    def counted(tensors: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        step.measure(len(tensors), "tensors")
+        for tensor in tensors:
+            yield tensor
+            step.advance()
+
+    gguf_loading.tqdm = counted
+    try:
+        yield
+    finally:
+        gguf_loading.tqdm = original
 
 
 @contextlib.contextmanager
