@@ -261,6 +261,7 @@ def test_engine_mistakes_are_reported_with_a_fix() -> None:
         '[models.number]\nhuggingface.repo = "a/b"\nengine = 2\n'
         '[models.cogql]\nhuggingface.repo = "a/b"\nvllm.max_model_len = 4096\n'
         '[models.inside]\nhuggingface.repo = "a/b"\nconfig.engine = "vllm"\n'
+        '[models.llama]\nhuggingface.repo = "a/b"\nengine = "llama.cpp"\n'
     )
     assert found["models.typo.engine"] == (
         "unknown engine 'vlm' | did you mean 'vllm'? use \"cogql\" (the default: cogql's own "
@@ -271,7 +272,9 @@ def test_engine_mistakes_are_reported_with_a_fix() -> None:
     assert "runs on cogql's engine" in found["models.cogql.vllm"]
     assert 'add engine = "vllm"' in found["models.cogql.vllm"]
     assert "not a model argument" in found["models.inside.config.engine"]
-    assert len(found) == 4
+    assert found["models.llama.engine"].startswith("llama.cpp runs .gguf files in process")
+    assert 'engine = "cogql"' in found["models.llama.engine"]
+    assert len(found) == 5
 
 
 def test_config_keys_vllm_does_not_read_are_refused() -> None:

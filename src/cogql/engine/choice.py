@@ -22,6 +22,7 @@ __all__ = [
     "LLAMA_CPP",
     "LOCAL_ENGINES",
     "check_llama_cpp",
+    "llama_cpp_argument_names",
     "open_engine",
     "pick_engine",
     "vllm_argument_names",
@@ -99,6 +100,13 @@ def check_llama_cpp(name: str | None, dtype: str = "auto", device: str = "cpu") 
             f"device={device!r}: cogql runs llama.cpp on the CPU (llama-cpp-python's CPU "
             "build); leave device out"
         )
+
+
+def llama_cpp_argument_names() -> frozenset[str]:
+    """The arguments of llama-cpp-python's `Llama` a user may give (n_ctx, n_threads, ...)."""
+    from .llama_context import llama_argument_names
+
+    return llama_argument_names()
 
 
 @functools.cache

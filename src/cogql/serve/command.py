@@ -150,12 +150,14 @@ def _known_arguments(args: ServeArgs) -> tuple[frozenset[str], str]:
     from ..engine.models import RANDOM_MODEL, gguf_file, is_random_model, resolve_model_path
 
     if args.engine == "llama.cpp":
-        from ..engine.choice import check_llama_cpp
-        from ..engine.llama_context import llama_argument_names
+        from ..engine.choice import check_llama_cpp, llama_cpp_argument_names
 
         check_llama_cpp(args.model, args.dtype, args.device)
         gguf_file(args.model)
-        return llama_argument_names(), "llama-cpp-python's Llama arguments (n_ctx, n_threads, ...)"
+        return (
+            llama_cpp_argument_names(),
+            "llama-cpp-python's Llama arguments (n_ctx, n_threads, ...)",
+        )
     if is_random_model(args.model):
         return RANDOM_MODEL_ARGUMENTS, f"the {RANDOM_MODEL} model's arguments"
     path = resolve_model_path(args.model)

@@ -363,6 +363,12 @@ def _check_engine(prefix: str, table: dict[str, Any]) -> tuple[list[ConfigIssue]
     engine = table.get("engine", DEFAULT_ENGINE)
     if not isinstance(engine, str):
         return [], DEFAULT_ENGINE  # the schema check reports it
+    if engine == "llama.cpp":
+        why = (
+            "llama.cpp runs .gguf files in process and on `cogql serve-model`, not in a deployment"
+        )
+        fix = 'use engine = "cogql" (a GGUF file is converted to float32) or "vllm"'
+        return [ConfigIssue(f"{prefix}.engine", why, fix)], DEFAULT_ENGINE
     if engine not in ENGINES:
         close = difflib.get_close_matches(engine.lower(), ENGINES, n=1, cutoff=0.5)
         hint = f"did you mean {close[0]!r}? " if close else ""
