@@ -589,6 +589,9 @@ def replicate_build(
 @click.option("--keep", default=1000, show_default=True, type=click.IntRange(min=0),
               help="Finished predictions kept (with inputs, outputs, events); older ones are "
                    "forgotten, as are any finished over an hour ago.")  # fmt: skip
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]),
+              help="info: one line per request (method, path, status, ms, prediction id).")  # fmt: skip
 def replicate_serve(
     workdirs: tuple[str, ...],
     host: str,
@@ -597,6 +600,7 @@ def replicate_serve(
     latency: float,
     max_body_mb: float,
     keep: int,
+    log_level: str,
 ) -> None:
     """Serve Replicate's HTTP API on HOST:PORT in front of the built projects WORKDIR...
 
@@ -610,6 +614,8 @@ def replicate_serve(
     from .replicate.emulator import EmulatorError, ReplicateEmulator
     from .replicate.emulator.command import serve
 
+    logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("cogql").setLevel(log_level.upper())
     emu = ReplicateEmulator([Path(w) for w in workdirs], token=token, latency=latency, host=host,
                    port=port, wait_ready=False, max_body_bytes=int(max_body_mb * 1024 * 1024),
                    max_kept=keep)  # fmt: skip
