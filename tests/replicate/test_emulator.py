@@ -750,6 +750,8 @@ def test_cli_serve_prints_the_environment_and_stops_on_sigterm(other_project: Pa
         assert got.status_code == 200
         refused = httpx.get(f"http://127.0.0.1:{port}/v1/predictions")  # no token
         assert refused.status_code == 401
+        forged = httpx.get(f"http://127.0.0.1:{port}/v1/x%0AINFO%20forged")
+        assert forged.status_code == 404
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finally:
@@ -765,6 +767,7 @@ def test_cli_serve_prints_the_environment_and_stops_on_sigterm(other_project: Pa
         rf"POST /v1/models/local/tiny/predictions 201 \d+ ms prediction={prediction}",
         rf"GET /v1/predictions/{prediction} 200 \d+ ms prediction={prediction}",
         r"GET /v1/predictions 401 \d+ ms",
+        r"GET /v1/x\\nINFO forged 404 \d+ ms",  # a client's line break stays escaped
     ]
     assert len(logged) == len(expected), err
     for line, pattern in zip(logged, expected, strict=True):

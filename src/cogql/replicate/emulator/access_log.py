@@ -31,7 +31,7 @@ class AccessLog:
             await self.app(scope, receive, send)
             return
         started = time.monotonic()
-        path: str = scope.get("path", "")
+        path = printable(scope.get("path", ""))
         seen: dict[str, Any] = {"status": None, "location": None}
 
         async def watching(message: Message) -> None:
@@ -46,6 +46,12 @@ class AccessLog:
             await self.app(scope, receive, watching)
         finally:
             log.info("%s", request_line(scope.get("method", "?"), path, seen, started))
+
+
+def printable(text: str) -> str:
+    """A client's text for a log line: control characters (a decoded `%0A`) escaped, so a
+    request can never write a line of its own."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def request_line(method: str, path: str, seen: dict[str, Any], started: float) -> str:
