@@ -213,6 +213,41 @@ def test_a_missing_query_file(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "No such file or directory" in result.stderr
 
 
+def assert_stderr_lines_stand_alone(output: str, stdout: str, stderr: str) -> None:
+    """In the interleaved output every stderr line is a whole line, and taking them out
+    leaves exactly the text stdout got: nothing landed in the middle of a streamed line."""
+    lines = output.splitlines()
+    own = stderr.splitlines()
+    assert own and all(line in lines for line in own), (own, lines)
+    assert [line for line in lines if line not in own] == stdout.splitlines()
+
+
+def test_traces_and_warnings_never_land_inside_the_streamed_text() -> None:
+    # both holes end mid-line: A's model call, C's unbounded-hole warning and max_len's
+    # warning are all due while the line is still being written
+    query = '"Say:[A] and then[B]\\nEnd:[C] over" where len(TOKENS(A)) < 3 and len(TOKENS(B)) < 3'
+    result = CliRunner().invoke(
+        main, ["run", "-", "--model", "random", "--trace", "--max-len", "40"], query
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("model call GENERATE") == 3
+    assert "warning: hole C (line 1, column 27) has no token limit" in result.stderr
+    assert "warning: query reached max_len=40" in result.stderr
+    assert_stderr_lines_stand_alone(result.output, result.stdout, result.stderr)
+
+
+def test_a_query_failing_mid_line_ends_the_line_before_its_trace_and_error() -> None:
+    query = (
+        '"Hi[A] then[B] end" where len(TOKENS(A)) < 3 and len(TOKENS(B)) < 2 and B.count("z") > 5'
+    )
+    result = CliRunner().invoke(main, ["run", "-", "--model", "random", "--trace"], query)
+    assert result.exit_code == 3, result.output  # no value of B satisfies it
+    assert result.stdout.startswith("Hi") and " then" in result.stdout
+    assert "model call GENERATE" in result.stderr
+    assert "error: the model produced no value of B" in result.stderr
+    assert_stderr_lines_stand_alone(result.output, result.stdout, result.stderr)
+
+
 # --------------------------------------------------------------------------- errors and Ctrl-C
 
 

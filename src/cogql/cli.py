@@ -6,8 +6,10 @@ import ast
 import contextlib
 import difflib
 import gc
+import io
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -97,18 +99,29 @@ class _Status:
             self.shown = False
 
 
+def _one_destination() -> bool:
+    """Whether stdout and stderr end up in one place (one terminal, `2>&1` into one pipe or
+    file), where a stderr line written mid-line lands inside the text. Streams that are not
+    files (captured by a test runner, a notebook) count as one place: nothing says otherwise."""
+    try:
+        out, errs = os.fstat(sys.stdout.fileno()), os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return True
+    return (out.st_dev, out.st_ino, out.st_rdev) == (errs.st_dev, errs.st_ino, errs.st_rdev)
+
+
 class _Printer:
-    """Streams the prompt of the first run to stdout as tokens arrive; traces to stderr, each
-    on its own line: while the text streams mid-line to the terminal stderr also shows, trace
-    lines wait for the text's line to end."""
+    """Streams the prompt of the first run to stdout as tokens arrive; traces, warnings and
+    errors to stderr, each on its own line: where both streams end up in one place, a stderr
+    line waits for the text's line to end (an error ends it first)."""
 
     def __init__(self, stream: bool, trace: bool = False, status: bool = False) -> None:
         self.stream = stream
         self.trace = trace
         self.mid_line = False  # the streamed text so far does not end with a newline
-        self.shared_terminal = stream and sys.stdout.isatty() and sys.stderr.isatty()
+        self.shared = stream and _one_destination()
         self.pending: list[Text] = []  # lines waiting for the text's line to end
-        self.status = _Status(status and sys.stderr.isatty() and not self.shared_terminal)
+        self.status = _Status(status and sys.stderr.isatty() and not self.shared)
 
     def __call__(self, event: QueryEvent) -> None:
         self.status.update()
@@ -131,7 +144,7 @@ class _Printer:
     def line(self, text: Text) -> None:
         """A line for stderr (a trace, a log record): now, or once the text's line ends."""
         self.pending.append(text)
-        if not (self.mid_line and self.shared_terminal):
+        if not (self.mid_line and self.shared):
             self._flush_pending()
 
     def _flush_pending(self) -> None:
@@ -579,6 +592,9 @@ def replicate_build(
 @click.option("--keep", default=1000, show_default=True, type=click.IntRange(min=0),
               help="Finished predictions kept (with inputs, outputs, events); older ones are "
                    "forgotten, as are any finished over an hour ago.")  # fmt: skip
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]),
+              help="info: one line per request (method, path, status, ms, prediction id).")  # fmt: skip
 def replicate_serve(
     workdirs: tuple[str, ...],
     host: str,
@@ -587,6 +603,7 @@ def replicate_serve(
     latency: float,
     max_body_mb: float,
     keep: int,
+    log_level: str,
 ) -> None:
     """Serve Replicate's HTTP API on HOST:PORT in front of the built projects WORKDIR...
 
@@ -600,6 +617,8 @@ def replicate_serve(
     from .replicate.emulator import EmulatorError, ReplicateEmulator
     from .replicate.emulator.command import serve
 
+    logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("cogql").setLevel(log_level.upper())
     emu = ReplicateEmulator([Path(w) for w in workdirs], token=token, latency=latency, host=host,
                    port=port, wait_ready=False, max_body_bytes=int(max_body_mb * 1024 * 1024),
                    max_kept=keep)  # fmt: skip

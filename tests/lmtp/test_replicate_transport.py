@@ -805,3 +805,37 @@ def test_the_sentiment_example_on_replicate_matches_in_process(
     assert [p.ops for p in cost.predictions] == [("GENERATE", "SCORE", "SCORE", "SCORE")]
     assert all(p.status == "succeeded" and p.predict_time for p in cost.predictions)
     assert cost.tokens_wasted == 0 and cost.tokens_used == cost.tokens_generated > 0
+
+
+@pytest.mark.slow
+def test_the_sentiment_example_runs_on_the_served_tokenizer_when_its_own_is_not_here(
+    tmp_path: Path,
+    embedded_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """examples/sentiment-replicate.lmql names its tokenizer by hub id; on a machine whose
+    Hugging Face cache lacks it (and with no hub to fetch it from) the query runs on the
+    tokenizer the cogql-built model hands out, saying so once, at the cost of one MODEL_INFO
+    prediction."""
+    source = EXAMPLE.read_text(encoding="utf-8")
+    project = build_project(tmp_path / "build", embedded_path, "smollm2", owner="cogql")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    monkeypatch.setenv("COGQL_REPLICATE_CACHE", "off")
+    with ReplicateEmulator([project]) as emu:
+        for key, value in emu.env.items():
+            monkeypatch.setenv(key, value)
+        with caplog.at_level("WARNING", logger="cogql.runtime"):
+            remote = cogql.run_sync(source)
+    assert remote.variables["CLASSIFICATION"] == " positive"
+    notes = [r.getMessage() for r in caplog.records if "tokenizer=" in r.getMessage()]
+    assert notes == [
+        "tokenizer='HuggingFaceTB/SmolLM2-135M-Instruct' is not on this machine (not a folder, "
+        "not in the Hugging Face cache); using the tokenizer that the model at "
+        f"replicate:cogql/smollm2 at {emu.base_url} hands out"
+    ]
+    assert remote.cost is not None
+    assert [p.ops for p in remote.cost.predictions] == [
+        ("MODEL_INFO",),
+        ("GENERATE", "SCORE", "SCORE", "SCORE"),
+    ]

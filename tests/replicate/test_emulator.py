@@ -34,7 +34,15 @@ from cogql.lmtp.messages import TokenEvent, parse_server_message
 from cogql.replicate.cog.cogserver import can_isolate, free_port
 from cogql.replicate.deploy.build import build
 from cogql.replicate.deploy.config import load_config
-from cogql.replicate.emulator import EmulatorError, ReplicateEmulator, body, catalog, sse, store
+from cogql.replicate.emulator import (
+    EmulatorError,
+    PortInUseError,
+    ReplicateEmulator,
+    body,
+    catalog,
+    sse,
+    store,
+)
 from cogql.replicate.emulator.backend import BACKOFF_FIRST_S, BACKOFF_MAX_S, Backoff
 from cogql.replicate.emulator.errors import InvalidInput
 from cogql.replicate.emulator.routes import prefer_wait
@@ -727,13 +735,65 @@ def test_cli_serve_prints_the_environment_and_stops_on_sigterm(other_project: Pa
             headers={"Authorization": "Bearer r8_cli"},
         )
         assert answer.status_code == 200 and answer.json()["name"] == "tiny"
+        created = httpx.post(
+            f"http://127.0.0.1:{port}/v1/models/local/tiny/predictions",
+            headers={"Authorization": "Bearer r8_cli", "Prefer": "wait=1"},
+            json={"input": {"ops_batch_json": "[]"}},
+            timeout=30,
+        )
+        assert created.status_code == 201
+        prediction = created.json()["id"]
+        got = httpx.get(
+            f"http://127.0.0.1:{port}/v1/predictions/{prediction}",
+            headers={"Authorization": "Bearer r8_cli"},
+        )
+        assert got.status_code == 200
+        refused = httpx.get(f"http://127.0.0.1:{port}/v1/predictions")  # no token
+        assert refused.status_code == 401
+        forged = httpx.get(f"http://127.0.0.1:{port}/v1/x%0AINFO%20forged")
+        assert forged.status_code == 404
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert "stopping" in process.stderr.read()  # type: ignore[union-attr]
+    err = process.stderr.read()  # type: ignore[union-attr]
+    assert "stopping" in err
+    # one INFO line per request: method, path, status, milliseconds, the prediction's id
+    logged = re.findall(r"INFO cogql\.replicate\.emulator: (.*)", err)
+    expected = [
+        r"GET /v1/models/local/tiny 200 \d+ ms",
+        rf"POST /v1/models/local/tiny/predictions 201 \d+ ms prediction={prediction}",
+        rf"GET /v1/predictions/{prediction} 200 \d+ ms prediction={prediction}",
+        r"GET /v1/predictions 401 \d+ ms",
+        r"GET /v1/x\\nINFO forged 404 \d+ ms",  # a client's line break stays escaped
+    ]
+    assert len(logged) == len(expected), err
+    for line, pattern in zip(logged, expected, strict=True):
+        assert re.fullmatch(pattern, line), (line, pattern)
+
+
+def test_a_port_in_use_is_a_clear_error_before_any_cog_server_starts(other_project: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        message = (
+            f"port {port} on 127.0.0.1 is in use; pass --port N or stop the process that holds it"
+        )
+        emulator = ReplicateEmulator([other_project], port=port)
+        with pytest.raises(PortInUseError, match=re.escape(message)):
+            emulator.start()
+        assert emulator.servers == {} and emulator._booting == []  # nothing was started
+        done = subprocess.run(
+            [sys.executable, "-m", "cogql", "replicate", "serve", str(other_project), "--port",
+             str(port)],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"error: {message}"
+    assert done.stdout == ""  # no export lines for a server that is not there
 
 
 # ---- pieces -----------------------------------------------------------------------------------

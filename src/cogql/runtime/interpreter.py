@@ -37,6 +37,7 @@ from .chat import open_message, text_tag
 from .context import PromptContext
 from .events import ModelCall, OnEvent, QueryEvent, TextAppended, VariableFinished
 from .hole_endings import stops_inactive_in
+from .hole_limits import UnboundedHole, is_unbounded
 from .hole_strategy import HoleRequest, HoleStrategy
 from .hooks import HoleHooks
 from .interpolations import interpolation_error
@@ -171,7 +172,7 @@ class QueryRun:
         if hooks is not None and await hooks.before():
             return
         spec = self.hole_spec(stmt, hole, scope)
-        if spec.max_tokens is None and spec.token_options is None:
+        if is_unbounded(spec):
             self._warn_unbounded(stmt, hole.name)
         budget = self.decoding.max_len - self.state.token_count
         if budget <= 0:
@@ -204,12 +205,7 @@ class QueryRun:
         if name in self.decoding.unbounded_warned:
             return
         self.decoding.unbounded_warned.add(name)
-        lineno, col = hole_position(self.query.source, stmt, name)
-        log.warning(
-            "hole %s (line %d, column %d) has no token limit: only a stop, EOS or max_len=%d "
-            "ends it; add len(TOKENS(%s)) < N to its where clause",
-            name, lineno, col + 1, self.decoding.max_len, name,
-        )  # fmt: skip
+        log.warning("%s", UnboundedHole.at(self.query, stmt, name).warning(self.decoding.max_len))
 
     def _truncate(self, stmt: PromptStatement, name: str) -> None:
         """LMQL stops with an assertion at max_len; cogql keeps what it has and warns, naming

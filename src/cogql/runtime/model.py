@@ -452,12 +452,28 @@ async def _remote_tokenizer(
     client: LMTPClient, caps: frozenset[str], name: str, tokenizer: str | None, url: str
 ) -> Tokenizer:
     """`tokenizer=` first; then the server's own (extension `tokenizer`); then, as LMQL does,
-    a tokenizer named like the model (a folder or a cached hub id)."""
+    a tokenizer named like the model (a folder or a cached hub id). A `tokenizer=` that cannot
+    be had here (not cached, offline) gives way to the server's own, with a note: the query is
+    written for a model, and the server has that model's tokenizer."""
     from ..lmtp.messages import TOKENIZER, tokenizer_from_wire
     from ..tokenizer import TokenizerNotFound
 
     if tokenizer:
-        return load_tokenizer(tokenizer)
+        try:
+            return load_tokenizer(tokenizer)
+        except TokenizerNotFound as e:
+            if TOKENIZER not in caps:
+                raise TokenizerNotFound(
+                    f"{e} Nor does the model at {url} hand out its tokenizer (an LMQL "
+                    "server cannot): put the tokenizer's files in a folder and pass that as "
+                    "tokenizer=, or fetch it into the Hugging Face cache (hf download ORG/NAME "
+                    "tokenizer.json tokenizer_config.json)"
+                ) from None
+            log.warning(
+                "tokenizer=%r is not on this machine (not a folder, not in the Hugging Face "
+                "cache); using the tokenizer that the model at %s hands out",
+                tokenizer, url,
+            )  # fmt: skip
     if TOKENIZER in caps:
         info = await client.request_info({TOKENIZER: True})
         return tokenizer_from_wire(info.get(TOKENIZER), name=f"tokenizer of {url}")

@@ -12,6 +12,6 @@ from ... import extras as _extras
 _extras.require("deploy", "cogql.replicate.emulator")  # before starlette's ImportError, a clear one
 
 from .errors import APIError  # noqa: E402
-from .server import EmulatorError, ReplicateEmulator  # noqa: E402
+from .server import EmulatorError, PortInUseError, ReplicateEmulator  # noqa: E402
 
-__all__ = ["APIError", "EmulatorError", "ReplicateEmulator"]
+__all__ = ["APIError", "EmulatorError", "PortInUseError", "ReplicateEmulator"]

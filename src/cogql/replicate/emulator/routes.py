@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from ..cog.cogserver import CogServer
 from . import auth, sse
+from .access_log import AccessLog
 from .backend import CogBackend
 from .body import MAX_BODY_BYTES, parse_object, read_body
 from .catalog import ModelEntry
@@ -208,8 +209,9 @@ def page(items: list[Any], next_url: str | None = None) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the app
 
 
-def build_app(api: API) -> Starlette:
-    """The Starlette app; its lifespan starts and stops the API's loop-bound state."""
+def build_app(api: API) -> AccessLog:
+    """The Starlette app, logging each request; its lifespan starts and stops the API's
+    loop-bound state."""
 
     def guarded(handler: Callable[[Request], Awaitable[Any]]) -> Handler:
         async def endpoint(request: Request) -> Response:
@@ -344,8 +346,9 @@ def build_app(api: API) -> Starlette:
         finally:
             await api.shutdown()
 
-    return Starlette(
+    app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={404: not_found, 405: not_found},
     )
+    return AccessLog(app)

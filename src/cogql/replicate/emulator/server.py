@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import threading
 import time
@@ -28,6 +29,27 @@ STARTUP_TIMEOUT_S = 30.0
 
 class EmulatorError(DeployError, RuntimeError):
     """The emulator could not start: no project, a Cog setup that failed, a port in use."""
+
+
+class PortInUseError(EmulatorError):
+    """The API's port is held by another process: checked before any Cog server starts."""
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket listening on host:port (0: a free port), or an EmulatorError saying why not."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen()
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise PortInUseError(
+                f"port {port} on {host} is in use; pass --port N or stop the process that holds it"
+            ) from None
+        raise EmulatorError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
 
 
 class ReplicateEmulator:
@@ -104,6 +126,7 @@ class ReplicateEmulator:
         self._api: API | None = None
         self._failure: BaseException | None = None
         self._booting: list[CogServer] = []
+        self._socket: socket.socket | None = None  # bound first, handed to the HTTP server
 
     # ---- what clients need ----------------------------------------------------------------
 
@@ -160,6 +183,8 @@ class ReplicateEmulator:
     def start(self) -> ReplicateEmulator:
         try:
             projects = find_projects(self.workdirs)
+            self._socket = listening_socket(self.host, self.port)  # before any Cog server
+            self.port = self._socket.getsockname()[1]
             if self.isolate is None:
                 self.isolate = can_isolate()
             elif self.isolate and not can_isolate():
@@ -187,10 +212,8 @@ class ReplicateEmulator:
         return self
 
     def _serve_http(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        self.port = sock.getsockname()[1]
+        sock, self._socket = self._socket, None
+        assert sock is not None
         self._api = API(
             self.entries,
             self.servers,
@@ -238,6 +261,9 @@ class ReplicateEmulator:
             self._uvicorn.should_exit = True
             self._thread.join(timeout=15)
             self._uvicorn = None
+        if self._socket is not None:  # bound, but the HTTP server never took it
+            self._socket.close()
+            self._socket = None
         for server in self._booting:
             server.stop()
         self._booting, self.servers = [], {}
