@@ -60,7 +60,7 @@ async def test_the_count_allowed_follows_the_grammar() -> None:
     tokens = [e for e in events if isinstance(e, TokenGenerated)]
     assert tokens and 1 <= tokens[0].allowed <= 3  # ' red' / ' green' / ' blue' (or prefixes)
     first = tokens[0]
-    assert [a for a in first.alternatives if a.token == first.token][0].allowed is True
+    assert next(a for a in first.alternatives if a.token == first.token).allowed is True
 
 
 async def test_beam_reports_its_search_tree() -> None:
