@@ -12,6 +12,7 @@ function el(tag, attrs, ...children) {
   for (const [key, value] of Object.entries(attrs || {})) {
     if (key === "class") node.className = value;
     else if (key === "text") node.textContent = value;
+    else if (key === "style") Object.assign(node.style, value);  // CSSOM: allowed by the CSP
     else node.setAttribute(key, value);
   }
   for (const child of children) {
@@ -369,7 +370,7 @@ function renderSegment(seg) {
     if (start > at) parts.push(document.createTextNode(seg.text.slice(at, start)));
     if (end > start) {
       const span = el("span", { class: "tok", "data-tok": k, text: seg.text.slice(start, end) });
-      if (t.logprob !== null && t.logprob < Math.log(0.2)) span.classList.add("unlikely");
+      if (t.logprob !== null && t.logprob < Math.log(0.05)) span.classList.add("unlikely");
       span.addEventListener("click", () => chooseToken(seg, k, span));
       if (run.chosen && run.chosen.seg === seg && run.chosen.k === k) span.classList.add("chosen");
       parts.push(span);
@@ -398,7 +399,7 @@ function chooseToken(seg, k, span) {
     const row = el("div", { class: "alt" + (a.token === t.token ? " taken" : "") +
       (a.allowed === false ? " banned" : "") },
       el("span", { text: shown(a.text) }),
-      el("span", { class: "bar" }, el("i", { style: `width:${Math.max(0.5, Math.exp(a.logprob ?? -1e9) * 100)}%` })),
+      el("span", { class: "bar" }, el("i", { style: { width: `${Math.max(0.5, Math.exp(a.logprob ?? -1e9) * 100)}%` } })),
       el("span", { text: `${fixed(a.logprob, 2)}` }));
     row.title = `${percent(a.logprob)}${a.allowed === false ? " · not allowed by the constraints" : ""}`;
     view.append(row);
@@ -494,7 +495,7 @@ function showResult(result) {
       for (const [option, p] of r.distribution) {
         box.append(el("div", { class: "dist" + (p === best ? " best" : "") },
           el("span", { text: JSON.stringify(option) }),
-          el("span", { class: "bar" }, el("i", { style: `width:${(p * 100).toFixed(1)}%` })),
+          el("span", { class: "bar" }, el("i", { style: { width: `${(p * 100).toFixed(1)}%` } })),
           el("span", { text: p.toFixed(3) })));
       }
     }
