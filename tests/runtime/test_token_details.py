@@ -96,3 +96,15 @@ async def test_requests_sent_ahead_are_marked_used_or_cancelled(
 def test_token_details_takes_a_positive_count() -> None:
     with pytest.raises(ValueError, match="positive"), token_details(0):
         pass
+
+
+def test_a_call_on_replicate_names_the_prediction_it_went_in() -> None:
+    from cogql.lmtp.cost import PredictionCost, track_cost
+    from cogql.runtime.calls import model_call
+
+    assert model_call("GENERATE", 3, 1, None).prediction is None  # not on Replicate
+    with track_cost() as cost:
+        cost.add_prediction(PredictionCost("p1", ("GENERATE", "SCORE")))
+        cost.add_prediction(PredictionCost("p2", ("GENERATE",)))
+        call = model_call("GENERATE", 3, 1, None, ahead=True)
+    assert (call.prediction, call.predictions, call.ahead) == (2, 2, True)
