@@ -8,6 +8,5 @@ request needs the session's random token, and browser requests must come from th
 origin (access.py): a query is a program, and the playground runs it as the user.
 """
 
-from __future__ import annotations
-
+# its modules need the `playground` extra (server.py) or the CLI; nothing is re-exported here
 __all__: list[str] = []

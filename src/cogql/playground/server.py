@@ -25,7 +25,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from ..errors import CogqlError
+from ..errors import DeployError
 from .access import TOKEN_PARAM, Access
 from .models import SUGGESTED
 from .session import QuerySession, RunRequest, RunRequestError, check
@@ -42,8 +42,9 @@ HEADERS = {
 }
 
 
-class PlaygroundError(CogqlError, RuntimeError):
-    """The playground could not start (e.g. its port is taken)."""
+class PlaygroundError(DeployError, RuntimeError):
+    """The playground could not start (e.g. its port is taken): a hosting error, as the
+    emulator's."""
 
 
 class _Guard:
