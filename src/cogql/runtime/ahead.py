@@ -16,7 +16,7 @@ batched SCORE) and are sent wherever the server has the extension.
 from __future__ import annotations
 
 import ast
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +80,8 @@ class Ahead:
     chain: list[Followup] = field(default_factory=list)
     last: _Read | None = None
     scores: _ScoresAhead | None = None
+    # told (kind, prompt tokens) of each request sent ahead and then not used (details only)
+    on_cancel: Callable[[str, int], None] | None = None
 
     def followups(
         self, run: QueryRun, stmt: PromptStatement, plan: Plan, scope: dict[str, Any]
@@ -130,7 +132,10 @@ class Ahead:
     async def scored(self, ids: list[int], options: list[list[int]]) -> list[list[float]] | None:
         """The options' scores sent ahead, if they were scored after `ids`."""
         ahead, self.scores = self.scores, None
-        if ahead is None or ahead.ids != ids or ahead.request.options != options:
+        if ahead is None:
+            return None
+        if ahead.ids != ids or ahead.request.options != options:
+            self._cancelled(ahead.request)
             return None
         return await ahead.request.result
 
@@ -141,7 +146,15 @@ class Ahead:
                 followup.cancel()
             else:
                 followup.settle(None)
+            self._cancelled(followup)
         self.chain = []
+
+    def _cancelled(self, followup: Followup) -> None:
+        if self.on_cancel is not None and followup.sent:
+            if isinstance(followup, GenerateAfter):
+                self.on_cancel("GENERATE", len(followup.op.prompt))
+            else:
+                self.on_cancel("SCORE", len(followup.suffix))
 
 
 def _request(op: Generate) -> Generate:

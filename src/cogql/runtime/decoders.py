@@ -133,6 +133,7 @@ async def decode(
             f"{name}: no hypothesis reached the end of the query (every continuation broke a "
             "constraint checked in Python, or step_budget ran out)"
         )
+    explorer.kept(-1, [], found, final=True)
     return list(await asyncio.gather(*(explorer.result(h, i) for i, h in enumerate(found))))
 
 
@@ -180,6 +181,7 @@ async def _beam_loop(
         active = _best(open_, n)
         if len(done) == n:
             active = [h for h in active if h.logprob > done[-1].logprob]
+        x.kept(step, active, done)
         if not active:
             return done
     _warn_budget(budget)
@@ -215,6 +217,7 @@ async def _best_k(x: Explorer, root: Hypothesis, args: dict[str, Any]) -> list[H
         finished, open_ = await _expand_all(x, frontier[:k], k, None, step)
         done = _best(done + finished, k)
         frontier = frontier[k:] + open_
+        x.kept(step, frontier, done)
     if len(done) == k:
         frontier = [h for h in frontier if h.logprob > done[-1].logprob]
     rest = await _greedy(x, _best(frontier, k - len(done)), _step_budget(args))

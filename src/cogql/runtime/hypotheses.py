@@ -18,6 +18,7 @@ and sample). The ops of all hypotheses of a step are sent at once.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -32,7 +33,8 @@ from ..language.compiler import CompiledQuery
 from ..lmtp.client import LMTPError
 from ..lmtp.emulation import allows, eos_of, token_mask
 from ..lmtp.messages import Generate, TokenEvent
-from .events import ModelCall, OnEvent, TextAppended
+from .calls import model_call
+from .events import HypothesisGrown, OnEvent, SearchStep, TextAppended, details_wanted
 from .hole_endings import HoleEndings, Step, hole_limit
 from .hole_strategy import HoleRequest
 from .interpreter import Decoding, QueryRun
@@ -71,6 +73,8 @@ class Hypothesis:
     run: QueryRun  # the replay that reached `frontier` (or the end of the program)
     frontier: Frontier | None  # None once the program has finished
     tokens: tuple[int, ...] = ()  # generated so far in the frontier hole
+    id: int = 0  # its number in the search, and the one it grew from (the search tree)
+    parent: int | None = None
 
     @property
     def complete(self) -> bool:
@@ -138,12 +142,30 @@ class Explorer:
         self.decoding = decoding
         self.on_event = on_event
         self.eos = eos_of(conn.tokenizer, "beam search and client-side sampling")
+        self.details = on_event is not None and details_wanted() > 0  # report the tree
+        self._ids = itertools.count(1)
 
     # ---- program replay -----------------------------------------------------------------
 
     async def start(self) -> Hypothesis:
         """The program run up to its first hole (or to its end, when it has none)."""
-        return await self._replay((), 0.0)
+        root = replace(await self._replay((), 0.0), id=next(self._ids))
+        self._grown(root, None, "", 0)
+        return root
+
+    def _grown(self, h: Hypothesis, variable: str | None, token: str, step: int) -> None:
+        if self.details and self.on_event is not None:
+            self.on_event(
+                HypothesisGrown(h.id, h.parent, variable, token, h.logprob, h.complete, step)
+            )
+
+    def kept(
+        self, step: int, open_: list[Hypothesis], done: list[Hypothesis], final: bool = False
+    ) -> None:
+        """A search step kept these hypotheses (`final`: these are the results)."""
+        if self.details and self.on_event is not None:
+            kept = tuple(h.id for h in open_)
+            self.on_event(SearchStep(step, kept, tuple(h.id for h in done), final))
 
     async def _replay(self, decided: tuple[Decided, ...], logprob: float) -> Hypothesis:
         replay = Replay(decided)
@@ -215,16 +237,24 @@ class Explorer:
         before = self.conn.tokenizer.decode(list(h.tokens))
         steps = [(t, lp, self._take(h, endings, before, t)) for t, lp in choices]
         kept = [(t, lp, step) for t, lp, step in steps if step is not None][:width]
-        return list(await asyncio.gather(*(self._child(h, *k) for k in kept)))
+        at = place[0] if place else 0
+        return list(await asyncio.gather(*(self._child(h, *k, at) for k in kept)))
 
-    async def _child(self, h: Hypothesis, token: int, logprob: float, step: Step) -> Hypothesis:
-        """`h` after `token`, which `step` says ends its hole or not."""
+    async def _child(
+        self, h: Hypothesis, token: int, logprob: float, step: Step, at: int = 0
+    ) -> Hypothesis:
+        """`h` after `token`, which `step` says ends its hole or not (`at`: the search step)."""
         assert h.frontier is not None
         tokens = h.tokens if token == self.eos else (*h.tokens, token)
         if step.reason is None:
-            return replace(h, tokens=tokens, logprob=h.logprob + logprob)
-        done = Decided(h.frontier.name, tokens, step.reason, step.cut)
-        return await self._replay((*h.decided, done), h.logprob + logprob)
+            child = replace(h, tokens=tokens, logprob=h.logprob + logprob)
+        else:
+            done = Decided(h.frontier.name, tokens, step.reason, step.cut)
+            child = await self._replay((*h.decided, done), h.logprob + logprob)
+        child = replace(child, id=next(self._ids), parent=h.id)
+        text = "" if token == self.eos else self.conn.tokenizer.decode([token])
+        self._grown(child, h.frontier.name, text, at)
+        return child
 
     def _take(self, h: Hypothesis, endings: HoleEndings, before: str, token: int) -> Step | None:
         """Whether and why the hole ends after `token` (`before`: the hole's text so far), as
@@ -314,8 +344,7 @@ class Explorer:
 
     def _called(self, kind: str, prompt_tokens: int, tokens: int, started: float) -> None:
         if self.on_event is not None:
-            elapsed = time.perf_counter() - started
-            self.on_event(ModelCall(kind, prompt_tokens, tokens, elapsed))
+            self.on_event(model_call(kind, prompt_tokens, tokens, started))
 
 
 def _mix(*parts: int) -> int:

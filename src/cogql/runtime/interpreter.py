@@ -33,9 +33,10 @@ from ..language.expressions import evaluate
 from ..language.qstrings import Hole, Interpolation, Tag, Text
 from ..lmtp.messages import Generate
 from .ahead import Ahead, Plan, plan_after
+from .calls import model_call
 from .chat import open_message, text_tag
 from .context import PromptContext
-from .events import ModelCall, OnEvent, QueryEvent, TextAppended, VariableFinished
+from .events import OnEvent, QueryEvent, TextAppended, VariableFinished, details_wanted
 from .hole_endings import stops_inactive_in
 from .hole_limits import UnboundedHole, is_unbounded
 from .hole_strategy import HoleRequest, HoleStrategy
@@ -108,6 +109,12 @@ class QueryRun:
         if shared_state is None:
             shared_state = RunState(self.conn.tokenizer, self.conn.bos_token_id)
         self.state = shared_state
+        if self.on_event is not None and details_wanted():
+            self.ahead.on_cancel = self._ahead_cancelled
+
+    def _ahead_cancelled(self, kind: str, prompt_tokens: int) -> None:
+        self.emit(model_call(kind, prompt_tokens, 0, None, self.index, ahead=True,
+                             status="cancelled"))  # fmt: skip
 
     # ---- running --------------------------------------------------------------------------
     async def execute(self) -> Any:
@@ -280,6 +287,7 @@ class QueryRun:
             stop=spec.server_stops(),
             seed=seed,
             min_tokens=spec.min_tokens,
+            top_logprobs=max(1, details_wanted()),  # alternatives, for a listener that asked
         )
 
     def report(self, name: str, text: str) -> None:
@@ -307,11 +315,12 @@ class QueryRun:
         started = time.perf_counter()
         ids = self.state.ids
         scores = await self.ahead.scored(ids, option_ids)
+        ahead = scores is not None
         if scores is None:
             scores = await self.conn.client.score(ids, option_ids)
         self.state.count_call()
         n_tokens = sum(len(s) for s in scores)
-        self.emit(ModelCall("SCORE", len(ids), n_tokens, time.perf_counter() - started))
+        self.emit(model_call("SCORE", len(ids), n_tokens, started, self.index, ahead=ahead))
         means = [sum(s) / len(s) for s in scores]
         top = max(means)
         norm = top + math.log(sum(math.exp(m - top) for m in means))

@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING
 
 from ..lmtp.client import Followup, GenerateAfter
 from ..lmtp.messages import Generate
-from .events import ModelCall
+from .calls import model_call
+from .events import details_wanted, next_call_id
 from .hole_endings import hole_limit, stop_cut
 from .hole_strategy import HoleRequest, HoleStrategy, report_rest
 from .token_by_token import TokenByToken
+from .token_details import TokenDetails
 
 if TYPE_CHECKING:
     from ..constraints.holespec import HoleSpec
@@ -121,10 +123,16 @@ async def stream(
     started = time.perf_counter()
     if run.on_event is None:
         hold = None  # nobody listens: no text to work out per token
+    call_id = next_call_id()
+    details = None
+    if run.on_event is not None and details_wanted():
+        details = TokenDetails(run, name, op, call_id)
     source = sent_ahead.events() if sent_ahead else run.conn.client.generate(op, then)
     async with aclosing(source) as events:
         async for event in events:
             if event.token not in eos or event.finish_reason is None:
+                if details is not None:
+                    details.token(event, tokens)
                 tokens.append(event.token)
                 if run.on_tokens is not None:
                     run.on_tokens(tokens)
@@ -140,8 +148,10 @@ async def stream(
                 _show_settled(run, name, text, hold)
     run.ahead.read(op, tokens, ended, then)
     run.state.count_call()
-    elapsed = time.perf_counter() - started
-    run.emit(ModelCall("GENERATE", len(op.prompt), len(tokens), elapsed, run.index))
+    ahead = sent_ahead is not None
+    call = model_call("GENERATE", len(op.prompt), len(tokens), started, run.index,
+                      call_id=call_id, ahead=ahead)  # fmt: skip
+    run.emit(call)
     return tokens, reason
 
 

@@ -28,7 +28,7 @@ from ..grammar import GrammarCompiler, GrammarMatcher, mask_bias
 from ..lmtp.emulation import allows, eos_of, token_mask
 from ..lmtp.messages import Generate
 from ..tokenizer import Tokenizer
-from .events import ModelCall
+from .calls import model_call
 from .hole_endings import HoleEndings, hole_limit
 from .hole_strategy import HoleRequest, report_rest
 
@@ -195,7 +195,7 @@ class _Search:
         started = time.perf_counter()
         events = [e async for e in run.conn.client.generate(op)]
         run.state.count_call()
-        run.emit(ModelCall("GENERATE", len(op.prompt), 1, time.perf_counter() - started, run.index))
+        run.emit(model_call("GENERATE", len(op.prompt), 1, started, run.index))
         first = events[0]
         top = dict(first.top_logprobs or {})
         top.setdefault(first.token, first.logprob)

@@ -155,7 +155,7 @@ class QueryTrace:
 
     def listen(self, on_event: OnEvent | None) -> OnEvent:
         def record(event: QueryEvent) -> None:
-            if isinstance(event, ModelCall):
+            if isinstance(event, ModelCall) and event.status != "cancelled":
                 self._record(event)
             if on_event is not None:
                 on_event(event)

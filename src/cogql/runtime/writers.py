@@ -35,7 +35,7 @@ class StreamWriter:
 
     def __call__(self, event: QueryEvent) -> None:
         out = self.file or sys.stdout
-        if event.run != 0:
+        if not isinstance(event, TextAppended | VariableFinished) or event.run != 0:
             return
         if isinstance(event, TextAppended) and event.variable in self.variables:
             out.write(event.text)
