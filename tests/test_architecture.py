@@ -46,6 +46,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "cogql.tokenizer",
         "cogql.locations",
         "cogql.model_names",
+        "cogql.model_files",
         "cogql._lazy",
         "cogql.extras",
     ),
