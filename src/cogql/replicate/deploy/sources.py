@@ -32,6 +32,7 @@ from ...model_files import (
     shard_names,
     weight_files,
 )
+from ...tokenizer import hf_snapshot
 from .config import ConfiguredModel
 from .untrusted import inside, relative_name_problem
 
@@ -162,16 +163,8 @@ def _files(folder: Path, names: list[str], origin: str) -> list[CheckpointFile]:
 
 
 def _hub_local(repo: str, revision: str | None) -> Path | None:
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(
-            snapshot_download(
-                repo, revision=revision, cache_dir=hf_hub_cache(), local_files_only=True
-            )
-        )
-    except Exception:  # not cached (any revision form): the caller decides what next
-        return None
+    """The cached snapshot, partial or not (`plan_folder` says what it lacks)."""
+    return hf_snapshot(repo, revision)
 
 
 def _hub_download(repo: str, revision: str | None, origin: str) -> Path:
