@@ -315,14 +315,10 @@ def _wanted_files(repo_id: str, commit: str, sizes: dict[str, int], endpoint: st
             shards = []
         missing = [repr(n) for n in shards if not isinstance(n, str) or n not in sizes]
         if not shards or missing:
-            raise ModelNotFound(
-                f"the hub repo {repo_id!r}: its {weights[0]} names "
-                + (
-                    f"shards the repo does not have: {', '.join(missing)}"
-                    if shards
-                    else "no shards"
-                )
+            what = (
+                f"shards the repo does not have: {', '.join(missing)}" if missing else "no shards"
             )
+            raise ModelNotFound(f"the hub repo {repo_id!r}: its {weights[0]} names {what}")
         weights += [str(n) for n in shards]
     return sorted({*matching(top, RUN_META_PATTERNS), *weights})
 
