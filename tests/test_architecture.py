@@ -47,6 +47,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "cogql.tokenizer",
         "cogql.locations",
         "cogql.model_names",
+        "cogql.model_files",
         "cogql._lazy",
         "cogql.extras",
     ),

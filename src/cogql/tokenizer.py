@@ -261,14 +261,22 @@ class Tokenizer:
         )
 
 
-def hf_snapshot(repo_id: str) -> Path | None:
-    """Local snapshot folder of a hub repo, or None; never touches the network."""
+def hf_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
+    """Local snapshot folder of a hub repo, or None; never touches the network. A snapshot that
+    holds only some of the repo's files (cogql downloads only what a model needs) counts:
+    callers check for the files they need."""
     if not repo_id or repo_id.count("/") > 1 or repo_id.startswith(("/", ".", "~")):
         return None
     try:
         from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import IncompleteSnapshotError
 
-        folder = snapshot_download(repo_id, cache_dir=hf_hub_cache(), local_files_only=True)
+        try:
+            folder = snapshot_download(
+                repo_id, revision=revision, cache_dir=hf_hub_cache(), local_files_only=True
+            )
+        except IncompleteSnapshotError as partial:
+            folder = partial.snapshot_path
     except Exception:  # not cached, or not a valid repo id: both mean "not here"
         return None
     return Path(folder)

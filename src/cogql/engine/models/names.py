@@ -5,16 +5,24 @@ files and folders, and hub ids: from the local Hugging Face cache, else download
 from __future__ import annotations
 
 import contextlib
-import fnmatch
+import glob
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
 
 from cogql.locations import cache_dir, hf_endpoint, hf_hub_cache, hub_offline
+from cogql.model_files import (
+    BIN_INDEX,
+    RUN_META_PATTERNS,
+    SAFETENSORS_INDEX,
+    matching,
+    shard_names,
+    weight_files,
+)
 from cogql.model_names import (
     EMBEDDED_MODEL,
     LLAMA_CPP_PREFIX,
@@ -238,21 +246,22 @@ def resolve_model_path(name: str | os.PathLike[str] | None) -> Path:
 
 # a hub id: NAME or ORG/NAME (huggingface_hub's characters), nothing path-like
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(?:/[A-Za-z0-9][\w.-]*)?")
-# what a model needs besides its weights (safetensors preferred, else PyTorch .bin)
-_META_PATTERNS = ["*.json", "*.jinja", "*.model", "*.txt", "*.tiktoken"]
 
 
 def _download(repo_id: str, looked: list[str]) -> Path | None:
-    """The hub repo's config, tokenizer and weights, pinned to one commit, into the cache;
-    None (with what happened added to `looked`) when it cannot be had."""
+    """The hub repo's config, tokenizer and weights (model_files' choice), pinned to one
+    commit, into the cache; None (with what happened added to `looked`) when it cannot be
+    had. The branch is recorded only once the files are all there, so a later run finds the
+    snapshot offline and an interrupted download is never taken for a model."""
     from huggingface_hub import HfApi, snapshot_download
 
     endpoint = hf_endpoint()
+    api = HfApi(endpoint=endpoint)
     try:
-        info = HfApi(endpoint=endpoint).model_info(repo_id, files_metadata=True)
-        files = {s.rfilename: s.size or 0 for s in info.siblings or []}
-        wanted = [*_META_PATTERNS, _weights_pattern(files)]
-        size = sum(n for f, n in files.items() if any(fnmatch.fnmatch(f, p) for p in wanted))
+        info = api.model_info(repo_id, files_metadata=True)
+        sizes = {s.rfilename: s.size or 0 for s in info.siblings or []}
+        wanted = _wanted_files(repo_id, info.sha or "main", sizes, endpoint)
+        size = sum(sizes[f] for f in wanted)
         print(
             f"cogql: downloading {repo_id} from {endpoint} ({size / 1e6:.1f} MB) into "
             f"{hf_hub_cache()}",
@@ -261,23 +270,57 @@ def _download(repo_id: str, looked: list[str]) -> Path | None:
         )
         folder = Path(
             snapshot_download(
-                repo_id, revision=info.sha, cache_dir=hf_hub_cache(), endpoint=endpoint,
-                allow_patterns=wanted,
+                repo_id,
+                revision=info.sha,
+                cache_dir=hf_hub_cache(),
+                endpoint=endpoint,
+                allow_patterns=[glob.escape(f) for f in wanted],
             )
-        )  # fmt: skip
+        )
+    except ModelNotFound:
+        raise
     except Exception as e:  # every failure is reported as what it was
         looked.append(f"Hugging Face cache {hf_hub_cache()} for hub id {repo_id!r} (not cached)")
         looked.append(_hub_failure(repo_id, endpoint, e))
         return None
-    if not (folder / "config.json").is_file():
-        raise ModelNotFound(
-            f"the hub repo {repo_id!r} has no config.json: not a transformers model"
-        )
+    with contextlib.suppress(Exception):  # without the branch, the next run asks the hub again
+        api.resolve_revision(repo_id, cache_dir=hf_hub_cache())
     return folder
 
 
-def _weights_pattern(files: dict[str, Any]) -> str:
-    return "*.safetensors" if any(f.endswith(".safetensors") for f in files) else "*.bin"
+def _wanted_files(repo_id: str, commit: str, sizes: dict[str, int], endpoint: str) -> list[str]:
+    """The repo's files a run needs: config and tokenizer, and one weight format with the
+    shards its index names (the index is fetched for that, from `commit`)."""
+    from huggingface_hub import hf_hub_download
+
+    top = {f for f in sizes if "/" not in f}
+    if "config.json" not in top:
+        raise ModelNotFound(
+            f"the hub repo {repo_id!r} has no config.json: not a transformers model (for a "
+            "GGUF repo, download its .gguf file and pass that file's path)"
+        )
+    weights, _ = weight_files(top, None)
+    if not weights:
+        raise ModelNotFound(
+            f"the hub repo {repo_id!r} has no weights cogql loads (looked for "
+            f"model.safetensors, {SAFETENSORS_INDEX}, pytorch_model.bin, {BIN_INDEX})"
+        )
+    if weights[0].endswith(".index.json"):
+        index = hf_hub_download(
+            repo_id, weights[0], revision=commit, cache_dir=hf_hub_cache(), endpoint=endpoint
+        )
+        try:
+            shards = shard_names(json.loads(Path(index).read_text(encoding="utf-8")))
+        except ValueError:
+            shards = []
+        missing = [repr(n) for n in shards if not isinstance(n, str) or n not in sizes]
+        if not shards or missing:
+            what = (
+                f"shards the repo does not have: {', '.join(missing)}" if missing else "no shards"
+            )
+            raise ModelNotFound(f"the hub repo {repo_id!r}: its {weights[0]} names {what}")
+        weights += [str(n) for n in shards]
+    return sorted({*matching(top, RUN_META_PATTERNS), *weights})
 
 
 def _hub_failure(repo_id: str, endpoint: str, error: Exception) -> str:

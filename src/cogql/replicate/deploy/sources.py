@@ -15,7 +15,6 @@ otherwise put any readable file of the machine into checkpoints/ (and into the p
 
 from __future__ import annotations
 
-import fnmatch
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,33 +22,19 @@ from typing import Any
 
 from ...engine.models import ModelNotFound, resolve_model_path
 from ...errors import DeployError
-from ...locations import hf_hub_cache, hub_offline
+from ...locations import hf_endpoint, hf_hub_cache, hub_offline
+from ...model_files import (
+    BIN_INDEX,
+    META_PATTERNS,
+    SAFETENSORS_INDEX,
+    TOKENIZER_FILES,
+    matching,
+    shard_names,
+    weight_files,
+)
+from ...tokenizer import hf_snapshot
 from .config import ConfiguredModel
 from .untrusted import inside, relative_name_problem
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "tokenizer.model",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "chat_template.jinja",
-)
-# files that describe a model or its tokenizer (copied whatever the weight format)
-META_PATTERNS = (
-    "config.json",
-    "generation_config.json",
-    *TOKENIZER_FILES,
-    "chat_template.json",
-    "*.tiktoken",
-    "LICENSE*",
-    "*.md",
-)
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-BIN_INDEX = "pytorch_model.bin.index.json"
 
 
 class SourceError(DeployError):
@@ -87,11 +72,12 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _index_shards(index: Path, origin: str) -> list[str]:
-    weight_map = _read_json(index).get("weight_map")
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise SourceError(f"{index} has no weight_map; the download may be incomplete")
+    try:
+        names = shard_names(_read_json(index))
+    except ValueError:
+        raise SourceError(f"{index} has no weight_map; the download may be incomplete") from None
     shards = set()
-    for name in weight_map.values():
+    for name in names:
         problem = relative_name_problem(name)
         if problem:
             raise UnsafeSource(
@@ -99,28 +85,14 @@ def _index_shards(index: Path, origin: str) -> list[str]:
                 "must be relative file names inside the model folder (no '..', no absolute "
                 "paths, no backslashes or control characters)"
             )
+        assert isinstance(name, str)  # relative_name_problem refuses anything else
         shards.add(name)
     return sorted(shards)
 
 
-def weight_files(names: set[str], use_safetensors: bool | None) -> tuple[list[str], bool]:
-    """(weight file names incl. their index, is_safetensors) from a folder's top-level names."""
-    if use_safetensors is not False:
-        if SAFETENSORS_INDEX in names:
-            return [SAFETENSORS_INDEX], True
-        if "model.safetensors" in names:
-            return ["model.safetensors"], True
-    if use_safetensors is not True:
-        if BIN_INDEX in names:
-            return [BIN_INDEX], False
-        if "pytorch_model.bin" in names:
-            return ["pytorch_model.bin"], False
-    return [], use_safetensors is not False
-
-
 def _meta_names(names: set[str], trust_remote_code: bool) -> list[str]:
     patterns = (*META_PATTERNS, "*.py") if trust_remote_code else META_PATTERNS
-    return sorted(n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns))
+    return matching(names, patterns)
 
 
 def _top_level(folder: Path) -> set[str]:
@@ -191,33 +163,29 @@ def _files(folder: Path, names: list[str], origin: str) -> list[CheckpointFile]:
 
 
 def _hub_local(repo: str, revision: str | None) -> Path | None:
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(
-            snapshot_download(
-                repo, revision=revision, cache_dir=hf_hub_cache(), local_files_only=True
-            )
-        )
-    except Exception:  # not cached (any revision form): the caller decides what next
-        return None
+    """The cached snapshot, partial or not (`plan_folder` says what it lacks)."""
+    return hf_snapshot(repo, revision)
 
 
 def _hub_download(repo: str, revision: str | None, origin: str) -> Path:
-    """Metadata first, then exactly the weight files it names, both from one commit."""
-    from huggingface_hub import snapshot_download
+    """Metadata first, then exactly the weight files it names, both from one commit, from the
+    hub HF_ENDPOINT names at call time (huggingface_hub reads it once, at import)."""
+    from huggingface_hub import HfApi, snapshot_download
 
+    endpoint = hf_endpoint()
     meta = [*META_PATTERNS, "*.index.json"]
     try:
         first = Path(
             snapshot_download(
-                repo, revision=revision, cache_dir=hf_hub_cache(), allow_patterns=meta
+                repo,
+                revision=revision,
+                cache_dir=hf_hub_cache(),
+                allow_patterns=meta,
+                endpoint=endpoint,
             )
         )
-        from huggingface_hub import HfApi
-
         commit = first.name
-        listing = set(HfApi().list_repo_files(repo, revision=commit))
+        listing = set(HfApi(endpoint=endpoint).list_repo_files(repo, revision=commit))
         top = {n for n in listing if "/" not in n}
         weights, _ = weight_files(top, None)
         if weights and weights[0].endswith(".index.json"):
@@ -225,7 +193,11 @@ def _hub_download(repo: str, revision: str | None, origin: str) -> Path:
             weights += _index_shards(index, origin)
         folder = Path(
             snapshot_download(
-                repo, revision=commit, cache_dir=hf_hub_cache(), allow_patterns=weights or meta
+                repo,
+                revision=commit,
+                cache_dir=hf_hub_cache(),
+                allow_patterns=weights or meta,
+                endpoint=endpoint,
             )
         )
     except SourceError:
@@ -303,7 +275,10 @@ def _tokenizer_folder(spec: str, base: Path, name: str) -> Path:
         try:
             cached = Path(
                 snapshot_download(
-                    spec, cache_dir=hf_hub_cache(), allow_patterns=list(TOKENIZER_FILES)
+                    spec,
+                    cache_dir=hf_hub_cache(),
+                    allow_patterns=list(TOKENIZER_FILES),
+                    endpoint=hf_endpoint(),
                 )
             )
         except Exception as e:
