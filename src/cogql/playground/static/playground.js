@@ -448,6 +448,14 @@ function scheduleTree() {
   if (treeTimer === null) treeTimer = setTimeout(() => { treeTimer = null; drawTree(); }, 60);
 }
 
+// a run's end shows its whole tree at once, not a timer later
+function flushTree() {
+  if (treeTimer === null) return;
+  clearTimeout(treeTimer);
+  treeTimer = null;
+  drawTree();
+}
+
 function drawTree() {
   if (!run) return;
   const roots = [...run.nodes.values()].filter((n) => !run.nodes.has(n.parent));
@@ -559,12 +567,14 @@ function receive(message) {
       run.dirty.clear();
       break;
     case "finished":
+      flushTree();
       showResult(message.result);
       running(false);
       setStatus(`finished in ${((performance.now() - run.started) / 1000).toFixed(1)} s`, "done");
       document.body.dataset.state = "finished";
       break;
     case "stopped":
+      flushTree();
       running(false);
       setStatus("stopped", "stopped");
       document.body.dataset.state = "stopped";
