@@ -108,3 +108,29 @@ def test_a_call_on_replicate_names_the_prediction_it_went_in() -> None:
         cost.add_prediction(PredictionCost("p2", ("GENERATE",)))
         call = model_call("GENERATE", 3, 1, None, ahead=True)
     assert (call.prediction, call.predictions, call.ahead) == (2, 2, True)
+
+
+def no_e(text: str) -> bool:
+    return "e" not in text
+
+
+async def test_a_hole_decoded_token_by_token_reports_the_tokens_it_kept() -> None:
+    """A Python-only constraint: one GENERATE per token and backtracking. The tokens kept are
+    reported once the search settles, each with the call that ranked it, the model's ranking
+    there and the count the grammar part allowed; no rejected token is among them."""
+    source = 'argmax "Name a fruit:[X]" where len(TOKENS(X)) < 5 and no_e(X)'
+    events = await events_of(source, top=4, no_e=no_e)
+    tokens = [e for e in events if isinstance(e, TokenGenerated)]
+    calls = {e.id for e in events if isinstance(e, ModelCall)}
+    (value,) = [e.value for e in events if isinstance(e, cogql.VariableFinished)]
+    assert tokens and "".join(t.text for t in tokens) == value and "e" not in value
+    assert [t.start for t in tokens] == [
+        sum(len(u.text) for u in tokens[:i]) for i in range(len(tokens))
+    ]
+    for t in tokens:
+        assert t.variable == "X" and t.call in calls
+        assert 1 <= len(t.alternatives) <= 4 and t.allowed == 49152
+        assert t.token in {a.token for a in t.alternatives}
+        ranked = [a.logprob for a in t.alternatives]
+        assert ranked == sorted(ranked, reverse=True)
+        assert next(a for a in t.alternatives if a.token == t.token).logprob == t.logprob

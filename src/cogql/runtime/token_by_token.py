@@ -29,11 +29,13 @@ from ..lmtp.emulation import allows, eos_of, token_mask
 from ..lmtp.messages import Generate
 from ..tokenizer import Tokenizer
 from .calls import model_call
+from .events import details_wanted
 from .hole_endings import HoleEndings, hole_limit
 from .hole_strategy import HoleRequest, report_rest
 
 if TYPE_CHECKING:
     from .interpreter import QueryRun
+    from .token_details import SearchSteps
 
 TOP_CANDIDATES = 16  # candidates per step
 _compilers: dict[int, tuple[Tokenizer, GrammarCompiler]] = {}
@@ -97,6 +99,11 @@ class _Search:
         self.grammar = grammar
         self._matcher: tuple[GrammarMatcher, list[int]] | None = None
         self.logprobs: dict[tuple[int, ...], float] = {}
+        self.details: SearchSteps | None = None
+        if run.on_event is not None and details_wanted():
+            from .token_details import SearchSteps
+
+            self.details = SearchSteps(run, name, self.tokenizer)
 
     async def generate(self) -> tuple[list[int], str]:
         tokens: list[int] = []
@@ -150,6 +157,8 @@ class _Search:
         eos_allowed = allowed is None or bool(allowed[self.eos])
         if allowed is not None and allowed.sum() <= 1:
             ranked = [int(i) for i in np.flatnonzero(allowed)]  # forced: no model call
+            if self.details is not None:
+                self.details.forced(tokens, allowed)
         else:
             ranked = await self._ranked(tokens, allowed)
         return _Frame(self._order(tokens, ranked, eos_allowed))
@@ -195,10 +204,13 @@ class _Search:
         started = time.perf_counter()
         events = [e async for e in run.conn.client.generate(op)]
         run.state.count_call()
-        run.emit(model_call("GENERATE", len(op.prompt), 1, started, run.index))
+        call = model_call("GENERATE", len(op.prompt), 1, started, run.index)
+        run.emit(call)
         first = events[0]
         top = dict(first.top_logprobs or {})
         top.setdefault(first.token, first.logprob)
+        if self.details is not None:
+            self.details.ranked(tokens, top, allowed, call.id)
         order = [first.token, *sorted(top, key=lambda t: -top[t])]
         ranked = [t for t in dict.fromkeys(order) if allows(allowed, t)]
         for t in ranked:
@@ -210,6 +222,8 @@ class _Search:
         final = tokens if token == self.eos else [*tokens, token]
         logprobs = (self.logprobs.get(tuple(final[: i + 1]), 0.0) for i in range(len(final)))
         self.run.state.add_logprob(sum(logprobs))
+        if self.details is not None:
+            self.details.report(final, self.logprobs)
         return final, reason
 
     def _unsatisfied(self) -> ConstraintUnsatisfiedError:
