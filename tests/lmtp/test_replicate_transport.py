@@ -348,6 +348,29 @@ def test_a_hole_sent_ahead_is_dropped_when_the_one_before_was_cut(
     assert ops == [("GENERATE", "GENERATE", "SCORE", "SCORE"), ("GENERATE", "SCORE", "SCORE")]
 
 
+def test_each_model_call_names_the_prediction_it_went_in(
+    emulator: ReplicateEmulator, embedded_path: Path
+) -> None:
+    """What the playground's calls view shows: with details on, every call of the cut-hole
+    query says its prediction (1 for the first message, 2 for what was sent again), the
+    requests sent ahead and dropped are reported cancelled, and the last call counts the
+    query's predictions."""
+    from cogql.runtime.events import ModelCall, token_details
+
+    source = CHAIN.format(extra=' and STOPS_BEFORE(A, "e")').replace("< 5", "< 40")
+    model = cogql.model(REF, endpoint=f"replicate:{REF}", tokenizer=str(embedded_path),
+                        api_token=emulator.token, base_url=emulator.base_url)  # fmt: skip
+    events: list[Any] = []
+    with token_details():
+        result = cogql.run_sync(source, model=model, output=events.append)
+    calls = [e for e in events if isinstance(e, ModelCall)]
+    done = [(c.kind, c.ahead, c.prediction) for c in calls if c.status == "done"]
+    assert done == [("GENERATE", False, 1), ("GENERATE", False, 2), ("SCORE", True, 2)]
+    cancelled = [(c.kind, c.ahead) for c in calls if c.status == "cancelled"]
+    assert ("GENERATE", True) in cancelled
+    assert result.cost is not None and calls[-1].predictions == len(result.cost.predictions) == 2
+
+
 async def test_a_generate_after_a_generate_shares_its_prediction(
     emulator: ReplicateEmulator, reference: LMTPClient
 ) -> None:
