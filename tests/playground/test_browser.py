@@ -100,6 +100,7 @@ def test_type_a_query_run_it_on_the_embedded_model_and_click_a_token(
     alternatives = page.locator("#token-view .alt")
     assert alternatives.count() == 5
     assert "log-prob" in page.inner_text("#token-view .head")
+    assert "model call #1" in page.inner_text("#token-view")  # numbered within the run
     assert page.locator("#calls tbody tr[data-kind=GENERATE]").count() == 1
     shot(page, tmp_path, "token")
     pixels = clip(page, ".tok.chosen", tmp_path, "token-clip")
@@ -146,6 +147,8 @@ def test_beam_draws_its_search_tree(page: Any, tmp_path: Path) -> None:
     assert page.locator("#tree .node.result").count() == 3
     assert page.locator("#tree .node").count() > page.locator("#tree .node.kept").count()
     assert page.locator("#output .run").count() == 3  # the results side by side
+    numbers = page.locator("#calls tbody tr td:first-child").all_inner_texts()
+    assert numbers == [str(n) for n in range(1, len(numbers) + 1)]
     shot(page, tmp_path, "beam")
 
 

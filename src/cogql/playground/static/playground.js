@@ -393,7 +393,7 @@ function chooseToken(seg, k, span) {
     el("div", { class: "head" }, "token ", el("b", { text: shown(t.text) }), ` in ${t.variable}` +
       ` · log-prob ${fixed(t.logprob, 3)} (${percent(t.logprob)})`),
     el("div", { class: "hint", text: `the constraints allowed ${allowed} here` +
-      (call ? ` · model call #${t.call}` : "") }),
+      (call ? ` · model call #${call.number}` : "") }),
   );
   for (const a of t.alternatives) {
     const row = el("div", { class: "alt" + (a.token === t.token ? " taken" : "") +
@@ -406,11 +406,12 @@ function chooseToken(seg, k, span) {
   }
 }
 
+// calls are numbered within the run (their ids count the process's calls)
 function onCall(e) {
-  run.calls.set(e.id, e);
+  run.calls.set(e.id, { ...e, number: run.calls.size + 1 });
   const tr = el("tr", { class: [e.ahead ? "ahead" : "", e.status === "cancelled" ? "cancelled" : ""].join(" ").trim(),
     "data-kind": e.kind, "data-status": e.status },
-    el("td", { text: e.id }), el("td", { text: e.kind }), el("td", { text: e.run }),
+    el("td", { text: run.calls.get(e.id).number }), el("td", { text: e.kind }), el("td", { text: e.run }),
     el("td", { text: e.ahead ? "ahead" : "now" }), el("td", { text: e.status }),
     el("td", { text: e.prompt_tokens }), el("td", { text: e.tokens }),
     el("td", { text: fixed(e.seconds * 1000, 0) }),
