@@ -50,6 +50,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "cogql.model_files",
         "cogql._lazy",
         "cogql.extras",
+        "cogql.http_thread",
     ),
 }
 

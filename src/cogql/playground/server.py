@@ -11,13 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
-import threading
-import time
 from importlib import resources
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -26,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..errors import DeployError
+from ..http_thread import ServedInThread, listening_socket, why_not_listening
 from .access import TOKEN_PARAM, Access
 from .models import SUGGESTED
 from .session import QuerySession, RunRequest, RunRequestError, check
@@ -165,9 +162,7 @@ class Playground:
             self.access.token = token
         self.source = source
         self.model = model
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._failure: BaseException | None = None
+        self._http: ServedInThread | None = None
 
     @property
     def url(self) -> str:
@@ -175,52 +170,28 @@ class Playground:
         return f"http://{host}:{self.access.port}/?{TOKEN_PARAM}={self.access.token}"
 
     def start(self) -> Playground:
-        family = socket.AF_INET6 if ":" in self.access.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        host, port = self.access.host, self.access.port
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.access.host, self.access.port))
+            sock = listening_socket(host, port)
         except OSError as e:
-            sock.close()
-            raise PlaygroundError(
-                f"cannot listen on {self.access.host}:{self.access.port}: {e}"
-            ) from e
+            raise PlaygroundError(why_not_listening(host, port, e)) from None
         self.access.port = sock.getsockname()[1]
         app = build_app(self.access, self.source, self.model)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                ws_max_size=MAX_MESSAGE_BYTES, timeout_graceful_shutdown=2)  # fmt: skip
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._run, args=(sock,), name="cogql-playground",
-                                        daemon=True)  # fmt: skip
-        self._thread.start()
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise PlaygroundError(f"the playground did not start: {self._failure!r}")
-            time.sleep(0.01)
+        self._http = ServedInThread(app, sock, name="cogql-playground", lifespan="off",
+                                    ws_max_size=MAX_MESSAGE_BYTES, timeout_graceful_shutdown=2)  # fmt: skip
+        if not self._http.start(STARTUP_TIMEOUT_S):
+            raise PlaygroundError(f"the playground did not start: {self._http.failure!r}")
         return self
-
-    def _run(self, sock: socket.socket) -> None:
-        loop = asyncio.new_event_loop()
-        try:
-            assert self._server is not None
-            loop.run_until_complete(self._server.serve(sockets=[sock]))
-        except BaseException as e:
-            self._failure = e
-        finally:
-            sock.close()
-            loop.close()
 
     def wait(self) -> None:
         """Until the server ends (it ends on `stop`)."""
-        while self._thread is not None and self._thread.is_alive():
-            self._thread.join(0.5)
+        if self._http is not None:
+            self._http.wait()
 
     def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=15)
-        self._server = None
+        if self._http is not None:
+            self._http.stop()
+        self._http = None
 
     def __enter__(self) -> Playground:
         return self.start()

@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
-import threading
-import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
+from ... import http_thread
 from ...errors import DeployError
+from ...http_thread import ServedInThread
 from ..cog.cogserver import CogServer, CogServerError, can_isolate
 from .auth import new_token
 from .body import MAX_BODY_BYTES
@@ -37,19 +35,11 @@ class PortInUseError(EmulatorError):
 
 def listening_socket(host: str, port: int) -> socket.socket:
     """A socket listening on host:port (0: a free port), or an EmulatorError saying why not."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen()
+        return http_thread.listening_socket(host, port)
     except OSError as e:
-        sock.close()
-        if e.errno == errno.EADDRINUSE:
-            raise PortInUseError(
-                f"port {port} on {host} is in use; pass --port N or stop the process that holds it"
-            ) from None
-        raise EmulatorError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    return sock
+        why = http_thread.why_not_listening(host, port, e)
+        raise (PortInUseError if e.errno == errno.EADDRINUSE else EmulatorError)(why) from None
 
 
 class ReplicateEmulator:
@@ -120,11 +110,8 @@ class ReplicateEmulator:
         self.faults = Faults()
         self.entries: list[ModelEntry] = []
         self.servers: dict[str, CogServer] = {}
-        self._uvicorn: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._http: ServedInThread | None = None
         self._api: API | None = None
-        self._failure: BaseException | None = None
         self._booting: list[CogServer] = []
         self._socket: socket.socket | None = None  # bound first, handed to the HTTP server
 
@@ -160,7 +147,7 @@ class ReplicateEmulator:
     def predictions(self) -> list[dict[str, Any]]:
         """Every prediction made so far, oldest first, as the API shows them (for tests and
         benchmarks that count predictions, their status and predict_time)."""
-        loop, api = self._loop, self._api
+        loop, api = self._http.loop if self._http else None, self._api
         if loop is None or api is None or loop.is_closed():
             return []
 
@@ -225,42 +212,21 @@ class ReplicateEmulator:
             max_kept=self.max_kept,
             keep_s=self.keep_s,
         )
-        config = uvicorn.Config(
+        self._http = ServedInThread(
             build_app(self._api),
-            log_level="warning",
-            access_log=False,
+            sock,
+            name="cogql-replicate-emulator",
             lifespan="on",
             timeout_graceful_shutdown=3,
         )
-        self._uvicorn = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._run, args=(sock,), name="cogql-replicate-emulator", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not self._uvicorn.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise EmulatorError(f"the HTTP server did not start: {self._failure!r}")
-            time.sleep(0.01)
-
-    def _run(self, sock: socket.socket) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            assert self._uvicorn is not None
-            loop.run_until_complete(self._uvicorn.serve(sockets=[sock]))
-        except BaseException as e:
-            self._failure = e
-        finally:
-            sock.close()
-            loop.close()
+        if not self._http.start(STARTUP_TIMEOUT_S):
+            raise EmulatorError(f"the HTTP server did not start: {self._http.failure!r}")
 
     def stop(self) -> None:
-        if self._uvicorn is not None and self._thread is not None:
+        if self._http is not None:
             self._finish_predictions()
-            self._uvicorn.should_exit = True
-            self._thread.join(timeout=15)
-            self._uvicorn = None
+            self._http.stop()
+            self._http = None
         if self._socket is not None:  # bound, but the HTTP server never took it
             self._socket.close()
             self._socket = None
@@ -270,9 +236,10 @@ class ReplicateEmulator:
 
     def _finish_predictions(self) -> None:
         """End open streams and waits first, so the HTTP server can close its connections."""
-        loop, api, thread = self._loop, self._api, self._thread
-        if loop is None or api is None or thread is None or not thread.is_alive():
+        http, api = self._http, self._api
+        if http is None or http.loop is None or api is None or not http.alive:
             return
+        loop = http.loop
         future = asyncio.run_coroutine_threadsafe(api.finish_all(), loop)
         try:
             future.result(timeout=15)
