@@ -46,3 +46,19 @@ def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 
     done = CliRunner().invoke(main, ["playground", str(tmp_path / "nope.lmql"), "--no-browser"])
     assert done.exit_code == 2 and "cannot read" in done.output
+
+
+def test_a_busy_port_is_named_with_what_to_do() -> None:
+    import socket
+
+    from click.testing import CliRunner
+
+    from cogql.cli import main
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        done = CliRunner().invoke(main, ["playground", "--port", str(port), "--no-browser"])
+    assert done.exit_code == 1
+    assert f"port {port} on 127.0.0.1 is in use; pass --port N" in done.output
