@@ -135,6 +135,8 @@ def test_an_error_is_underlined_at_its_line_and_column(page: Any, tmp_path: Path
     mark = page.wait_for_selector("#error-mark")
     assert mark.inner_text() == "<"  # line 3, column 15: the expression ends there
     assert "(line 3, column 15)" in page.inner_text("#error")
+    assert page.locator("#gutter span").all_inner_texts() == ["1\n", "2\n", "3\n"]
+    assert page.locator("#gutter span.bad").inner_text().strip() == "3"  # the error's line
     shot(page, tmp_path, "error")
     pixels = clip(page, "#error-mark", tmp_path, "error-clip", pad=4)
     assert png.has_colour(pixels, ERROR_RED, tolerance=40) > 2

@@ -195,13 +195,26 @@ function highlighted(source, error) {
 
 const editor = $("editor");
 const overlay = $("highlight");
+const gutter = $("gutter");
 let shownError = null;
 let checkTimer = null;
 let inputValues = {};
 
 function paint() {
   overlay.innerHTML = highlighted(editor.value, shownError);
-  overlay.scrollTop = editor.scrollTop;
+  paintGutter();
+  followScroll();
+}
+
+function paintGutter() {
+  const lines = editor.value.split("\n").length;
+  const bad = shownError ? shownError.line : 0;
+  gutter.replaceChildren(...Array.from({ length: lines }, (_, i) =>
+    el("span", { class: i + 1 === bad ? "bad" : "", text: `${i + 1}\n` })));
+}
+
+function followScroll() {
+  overlay.scrollTop = gutter.scrollTop = editor.scrollTop;
   overlay.scrollLeft = editor.scrollLeft;
 }
 
@@ -260,10 +273,7 @@ function inputs() {
 }
 
 editor.addEventListener("input", () => { paint(); scheduleCheck(); });
-editor.addEventListener("scroll", () => {
-  overlay.scrollTop = editor.scrollTop;
-  overlay.scrollLeft = editor.scrollLeft;
-});
+editor.addEventListener("scroll", followScroll);
 editor.addEventListener("keydown", (e) => {
   if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); runQuery(); }
   else if (e.key === "Tab") {
