@@ -151,6 +151,10 @@ def test_beam_draws_its_search_tree(page: Any, tmp_path: Path) -> None:
     assert page.locator("#output .run").count() == 3  # the results side by side
     numbers = page.locator("#calls tbody tr td:first-child").all_inner_texts()
     assert numbers == [str(n) for n in range(1, len(numbers) + 1)]
+    page.click("#output .run >> nth=0 >> .var[data-name=X] .tok >> nth=1")  # a result's token
+    assert "the beam's candidates at this step" in page.inner_text("#token-view")
+    assert page.locator("#token-view .alt").count() == 3  # the step's three candidates
+    assert page.locator("#token-view .alt.taken").count() == 1
     shot(page, tmp_path, "beam")
 
 

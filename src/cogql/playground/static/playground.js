@@ -402,8 +402,8 @@ function chooseToken(seg, k, span) {
   view.replaceChildren(
     el("div", { class: "head" }, "token ", el("b", { text: shown(t.text) }), ` in ${t.variable}` +
       ` · log-prob ${fixed(t.logprob, 3)} (${percent(t.logprob)})`),
-    el("div", { class: "hint", text: `the constraints allowed ${allowed} here` +
-      (call ? ` · model call #${call.number}` : "") }),
+    el("div", { class: "hint", text: t.beam ? "the beam's candidates at this step (the search tree shows them all)"
+      : `the constraints allowed ${allowed} here` + (call ? ` · model call #${call.number}` : "") }),
   );
   for (const a of t.alternatives) {
     const row = el("div", { class: "alt" + (a.token === t.token ? " taken" : "") +
@@ -457,6 +457,34 @@ let treeTimer = null;
 function scheduleTree() {
   $("tree-box").hidden = false;
   if (treeTimer === null) treeTimer = setTimeout(() => { treeTimer = null; drawTree(); }, 60);
+}
+
+// a beam result's tokens, from its path in the search tree: at each step the decoder's other
+// candidates (the node's siblings) are the alternatives, log-probs the step's own
+function attachBeamTokens() {
+  for (const [id, rank] of run.results) {
+    const col = run.columns.get(rank);
+    if (!col) continue;
+    const path = [];
+    for (let n = run.nodes.get(id); n && n.parent !== null; n = run.nodes.get(n.parent)) path.unshift(n);
+    const ends = new Map();
+    for (const n of path) {
+      const seg = n.variable && n.token ? col.segments.find((s) => s.variable === n.variable) : null;
+      const parent = run.nodes.get(n.parent);
+      if (!seg || !parent) continue;
+      const step = (m) => m.logprob - parent.logprob;
+      const candidates = parent.children.map((c) => run.nodes.get(c)).filter(Boolean)
+        .sort((a, b) => b.logprob - a.logprob);
+      const start = ends.get(seg) || 0;
+      seg.tokens.push({ variable: n.variable, token: n.id, text: n.token, logprob: step(n), start,
+        allowed: null, call: 0, beam: true,
+        alternatives: candidates.map((c) => ({ token: c.id, text: c.token, logprob: step(c), allowed: null })) });
+      ends.set(seg, start + n.token.length);
+      run.dirty.add(seg);
+    }
+  }
+  for (const seg of run.dirty) renderSegment(seg);
+  run.dirty.clear();
 }
 
 // a run's end shows its whole tree at once, not a timer later
@@ -579,6 +607,7 @@ function receive(message) {
       break;
     case "finished":
       flushTree();
+      attachBeamTokens();
       showResult(message.result);
       running(false);
       setStatus(`finished in ${((performance.now() - run.started) / 1000).toFixed(1)} s`, "done");
