@@ -10,10 +10,11 @@ from deep inside a module that imports torch.
 from __future__ import annotations
 
 import importlib.util
+from importlib.metadata import PackageNotFoundError, version
 
 from .errors import ModelError
 
-__all__ = ["EXTRA_MODULES", "MissingExtra", "missing_modules", "require"]
+__all__ = ["EXTRA_MODULES", "MissingExtra", "installed_version", "missing_modules", "require"]
 
 _ENGINE = ("torch", "transformers", "accelerate", "safetensors", "gguf")
 
@@ -56,3 +57,12 @@ def require(extra: str, feature: str) -> None:
     missing = missing_modules(extra)
     if missing:
         raise MissingExtra(feature, extra, missing)
+
+
+def installed_version(dist: str) -> str | None:
+    """The installed version of the distribution `dist`, or None (not installed: a checkout
+    run from its source, say)."""
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None

@@ -3,7 +3,8 @@ raise a bare IndexError, vLLM a traceback): every engine and every host answers 
 
 from __future__ import annotations
 
-from ..lmtp.messages import Generate, Op, Score
+from ..grammar import GrammarError
+from ..lmtp.messages import Generate, Op, Score, op_kind
 
 
 def op_problem(
@@ -54,3 +55,22 @@ def room(op: Generate, context_length: int | None) -> int:
     if context_length is None:
         return op.max_tokens
     return max(min(op.max_tokens, context_length - len(op.prompt)), 0)
+
+
+def no_leader(op: Generate | Score) -> str:
+    """Why an op `after` a stream cannot run: no GENERATE of that id came before it."""
+    return f"{op_kind(op)} after={op.after!r} names no GENERATE sent before it"
+
+
+def grammar_too_slow(timeout_s: float) -> str:
+    return (
+        f"invalid grammar: it did not compile within {timeout_s:g} s: constrain with a "
+        "simpler grammar"
+    )
+
+
+def generate_error(e: Exception) -> str:
+    """What a GENERATE that failed while it ran tells its stream."""
+    if isinstance(e, GrammarError):
+        return f"invalid grammar: {e}"
+    return f"failed to generate tokens '{e}'"

@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from ..grammar import GRAMMAR_TIMEOUT_S, MAX_GRAMMAR_BYTES, GrammarCompiler, GrammarError
+from ..extras import installed_version
+from ..grammar import GRAMMAR_TIMEOUT_S, MAX_GRAMMAR_BYTES, GrammarCompiler
 from ..lmtp.messages import (
     ENGINE_CAPABILITIES,
     TOKENIZER,
@@ -42,10 +43,9 @@ from ..lmtp.messages import (
     Op,
     Score,
     TokenEvent,
-    op_kind,
     tokenizer_to_wire,
 )
-from .checks import op_problem, room, too_long
+from .checks import generate_error, grammar_too_slow, no_leader, op_problem, room, too_long
 from .jobs import GenerateStream, Job, ScoreJob
 from .kvcache import PrefixCache
 from .models import LoadedModel
@@ -148,7 +148,7 @@ class Engine:
             "model_type": "transformers",
             "constructor": f"AutoModelForCausalLM.from_pretrained('{self.loaded.path}')",
             "transformers": version("transformers"),
-            "cogql": version("cogql") if _installed("cogql") else "dev",
+            "cogql": installed_version("cogql") or "dev",
             "dtype": str(self.loaded.dtype).removeprefix("torch.")
             + _decode_suffix(self.loaded.decode_dtypes),
             "capabilities": list(ENGINE_CAPABILITIES),
@@ -327,8 +327,7 @@ class Engine:
         item: Follower = (op, handle) if isinstance(op, Score) else self._stream(op, sink, handle)
         if op.after is not None:
             if (leader := generates.get(op.after)) is None:
-                error = f"{op_kind(op)} after={op.after!r} names no GENERATE sent before it"
-                self._refuse(item, sink, error)
+                self._refuse(item, sink, no_leader(op))
                 return
             leader.then.append(item)
         elif isinstance(item, tuple):
@@ -435,11 +434,7 @@ class Engine:
             elif now >= s.grammar_deadline:
                 future.cancel()
                 s.grammar = None
-                self._fail_job(
-                    s,
-                    f"invalid grammar: it did not compile within {self.grammar_timeout_s:g} s: "
-                    "constrain with a simpler grammar",
-                )
+                self._fail_job(s, grammar_too_slow(self.grammar_timeout_s))
 
     def _decode(self) -> None:
         """Every ready stream chooses its next token, then all of them are fed at once."""
@@ -448,7 +443,7 @@ class Engine:
                 done = self.stepper.step(s)
             except Exception as e:  # this stream's failure, not the engine's
                 log.exception("GENERATE failed")
-                self._fail_job(s, _generate_error(e))
+                self._fail_job(s, generate_error(e))
                 continue
             if done:
                 self._finish(s)
@@ -541,20 +536,6 @@ class Engine:
                 job = scores.setdefault(tuple(op.prompt), ScoreJob(op.prompt, [], s.sink))
                 job.ops.append((op, handle))
         self._scores.extend(scores.values())
-
-
-def _generate_error(e: Exception) -> str:
-    if isinstance(e, GrammarError):
-        return f"invalid grammar: {e}"
-    return f"failed to generate tokens '{e}'"
-
-
-def _installed(dist: str) -> bool:
-    try:
-        version(dist)
-        return True
-    except Exception:
-        return False
 
 
 def _decode_suffix(dtypes: tuple[torch.dtype, ...]) -> str:

