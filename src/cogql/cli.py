@@ -195,22 +195,18 @@ def _logging_to(printer: _Printer, level: str) -> Iterator[None]:
         logger.level, logger.propagate = saved
 
 
-ENDPOINT_SCHEMES = ("ws://", "wss://", "lmtp://", "lmtp:")
-
-
 def _run_model(model_name: str | None, engine: str | None) -> Any:
     """--model (and --engine) as a model: an LMTP endpoint, a name run in process on an
     engine, or any name cogql.model takes."""
     import cogql
+    from cogql.runtime.model import ENDPOINT_SCHEMES, typed_model
 
-    if model_name and model_name.startswith(ENDPOINT_SCHEMES):
-        if engine:
-            raise click.UsageError("--engine runs a model in process; --model names a server")
-        return cogql.model(None, endpoint=model_name)
     if engine:
+        if model_name and model_name.startswith(ENDPOINT_SCHEMES):
+            raise click.UsageError("--engine runs a model in process; --model names a server")
         name = model_name or "default"
         return cogql.model(name if name.startswith("local:") else f"local:{name}", engine=engine)
-    return cogql.model(model_name) if model_name else None
+    return typed_model(model_name)
 
 
 def _check_sets(inputs: dict[str, Any], reads: tuple[str, ...]) -> None:
@@ -619,9 +615,9 @@ def replicate_serve(
     require("deploy", "cogql replicate serve")
     from .replicate.emulator import EmulatorError, ReplicateEmulator
     from .replicate.emulator.command import serve
+    from .serve.logs import log_to_stderr
 
-    logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("cogql").setLevel(log_level.upper())
+    log_to_stderr(log_level)
     emu = ReplicateEmulator([Path(w) for w in workdirs], token=token, latency=latency, host=host,
                    port=port, wait_ready=False, max_body_bytes=int(max_body_mb * 1024 * 1024),
                    max_kept=keep)  # fmt: skip

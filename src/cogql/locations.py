@@ -1,4 +1,5 @@
-"""Where cogql keeps things on disk: its own cache root and the Hugging Face hub cache.
+"""Where cogql keeps things on disk (its own cache root, the Hugging Face hub cache) and
+whether it draws progress on the terminal.
 
 Both are read from the environment on every call, not at import time, so variables set after
 import are honoured; every layer may use them (they import nothing of cogql's).
@@ -7,9 +8,10 @@ import are honoured; every layer may use them (they import nothing of cogql's).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-__all__ = ["cache_dir", "hf_endpoint", "hf_hub_cache", "hub_offline"]
+__all__ = ["cache_dir", "hf_endpoint", "hf_hub_cache", "hub_offline", "progress_shown"]
 
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 
@@ -43,3 +45,10 @@ def hub_offline() -> bool:
 def hf_endpoint() -> str:
     """The hub's address: HF_ENDPOINT (a mirror), else huggingface.co; read at call time."""
     return (os.environ.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/")
+
+
+def progress_shown() -> bool:
+    """Whether progress is drawn on stderr: on a terminal, or with COGQL_PROGRESS=1; never
+    with COGQL_PROGRESS=0 (a log in CI stays readable)."""
+    forced = os.environ.get("COGQL_PROGRESS")
+    return forced != "0" and (forced == "1" or sys.stderr.isatty())

@@ -13,6 +13,7 @@ import os
 from .errors import ModelError
 
 __all__ = [
+    "EMBEDDED_ALIASES",
     "EMBEDDED_MODEL",
     "LLAMA_CPP_PREFIX",
     "RANDOM_MODEL",
@@ -22,6 +23,7 @@ __all__ = [
 ]
 
 EMBEDDED_MODEL = "SmolLM2-135M-Instruct"
+EMBEDDED_ALIASES = {"", "default", "smollm2", EMBEDDED_MODEL.lower()}  # names of it, lowercased
 RANDOM_MODEL = "random"
 LLAMA_CPP_PREFIX = "llama.cpp:"
 

@@ -18,9 +18,9 @@ from typing import Any
 from ..errors import QueryError
 from ..language.compiler import compile_query
 from ..runtime.events import QueryEvent, token_details
+from ..runtime.model import typed_model
 from ..runtime.query import query_from_string
 from . import wire
-from .models import chosen_model
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 TOP_ALTERNATIVES = 5  # alternatives shown per token
@@ -99,7 +99,7 @@ class QuerySession:
         try:
             query = query_from_string(request.source)
             runtime: dict[str, Any] = {"output": outbox.put}
-            model = chosen_model(request.model)
+            model = typed_model(request.model)
             if model is not None:
                 runtime["model"] = model
             with token_details(TOP_ALTERNATIVES):

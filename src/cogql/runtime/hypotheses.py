@@ -150,13 +150,17 @@ class Explorer:
     async def start(self) -> Hypothesis:
         """The program run up to its first hole (or to its end, when it has none)."""
         root = replace(await self._replay((), 0.0), id=next(self._ids))
-        self._grown(root, None, "", 0)
+        self._grown(root, None, None, 0)
         return root
 
-    def _grown(self, h: Hypothesis, variable: str | None, token: str, step: int) -> None:
+    def _grown(self, h: Hypothesis, variable: str | None, token: int | None, step: int) -> None:
+        """The tree's new node `h`, grown by `token` (None: the root; EOS adds no text)."""
         if self.details and self.on_event is not None:
+            text = ""
+            if token is not None and token != self.eos:
+                text = self.conn.tokenizer.decode([token])
             self.on_event(
-                HypothesisGrown(h.id, h.parent, variable, token, h.logprob, h.complete, step)
+                HypothesisGrown(h.id, h.parent, variable, text, h.logprob, h.complete, step)
             )
 
     def kept(
@@ -252,8 +256,7 @@ class Explorer:
             done = Decided(h.frontier.name, tokens, step.reason, step.cut)
             child = await self._replay((*h.decided, done), h.logprob + logprob)
         child = replace(child, id=next(self._ids), parent=h.id)
-        text = "" if token == self.eos else self.conn.tokenizer.decode([token])
-        self._grown(child, h.frontier.name, text, at)
+        self._grown(child, h.frontier.name, token, at)
         return child
 
     def _take(self, h: Hypothesis, endings: HoleEndings, before: str, token: int) -> Step | None:

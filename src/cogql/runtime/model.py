@@ -21,7 +21,8 @@ from ..errors import ModelError
 from ..extras import require
 from ..lmtp.client import LMTPClient, LMTPError
 from ..lmtp.transports.openai.settings import is_openai_name
-from ..model_names import EMBEDDED_MODEL, RANDOM_MODEL
+from ..locations import progress_shown
+from ..model_names import EMBEDDED_ALIASES, EMBEDDED_MODEL, RANDOM_MODEL
 from ..tokenizer import Tokenizer, load_tokenizer
 
 if TYPE_CHECKING:
@@ -189,8 +190,7 @@ def announce_slow_load(name: str) -> Iterator[None]:
 
 
 def _progress_line(text: str) -> None:
-    forced = os.environ.get("COGQL_PROGRESS")
-    if forced != "0" and (forced == "1" or sys.stderr.isatty()):
+    if progress_shown():
         print(text, file=sys.stderr, flush=True)
     else:
         log.info("%s", text)
@@ -271,6 +271,22 @@ def as_model(value: Any) -> Model:
     if value is None or isinstance(value, str):
         return _shared(value)
     raise ModelConfigError(f"expected a model name or cogql.model(...), got {value!r}")
+
+
+# how an LMTP server's address begins, where a name could be either (a CLI flag, a form field)
+ENDPOINT_SCHEMES = ("ws://", "wss://", "lmtp://", "lmtp:")
+
+
+def typed_model(text: str | None) -> Model | None:
+    """A model as a person types it (`cogql run --model`, the playground's model field): an
+    LMTP server's address, or any name a `from` clause takes; None when nothing is typed (the
+    query's own `from`, else the default model)."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    if text.startswith(ENDPOINT_SCHEMES):
+        return model(None, endpoint=text)
+    return as_model(text)
 
 
 _models: dict[str | None, Model] = {}
@@ -443,7 +459,7 @@ def _same_model(asked: str, served: str) -> bool:
     """Whether `asked` names `served` (a server names a folder by its last part, the embedded
     model by its name)."""
     raw = asked.removeprefix("local:").strip().rstrip("/\\")
-    if raw.lower() in ("", "default", "smollm2", EMBEDDED_MODEL.lower()):
+    if raw.lower() in EMBEDDED_ALIASES:
         raw = EMBEDDED_MODEL
     return served in (raw, os.path.basename(raw)) or raw.endswith(f"/{served}")
 

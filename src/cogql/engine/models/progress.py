@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 __all__ = ["Step", "Steps", "gguf_tensors_counted", "no_progress_bars", "quiet_transformers"]
+
+from ...locations import progress_shown
 
 log = logging.getLogger("cogql.engine.models")
 
@@ -23,8 +24,7 @@ class Steps:
 
     def __init__(self, title: str, *, progress: bool) -> None:
         self.title = title
-        forced = os.environ.get("COGQL_PROGRESS")
-        self.live = progress and forced != "0" and (forced == "1" or sys.stderr.isatty())
+        self.live = progress and progress_shown()
         self.progress = progress
         self._bar: Any = None
 

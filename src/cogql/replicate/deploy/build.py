@@ -20,9 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shlex
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -31,6 +29,7 @@ from string import Template
 from typing import Any
 
 from ...errors import DeployError
+from ...locations import progress_shown
 from ..cog.layout import BUILD_INFO, CHECKPOINTS, MODEL_ARGS, PUSH_SCRIPT, VENDOR_DIR
 from ..cog.modelargs import ENGINE_KEY, VLLM_KEY, is_quantized
 from . import requirements, schema
@@ -201,11 +200,6 @@ def render(
     return outputs
 
 
-def _show_progress() -> bool:
-    forced = os.environ.get("COGQL_PROGRESS")
-    return forced != "0" and (forced == "1" or sys.stderr.isatty())
-
-
 @contextlib.contextmanager
 def _progress(total: int, show: bool) -> Iterator[Callable[[int], None]]:
     """A bytes progress bar for linking/copying weights (copies across filesystems take a
@@ -303,7 +297,7 @@ def build(
         ]
     total = sum(p.bytes_to_link for _, p in plans)
     results = []
-    with _progress(total, _show_progress() if progress is None else progress) as advance:
+    with _progress(total, progress_shown() if progress is None else progress) as advance:
         for model, p in plans:
             counts = apply(p, advance)
             results.append(

@@ -15,8 +15,11 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ...serve.logs import printable  # a client's text escaped: a `%0A` never makes a line
+
 log = logging.getLogger("cogql.replicate.emulator")
 
+MAX_PATH_SHOWN = 2000
 _PREDICTION_PATH = re.compile(r"/v1/predictions/([^/?#]+)")
 
 
@@ -31,7 +34,7 @@ class AccessLog:
             await self.app(scope, receive, send)
             return
         started = time.monotonic()
-        path = printable(scope.get("path", ""))
+        path = printable(scope.get("path", ""), limit=MAX_PATH_SHOWN)
         seen: dict[str, Any] = {"status": None, "location": None}
 
         async def watching(message: Message) -> None:
@@ -46,12 +49,6 @@ class AccessLog:
             await self.app(scope, receive, watching)
         finally:
             log.info("%s", request_line(scope.get("method", "?"), path, seen, started))
-
-
-def printable(text: str) -> str:
-    """A client's text for a log line: control characters (a decoded `%0A`) escaped, so a
-    request can never write a line of its own."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def request_line(method: str, path: str, seen: dict[str, Any], started: float) -> str:
