@@ -19,7 +19,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from .errors import ModelError, QueryError, RunError, TransportError
+from .errors import ModelError, family
 from .extras import MissingExtra, require
 from .language.errors import QuerySyntaxError
 from .language.source_file import QueryFileError, read_query_source
@@ -332,13 +332,7 @@ def _read_query(path: str) -> str:
 
 def exit_status(error: Exception) -> int:
     """`cogql run`'s status for an error: by its family; 1 for anything else (a bug)."""
-    if isinstance(error, QueryError):
-        return EXIT_QUERY
-    if isinstance(error, RunError):
-        return EXIT_RUN
-    if isinstance(error, ModelError | TransportError):
-        return EXIT_MODEL
-    return 1
+    return {"query": EXIT_QUERY, "run": EXIT_RUN, "model": EXIT_MODEL}.get(family(error), 1)
 
 
 @main.command()

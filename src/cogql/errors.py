@@ -56,6 +56,18 @@ class DeployError(CogqlError):
     a Cog project, or the Cog servers and API emulator that run one locally."""
 
 
+def family(error: BaseException) -> str:
+    """Which part failed, as a user acts on it: "query" (fix the query or its call), "run"
+    (what the model produced), "model" (the model or reaching it), else "other"."""
+    if isinstance(error, QueryError):
+        return "query"
+    if isinstance(error, RunError):
+        return "run"
+    if isinstance(error, ModelError | TransportError):
+        return "model"
+    return "other"
+
+
 def retryable_status(status: int | None) -> bool:
     """Whether an HTTP answer (None: none came) is worth repeating unchanged later."""
     return status is None or status in (408, 429) or status >= 500

@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
-from ..errors import ModelError, QueryError, RunError, TransportError
+from ..errors import family
 from ..runtime.result import LMQLResult
 
 
@@ -55,20 +55,12 @@ def error(e: BaseException) -> dict[str, Any]:
     return {
         "type": "error",
         "kind": type(e).__name__,
-        "family": _family(e),
+        "family": family(e),
         "message": message or str(e),
         "terminal": str(e) if located else f"{type(e).__name__}: {e}",
         "line": line if located else None,
         "col": col if located else None,
     }
-
-
-def _family(e: BaseException) -> str:
-    for family, name in ((QueryError, "query"), (RunError, "run"), (ModelError, "model"),
-                         (TransportError, "model")):  # fmt: skip
-        if isinstance(e, family):
-            return name
-    return "other"
 
 
 def jsonable(data: Any) -> Any:
